@@ -1,0 +1,7 @@
+"""prompttune: adapt a frozen language model to many tasks through prompts."""
+
+__version__ = "0.1.0"
+
+from .api import Prediction, PromptTask, load  # noqa: E402,F401
+from .backbone import Backbone  # noqa: E402,F401
+from .errors import PromptTuneError  # noqa: E402,F401

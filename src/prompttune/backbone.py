@@ -1,0 +1,159 @@
+"""The frozen backbone: loading, freezing, and running it over a cached key/value prefix.
+
+Everything model-specific lives here: which HF class to load, where the embeddings and the LM head
+are, and how a per-layer KV prefix is handed to the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import defaults
+from .errors import ModelError
+
+# A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
+KV = list[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    kind: str  # "decoder" | "encoder"
+
+    @classmethod
+    def load(cls, model: str | None = None) -> Backbone:
+        """Load and freeze a backbone: a default model's alias, a local HF folder, or a hub id."""
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        model_id, location = defaults.resolve(model)
+        local = isinstance(location, Path)
+        try:
+            config = AutoConfig.from_pretrained(location, local_files_only=local)
+            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
+            decoder = _is_decoder(config)
+            loader = AutoModelForCausalLM if decoder else AutoModel
+            hf_model = loader.from_pretrained(location, local_files_only=local, dtype=torch.float32)
+        except OSError as e:
+            raise ModelError(
+                f"--model {model}: cannot load it ({e}). Give a local HuggingFace model folder, or one of "
+                f"{', '.join(sorted(defaults.ALIASES))}."
+            ) from None
+        hf_model.eval()
+        hf_model.requires_grad_(False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        return cls(hf_model, tokenizer, model_id, "decoder" if decoder else "encoder")
+
+    # --- what the rest of the code asks of a backbone -------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config(decoder=self.kind == "decoder")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.text_config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    @property
+    def embedding_matrix(self) -> Tensor:
+        return self.model.get_input_embeddings().weight
+
+    def lm_rows(self, token_ids: Tensor) -> Tensor:
+        """The LM head's rows for the given tokens only: (n, d). Never the full vocabulary."""
+        head = self.model.get_output_embeddings()
+        return head.weight[token_ids]
+
+    @property
+    def body(self) -> torch.nn.Module:
+        return self.model.get_decoder() if self.kind == "decoder" else self.model
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def bos_ids(self) -> list[int]:
+        tok = self.tokenizer
+        return [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
+
+    # --- running over a KV prefix --------------------------------------------------------------
+    def prefix_kv(self, inputs_embeds: Tensor) -> KV:
+        """Run a (1, n, d) sequence from position 0 and return its per-layer keys/values."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        self.body(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def run(
+        self, input_ids: Tensor | None, attention_mask: Tensor, position_ids: Tensor, prefix: KV | None,
+        inputs_embeds: Tensor | None = None, return_cache: bool = False,
+    ):
+        """Hidden states of a batch that continues a prefix (expanded over the batch, not copied).
+
+        attention_mask covers prefix + input; position_ids number the input from the prefix's end.
+        """
+        from transformers import DynamicCache
+
+        batch = attention_mask.shape[0]
+        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
+        cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
+        out = self.body(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=cache, use_cache=True,
+        )
+        if return_cache:
+            return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
+        return out.last_hidden_state
+
+    # --- identity -------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A short hash of the architecture and a sample of the weights: tells backbones apart."""
+        cfg = self.text_config
+        h = hashlib.sha256()
+        shape = {k: getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                                     "num_attention_heads", "num_key_value_heads", "vocab_size")}
+        h.update(json.dumps(shape, sort_keys=True).encode())
+        emb = self.embedding_matrix.detach()
+        h.update(emb.flatten()[:4096].to(torch.float32).numpy().tobytes())
+        h.update(emb[-1].to(torch.float32).numpy().tobytes())
+        return "sha256:" + h.hexdigest()[:16]
+
+
+def _is_decoder(config) -> bool:
+    """Decoder-only models are loaded with their LM head; everything else as a bare encoder."""
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith("ForCausalLM") for a in archs)
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
+
+
+def set_threads() -> None:
+    """Use every core we are given (torch may default to fewer in containers)."""
+    n = os.cpu_count() or 1
+    if torch.get_num_threads() < n:
+        torch.set_num_threads(n)

@@ -1,0 +1,156 @@
+"""The command line: a map of command names to typed functions (flags and --help come from them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .errors import PromptTuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a frozen language model to your task through prompts.")
+err = Console(stderr=True)
+out = Console()
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Backbone: a local HF folder, a hub id, or smollm2 (default decoder) / minilm (encoder).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+def _emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training rows (.jsonl or .csv): text + label, or text_a + text_b + label.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")] = Path("runs/prompt"),
+    val: Annotated[Path | None, typer.Option(help="Validation rows; default: a seeded 10% of DATA.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N rows of DATA.")] = None,
+    method: Annotated[str, typer.Option(help="Method: prompt-tuning, or zero-shot (hard prompt only).")] = "prompt-tuning",
+    epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 5,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then linear decay).")] = 0.01,
+    num_virtual_tokens: Annotated[int, typer.Option(help="Soft tokens at the template's [soft] slot.")] = 20,
+    init: Annotated[str, typer.Option(help="Soft-token init: labels, vocab, text, random.")] = "labels",
+    init_text: Annotated[str | None, typer.Option(help="The text for --init text.")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="Built-in name (classify, classify-pair), a .json template, or a string like "
+             "'Review: {{ text }} [soft] Sentiment: [label]'.")] = None,
+    verbalizer: Annotated[str | None, typer.Option(
+        help="Label words: 'positive=great|good;negative=bad' or a .json file. Default: the labels.")] = None,
+    calibrate: Annotated[bool, typer.Option(help="Fit contextual calibration after training.")] = False,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
+    patience: Annotated[int, typer.Option(help="Stop after this many validations without improvement.")] = 4,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a soft prompt on labelled rows and save it as an artifact."""
+    from .commands import run_train
+
+    result = run_train(**locals(), console=err)
+    if as_json:
+        _emit_json(result)
+    else:
+        out.print(f"saved {result['artifact']}: best validation accuracy {result['best_val_accuracy']:.4f} "
+                  f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
+                  f"{result['train_examples_per_s']:.1f} examples/s)")
+
+
+@app.command("eval")
+def evaluate(
+    artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory.")],
+    data: Annotated[Path, typer.Argument(help="Labelled rows (.jsonl or .csv).")],
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 32,
+    calibrate: Annotated[bool, typer.Option(help="Apply the artifact's calibration, if it has one.")] = True,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and speed of an artifact on labelled rows."""
+    from .commands import run_eval, show_report
+
+    report = run_eval(artifact_dir, data, batch_size, calibrate, model, err)
+    if as_json:
+        _emit_json(report)
+    else:
+        show_report(out, report)
+
+
+@app.command()
+def predict(
+    artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to label.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A .jsonl/.csv file of rows to label.")] = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label texts (arguments) or a file's rows, with per-label probabilities."""
+    from .commands import run_predict
+
+    rows = run_predict(artifact_dir, texts, file, model)
+    for r in rows:
+        if as_json:
+            _emit_json(r)
+        else:
+            scores = "  ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
+            out.print(f"{r['label']:<12} {scores}  | {r['input'][:70]}")
+
+
+@app.command()
+def generate(
+    text: Annotated[str, typer.Argument(help="The input text (the template's text field).")],
+    artifact_dir: Annotated[Path | None, typer.Option("--artifact", help="Use this artifact's prompt.")] = None,
+    system: Annotated[str, typer.Option(help="System text when no artifact is given.")] = "You are a helpful assistant.",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    model: ModelOpt = None,
+) -> None:
+    """Generate free text, with an artifact's prompt or a plain chat prompt."""
+    from .commands import run_generate
+
+    out.print(run_generate(text, artifact_dir, system, max_new_tokens, temperature, seed, model))
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to save the demo artifact.")] = Path("runs/demo"),
+    max_steps: Annotated[int | None, typer.Option(help="Cap the training steps (default: the recipe's).")] = None,
+    model: ModelOpt = None,
+) -> None:
+    """Train a soft prompt on a small shipped sentiment task; show zero-shot vs tuned accuracy."""
+    from .demo import run_demo
+
+    run_demo(out_dir, max_steps, model, out, err)
+
+
+@app.command()
+def models() -> None:
+    """Show the embedded default models and prepare their cache (dequantizes the decoder once)."""
+    from .commands import run_models
+
+    run_models(out)
+
+
+def main() -> None:
+    try:
+        app()
+    except PromptTuneError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun with --resume to continue training from the last checkpoint.")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The method interface and registry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..backbone import KV, Backbone
+from ..errors import PromptTuneError
+from ..template import SoftSlot
+
+METHODS: dict[str, type[SoftPromptMethod]] = {}
+
+
+def register(cls: type[SoftPromptMethod]) -> type[SoftPromptMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method shares; a method's own config subclasses this."""
+
+    num_virtual_tokens: int = 20
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MethodConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise PromptTuneError(f"method config: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SoftPromptMethod(nn.Module):
+    """Turns trainable parameters into the task's constant prefix (as per-layer keys/values).
+
+    The default hooks suit methods whose parameters are input embeddings placed at the template's
+    soft slots (prompt tuning); methods that act on every layer override ``prefix_kv``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig, backbone: Backbone, slots: list[SoftSlot], init_context: dict):
+        super().__init__()
+        self.config = config
+        self.slots = slots
+
+    # --- hooks ------------------------------------------------------------------------------
+    def slot_embeddings(self, slot: SoftSlot) -> Tensor:
+        """The (slot.size, d) input embeddings standing at a soft slot."""
+        raise NotImplementedError
+
+    def prefix_embeddings(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> Tensor:
+        """(1, n, d): hard-text embeddings with the soft slots filled in."""
+        parts = [self.slot_embeddings(s) if isinstance(s, SoftSlot) else backbone.embed(s) for s in segments]
+        parts = [p.to(backbone.embedding_matrix.dtype) for p in parts if p.shape[0]]
+        return torch.cat(parts, dim=0)[None]
+
+    def prefix_kv(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> KV:
+        """The constant prefix's per-layer keys/values (with gradients while training)."""
+        return backbone.prefix_kv(self.prefix_embeddings(backbone, segments))
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """Tensors to save (and to restore to resume training)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)
+
+
+def build_method(name: str, config: dict, backbone: Backbone, slots: list[SoftSlot], init_context: dict):
+    if name not in METHODS:
+        raise PromptTuneError(f"--method {name}: unknown method; choose one of {', '.join(sorted(METHODS))}.")
+    cls = METHODS[name]
+    return cls(cls.config_class.from_dict(config), backbone, slots, init_context)

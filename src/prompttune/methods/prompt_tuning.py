@@ -1,0 +1,81 @@
+"""Prompt tuning (Lester et al. 2021): N trainable input embeddings at the template's soft slots.
+
+Init: ``vocab`` (embeddings of tokens sampled from the 5,000 most frequent ids, Lester's best),
+``text`` (the embeddings of a given string, cycled to length), ``labels`` (the label words' token
+embeddings, then vocab), ``random`` (normal with the embedding matrix's std).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import PromptTuneError
+from ..template import SoftSlot
+from .base import MethodConfig, SoftPromptMethod, register
+
+INITS = ("vocab", "text", "labels", "random")
+
+
+@dataclass
+class PromptTuningConfig(MethodConfig):
+    init: str = "labels"
+    init_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise PromptTuneError(f"--init {self.init}: unknown; choose one of {', '.join(INITS)}.")
+        if self.init == "text" and not self.init_text:
+            raise PromptTuneError("--init text needs --init-text 'some words' to take the embeddings from.")
+
+
+@register
+class PromptTuning(SoftPromptMethod):
+    name = "prompt-tuning"
+    config_class = PromptTuningConfig
+
+    def __init__(self, config: PromptTuningConfig, backbone, slots: list[SoftSlot], init_context: dict):
+        super().__init__(config, backbone, slots, init_context)
+        total = sum(s.size for s in slots)
+        if total == 0:
+            raise PromptTuneError("prompt tuning: the template has no [soft] slot to train.")
+        emb = backbone.embedding_matrix.detach()
+        ids = self._init_ids(config, backbone, total, init_context)
+        if ids is None:
+            init = torch.randn(total, emb.shape[1], generator=init_context.get("generator")) * emb.std()
+        else:
+            init = emb[ids].clone()
+        self.embeddings = nn.Parameter(init.float())  # (n_virtual, d)
+        self._offsets = {}
+        start = 0
+        for s in slots:
+            self._offsets[s.index] = (start, start + s.size)
+            start += s.size
+
+    @staticmethod
+    def _init_ids(config, backbone, total: int, ctx: dict) -> Tensor | None:
+        gen = ctx.get("generator")
+        vocab = min(5000, backbone.embedding_matrix.shape[0])
+        sampled = torch.randint(0, vocab, (total,), generator=gen)
+        if config.init == "random":
+            return None
+        if config.init == "vocab":
+            return sampled
+        if config.init == "text":
+            words = backbone.tokenize(config.init_text)
+        else:  # labels
+            words = [t for w in ctx.get("label_words", []) for t in backbone.tokenize(" " + w)]
+        if not words:
+            return sampled
+        words = torch.tensor(words)
+        if config.init == "text":
+            return words.repeat((total + len(words) - 1) // len(words))[:total]
+        out = sampled.clone()
+        out[: min(total, len(words))] = words[:total]
+        return out
+
+    def slot_embeddings(self, slot: SoftSlot) -> Tensor:
+        start, end = self._offsets[slot.index]
+        return self.embeddings[start:end]

@@ -1,0 +1,220 @@
+"""The training loop: length-bucketed batches, validation every K steps, early stopping, best state
+kept, and a checkpoint after each validation so a killed run resumes where it left off."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import atomic
+from .errors import PromptTuneError
+from .scorer import Encoded, PromptModel
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    eval_every: int | None = None  # default: 4 validations an epoch
+    patience: int = 4  # validations without improvement before stopping
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    train_seconds: float = 0.0
+    train_examples: int = 0
+    best_val_accuracy: float = 0.0
+    best_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def train_examples_per_s(self) -> float:
+        return self.train_examples / self.train_seconds if self.train_seconds else 0.0
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """A seeded order for one epoch: shuffle, sort chunks of 32 batches by length, shuffle the batches.
+
+    Rows of similar length share a batch (little padding) while each epoch's order stays random.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    chunk = batch_size * 32
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    perm = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in perm]
+
+
+class Trainer:
+    def __init__(self, model: PromptModel, config: TrainConfig, checkpoint_dir: Path | None = None,
+                 on_progress: Callable[[dict], None] | None = None):
+        self.model = model
+        self.config = config
+        self.checkpoint_dir = checkpoint_dir
+        self.on_progress = on_progress
+        params = [p for p in model.method.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
+
+    def fit(self, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor,
+            resume: bool = False) -> TrainResult:
+        cfg = self.config
+        lengths = [len(x) for x in train.ids]
+        per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+        total = cfg.max_steps or per_epoch * cfg.epochs  # --max-steps overrides --epochs
+        eval_every = cfg.eval_every or max(10, per_epoch // 4)
+        result = TrainResult()
+        best_state = self.model.method.trainable_state()
+        start_step = 0
+        if resume:
+            start_step, best_state, result = self._load_checkpoint(result)
+        if not self.params:
+            raise PromptTuneError("this method has no trainable parameters; nothing to train.")
+        if start_step == 0:
+            result.best_val_accuracy = self.evaluate(val, y_val)
+            result.history.append({"step": 0, "val_accuracy": result.best_val_accuracy})
+        bad_evals = 0  # validations since the best one
+        for h in result.history[::-1]:
+            if h["val_accuracy"] >= result.best_val_accuracy:
+                break
+            bad_evals += 1
+        step = start_step
+        t0 = time.perf_counter() - result.train_seconds
+        self.model.method.train()
+        while step < total:
+            epoch, offset = divmod(step, per_epoch)
+            batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+            for batch in batches[offset:]:
+                loss = self._step(step, total, [train.ids[i] for i in batch], y_train[batch])
+                step += 1
+                result.train_examples += len(batch)
+                result.steps = step
+                elapsed = time.perf_counter() - t0
+                if self.on_progress:
+                    self.on_progress({"step": step, "total": total, "loss": loss,
+                                      "examples_per_s": result.train_examples / elapsed})
+                if step % eval_every == 0 or step == total:
+                    result.train_seconds = time.perf_counter() - t0
+                    acc = self.evaluate(val, y_val)
+                    result.history.append({"step": step, "val_accuracy": acc, "loss": loss})
+                    if acc > result.best_val_accuracy:
+                        result.best_val_accuracy, result.best_step = acc, step
+                        best_state = self.model.method.trainable_state()
+                        bad_evals = 0
+                    else:
+                        bad_evals += 1
+                    self._save_checkpoint(step, best_state, result)
+                    if self.on_progress:
+                        self.on_progress({"step": step, "total": total, "val_accuracy": acc,
+                                          "best_val_accuracy": result.best_val_accuracy})
+                    if bad_evals >= cfg.patience:
+                        result.stopped_early = True
+                        break
+                if step >= total:
+                    break
+            if result.stopped_early:
+                break
+        result.train_seconds = time.perf_counter() - t0
+        self.model.method.load_trainable_state(best_state)
+        self.model.method.eval()
+        self.model.clear_cache()
+        return result
+
+    def _lr(self, step: int, total: int) -> float:
+        warm = self.config.warmup_steps
+        if step < warm:
+            return self.config.lr * (step + 1) / warm
+        return self.config.lr * max(0.0, (total - step) / max(1, total - warm))
+
+    def _step(self, step: int, total: int, batch: list[list[int]], y: torch.Tensor) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(step, total)
+        scores = self.model.label_scores(batch, self.model.prefix_kv())
+        loss = F.cross_entropy(scores, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.model.clear_cache()
+        return loss.item()
+
+    def evaluate(self, val: Encoded, y_val: torch.Tensor) -> float:
+        self.model.clear_cache()
+        pred = self.model.score(val, batch_size=64, calibrate=False).argmax(-1)
+        self.model.clear_cache()
+        return float((pred == y_val).float().mean())
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def _save_checkpoint(self, step: int, best_state: dict, result: TrainResult) -> None:
+        if self.checkpoint_dir is None:
+            return
+        opt = self.optimizer.state_dict()
+        tensors = {f"param.{k}": v.contiguous() for k, v in self.model.method.trainable_state().items()}
+        tensors |= {f"best.{k}": v.contiguous() for k, v in best_state.items()}
+        meta_state = {}
+        for pid, st in opt["state"].items():
+            for name, value in st.items():
+                if torch.is_tensor(value):
+                    tensors[f"opt.{pid}.{name}"] = value.contiguous().reshape(value.shape)
+                else:
+                    meta_state[f"{pid}.{name}"] = value
+        info = {"step": step, "config": self.config.to_dict(), "param_groups": opt["param_groups"],
+                "opt_scalars": meta_state, "result": {**asdict(result)}}
+
+        def fill(tmp: Path) -> None:
+            save_file(tensors, tmp / "state.safetensors")
+            atomic.write_json(tmp / "state.json", info)
+
+        atomic.write_dir(self.checkpoint_dir, fill)
+
+    def _load_checkpoint(self, result: TrainResult):
+        d = self.checkpoint_dir
+        if d is None or not (d / "state.json").exists():
+            raise PromptTuneError(
+                f"--resume: no checkpoint in {d}; start without --resume (a checkpoint is written at "
+                "every validation)."
+            )
+        info = json.loads((d / "state.json").read_text())
+        saved = {k: v for k, v in info["config"].items() if k not in ("max_steps", "epochs", "patience")}
+        now = {k: v for k, v in self.config.to_dict().items() if k not in ("max_steps", "epochs", "patience")}
+        if saved != now:
+            diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
+            raise PromptTuneError(f"--resume: the checkpoint in {d} was made with other settings {diff}.")
+        tensors = load_file(d / "state.safetensors")
+        self.model.method.load_trainable_state(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for k, v in info["opt_scalars"].items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        r = info["result"]
+        result = TrainResult(**{k: r[k] for k in ("steps", "train_seconds", "train_examples",
+                                                   "best_val_accuracy", "best_step", "history")})
+        return info["step"], best, result

@@ -1,0 +1,45 @@
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tiny import make_decoder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+POS = ["a great movie", "truly wonderful and fun", "I loved it", "a joy to watch", "great fun , truly great"]
+NEG = ["a terrible film", "boring and bad", "I hated it", "what a waste", "bad , bad and boring"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_decoder(tmp_path_factory.mktemp("tiny") / "decoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_model_dir):
+    from prompttune import Backbone
+
+    return Backbone.load(str(tiny_model_dir))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def sentiment_rows() -> list[dict]:
+    rng = random.Random(0)
+    rows = [{"text": t, "label": "positive"} for t in POS] + [{"text": t, "label": "negative"} for t in NEG]
+    rows = rows * 4
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture
+def sentiment_file(tmp_path, sentiment_rows) -> Path:
+    return write_jsonl(tmp_path / "train.jsonl", sentiment_rows)
