@@ -4,11 +4,11 @@ import random
 from pathlib import Path
 
 import pytest
-
 from tiny import make_decoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PROMPTTUNE_DTYPE", "float32")  # exact comparisons in unit tests
 
 POS = ["a great movie", "truly wonderful and fun", "I loved it", "a joy to watch", "great fun , truly great"]
 NEG = ["a terrible film", "boring and bad", "I hated it", "what a waste", "bad , bad and boring"]

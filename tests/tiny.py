@@ -9,7 +9,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CORPUS = [
-    "a great movie , truly wonderful and fun", "a terrible film , boring and bad", "positive negative neutral",
+    "a great movie , truly wonderful and fun", "a terrible film , boring and bad",
+    "positive negative neutral",
     "Classify the text . Possible labels : Reply with the label only .", "Text A : Text B : Answer :",
     "the cat sat on the mat", "not entailment entailment yes no maybe", "sports world business sci tech",
     "Review : Sentiment : It was", "I loved it , I hated it , what a waste , a joy to watch",
@@ -43,8 +44,8 @@ def make_decoder(path: Path, chat: bool = True, seed: int = 0, layers: int = 2) 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id)
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

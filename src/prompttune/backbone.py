@@ -30,8 +30,13 @@ class Backbone:
     kind: str  # "decoder" | "encoder"
 
     @classmethod
-    def load(cls, model: str | None = None) -> Backbone:
-        """Load and freeze a backbone: a default model's alias, a local HF folder, or a hub id."""
+    def load(cls, model: str | None = None, dtype: str | None = None) -> Backbone:
+        """Load and freeze a backbone: a default model's alias, a local HF folder, or a hub id.
+
+        dtype: "float32", "bfloat16", or "auto" (the default, or $PROMPTTUNE_DTYPE): bfloat16 where the
+        CPU computes it natively (AVX512-BF16 / AMX), else float32. The backbone is frozen, so its weights
+        need no float32 master copy; trainable prompt parameters always stay float32.
+        """
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -44,7 +49,7 @@ class Backbone:
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
             decoder = _is_decoder(config)
             loader = AutoModelForCausalLM if decoder else AutoModel
-            hf_model = loader.from_pretrained(location, local_files_only=local, dtype=torch.float32)
+            hf_model = loader.from_pretrained(location, local_files_only=local, dtype=resolve_dtype(dtype))
         except OSError as e:
             raise ModelError(
                 f"--model {model}: cannot load it ({e}). Give a local HuggingFace model folder, or one of "
@@ -137,8 +142,9 @@ class Backbone:
                                                      "num_attention_heads", "num_key_value_heads", "vocab_size")}
         h.update(json.dumps(shape, sort_keys=True).encode())
         emb = self.embedding_matrix.detach()
-        h.update(emb.flatten()[:4096].to(torch.float32).numpy().tobytes())
-        h.update(emb[-1].to(torch.float32).numpy().tobytes())
+        # rounded to bfloat16 first, so the same weights loaded in either dtype match
+        h.update(emb.flatten()[:4096].to(torch.bfloat16).float().numpy().tobytes())
+        h.update(emb[-1].to(torch.bfloat16).float().numpy().tobytes())
         return "sha256:" + h.hexdigest()[:16]
 
 
@@ -147,9 +153,30 @@ def _is_decoder(config) -> bool:
     archs = getattr(config, "architectures", None) or []
     if archs:
         return any(a.endswith("ForCausalLM") for a in archs)
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (else bf16 is slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str | None) -> torch.dtype:
+    name = name or os.environ.get("PROMPTTUNE_DTYPE") or "auto"
+    if name == "auto":
+        return torch.bfloat16 if native_bf16() else torch.float32
+    if name not in DTYPES:
+        raise ModelError(f"--dtype {name}: choose auto, float32 or bfloat16.")
+    return DTYPES[name]
 
 
 def set_threads() -> None:

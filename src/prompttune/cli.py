@@ -22,6 +22,17 @@ ModelOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
 
+@app.callback()
+def _options(
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", help="Backbone precision: auto (bfloat16 where the CPU has native bf16), float32, bfloat16.")] = None,
+) -> None:
+    import os
+
+    if dtype:
+        os.environ["PROMPTTUNE_DTYPE"] = dtype
+
+
 def _emit_json(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
@@ -55,9 +66,10 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a soft prompt on labelled rows and save it as an artifact."""
+    params = dict(locals())
     from .commands import run_train
 
-    result = run_train(**locals(), console=err)
+    result = run_train(**params, console=err)
     if as_json:
         _emit_json(result)
     else:

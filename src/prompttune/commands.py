@@ -66,7 +66,11 @@ def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, me
             def on_progress(ev: dict) -> None:
                 if "best_val_accuracy" in ev:
                     state["best"] = ev["best_val_accuracy"]
+                    if not console.is_terminal:  # logs and CI: one line per validation instead of a bar
+                        console.print(f"step {ev['step']}/{ev['total']} val accuracy {ev['val_accuracy']:.4f} "
+                                      f"(best {ev['best_val_accuracy']:.4f}) {state.get('speed', '')}")
                     return
+                state["speed"] = f"{ev['examples_per_s']:.1f} ex/s, loss {ev['loss']:.3f}"
                 best = f" best val {state['best']:.3f}" if state["best"] is not None else ""
                 bar.update(bar_task, completed=ev["step"], total=ev["total"],
                            info=f"loss {ev['loss']:.3f} {ev['examples_per_s']:.1f} ex/s{best}")

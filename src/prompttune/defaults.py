@@ -97,6 +97,7 @@ def _build_decoder_cache(package: Path, target: Path) -> None:
     # the weights are already dequantized, so the entry is dropped and the state dict saved directly.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    config.architectures = [type(model).__name__]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

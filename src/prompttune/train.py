@@ -44,6 +44,7 @@ class TrainResult:
     best_step: int = 0
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    eval_seconds: float = 0.0  # time spent validating, excluded from train_seconds
 
     @property
     def train_examples_per_s(self) -> float:
@@ -100,7 +101,7 @@ class Trainer:
                 break
             bad_evals += 1
         step = start_step
-        t0 = time.perf_counter() - result.train_seconds
+        t0 = time.perf_counter() - result.train_seconds - result.eval_seconds
         self.model.method.train()
         while step < total:
             epoch, offset = divmod(step, per_epoch)
@@ -110,13 +111,15 @@ class Trainer:
                 step += 1
                 result.train_examples += len(batch)
                 result.steps = step
-                elapsed = time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0 - result.eval_seconds
                 if self.on_progress:
                     self.on_progress({"step": step, "total": total, "loss": loss,
                                       "examples_per_s": result.train_examples / elapsed})
                 if step % eval_every == 0 or step == total:
-                    result.train_seconds = time.perf_counter() - t0
+                    t_eval = time.perf_counter()
                     acc = self.evaluate(val, y_val)
+                    result.eval_seconds += time.perf_counter() - t_eval
+                    result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
                     result.history.append({"step": step, "val_accuracy": acc, "loss": loss})
                     if acc > result.best_val_accuracy:
                         result.best_val_accuracy, result.best_step = acc, step
@@ -135,7 +138,7 @@ class Trainer:
                     break
             if result.stopped_early:
                 break
-        result.train_seconds = time.perf_counter() - t0
+        result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
         self.model.method.load_trainable_state(best_state)
         self.model.method.eval()
         self.model.clear_cache()
@@ -215,6 +218,6 @@ class Trainer:
             state.setdefault(int(pid), {})[name] = v
         self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         r = info["result"]
-        result = TrainResult(**{k: r[k] for k in ("steps", "train_seconds", "train_examples",
+        result = TrainResult(**{k: r[k] for k in ("steps", "train_seconds", "train_examples", "eval_seconds",
                                                    "best_val_accuracy", "best_step", "history")})
         return info["step"], best, result

@@ -1,0 +1,186 @@
+"""prompttune vs PEFT prompt tuning: same model, rows, template, batch size, virtual tokens, steps.
+
+Each side runs in its own process (so peak RSS is its own), then the ratios are printed:
+
+    .venv/bin/python benchmarks/bench_vs_peft.py                    # SST-2 from ../shared/data
+    .venv/bin/python benchmarks/bench_vs_peft.py --steps 30 --eval-rows 200   # quicker
+
+PEFT side: ``get_peft_model(model, PromptTuningConfig(...))``, trained the way PEFT's examples do it
+(the whole prompt + label in one sequence, causal-LM loss on the label tokens), evaluated by the
+next-token logits of the label words at the last position. prompttune side: ``PromptTask`` +
+``Trainer`` (cached constant prefix, label-rows-only read-out, length-bucketed batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "sst2" / "train.jsonl"
+SYSTEM = "Classify the text. Possible labels: negative, positive. Reply with the label only."
+
+
+def rows(args):
+    if not DATA.exists():
+        sys.exit(f"{DATA}: missing. This benchmark reads SST-2 from ../shared/data (see its README).")
+    lines = DATA.read_text().splitlines()
+    data = [json.loads(x) for x in lines]
+    return data[: args.train_rows], data[-args.eval_rows:]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_prompttune(args) -> dict:
+    import torch
+
+    from prompttune.api import PromptTask
+    from prompttune.backbone import Backbone, set_threads
+    from prompttune.data import from_records
+    from prompttune.train import Trainer, TrainConfig
+
+    set_threads()
+    train, test = rows(args)
+    backbone = Backbone.load(args.model)
+    tmpl = {"system": SYSTEM, "user": "[soft]{{ text }}"}
+    task = PromptTask.create(backbone, ["negative", "positive"], "prompt-tuning",
+                             {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"}, tmpl, seed=0)
+    pm = task.model
+    tr, te = from_records(train), from_records(test)
+    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=10**9,
+                      patience=10**9, warmup_steps=args.warmup)
+    trainer = Trainer(pm, cfg)
+    enc_tr, y_tr = pm.encode(tr), pm.label_indices(tr)
+    enc_small, y_small = pm.encode(te.rows[:2]), pm.label_indices(te.rows[:2])
+    res = trainer.fit(enc_tr, y_tr, enc_small, y_small)
+    # keep the last state (PEFT's side has no validation-based selection either)
+    report = task.evaluate(te, batch_size=args.eval_batch_size, calibrate=False)
+    return {"train_examples_per_s": res.train_examples_per_s, "train_seconds": res.train_seconds,
+            "eval_examples_per_s": report["examples_per_s"], "accuracy": report["accuracy"],
+            "peak_rss_mb": peak_rss_mb(), "steps": res.steps, "threads": torch.get_num_threads()}
+
+
+def run_peft(args) -> dict:
+    import torch
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from prompttune import defaults
+    from prompttune.backbone import set_threads
+
+    set_threads()
+    torch.manual_seed(0)
+    train, test = rows(args)
+    _, where = defaults.resolve(args.model)
+    tok = AutoTokenizer.from_pretrained(where)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens,
+                             prompt_tuning_init=PromptTuningInit.RANDOM)
+    model = get_peft_model(model, cfg)
+    # Same init as prompttune's --init vocab: embeddings of tokens sampled from the 5,000 most frequent ids.
+    emb = model.get_input_embeddings().weight
+    ids = torch.randint(0, 5000, (args.virtual_tokens,))
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.copy_(emb[ids])
+
+    def prompt(text):
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    label_ids = [tok(w, add_special_tokens=False).input_ids for w in ("negative", "positive")]
+    first = torch.tensor([x[0] for x in label_ids])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, args.warmup, args.steps)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train), generator=gen).tolist()
+    step, seen, pos = 0, 0, 0
+    t0 = time.perf_counter()
+    while step < args.steps:
+        if pos + args.batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=gen).tolist(), 0
+        batch = [train[i] for i in order[pos:pos + args.batch_size]]
+        pos += args.batch_size
+        seqs, labs = [], []
+        for r in batch:
+            p = tok(prompt(r["text"]), add_special_tokens=False).input_ids
+            a = tok(r["label"], add_special_tokens=False).input_ids
+            seqs.append(p + a)
+            labs.append([-100] * len(p) + a)
+        width = max(map(len, seqs))
+        input_ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        seen += len(batch)
+    train_seconds = time.perf_counter() - t0
+    model.eval()
+    tok.padding_side = "left"
+    correct = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(test), args.eval_batch_size):
+            b = test[i:i + args.eval_batch_size]
+            enc = tok([prompt(r["text"]) for r in b], add_special_tokens=False, return_tensors="pt", padding=True)
+            logits = model(**enc).logits[:, -1, first]
+            pred = logits.argmax(-1).tolist()
+            correct += sum(("negative", "positive")[p] == r["label"] for p, r in zip(pred, b, strict=True))
+    eval_seconds = time.perf_counter() - t0
+    return {"train_examples_per_s": seen / train_seconds, "train_seconds": train_seconds,
+            "eval_examples_per_s": len(test) / eval_seconds, "accuracy": correct / len(test),
+            "peak_rss_mb": peak_rss_mb(), "steps": step, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", choices=["both", "prompttune", "peft"], default="both")
+    ap.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--eval-batch-size", type=int, default=32)
+    ap.add_argument("--virtual-tokens", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--warmup", type=int, default=6)
+    ap.add_argument("--train-rows", type=int, default=2000)
+    ap.add_argument("--eval-rows", type=int, default=500)
+    args = ap.parse_args()
+    if args.side != "both":
+        result = (run_prompttune if args.side == "prompttune" else run_peft)(args)
+        print(json.dumps(result))
+        return
+    results = {}
+    for side in ("prompttune", "peft"):
+        cmd = [sys.executable, __file__, "--side", side] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "side" and v is not None]
+        print(f"running {side} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
+        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    a, b = results["prompttune"], results["peft"]
+    print(f"model {args.model or 'smollm2-135m-instruct'}; {args.steps} steps x batch {args.batch_size}, "
+          f"{args.virtual_tokens} virtual tokens, lr {args.lr}; eval on {args.eval_rows} held-out SST-2 rows")
+    print(f"{'':24}{'prompttune':>12}{'PEFT':>12}{'ratio':>9}")
+    for key, label in (("train_examples_per_s", "train examples/s"), ("eval_examples_per_s", "eval examples/s"),
+                       ("accuracy", "accuracy"), ("peak_rss_mb", "peak RSS (MB)")):
+        ratio = a[key] / b[key] if b[key] else float("nan")
+        print(f"{label:24}{a[key]:12.3f}{b[key]:12.3f}{ratio:8.2f}x")
+    print(f"accuracy difference: {100 * (a['accuracy'] - b['accuracy']):+.1f} points")
+    print(json.dumps({"prompttune": a, "peft": b}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Templates: parsing specs, the constant prefix, per-row text, soft slots and the Jinja sandbox."""
+
+from __future__ import annotations
+
+import json
+
+import jinja2
+import pytest
+from tiny import make_tokenizer
+
+from prompttune.errors import TemplateError
+from prompttune.template import BUILTIN, SoftSlot, Template
+
+LABELS = ["negative", "positive"]
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer():
+    """A tokenizer with no chat template."""
+    tok = make_tokenizer(chat=False)
+    assert not getattr(tok, "chat_template", None)
+    return tok
+
+
+def compile_(template: Template, tokenizer, n: int = 5, labels=LABELS):
+    return template.compile(tokenizer, list(labels), n)
+
+
+def prefix_text(compiled) -> str:
+    return "".join(p for p in compiled.prefix if isinstance(p, str))
+
+
+def slots(compiled) -> list[SoftSlot]:
+    return [p for p in compiled.prefix if isinstance(p, SoftSlot)]
+
+
+# --- from_spec -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_builtin_names(name):
+    t = Template.from_spec(name)
+    assert t.user == BUILTIN[name]["user"] and t.system == BUILTIN[name]["system"]
+    assert t.chat is True
+
+
+def test_default_follows_the_data_shape():
+    assert Template.from_spec(None) == Template.from_spec("classify")
+    assert Template.from_spec(None, ("text_a", "text_b")) == Template.from_spec("classify-pair")
+    assert Template.from_spec("classify-pair").variables == {"text_a", "text_b"}
+    assert Template.from_spec("classify").variables == {"text"}  # 'labels' is not a row field
+
+
+def test_from_dict():
+    t = Template.from_spec({"system": "Be brief.", "user": "[soft]Q: {{ question }}", "answer": "A:",
+                            "chat": False})
+    assert t == Template(user="[soft]Q: {{ question }}", system="Be brief.", answer="A:", chat=False)
+    assert t.variables == {"question"}
+    assert Template.from_spec(t) is t
+    assert Template.from_spec(t.to_dict()) == t
+
+
+@pytest.mark.parametrize("spec", [{"system": "no user"}, {"user": "{{ text }}", "colour": "red"}])
+def test_from_dict_bad_keys(spec):
+    with pytest.raises(TemplateError, match="expected keys user"):
+        Template.from_spec(spec)
+
+
+def test_from_json_file(tmp_path):
+    path = tmp_path / "tmpl.json"
+    path.write_text(json.dumps({"user": "[soft]{{ text }}", "system": "S"}))
+    assert Template.from_spec(str(path)) == Template(user="[soft]{{ text }}", system="S")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(TemplateError, match="not valid JSON") as e:
+        Template.from_spec(str(bad))
+    assert str(bad) in str(e.value)
+
+
+def test_one_string_template_with_label():
+    t = Template.from_spec("Review: {{ text }}\nSentiment: [label]")
+    assert t == Template(user="Review: {{ text }}\nSentiment: ", chat=False)
+    # trailing whitespace after [label] is allowed
+    assert Template.from_spec("{{ text }} => [label]  \n").user == "{{ text }} => "
+
+
+def test_not_builtin_and_no_label_marker():
+    with pytest.raises(TemplateError) as e:
+        Template.from_spec("Review: {{ text }}")
+    msg = str(e.value)
+    assert "not a built-in name" in msg and "[label]" in msg
+    assert "classify" in msg  # lists the built-ins
+
+
+def test_text_after_label_marker():
+    with pytest.raises(TemplateError, match="text after \\[label\\]") as e:
+        Template.from_spec("{{ text }} is [label] sentiment")
+    assert "'sentiment'" in str(e.value)
+
+
+def test_jinja_syntax_error_is_a_template_error():
+    with pytest.raises(TemplateError, match="line 1"):
+        _ = Template(user="{{ text ").variables
+
+
+# --- compiled: prefix and row ---------------------------------------------------------------------
+
+
+def test_builtin_prefix_has_system_text_and_soft_slot(tiny_backbone):
+    c = compile_(Template.from_spec("classify"), tiny_backbone.tokenizer, n=7)
+    text = prefix_text(c)
+    assert "Classify the text." in text
+    assert "<|im_start|>system" in text  # the backbone's own chat template was applied
+    assert "Possible labels: negative, positive." in text
+    assert slots(c) == [SoftSlot(0, 7)]
+    assert c.soft_token_count == 7
+    assert isinstance(c.prefix[-1], SoftSlot)  # [soft] stands right before {{ text }}
+    row = c.render_row({"text": "a great movie", "label": "positive"})
+    assert row.startswith("a great movie")
+    assert "Classify" not in row  # the constant part is not repeated per row
+    assert row.endswith("<|im_start|>assistant\n")
+
+
+def test_pair_template_prefix_and_row(tiny_backbone):
+    c = compile_(Template.from_spec("classify-pair"), tiny_backbone.tokenizer, n=3)
+    assert slots(c) == [SoftSlot(0, 3)]
+    assert c.prefix[-1] == "Text A:"
+    row = c.render_row({"text_a": "a cat", "text_b": "an animal"})
+    assert "a cat\nText B: an animal" in row
+    assert "Text A" not in row
+
+
+def test_explicit_soft_size(tiny_backbone):
+    t = Template(system="sys [soft:2]", user="[soft:3]Q: {{ text }}")
+    c = compile_(t, tiny_backbone.tokenizer, n=20)
+    assert slots(c) == [SoftSlot(0, 2), SoftSlot(1, 3)]
+    assert c.soft_token_count == 5
+
+
+def test_default_soft_size_comes_from_the_method(tiny_backbone):
+    c = compile_(Template(user="[soft]{{ text }}"), tiny_backbone.tokenizer, n=11)
+    assert slots(c) == [SoftSlot(0, 11)]
+
+
+def test_zero_soft_size_is_an_error(tiny_backbone):
+    with pytest.raises(TemplateError, match="positive size"):
+        compile_(Template(user="[soft:0]{{ text }}"), tiny_backbone.tokenizer)
+
+
+@pytest.mark.parametrize("user", ["{{ text }} [soft]", "[soft]{{ text }} and [soft:2]",
+                                  "{{ text_a }} [soft] {{ text_b }}"])
+def test_soft_slot_after_first_field(tiny_backbone, user):
+    with pytest.raises(TemplateError, match="soft slot after the first row field"):
+        compile_(Template(user=user), tiny_backbone.tokenizer)
+
+
+def test_soft_slot_in_answer_after_field(tiny_backbone):
+    with pytest.raises(TemplateError, match="soft slot after the first row field"):
+        compile_(Template(user="{{ text }}", answer="[soft]"), tiny_backbone.tokenizer)
+
+
+def test_template_without_fields(tiny_backbone):
+    with pytest.raises(TemplateError, match="uses no row field"):
+        compile_(Template(user="[soft] hello"), tiny_backbone.tokenizer)
+
+
+def test_labels_variable_renders_label_words(tiny_backbone):
+    t = Template(system="Options: {{ labels | join(', ') }}.", user="{{ text }}")
+    c = compile_(t, tiny_backbone.tokenizer, labels=["great", "terrible", "so-so"])
+    assert "Options: great, terrible, so-so." in prefix_text(c)
+    assert t.variables == {"text"}
+
+
+def test_braces_and_json_are_literal(tiny_backbone):
+    system = 'Reply as JSON like {"label": "positive", "extra": {"score": [1, 2]}} and {braces}.'
+    t = Template(system=system, user="Input {x}: {{ text }}", chat=False)
+    c = compile_(t, tiny_backbone.tokenizer)
+    assert prefix_text(c) == system + "\n\nInput {x}:"
+    assert c.render_row({"text": '{"k": {"v": 1}}'}).endswith('{"k": {"v": 1}}')
+
+
+def test_row_values_are_not_evaluated(tiny_backbone):
+    c = compile_(Template(user="Q: {{ text }}", chat=False), tiny_backbone.tokenizer)
+    row = c.render_row({"text": "{{ 7 * 7 }} {% if true %}x{% endif %}"})
+    assert row.strip() == "{{ 7 * 7 }} {% if true %}x{% endif %}"
+
+
+def test_row_value_with_soft_marker_is_not_a_slot(tiny_backbone):
+    c = compile_(Template(user="[soft:2]Q: {{ text }}", chat=False), tiny_backbone.tokenizer)
+    row = c.render_row({"text": "see [soft] and [soft:9] \ue000 0\ue001"})
+    assert "[soft] and [soft:9]" in row
+    assert "\ue000" not in row and "\ue001" not in row  # private sentinels are stripped from data
+    assert c.soft_token_count == 2
+    assert slots(c) == [SoftSlot(0, 2)]
+
+
+def test_trailing_space_before_field_leaves_the_prefix(tiny_backbone):
+    c = compile_(Template(user="Review: {{ text }}", chat=False), tiny_backbone.tokenizer)
+    assert c.prefix == ["Review:"]  # the space goes with the row, so ' great' keeps its space
+    assert c.render_row({"text": "great"}).startswith(" ")
+
+
+@pytest.mark.xfail(reason="BUG: CompiledTemplate.render_row prepends _moved_space although "
+                          "full[len(prefix_text):] already starts with it, so rows get a doubled space "
+                          "('Review:' + '  great')",
+                   raises=AssertionError, strict=True)
+def test_prefix_plus_row_is_the_rendered_text(tiny_backbone):
+    c = compile_(Template(user="Review: {{ text }}", chat=False), tiny_backbone.tokenizer)
+    assert prefix_text(c) + c.render_row({"text": "great"}) == "Review: great"
+
+
+def test_label_space_follows_the_one_string_template(tiny_backbone):
+    c = compile_(Template.from_spec("Review: {{ text }}\nSentiment: [label]"), tiny_backbone.tokenizer)
+    assert c.label_text("positive") == " positive"
+    assert c.render_row({"text": "great"}).endswith("\nSentiment:")
+
+
+def test_prefix_that_changes_per_row_is_an_error(tiny_backbone):
+    t = Template(user="{% if text == 'x' %}X {% endif %}Q: {{ text }}", chat=False)
+    c = compile_(t, tiny_backbone.tokenizer)
+    with pytest.raises(TemplateError, match="changes from row to row"):
+        c.render_row({"text": "x"})
+
+
+def test_missing_field_in_row_is_an_error(tiny_backbone):
+    c = compile_(Template(user="{{ a }} / {{ b }}", chat=False), tiny_backbone.tokenizer)
+    with pytest.raises(KeyError):
+        c.render_row({"a": "only a"})
+
+
+# --- sandbox --------------------------------------------------------------------------------------
+
+ESCAPES = [
+    "{{ text.__class__.__mro__ }}",
+    "{{ ''.__class__.__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ text.__class__ }}",
+    "{{ (text | attr('__class__')).__mro__ }}",
+    "{{ labels.append('x') }}{{ text }}",
+    "{{ joiner.__init__.__globals__['os'] }}",
+]
+
+
+@pytest.mark.parametrize("source", ESCAPES)
+def test_sandbox_blocks_python_objects(tiny_backbone, source):
+    t = Template(user="[soft]" + source + " {{ text }}")
+    refused = (jinja2.exceptions.SecurityError, jinja2.exceptions.UndefinedError, TemplateError)
+    with pytest.raises(refused) as e:
+        c = compile_(t, tiny_backbone.tokenizer)
+        c.render_row({"text": "x", "cycler": "x", "joiner": "x"})
+    assert "unsafe" in str(e.value) or "undefined" in str(e.value)
+    assert "<class" not in str(e.value) and "<function" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["lipsum", "range", "dict", "self", "namespace"])
+@pytest.mark.xfail(reason="BUG: the sandbox keeps Jinja's default globals (lipsum, range, dict, cycler, "
+                          "joiner, namespace) and the 'self' reference; '{{ lipsum }}' renders "
+                          "'<function generate_lorem_ipsum at 0x...>' into the prompt",
+                   raises=AssertionError, strict=True)
+def test_sandbox_does_not_render_python_object_reprs(tiny_backbone, name):
+    t = Template(user="{{ " + name + " }} {{ text }}", chat=False)
+    try:
+        c = compile_(t, tiny_backbone.tokenizer)
+        rendered = prefix_text(c) + c.render_row({"text": "x", name: "value"})
+    except (jinja2.exceptions.SecurityError, jinja2.exceptions.UndefinedError, TemplateError):
+        return  # refusing the template is fine too
+    assert "<" not in rendered and "0x" not in rendered, rendered
+
+
+# --- backbones without a chat template --------------------------------------------------------------
+
+
+def test_no_chat_template_plain_layout(plain_tokenizer):
+    t = Template(system="Be brief.", user="[soft]Q: {{ text }}", answer="A:", chat=False)
+    c = compile_(t, plain_tokenizer, n=2)
+    assert c.prefix == ["Be brief.\n\n", SoftSlot(0, 2), "Q:"]
+    assert c.render_row({"text": "hi"}).endswith("hi" + "A:")
+
+
+def test_chat_requested_without_chat_template_falls_back(plain_tokenizer):
+    c = compile_(Template.from_spec("classify"), plain_tokenizer, n=2)
+    text = prefix_text(c)
+    assert "<|im_start|>" not in text
+    assert text.startswith("Classify the text.")
+    assert c.render_row({"text": "hi"}) == "hi\nAnswer:"
+    assert c.label_text("positive") == " positive"
+
+
+def test_chat_false_ignores_the_chat_template(tiny_backbone):
+    c = compile_(Template(user="[soft]Q: {{ text }}", chat=False), tiny_backbone.tokenizer, n=2)
+    assert "<|im_start|>" not in prefix_text(c) + c.render_row({"text": "hi"})
+
+
+def test_chatless_backbone_predicts(tmp_path_factory):
+    from tiny import make_decoder
+
+    from prompttune import Backbone, PromptTask
+
+    folder = make_decoder(tmp_path_factory.mktemp("plain") / "decoder", chat=False)
+    backbone = Backbone.load(str(folder))
+    assert not getattr(backbone.tokenizer, "chat_template", None)
+    for spec in ("classify", "[soft]Review: {{ text }}\nSentiment: [label]"):
+        task = PromptTask.create(backbone, LABELS, method_config={"num_virtual_tokens": 2}, template=spec)
+        assert "<|im_start|>" not in prefix_text(task.model.compiled)
+        preds = task.predict(["a great movie", "boring and bad"])
+        assert len(preds) == 2 and all(p.label in LABELS for p in preds)
+        assert all(abs(sum(p.scores.values()) - 1) < 1e-5 for p in preds)
