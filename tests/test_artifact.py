@@ -195,10 +195,6 @@ def test_newer_format_version(saved, tiny_backbone):
 
 
 @pytest.mark.parametrize("manifest", [{"format": "prompttune-artifact", "format_version": 1}, [1, 2], "text"])
-@pytest.mark.xfail(reason="BUG: artifact.read only checks that manifest.json parses as JSON; a manifest that "
-                          "is not an object, or lacks 'backbone'/'verbalizer'/'method', raises "
-                          "AttributeError/KeyError in read/check_backbone/load instead of ArtifactError",
-                   raises=(AttributeError, KeyError), strict=True)
 def test_manifest_of_the_wrong_shape(saved, tiny_backbone, manifest):
     _, path = saved
     (path / "manifest.json").write_text(json.dumps(manifest))

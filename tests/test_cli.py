@@ -198,9 +198,6 @@ def test_predict_matches_the_python_api(trained, tiny_model_dir):
     assert cli_pred["scores"] == pytest.approx(api_pred.scores, abs=1e-6)
 
 
-@pytest.mark.xfail(reason="BUG: cli.predict prints the input with rich markup on (out.print), so '[/]' in a "
-                          "text raises rich.errors.MarkupError and '[bold]'/'[soft]' vanish from the output",
-                   raises=AssertionError, strict=True)
 def test_predict_text_with_square_brackets(trained, tiny_model_dir):
     result = runner.invoke(cli.app, ["predict", str(trained["art"]), "a [/] b [soft] c",
                                      "--model", str(tiny_model_dir)])
@@ -314,9 +311,6 @@ def test_predict_without_input(run_main, trained, tiny_model_dir):
     assert_user_error(run, "predict: give texts as arguments or --file")
 
 
-@pytest.mark.xfail(reason="BUG: cli.main prints the error with rich markup on, so '[label]' in a message "
-                          "is taken for a style tag and dropped ('has no  marker')",
-                   raises=AssertionError, strict=True)
 def test_error_message_keeps_square_brackets(run_main, tiny_model_dir):
     write_jsonl(Path("rows.jsonl"), rows(2))
     run = run_main("train", "rows.jsonl", "--out", "art", "--template", "Review: {{ text }}",
@@ -357,8 +351,5 @@ def test_subprocess_exit_code_and_message(subprocess_error):
     assert proc.stdout == ""
 
 
-@pytest.mark.xfail(reason="BUG: cli.main prints errors with rich's Console.print, which hard-wraps at 80 "
-                          "columns when stderr is not a terminal, so a long message spans several lines",
-                   raises=AssertionError, strict=True)
 def test_subprocess_message_is_one_line(subprocess_error):
     assert len(subprocess_error.stderr.strip().splitlines()) == 1, subprocess_error.stderr

@@ -108,9 +108,6 @@ def test_csv_row_with_wrong_column_count(tmp_path):
     assert "text, label" in msg
 
 
-@pytest.mark.xfail(reason="BUG: data._read_csv opens CSVs as 'utf-8', so a UTF-8 BOM (Excel exports) "
-                          "sticks to the first header ('\\ufefftext') and the 'text' field is missing",
-                   raises=AssertionError, strict=True)
 def test_csv_with_utf8_bom(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_bytes("text,label\nhello,greeting\n".encode("utf-8-sig"))

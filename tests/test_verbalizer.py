@@ -54,9 +54,6 @@ def test_json_file_malformed(tmp_path):
 
 
 @pytest.mark.parametrize("content", ['["great", "bad"]', '{"positive": 1}'])
-@pytest.mark.xfail(reason="BUG: Verbalizer.parse assumes the JSON is an object of strings/lists; a list "
-                          "gives AttributeError, a number TypeError (a traceback instead of a DataError)",
-                   raises=(AttributeError, TypeError), strict=True)
 def test_json_file_of_the_wrong_shape(tmp_path, content):
     path = tmp_path / "words.json"
     path.write_text(content)

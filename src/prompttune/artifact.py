@@ -54,10 +54,14 @@ def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path / MANIFEST}: damaged ({e.msg}, line {e.lineno}).") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path / MANIFEST}: not a prompttune manifest.")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{path}: made by a newer prompttune (format {manifest['format_version']}); upgrade.")
+    missing = [k for k in ("method", "method_config", "backbone", "template", "verbalizer") if k not in manifest]
+    if missing or not isinstance(manifest["backbone"], dict) or "fingerprint" not in manifest["backbone"]:
+        raise ArtifactError(f"{path / MANIFEST}: damaged (missing {', '.join(missing) or 'backbone.fingerprint'}); "
+                            "train the artifact again.")
     try:
         weights = load_file(path / WEIGHTS) if (path / WEIGHTS).exists() else {}
     except Exception as e:  # safetensors raises its own error types

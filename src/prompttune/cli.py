@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import PromptTuneError
 
@@ -114,7 +115,8 @@ def predict(
             _emit_json(r)
         else:
             scores = "  ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
-            out.print(f"{r['label']:<12} {scores}  | {r['input'][:70]}")
+            out.print(f"{r['label']:<12} {scores}  | {r['input'][:70]}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -157,7 +159,7 @@ def main() -> None:
     try:
         app()
     except PromptTuneError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted; rerun with --resume to continue training from the last checkpoint.")

@@ -112,7 +112,7 @@ def load_rows(path: str | Path) -> Dataset:
 
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -131,7 +131,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 def _read_csv(path: Path, delimiter: str) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)

@@ -36,9 +36,22 @@ _SENTINELS = re.compile("[\ue000-\ue003]")
 _SOFT_SENTINEL_RE = re.compile(f"{_SOFT_OPEN}(\\d+){_SOFT_CLOSE}")
 AUTO_VARIABLES = frozenset({"labels"})
 
+_PLAIN = (str, int, float, bool)
+
+
+def _only_plain_values(value):
+    """Refuse to print anything but text, numbers and lists of them (no functions, classes, objects)."""
+    if value is None or isinstance(value, (*_PLAIN, jinja2.Undefined)):  # Undefined raises its own error
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, _PLAIN) for v in value):
+        return value
+    raise jinja2.exceptions.SecurityError(f"a template cannot print a {type(value).__name__} object")
+
+
 _ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, finalize=_only_plain_values
 )
+_ENV.globals.clear()  # no range/dict/lipsum/cycler/joiner/namespace: every name is a row field or 'labels'
 
 BUILTIN: dict[str, dict] = {
     "classify": {
@@ -205,7 +218,7 @@ class CompiledTemplate:
                 "template: the text before the first row field changes from row to row; keep "
                 "conditionals on row fields after the first {{ field }}."
             )
-        return self._moved_space + full[len(self.prefix_text):].rstrip(" ")
+        return full[len(self.prefix_text):].rstrip(" ")
 
     def label_text(self, word: str) -> str:
         """The text of a label word as it follows the prompt (with the space the template puts before it)."""
