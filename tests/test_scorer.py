@@ -1,0 +1,109 @@
+"""The fast path gives the same scores as the plain one (PEFT's way: one pass over the whole sequence)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prompttune.api import PromptTask
+from prompttune.data import from_records
+from prompttune.template import SoftSlot
+
+LABELS = ["not_entailment", "entailment", "maybe so"]  # several multi-token label words
+
+
+def reference_scores(pm, rows) -> torch.Tensor:
+    """Score each row alone: [prefix embeddings | row tokens | label tokens] in one uncached forward pass."""
+    bb = pm.backbone
+    parts = [pm.method.slot_embeddings(s) if isinstance(s, SoftSlot) else bb.embed(s) for s in pm._segments]
+    prefix = torch.cat(parts, 0)
+    rows_w = bb.lm_rows(pm.candidates).float()
+    out = []
+    for row in rows:
+        ids = bb.tokenize(pm.compiled.render_row(row.fields))
+        form_scores = []
+        for toks, cand in zip(pm.form_token_ids, pm.form_tokens, strict=True):
+            seq = torch.tensor(ids + toks[:-1])
+            emb = torch.cat([prefix, bb.embed(seq)], 0)[None]
+            hidden = bb.body(inputs_embeds=emb).last_hidden_state[0]
+            logp = F.log_softmax(hidden[-len(toks):].float() @ rows_w.T, -1)
+            form_scores.append(sum(logp[j, c] for j, c in enumerate(cand)))
+        fs = torch.stack(form_scores)
+        labels = torch.stack([
+            torch.logsumexp(fs[pm.form_label == i], 0) - torch.log(torch.tensor(float((pm.form_label == i).sum())))
+            for i in range(len(pm.verbalizer.labels))
+        ])
+        out.append(F.log_softmax(labels, -1))
+    return torch.stack(out)
+
+
+@pytest.fixture
+def task(tiny_backbone):
+    return PromptTask.create(tiny_backbone, LABELS, "prompt-tuning", {"num_virtual_tokens": 5, "init": "random"},
+                             verbalizer="entailment=entailment|yes;maybe so=maybe so", seed=3)
+
+
+ROWS = from_records(["a great movie", "a terrible film , boring and bad , what a waste", "the cat",
+                     "I loved it , I hated it , truly"])
+
+
+def test_labels_span_several_tokens(task):
+    assert task.model.max_form_len > 1
+
+
+@torch.no_grad()
+def test_cached_batched_scores_equal_uncached_single_pass(task):
+    pm = task.model
+    fast = pm.score(pm.encode(ROWS), batch_size=3, calibrate=False)
+    ref = reference_scores(pm, ROWS.rows)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_scores_do_not_depend_on_batching(task):
+    pm = task.model
+    enc = pm.encode(ROWS)
+    together = pm.score(enc, batch_size=4, calibrate=False)
+    alone = pm.score(enc, batch_size=1, calibrate=False)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_training_path_matches_inference_path(task):
+    """label_scores over a freshly computed (gradient-carrying) prefix equals the cached inference scores."""
+    pm = task.model
+    enc = pm.encode(ROWS)
+    train_scores = F.log_softmax(pm.label_scores(enc.ids, pm.prefix_kv()), -1)
+    assert train_scores.requires_grad
+    torch.testing.assert_close(train_scores.detach(), pm.score(enc, batch_size=2, calibrate=False),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_is_computed_once_for_inference(task, monkeypatch):
+    pm = task.model
+    pm.clear_cache()
+    calls = []
+    original = pm.method.prefix_kv
+    monkeypatch.setattr(pm.method, "prefix_kv", lambda *a: calls.append(1) or original(*a))
+    enc = pm.encode(ROWS)
+    pm.score(enc, batch_size=1)
+    pm.score(enc, batch_size=2)
+    assert len(calls) == 1
+
+
+def test_only_label_rows_of_lm_head_are_read(task, monkeypatch):
+    """The read-out never multiplies by the full vocabulary."""
+    pm = task.model
+    head = pm.backbone.model.get_output_embeddings()
+    monkeypatch.setattr(head, "forward", lambda *a, **k: pytest.fail("full LM head used for scoring"))
+    pm.score(pm.encode(ROWS), calibrate=False)
+
+
+def test_calibration_centres_content_free_inputs(task):
+    cal = task.calibrate()
+    assert len(cal) == len(LABELS)
+    from prompttune.data import Row
+
+    rows = [Row({"text": t}) for t in ("N/A", "", "[MASK]")]
+    probs = task.model.score(task.model.encode(rows), calibrate=True).exp().mean(0)
+    uncal = task.model.score(task.model.encode(rows), calibrate=False).exp().mean(0)
+    uniform = torch.full_like(probs, 1 / len(LABELS))
+    assert (probs - uniform).abs().max() < (uncal - uniform).abs().max() + 1e-6

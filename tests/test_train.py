@@ -1,0 +1,94 @@
+"""Training: the loss goes down, runs are deterministic, and a killed run resumes to the same result."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prompttune.api import PromptTask
+from prompttune.data import from_records
+from prompttune.errors import PromptTuneError
+from prompttune.train import Trainer, TrainConfig, epoch_batches
+
+
+def make(tiny_backbone, seed=0):
+    return PromptTask.create(tiny_backbone, ["negative", "positive"], "prompt-tuning",
+                             {"num_virtual_tokens": 4, "init": "vocab"}, seed=seed)
+
+
+def encoded(task, rows):
+    ds = from_records(rows)
+    return task.model.encode(ds), task.model.label_indices(ds)
+
+
+def test_epoch_batches_cover_every_row_once_and_are_seeded():
+    lengths = [i % 7 for i in range(50)]
+    a = epoch_batches(lengths, 8, seed=1, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(50))
+    assert a == epoch_batches(lengths, 8, seed=1, epoch=0)
+    assert a != epoch_batches(lengths, 8, seed=1, epoch=1)
+
+
+def test_loss_goes_down_and_only_the_prompt_trains(tiny_backbone, sentiment_rows):
+    task = make(tiny_backbone)
+    before = {k: v.clone() for k, v in tiny_backbone.model.state_dict().items()}
+    enc, y = encoded(task, sentiment_rows)
+    losses = []
+    trainer = Trainer(task.model, TrainConfig(max_steps=40, batch_size=8, lr=0.1, warmup_steps=2, eval_every=100),
+                      on_progress=lambda ev: losses.append(ev["loss"]) if "loss" in ev else None)
+    trainer.fit(enc, y, enc, y)
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
+    after = tiny_backbone.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_is_deterministic_under_a_seed(tiny_backbone, sentiment_rows):
+    states = []
+    for _ in range(2):
+        task = make(tiny_backbone, seed=7)
+        enc, y = encoded(task, sentiment_rows)
+        Trainer(task.model, TrainConfig(max_steps=6, batch_size=8, eval_every=3, seed=7)).fit(enc, y, enc, y)
+        states.append(task.model.method.embeddings.detach().clone())
+    torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, tmp_path):
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=4, patience=100, seed=2)
+    task = make(tiny_backbone, seed=2)
+    enc, y = encoded(task, sentiment_rows)
+    Trainer(task.model, cfg, checkpoint_dir=tmp_path / "full").fit(enc, y, enc, y)
+
+    def kill_at_step_9(ev):
+        if ev.get("step") == 9 and "loss" in ev:
+            raise KeyboardInterrupt
+
+    task = make(tiny_backbone, seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(task.model, cfg, checkpoint_dir=tmp_path / "killed", on_progress=kill_at_step_9).fit(enc, y, enc, y)
+    task = make(tiny_backbone, seed=99)  # a different init: everything must come from the checkpoint
+    result = Trainer(task.model, cfg, checkpoint_dir=tmp_path / "killed").fit(enc, y, enc, y, resume=True)
+    assert result.steps == 12
+    full = load_file(tmp_path / "full" / "state.safetensors")
+    resumed = load_file(tmp_path / "killed" / "state.safetensors")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        torch.testing.assert_close(full[k], resumed[k], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_with_other_settings_is_refused(tiny_backbone, sentiment_rows, tmp_path):
+    task = make(tiny_backbone)
+    enc, y = encoded(task, sentiment_rows)
+    Trainer(task.model, TrainConfig(max_steps=2, batch_size=8, eval_every=2), tmp_path / "ck").fit(enc, y, enc, y)
+    with pytest.raises(PromptTuneError, match="other settings"):
+        Trainer(task.model, TrainConfig(max_steps=4, batch_size=4, eval_every=2), tmp_path / "ck").fit(
+            enc, y, enc, y, resume=True)
+
+
+def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):
+    task = make(tiny_backbone)
+    enc, y = encoded(task, sentiment_rows)
+    cfg = TrainConfig(max_steps=200, batch_size=8, lr=1e-6, warmup_steps=1, eval_every=2, patience=2)
+    start = task.model.method.embeddings.detach().clone()
+    result = Trainer(task.model, cfg).fit(enc, y, enc, y)
+    assert result.stopped_early and result.steps < 200
+    if result.best_step == 0:  # nothing beat the initial prompt: the initial prompt is what we keep
+        torch.testing.assert_close(task.model.method.embeddings.detach(), start)
