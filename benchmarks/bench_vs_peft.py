@@ -48,7 +48,7 @@ def run_prompttune(args) -> dict:
 
     set_threads()
     train, test = rows(args)
-    backbone = Backbone.load(args.model)
+    backbone = Backbone.load(args.model, dtype=args.dtype)
     tmpl = {"system": SYSTEM, "user": "[soft]{{ text }}"}
     task = PromptTask.create(backbone, ["negative", "positive"], "prompt-tuning",
                              {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"}, tmpl, seed=0)
@@ -80,7 +80,8 @@ def run_peft(args) -> dict:
     train, test = rows(args)
     _, where = defaults.resolve(args.model)
     tok = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens,
                              prompt_tuning_init=PromptTuningInit.RANDOM)
     model = get_peft_model(model, cfg)
@@ -148,6 +149,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", choices=["both", "prompttune", "peft"], default="both")
     ap.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="backbone precision, the same on both sides")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-batch-size", type=int, default=32)
@@ -171,7 +174,7 @@ def main() -> None:
             sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
         results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     a, b = results["prompttune"], results["peft"]
-    print(f"model {args.model or 'smollm2-135m-instruct'}; {args.steps} steps x batch {args.batch_size}, "
+    print(f"model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); {args.steps} steps x batch {args.batch_size}, "
           f"{args.virtual_tokens} virtual tokens, lr {args.lr}; eval on {args.eval_rows} held-out SST-2 rows")
     print(f"{'':24}{'prompttune':>12}{'PEFT':>12}{'ratio':>9}")
     for key, label in (("train_examples_per_s", "train examples/s"), ("eval_examples_per_s", "eval examples/s"),

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .backbone import KV, Backbone
 from .data import Dataset, Row
-from .errors import DataError
+from .errors import DataError, ModelError
 from .methods import SoftPromptMethod
 from .template import CompiledTemplate, SoftSlot, Template
 from .verbalizer import CONTENT_FREE, Verbalizer
@@ -38,6 +38,11 @@ class PromptModel(torch.nn.Module):
                  method_factory: Callable[[list[SoftSlot], dict], SoftPromptMethod], num_virtual_tokens: int,
                  generator: torch.Generator | None = None):
         super().__init__()
+        if backbone.kind != "decoder":
+            raise ModelError(
+                f"--model {backbone.model_id}: an encoder has no LM head to score label words with; "
+                "verbalizer read-outs need a decoder (e.g. the default, smollm2)."
+            )
         self.backbone = backbone
         self.template = template
         self.verbalizer = verbalizer

@@ -65,8 +65,26 @@ class SoftPromptMethod(nn.Module):
         return torch.cat(parts, dim=0)[None]
 
     def prefix_kv(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> KV:
-        """The constant prefix's per-layer keys/values (with gradients while training)."""
-        return backbone.prefix_kv(self.prefix_embeddings(backbone, segments))
+        """The constant prefix's per-layer keys/values (with gradients while training).
+
+        Hard text before the first soft slot (system text, chat header) does not depend on any
+        parameter: its keys/values are computed once and the rest of the prefix continues from them.
+        """
+        first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
+        if first_soft == 0 or first_soft == len(segments):
+            return backbone.prefix_kv(self.prefix_embeddings(backbone, segments))
+        lead = self._lead_kv(backbone, segments[:first_soft])
+        return backbone.prefix_kv(self.prefix_embeddings(backbone, segments[first_soft:]), past=lead)
+
+    def _lead_kv(self, backbone: Backbone, lead: list[Tensor]) -> KV:
+        key = (id(backbone), tuple(t for seg in lead for t in seg.tolist()))
+        cache = self.__dict__.setdefault("_lead_cache", {})
+        if key not in cache:
+            with torch.no_grad():
+                cache.clear()
+                cache[key] = [(k.detach(), v.detach()) for k, v in
+                              backbone.prefix_kv(self.prefix_embeddings(backbone, lead))]
+        return cache[key]
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Tensors to save (and to restore to resume training)."""
