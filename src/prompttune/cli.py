@@ -13,10 +13,10 @@ from rich.markup import escape
 
 from .errors import PromptTuneError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Adapt a frozen language model to your task through prompts.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Backbone: a local HF folder, a hub id, or smollm2 (default decoder) / minilm (encoder).")]
@@ -55,7 +55,7 @@ def train(
     init_text: Annotated[str | None, typer.Option(help="The text for --init text.")] = None,
     template: Annotated[str | None, typer.Option(
         help="Built-in name (classify, classify-pair), a .json template, or a string like "
-             "'Review: {{ text }} [soft] Sentiment: [label]'.")] = None,
+             "'[soft] Review: {{ text }} Sentiment: [label]'.")] = None,
     verbalizer: Annotated[str | None, typer.Option(
         help="Label words: 'positive=great|good;negative=bad' or a .json file. Default: the labels.")] = None,
     calibrate: Annotated[bool, typer.Option(help="Fit contextual calibration after training.")] = False,
