@@ -353,3 +353,13 @@ def test_subprocess_exit_code_and_message(subprocess_error):
 
 def test_subprocess_message_is_one_line(subprocess_error):
     assert len(subprocess_error.stderr.strip().splitlines()) == 1, subprocess_error.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
+    out = tmp_path / "demo"
+    res = invoke("demo", "--out", str(out), "--max-steps", "3", "--model", str(tiny_model_dir))
+    assert res.exit_code == 0, res.output
+    assert "zero-shot" in res.output and "prompt tuning" in res.output
+    assert (out / "manifest.json").exists()
+    assert (tmp_path / "demo-data" / "test.jsonl").exists()
+    assert sum(1 for _ in open(tmp_path / "demo-data" / "test.jsonl")) == 150

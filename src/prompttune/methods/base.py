@@ -58,11 +58,11 @@ class SoftPromptMethod(nn.Module):
         """The (slot.size, d) input embeddings standing at a soft slot."""
         raise NotImplementedError
 
-    def prefix_embeddings(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> Tensor:
-        """(1, n, d): hard-text embeddings with the soft slots filled in."""
+    def prefix_embeddings(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> Tensor | None:
+        """(1, n, d): hard-text embeddings with the soft slots filled in; None when there is nothing."""
         parts = [self.slot_embeddings(s) if isinstance(s, SoftSlot) else backbone.embed(s) for s in segments]
         parts = [p.to(backbone.embedding_matrix.dtype) for p in parts if p.shape[0]]
-        return torch.cat(parts, dim=0)[None]
+        return torch.cat(parts, dim=0)[None] if parts else None
 
     def prefix_kv(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> KV:
         """The constant prefix's per-layer keys/values (with gradients while training).
@@ -71,10 +71,12 @@ class SoftPromptMethod(nn.Module):
         parameter: its keys/values are computed once and the rest of the prefix continues from them.
         """
         first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
-        if first_soft == 0 or first_soft == len(segments):
-            return backbone.prefix_kv(self.prefix_embeddings(backbone, segments))
-        lead = self._lead_kv(backbone, segments[:first_soft])
-        return backbone.prefix_kv(self.prefix_embeddings(backbone, segments[first_soft:]), past=lead)
+        lead, rest = segments[:first_soft], segments[first_soft:]
+        past = self._lead_kv(backbone, lead) if lead and rest else None
+        embeds = self.prefix_embeddings(backbone, rest if past is not None else segments)
+        if embeds is None:  # nothing after the constant text (e.g. zero-shot's empty slots)
+            return past or []
+        return backbone.prefix_kv(embeds, past=past)
 
     def _lead_kv(self, backbone: Backbone, lead: list[Tensor]) -> KV:
         key = (id(backbone), tuple(t for seg in lead for t in seg.tolist()))
