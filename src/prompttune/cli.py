@@ -53,6 +53,8 @@ def train(
     num_virtual_tokens: Annotated[int, typer.Option(help="Soft tokens at the template's [soft] slot.")] = 20,
     init: Annotated[str, typer.Option(help="Soft-token init: labels, vocab, text, random.")] = "labels",
     init_text: Annotated[str | None, typer.Option(help="The text for --init text.")] = None,
+    reparam_hidden: Annotated[int, typer.Option(
+        help="Prompt tuning: train the soft tokens through a residual MLP of this width (0: off).")] = 0,
     template: Annotated[str | None, typer.Option(
         help="Built-in name (classify, classify-pair), a .json template, or a string like "
              "'[soft] Review: {{ text }} Sentiment: [label]'.")] = None,

@@ -33,7 +33,8 @@ def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, me
               max_steps: int | None, batch_size: int, lr: float, num_virtual_tokens: int, init: str,
               init_text: str | None, template: str | None, verbalizer: str | None, calibrate: bool,
               eval_every: int | None, patience: int, resume: bool, model: str | None, seed: int,
-              as_json: bool = False, console: Console | None = None, backbone: Backbone | None = None) -> dict:
+              as_json: bool = False, console: Console | None = None, backbone: Backbone | None = None,
+              reparam_hidden: int = 0) -> dict:
     console = console or Console(stderr=True)
     set_threads()
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--num-virtual-tokens", num_virtual_tokens)):
@@ -46,7 +47,7 @@ def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, me
     labels = sorted(train_ds.labels())
     method_config = {"num_virtual_tokens": num_virtual_tokens}
     if method == "prompt-tuning":
-        method_config |= {"init": init, "init_text": init_text}
+        method_config |= {"init": init, "init_text": init_text, "reparam_hidden": reparam_hidden}
     task = PromptTask.create(backbone, labels, method, method_config, tmpl, verbalizer=verbalizer, seed=seed)
     pm = task.model
     y_val = pm.label_indices(val_ds)  # a validation label the verbalizer does not know is an error here

@@ -23,6 +23,9 @@ INITS = ("vocab", "text", "labels", "random")
 class PromptTuningConfig(MethodConfig):
     init: str = "labels"
     init_text: str | None = None
+    # Residual reparameterization (after Razdaibiedina et al. 2023): train P + MLP(P), the MLP's output layer
+    # starting at zero so the init is kept; 0 switches it off. Inference reads the table it produces.
+    reparam_hidden: int = 0
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -48,6 +51,13 @@ class PromptTuning(SoftPromptMethod):
         else:
             init = emb[ids].clone()
         self.embeddings = nn.Parameter(init.float())  # (n_virtual, d)
+        d = emb.shape[1]
+        self.reparam = None
+        if config.reparam_hidden:
+            self.reparam = nn.Sequential(nn.Linear(d, config.reparam_hidden), nn.ReLU(),
+                                         nn.Linear(config.reparam_hidden, d))
+            nn.init.zeros_(self.reparam[2].weight)
+            nn.init.zeros_(self.reparam[2].bias)
         self._offsets = {}
         start = 0
         for s in slots:
@@ -76,6 +86,12 @@ class PromptTuning(SoftPromptMethod):
         out[: min(total, len(words))] = words[:total]
         return out
 
+    def table(self) -> Tensor:
+        """The (n_virtual, d) virtual-token embeddings inference uses."""
+        if self.reparam is None:
+            return self.embeddings
+        return self.embeddings + self.reparam(self.embeddings)
+
     def slot_embeddings(self, slot: SoftSlot) -> Tensor:
         start, end = self._offsets[slot.index]
-        return self.embeddings[start:end]
+        return self.table()[start:end]
