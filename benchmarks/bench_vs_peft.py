@@ -31,7 +31,7 @@ def rows(args):
         sys.exit(f"{DATA}: missing. This benchmark reads SST-2 from ../shared/data (see its README).")
     lines = DATA.read_text().splitlines()
     data = [json.loads(x) for x in lines]
-    return data[: args.train_rows], data[-args.eval_rows:]
+    return data[: args.train_rows], data[-args.eval_rows :]
 
 
 def peak_rss_mb() -> float:
@@ -44,27 +44,45 @@ def run_prompttune(args) -> dict:
     from prompttune.api import PromptTask
     from prompttune.backbone import Backbone, set_threads
     from prompttune.data import from_records
-    from prompttune.train import Trainer, TrainConfig
+    from prompttune.train import TrainConfig, Trainer
 
     set_threads()
     train, test = rows(args)
     backbone = Backbone.load(args.model, dtype=args.dtype)
     tmpl = {"system": SYSTEM, "user": "[soft]{{ text }}"}
-    task = PromptTask.create(backbone, ["negative", "positive"], "prompt-tuning",
-                             {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"}, tmpl, seed=0)
+    task = PromptTask.create(
+        backbone,
+        ["negative", "positive"],
+        "prompt-tuning",
+        {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"},
+        tmpl,
+        seed=0,
+    )
     pm = task.model
     tr, te = from_records(train), from_records(test)
-    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=10**9,
-                      patience=10**9, warmup_steps=args.warmup)
+    cfg = TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=10**9,
+        patience=10**9,
+        warmup_steps=args.warmup,
+    )
     trainer = Trainer(pm, cfg)
     enc_tr, y_tr = pm.encode(tr), pm.label_indices(tr)
     enc_small, y_small = pm.encode(te.rows[:2]), pm.label_indices(te.rows[:2])
     res = trainer.fit(enc_tr, y_tr, enc_small, y_small)
     # keep the last state (PEFT's side has no validation-based selection either)
     report = task.evaluate(te, batch_size=args.eval_batch_size, calibrate=False)
-    return {"train_examples_per_s": res.train_examples_per_s, "train_seconds": res.train_seconds,
-            "eval_examples_per_s": report["examples_per_s"], "accuracy": report["accuracy"],
-            "peak_rss_mb": peak_rss_mb(), "steps": res.steps, "threads": torch.get_num_threads()}
+    return {
+        "train_examples_per_s": res.train_examples_per_s,
+        "train_seconds": res.train_seconds,
+        "eval_examples_per_s": report["examples_per_s"],
+        "accuracy": report["accuracy"],
+        "peak_rss_mb": peak_rss_mb(),
+        "steps": res.steps,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_peft(args) -> dict:
@@ -82,8 +100,9 @@ def run_peft(args) -> dict:
     tok = AutoTokenizer.from_pretrained(where)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
-    cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens,
-                             prompt_tuning_init=PromptTuningInit.RANDOM)
+    cfg = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens, prompt_tuning_init=PromptTuningInit.RANDOM
+    )
     model = get_peft_model(model, cfg)
     # Same init as prompttune's --init vocab: embeddings of tokens sampled from the 5,000 most frequent ids.
     emb = model.get_input_embeddings().weight
@@ -107,7 +126,7 @@ def run_peft(args) -> dict:
     while step < args.steps:
         if pos + args.batch_size > len(order):
             order, pos = torch.randperm(len(train), generator=gen).tolist(), 0
-        batch = [train[i] for i in order[pos:pos + args.batch_size]]
+        batch = [train[i] for i in order[pos : pos + args.batch_size]]
         pos += args.batch_size
         seqs, labs = [], []
         for r in batch:
@@ -134,23 +153,30 @@ def run_peft(args) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(test), args.eval_batch_size):
-            b = test[i:i + args.eval_batch_size]
+            b = test[i : i + args.eval_batch_size]
             enc = tok([prompt(r["text"]) for r in b], add_special_tokens=False, return_tensors="pt", padding=True)
             logits = model(**enc).logits[:, -1, first]
             pred = logits.argmax(-1).tolist()
             correct += sum(("negative", "positive")[p] == r["label"] for p, r in zip(pred, b, strict=True))
     eval_seconds = time.perf_counter() - t0
-    return {"train_examples_per_s": seen / train_seconds, "train_seconds": train_seconds,
-            "eval_examples_per_s": len(test) / eval_seconds, "accuracy": correct / len(test),
-            "peak_rss_mb": peak_rss_mb(), "steps": step, "threads": torch.get_num_threads()}
+    return {
+        "train_examples_per_s": seen / train_seconds,
+        "train_seconds": train_seconds,
+        "eval_examples_per_s": len(test) / eval_seconds,
+        "accuracy": correct / len(test),
+        "peak_rss_mb": peak_rss_mb(),
+        "steps": step,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", choices=["both", "prompttune", "peft"], default="both")
     ap.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="backbone precision, the same on both sides")
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="backbone precision, the same on both sides"
+    )
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-batch-size", type=int, default=32)
@@ -167,18 +193,25 @@ def main() -> None:
     results = {}
     for side in ("prompttune", "peft"):
         cmd = [sys.executable, __file__, "--side", side] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "side" and v is not None]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "side" and v is not None
+        ]
         print(f"running {side} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
         results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     a, b = results["prompttune"], results["peft"]
-    print(f"model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); {args.steps} steps x batch {args.batch_size}, "
-          f"{args.virtual_tokens} virtual tokens, lr {args.lr}; eval on {args.eval_rows} held-out SST-2 rows")
+    print(
+        f"model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); {args.steps} steps x batch {args.batch_size}, "
+        f"{args.virtual_tokens} virtual tokens, lr {args.lr}; eval on {args.eval_rows} held-out SST-2 rows"
+    )
     print(f"{'':24}{'prompttune':>12}{'PEFT':>12}{'ratio':>9}")
-    for key, label in (("train_examples_per_s", "train examples/s"), ("eval_examples_per_s", "eval examples/s"),
-                       ("accuracy", "accuracy"), ("peak_rss_mb", "peak RSS (MB)")):
+    for key, label in (
+        ("train_examples_per_s", "train examples/s"),
+        ("eval_examples_per_s", "eval examples/s"),
+        ("accuracy", "accuracy"),
+        ("peak_rss_mb", "peak RSS (MB)"),
+    ):
         ratio = a[key] / b[key] if b[key] else float("nan")
         print(f"{label:24}{a[key]:12.3f}{b[key]:12.3f}{ratio:8.2f}x")
     print(f"accuracy difference: {100 * (a['accuracy'] - b['accuracy']):+.1f} points")

@@ -1,6 +1,6 @@
 """Write docs/cli.md from the real --help of every command, so the reference cannot drift.
 
-    .venv/bin/python scripts/gen_cli_docs.py          (tests/test_docs.py checks it is up to date)
+.venv/bin/python scripts/gen_cli_docs.py          (tests/test_docs.py checks it is up to date)
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def render() -> str:
     names = ["train", "eval", "predict", "generate", "demo", "models"]
     parts = ["# CLI reference\n\nGenerated from `--help` by `scripts/gen_cli_docs.py`; do not edit by hand.\n"]
     for args in [[]] + [[n] for n in names]:
-        res = runner.invoke(app, [*args, "--help"], prog_name="prompttune", env={"COLUMNS": "100", "TERM": "dumb"},
-                            color=False)
+        res = runner.invoke(
+            app, [*args, "--help"], prog_name="prompttune", env={"COLUMNS": "100", "TERM": "dumb"}, color=False
+        )
         title = " ".join(["prompttune", *args])
         parts.append(f"## `{title}`\n\n```\n{res.output.rstrip()}\n```\n")
     return "\n".join(parts)

@@ -87,8 +87,7 @@ def test_round_trip_keeps_calibration(tmp_path, tiny_backbone):
 
 
 def test_zero_shot_round_trip(tmp_path, tiny_backbone):
-    task = PromptTask.create(tiny_backbone, LABELS, method="zero-shot",
-                             method_config={"num_virtual_tokens": 4})
+    task = PromptTask.create(tiny_backbone, LABELS, method="zero-shot", method_config={"num_virtual_tokens": 4})
     path = task.save(tmp_path / "zs")
     assert load_file(path / artifact.WEIGHTS) == {}
     loaded = prompttune.load(path, model=tiny_backbone)
@@ -132,7 +131,7 @@ def test_weights_are_safetensors(saved):
     task, path = saved
     raw = (path / "weights.safetensors").read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
-    assert json.loads(raw[8:8 + header_len])["__metadata__"]["method"] == "prompt-tuning"
+    assert json.loads(raw[8 : 8 + header_len])["__metadata__"]["method"] == "prompt-tuning"
     weights = load_file(path / "weights.safetensors")
     state = task.model.method.trainable_state()
     assert weights.keys() == state.keys() == {"embeddings"}

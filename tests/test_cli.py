@@ -98,8 +98,7 @@ def test_train_json(trained, tiny_model_dir):
     result = trained["result"]
     assert result.exit_code == 0, result.stderr
     metrics = last_json(result.stdout)
-    assert {"train_examples_per_s", "train_seconds", "steps", "best_val_accuracy",
-            "trainable_params"} <= metrics.keys()
+    assert {"train_examples_per_s", "train_seconds", "steps", "best_val_accuracy", "trainable_params"} <= metrics.keys()
     assert metrics["steps"] == 4
     assert metrics["trainable_params"] == 4 * 32  # 4 virtual tokens x hidden size 32
     assert metrics["train_seconds"] > 0 and metrics["train_examples_per_s"] > 0
@@ -134,8 +133,9 @@ def test_train_human_output_and_resume(tmp_path, tiny_model_dir):
 
 def test_train_zero_shot(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "train.jsonl", rows(4))
-    result = invoke("train", data, "--out", tmp_path / "zs", "--method", "zero-shot", "--json",
-                    "--model", tiny_model_dir, *FAST)
+    result = invoke(
+        "train", data, "--out", tmp_path / "zs", "--method", "zero-shot", "--json", "--model", tiny_model_dir, *FAST
+    )
     assert result.exit_code == 0, result.stderr
     metrics = last_json(result.stdout)
     assert metrics["trainable_params"] == 0 and metrics["steps"] == 0
@@ -174,8 +174,9 @@ def test_predict_text(trained, tiny_model_dir):
 
 
 def test_predict_file_json(trained, tiny_model_dir, tmp_path):
-    data = write_jsonl(tmp_path / "rows.jsonl", [{"text": "I loved it"}, {"text": "what a waste"},
-                                                 {"text": "meh", "label": "ignored"}])
+    data = write_jsonl(
+        tmp_path / "rows.jsonl", [{"text": "I loved it"}, {"text": "what a waste"}, {"text": "meh", "label": "ignored"}]
+    )
     result = invoke("predict", trained["art"], "--file", data, "--json", "--model", tiny_model_dir)
     assert result.exit_code == 0, result.stderr
     preds = [json.loads(line) for line in result.stdout.strip().splitlines()]
@@ -199,8 +200,9 @@ def test_predict_matches_the_python_api(trained, tiny_model_dir):
 
 
 def test_predict_text_with_square_brackets(trained, tiny_model_dir):
-    result = runner.invoke(cli.app, ["predict", str(trained["art"]), "a [/] b [soft] c",
-                                     "--model", str(tiny_model_dir)])
+    result = runner.invoke(
+        cli.app, ["predict", str(trained["art"]), "a [/] b [soft] c", "--model", str(tiny_model_dir)]
+    )
     assert result.exit_code == 0, repr(result.exception)
     assert result.stdout.rstrip().endswith("| a [/] b [soft] c")
 
@@ -211,8 +213,16 @@ def test_generate(tiny_model_dir):
 
 
 def test_generate_with_artifact(trained, tiny_model_dir):
-    args = ["generate", "a great movie", "--artifact", trained["art"], "--model", tiny_model_dir,
-            "--max-new-tokens", "3"]
+    args = [
+        "generate",
+        "a great movie",
+        "--artifact",
+        trained["art"],
+        "--model",
+        tiny_model_dir,
+        "--max-new-tokens",
+        "3",
+    ]
     first, again = invoke(*args), invoke(*args)
     assert first.exit_code == 0, first.stderr
     assert first.stdout == again.stdout  # greedy decoding is deterministic
@@ -270,8 +280,7 @@ def test_predict_text_longer_than_the_context(run_main, trained, tiny_model_dir)
 
 def test_unknown_method(run_main, tiny_model_dir):
     write_jsonl(Path("rows.jsonl"), rows(2))
-    run = run_main("train", "rows.jsonl", "--out", "art", "--method", "lora",
-                   "--model", tiny_model_dir, *FAST)
+    run = run_main("train", "rows.jsonl", "--out", "art", "--method", "lora", "--model", tiny_model_dir, *FAST)
     assert_user_error(run, "--method lora: unknown method", "prompt-tuning", "zero-shot")
 
 
@@ -313,8 +322,9 @@ def test_predict_without_input(run_main, trained, tiny_model_dir):
 
 def test_error_message_keeps_square_brackets(run_main, tiny_model_dir):
     write_jsonl(Path("rows.jsonl"), rows(2))
-    run = run_main("train", "rows.jsonl", "--out", "art", "--template", "Review: {{ text }}",
-                   "--model", tiny_model_dir, *FAST)
+    run = run_main(
+        "train", "rows.jsonl", "--out", "art", "--template", "Review: {{ text }}", "--model", tiny_model_dir, *FAST
+    )
     assert_user_error(run, "not a built-in name", "has no [label] marker")
 
 
@@ -335,9 +345,24 @@ def subprocess_error(tmp_path_factory, tiny_model_dir):
     write_jsonl(folder / "rows.jsonl", rows(2) + [{"txt": "oops", "label": "positive"}])
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run(
-        [sys.executable, "-m", "prompttune.cli", "train", "rows.jsonl", "--out", "art",
-         "--model", str(tiny_model_dir), *FAST],
-        cwd=folder, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "prompttune.cli",
+            "train",
+            "rows.jsonl",
+            "--out",
+            "art",
+            "--model",
+            str(tiny_model_dir),
+            *FAST,
+        ],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -13,7 +13,7 @@ def test_cli_reference_is_generated_from_the_real_help():
 
 def test_readme_opens_with_the_two_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
-    block = lines[lines.index("```bash") + 1: lines.index("```")]
+    block = lines[lines.index("```bash") + 1 : lines.index("```")]
     assert len(block) == 2
     assert "scripts/setup.sh" in block[0] and "prompttune demo" in block[0]
     assert "scripts/setup.sh" in block[1] and "pytest" in block[1]

@@ -25,25 +25,34 @@ def reference_scores(pm, rows) -> torch.Tensor:
             seq = torch.tensor(ids + toks[:-1])
             emb = torch.cat([prefix, bb.embed(seq)], 0)[None]
             hidden = bb.body(inputs_embeds=emb).last_hidden_state[0]
-            logp = F.log_softmax(hidden[-len(toks):].float() @ rows_w.T, -1)
+            logp = F.log_softmax(hidden[-len(toks) :].float() @ rows_w.T, -1)
             form_scores.append(sum(logp[j, c] for j, c in enumerate(cand)))
         fs = torch.stack(form_scores)
-        labels = torch.stack([
-            torch.logsumexp(fs[pm.form_label == i], 0) - torch.log(torch.tensor(float((pm.form_label == i).sum())))
-            for i in range(len(pm.verbalizer.labels))
-        ])
+        labels = torch.stack(
+            [
+                torch.logsumexp(fs[pm.form_label == i], 0) - torch.log(torch.tensor(float((pm.form_label == i).sum())))
+                for i in range(len(pm.verbalizer.labels))
+            ]
+        )
         out.append(F.log_softmax(labels, -1))
     return torch.stack(out)
 
 
 @pytest.fixture
 def task(tiny_backbone):
-    return PromptTask.create(tiny_backbone, LABELS, "prompt-tuning", {"num_virtual_tokens": 5, "init": "random"},
-                             verbalizer="entailment=entailment|yes;maybe so=maybe so", seed=3)
+    return PromptTask.create(
+        tiny_backbone,
+        LABELS,
+        "prompt-tuning",
+        {"num_virtual_tokens": 5, "init": "random"},
+        verbalizer="entailment=entailment|yes;maybe so=maybe so",
+        seed=3,
+    )
 
 
-ROWS = from_records(["a great movie", "a terrible film , boring and bad , what a waste", "the cat",
-                     "I loved it , I hated it , truly"])
+ROWS = from_records(
+    ["a great movie", "a terrible film , boring and bad , what a waste", "the cat", "I loved it , I hated it , truly"]
+)
 
 
 def test_labels_span_several_tokens(task):
@@ -73,8 +82,9 @@ def test_training_path_matches_inference_path(task):
     enc = pm.encode(ROWS)
     train_scores = F.log_softmax(pm.label_scores(enc.ids, pm.prefix_kv()), -1)
     assert train_scores.requires_grad
-    torch.testing.assert_close(train_scores.detach(), pm.score(enc, batch_size=2, calibrate=False),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        train_scores.detach(), pm.score(enc, batch_size=2, calibrate=False), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_prefix_is_computed_once_for_inference(task, monkeypatch):

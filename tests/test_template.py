@@ -52,8 +52,7 @@ def test_default_follows_the_data_shape():
 
 
 def test_from_dict():
-    t = Template.from_spec({"system": "Be brief.", "user": "[soft]Q: {{ question }}", "answer": "A:",
-                            "chat": False})
+    t = Template.from_spec({"system": "Be brief.", "user": "[soft]Q: {{ question }}", "answer": "A:", "chat": False})
     assert t == Template(user="[soft]Q: {{ question }}", system="Be brief.", answer="A:", chat=False)
     assert t.variables == {"question"}
     assert Template.from_spec(t) is t
@@ -147,8 +146,9 @@ def test_zero_soft_size_is_an_error(tiny_backbone):
         compile_(Template(user="[soft:0]{{ text }}"), tiny_backbone.tokenizer)
 
 
-@pytest.mark.parametrize("user", ["{{ text }} [soft]", "[soft]{{ text }} and [soft:2]",
-                                  "{{ text_a }} [soft] {{ text_b }}"])
+@pytest.mark.parametrize(
+    "user", ["{{ text }} [soft]", "[soft]{{ text }} and [soft:2]", "{{ text_a }} [soft] {{ text_b }}"]
+)
 def test_soft_slot_after_first_field(tiny_backbone, user):
     with pytest.raises(TemplateError, match="soft slot after the first row field"):
         compile_(Template(user=user), tiny_backbone.tokenizer)

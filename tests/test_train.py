@@ -7,12 +7,13 @@ from safetensors.torch import load_file
 from prompttune.api import PromptTask
 from prompttune.data import from_records
 from prompttune.errors import PromptTuneError
-from prompttune.train import Trainer, TrainConfig, epoch_batches
+from prompttune.train import TrainConfig, Trainer, epoch_batches
 
 
 def make(tiny_backbone, seed=0):
-    return PromptTask.create(tiny_backbone, ["negative", "positive"], "prompt-tuning",
-                             {"num_virtual_tokens": 4, "init": "vocab"}, seed=seed)
+    return PromptTask.create(
+        tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 4, "init": "vocab"}, seed=seed
+    )
 
 
 def encoded(task, rows):
@@ -33,8 +34,11 @@ def test_loss_goes_down_and_only_the_prompt_trains(tiny_backbone, sentiment_rows
     before = {k: v.clone() for k, v in tiny_backbone.model.state_dict().items()}
     enc, y = encoded(task, sentiment_rows)
     losses = []
-    trainer = Trainer(task.model, TrainConfig(max_steps=40, batch_size=8, lr=0.1, warmup_steps=2, eval_every=100),
-                      on_progress=lambda ev: losses.append(ev["loss"]) if "loss" in ev else None)
+    trainer = Trainer(
+        task.model,
+        TrainConfig(max_steps=40, batch_size=8, lr=0.1, warmup_steps=2, eval_every=100),
+        on_progress=lambda ev: losses.append(ev["loss"]) if "loss" in ev else None,
+    )
     trainer.fit(enc, y, enc, y)
     assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
     after = tiny_backbone.model.state_dict()
@@ -80,7 +84,8 @@ def test_resume_with_other_settings_is_refused(tiny_backbone, sentiment_rows, tm
     Trainer(task.model, TrainConfig(max_steps=2, batch_size=8, eval_every=2), tmp_path / "ck").fit(enc, y, enc, y)
     with pytest.raises(PromptTuneError, match="other settings"):
         Trainer(task.model, TrainConfig(max_steps=4, batch_size=4, eval_every=2), tmp_path / "ck").fit(
-            enc, y, enc, y, resume=True)
+            enc, y, enc, y, resume=True
+        )
 
 
 def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):

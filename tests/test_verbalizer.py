@@ -76,8 +76,7 @@ def test_bad_syntax(spec):
         Verbalizer.parse(LABELS, spec)
 
 
-@pytest.mark.parametrize("spec", ["positive=", "positive=great|", "positive= | good",
-                                  "negative=bad;positive=  "])
+@pytest.mark.parametrize("spec", ["positive=", "positive=great|", "positive= | good", "negative=bad;positive=  "])
 def test_empty_word(spec):
     with pytest.raises(DataError, match="'positive' needs at least one non-empty word"):
         Verbalizer.parse(LABELS, spec)

@@ -9,11 +9,16 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CORPUS = [
-    "a great movie , truly wonderful and fun", "a terrible film , boring and bad",
+    "a great movie , truly wonderful and fun",
+    "a terrible film , boring and bad",
     "positive negative neutral",
-    "Classify the text . Possible labels : Reply with the label only .", "Text A : Text B : Answer :",
-    "the cat sat on the mat", "not entailment entailment yes no maybe", "sports world business sci tech",
-    "Review : Sentiment : It was", "I loved it , I hated it , what a waste , a joy to watch",
+    "Classify the text . Possible labels : Reply with the label only .",
+    "Text A : Text B : Answer :",
+    "the cat sat on the mat",
+    "not entailment entailment yes no maybe",
+    "sports world business sci tech",
+    "Review : Sentiment : It was",
+    "I loved it , I hated it , what a waste , a joy to watch",
 ]
 
 
@@ -25,11 +30,16 @@ def make_tokenizer(chat: bool = True):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 5, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
     if chat:
         fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -42,10 +52,19 @@ def make_decoder(path: Path, chat: bool = True, seed: int = 0, layers: int = 2) 
 
     tok = make_tokenizer(chat)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

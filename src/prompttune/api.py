@@ -1,8 +1,8 @@
 """The Python API: build, train, save, load and use a prompt for a frozen backbone.
 
-    import prompttune
-    task = prompttune.load("runs/sst2")
-    task.predict(["a gripping, funny film"])   # [Prediction(label='positive', scores={...})]
+import prompttune
+task = prompttune.load("runs/sst2")
+task.predict(["a gripping, funny film"])   # [Prediction(label='positive', scores={...})]
 """
 
 from __future__ import annotations
@@ -41,10 +41,17 @@ class PromptTask:
         self.manifest = manifest or {}
 
     @classmethod
-    def create(cls, backbone: Backbone, labels: list[str], method: str = "prompt-tuning",
-               method_config: dict | None = None, template: str | dict | Template | None = None,
-               fields: tuple[str, ...] = ("text",), verbalizer: str | Verbalizer | None = None,
-               seed: int = 0) -> PromptTask:
+    def create(
+        cls,
+        backbone: Backbone,
+        labels: list[str],
+        method: str = "prompt-tuning",
+        method_config: dict | None = None,
+        template: str | dict | Template | None = None,
+        fields: tuple[str, ...] = ("text",),
+        verbalizer: str | Verbalizer | None = None,
+        seed: int = 0,
+    ) -> PromptTask:
         method_config = dict(method_config or {})
         tmpl = Template.from_spec(template, fields)
         verb = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer.parse(labels, verbalizer)
@@ -76,11 +83,13 @@ class PromptTask:
         ds = self._dataset(inputs)
         check_fields(ds, sorted(self.model.template.variables), need_label=False)
         probs = self.model.score(self.model.encode(ds), batch_size=batch_size, calibrate=calibrate).exp()
-        return [Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p), strict=True)))
-                for p in probs]
+        return [
+            Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p), strict=True))) for p in probs
+        ]
 
-    def evaluate(self, data, batch_size: int = 32, calibrate: bool = True,
-                 progress: Callable[[int], None] | None = None) -> dict:
+    def evaluate(
+        self, data, batch_size: int = 32, calibrate: bool = True, progress: Callable[[int], None] | None = None
+    ) -> dict:
         """Accuracy, per-class figures and speed on labelled rows."""
         ds = self._dataset(data)
         check_fields(ds, sorted(self.model.template.variables), need_label=True)
@@ -128,8 +137,14 @@ def load(path: str | Path, model: str | Backbone | None = None) -> PromptTask:
     backbone = model if isinstance(model, Backbone) else Backbone.load(model or manifest["backbone"]["id"])
     artifact.check_backbone(path, manifest, backbone.model_id, backbone.fingerprint())
     verb = Verbalizer.from_dict(manifest["verbalizer"])
-    task = PromptTask.create(backbone, verb.labels, manifest["method"], manifest["method_config"],
-                             Template.from_spec(manifest["template"]), verbalizer=verb)
+    task = PromptTask.create(
+        backbone,
+        verb.labels,
+        manifest["method"],
+        manifest["method_config"],
+        Template.from_spec(manifest["template"]),
+        verbalizer=verb,
+    )
     try:
         task.model.method.load_trainable_state(weights)
     except RuntimeError as e:
@@ -138,16 +153,19 @@ def load(path: str | Path, model: str | Backbone | None = None) -> PromptTask:
     return task
 
 
-def prepare_data(train_path, val_path=None, limit: int | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, template=None) -> tuple[Dataset, Dataset, Template]:
+def prepare_data(
+    train_path, val_path=None, limit: int | None = None, val_fraction: float = 0.1, seed: int = 0, template=None
+) -> tuple[Dataset, Dataset, Template]:
     """Load, limit, split and validate training data; every error surfaces before training starts."""
     train = load_rows(train_path).limit(limit)
     if val_path:
         val = load_rows(val_path)
     else:
         if len(train) < 4:
-            raise DataError(f"{train_path}: {len(train)} rows is too few to carve a validation split; "
-                            "give at least 4 rows or pass --val.")
+            raise DataError(
+                f"{train_path}: {len(train)} rows is too few to carve a validation split; "
+                "give at least 4 rows or pass --val."
+            )
         train, val = train.split(val_fraction, seed)
     shape = infer_fields(train) if template is None else ("text",)
     tmpl = Template.from_spec(template, shape)

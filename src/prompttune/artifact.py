@@ -26,18 +26,30 @@ FORMAT_VERSION = 1
 def versions() -> dict:
     import transformers
 
-    return {"prompttune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "prompttune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def save(path: str | Path, manifest: dict, weights: dict[str, torch.Tensor]) -> Path:
     path = Path(path)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
-                "versions": versions(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "versions": versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
     def fill(tmp: Path) -> None:
-        save_file({k: v.detach().contiguous() for k, v in weights.items()}, tmp / WEIGHTS,
-                  metadata={"format": "pt", "method": manifest.get("method", "")})
+        save_file(
+            {k: v.detach().contiguous() for k, v in weights.items()},
+            tmp / WEIGHTS,
+            metadata={"format": "pt", "method": manifest.get("method", "")},
+        )
         atomic.write_json(tmp / MANIFEST, manifest)
 
     atomic.write_dir(path, fill)
@@ -60,8 +72,10 @@ def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ArtifactError(f"{path}: made by a newer prompttune (format {manifest['format_version']}); upgrade.")
     missing = [k for k in ("method", "method_config", "backbone", "template", "verbalizer") if k not in manifest]
     if missing or not isinstance(manifest["backbone"], dict) or "fingerprint" not in manifest["backbone"]:
-        raise ArtifactError(f"{path / MANIFEST}: damaged (missing {', '.join(missing) or 'backbone.fingerprint'}); "
-                            "train the artifact again.")
+        raise ArtifactError(
+            f"{path / MANIFEST}: damaged (missing {', '.join(missing) or 'backbone.fingerprint'}); "
+            "train the artifact again."
+        )
     try:
         weights = load_file(path / WEIGHTS) if (path / WEIGHTS).exists() else {}
     except Exception as e:  # safetensors raises its own error types

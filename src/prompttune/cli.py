@@ -13,20 +13,33 @@ from rich.markup import escape
 
 from .errors import PromptTuneError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Adapt a frozen language model to your task through prompts.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Adapt a frozen language model to your task through prompts.",
+)
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Backbone: a local HF folder, a hub id, or smollm2 (default decoder) / minilm (encoder).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="Backbone: a local HF folder, a hub id, or smollm2 (default decoder) / minilm (encoder)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
 
 @app.callback()
 def _options(
-    dtype: Annotated[str | None, typer.Option(
-        "--dtype", help="Backbone precision: auto (bfloat16 where the CPU has native bf16), float32, bfloat16.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype", help="Backbone precision: auto (bfloat16 where the CPU has native bf16), float32, bfloat16."
+        ),
+    ] = None,
 ) -> None:
     import os
 
@@ -41,11 +54,15 @@ def _emit_json(obj: dict) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Training rows (.jsonl or .csv): text + label, or text_a + text_b + label.")],
+    data: Annotated[
+        Path, typer.Argument(help="Training rows (.jsonl or .csv): text + label, or text_a + text_b + label.")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")] = Path("runs/prompt"),
     val: Annotated[Path | None, typer.Option(help="Validation rows; default: a seeded 10% of DATA.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N rows of DATA.")] = None,
-    method: Annotated[str, typer.Option(help="Method: prompt-tuning, or zero-shot (hard prompt only).")] = "prompt-tuning",
+    method: Annotated[
+        str, typer.Option(help="Method: prompt-tuning, or zero-shot (hard prompt only).")
+    ] = "prompt-tuning",
     epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 5,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (overrides --epochs).")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
@@ -53,13 +70,20 @@ def train(
     num_virtual_tokens: Annotated[int, typer.Option(help="Soft tokens at the template's [soft] slot.")] = 20,
     init: Annotated[str, typer.Option(help="Soft-token init: labels, vocab, text, random.")] = "labels",
     init_text: Annotated[str | None, typer.Option(help="The text for --init text.")] = None,
-    reparam_hidden: Annotated[int, typer.Option(
-        help="Prompt tuning: train the soft tokens through a residual MLP of this width (0: off).")] = 0,
-    template: Annotated[str | None, typer.Option(
-        help="Built-in name (classify, classify-pair), a .json template, or a string like "
-             "'[soft] Review: {{ text }} Sentiment: [label]'.")] = None,
-    verbalizer: Annotated[str | None, typer.Option(
-        help="Label words: 'positive=great|good;negative=bad' or a .json file. Default: the labels.")] = None,
+    reparam_hidden: Annotated[
+        int, typer.Option(help="Prompt tuning: train the soft tokens through a residual MLP of this width (0: off).")
+    ] = 0,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Built-in name (classify, classify-pair), a .json template, or a string like "
+            "'[soft] Review: {{ text }} Sentiment: [label]'."
+        ),
+    ] = None,
+    verbalizer: Annotated[
+        str | None,
+        typer.Option(help="Label words: 'positive=great|good;negative=bad' or a .json file. Default: the labels."),
+    ] = None,
     calibrate: Annotated[bool, typer.Option(help="Fit contextual calibration after training.")] = False,
     eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
     patience: Annotated[int, typer.Option(help="Stop after this many validations without improvement.")] = 4,
@@ -76,9 +100,11 @@ def train(
     if as_json:
         _emit_json(result)
     else:
-        out.print(f"saved {result['artifact']}: best validation accuracy {result['best_val_accuracy']:.4f} "
-                  f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
-                  f"{result['train_examples_per_s']:.1f} examples/s)")
+        out.print(
+            f"saved {result['artifact']}: best validation accuracy {result['best_val_accuracy']:.4f} "
+            f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
+            f"{result['train_examples_per_s']:.1f} examples/s)"
+        )
 
 
 @app.command("eval")
@@ -117,15 +143,16 @@ def predict(
             _emit_json(r)
         else:
             scores = "  ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
-            out.print(f"{r['label']:<12} {scores}  | {r['input'][:70]}", markup=False, highlight=False,
-                      soft_wrap=True)
+            out.print(f"{r['label']:<12} {scores}  | {r['input'][:70]}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def generate(
     text: Annotated[str, typer.Argument(help="The input text (the template's text field).")],
     artifact_dir: Annotated[Path | None, typer.Option("--artifact", help="Use this artifact's prompt.")] = None,
-    system: Annotated[str, typer.Option(help="System text when no artifact is given.")] = "You are a helpful assistant.",
+    system: Annotated[
+        str, typer.Option(help="System text when no artifact is given.")
+    ] = "You are a helpful assistant.",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -13,14 +12,20 @@ from .api import PromptTask, load, prepare_data
 from .backbone import Backbone, set_threads
 from .data import from_records, load_rows
 from .errors import PromptTuneError
-from .train import Trainer, TrainConfig
+from .train import TrainConfig, Trainer
 
 
 def progress_bar(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -29,15 +34,39 @@ def load_backbone(model: str | None, console: Console) -> Backbone:
         return Backbone.load(model)
 
 
-def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, method: str, epochs: int,
-              max_steps: int | None, batch_size: int, lr: float, num_virtual_tokens: int, init: str,
-              init_text: str | None, template: str | None, verbalizer: str | None, calibrate: bool,
-              eval_every: int | None, patience: int, resume: bool, model: str | None, seed: int,
-              as_json: bool = False, console: Console | None = None, backbone: Backbone | None = None,
-              reparam_hidden: int = 0) -> dict:
+def run_train(
+    data: Path,
+    out_dir: Path,
+    val: Path | None,
+    limit: int | None,
+    method: str,
+    epochs: int,
+    max_steps: int | None,
+    batch_size: int,
+    lr: float,
+    num_virtual_tokens: int,
+    init: str,
+    init_text: str | None,
+    template: str | None,
+    verbalizer: str | None,
+    calibrate: bool,
+    eval_every: int | None,
+    patience: int,
+    resume: bool,
+    model: str | None,
+    seed: int,
+    as_json: bool = False,
+    console: Console | None = None,
+    backbone: Backbone | None = None,
+    reparam_hidden: int = 0,
+) -> dict:
     console = console or Console(stderr=True)
     set_threads()
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--num-virtual-tokens", num_virtual_tokens)):
+    for flag, value in (
+        ("--epochs", epochs),
+        ("--batch-size", batch_size),
+        ("--num-virtual-tokens", num_virtual_tokens),
+    ):
         if value < 1:
             raise PromptTuneError(f"{flag} {value}: must be at least 1.")
     if lr <= 0:
@@ -54,11 +83,21 @@ def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, me
     y_train = pm.label_indices(train_ds)
     enc_train, enc_val = pm.encode(train_ds), pm.encode(val_ds)
     trainable = sum(p.numel() for p in pm.method.parameters() if p.requires_grad)
-    config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                         eval_every=eval_every, patience=patience, seed=seed)
+    config = TrainConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        eval_every=eval_every,
+        patience=patience,
+        seed=seed,
+    )
     trainer = Trainer(pm, config, checkpoint_dir=out_dir.with_name(out_dir.name + ".checkpoint"))
-    console.print(f"train {len(train_ds)} rows, validation {len(val_ds)} rows, labels {labels}, "
-                  f"method {method}, {trainable:,} trainable parameters", highlight=False)
+    console.print(
+        f"train {len(train_ds)} rows, validation {len(val_ds)} rows, labels {labels}, "
+        f"method {method}, {trainable:,} trainable parameters",
+        highlight=False,
+    )
     if trainable:
         with progress_bar(console) as bar:
             bar_task = bar.add_task("training", total=None, info="")
@@ -68,13 +107,19 @@ def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, me
                 if "best_val_accuracy" in ev:
                     state["best"] = ev["best_val_accuracy"]
                     if not console.is_terminal:  # logs and CI: one line per validation instead of a bar
-                        console.print(f"step {ev['step']}/{ev['total']} val accuracy {ev['val_accuracy']:.4f} "
-                                      f"(best {ev['best_val_accuracy']:.4f}) {state.get('speed', '')}")
+                        console.print(
+                            f"step {ev['step']}/{ev['total']} val accuracy {ev['val_accuracy']:.4f} "
+                            f"(best {ev['best_val_accuracy']:.4f}) {state.get('speed', '')}"
+                        )
                     return
                 state["speed"] = f"{ev['examples_per_s']:.1f} ex/s, loss {ev['loss']:.3f}"
                 best = f" best val {state['best']:.3f}" if state["best"] is not None else ""
-                bar.update(bar_task, completed=ev["step"], total=ev["total"],
-                           info=f"loss {ev['loss']:.3f} {ev['examples_per_s']:.1f} ex/s{best}")
+                bar.update(
+                    bar_task,
+                    completed=ev["step"],
+                    total=ev["total"],
+                    info=f"loss {ev['loss']:.3f} {ev['examples_per_s']:.1f} ex/s{best}",
+                )
 
             trainer.on_progress = on_progress
             result = trainer.fit(enc_train, y_train, enc_val, y_val, resume=resume)
@@ -86,41 +131,66 @@ def run_train(data: Path, out_dir: Path, val: Path | None, limit: int | None, me
         result, zero_shot = TrainResult(best_val_accuracy=acc), acc
     if calibrate:
         task.calibrate()
-    metrics = {"best_val_accuracy": result.best_val_accuracy, "initial_val_accuracy": zero_shot,
-               "best_step": result.best_step, "steps": result.steps, "train_seconds": result.train_seconds,
-               "train_examples_per_s": result.train_examples_per_s, "stopped_early": result.stopped_early,
-               "history": result.history}
-    task.save(out_dir, {
-        "metrics": metrics,
-        "training": config.to_dict(),
-        "data": {"train": str(data), "train_hash": train_ds.fingerprint(), "n_train": len(train_ds),
-                 "val": str(val) if val else "seeded 10% of train", "val_hash": val_ds.fingerprint(),
-                 "n_val": len(val_ds)},
-    })
-    return {"artifact": str(out_dir), "method": method, "trainable_params": trainable, "steps": result.steps,
-            "train_seconds": result.train_seconds, "train_examples_per_s": result.train_examples_per_s,
-            "best_val_accuracy": result.best_val_accuracy, "initial_val_accuracy": zero_shot,
-            "best_step": result.best_step, "stopped_early": result.stopped_early,
-            "n_train": len(train_ds), "n_val": len(val_ds)}
+    metrics = {
+        "best_val_accuracy": result.best_val_accuracy,
+        "initial_val_accuracy": zero_shot,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "train_examples_per_s": result.train_examples_per_s,
+        "stopped_early": result.stopped_early,
+        "history": result.history,
+    }
+    task.save(
+        out_dir,
+        {
+            "metrics": metrics,
+            "training": config.to_dict(),
+            "data": {
+                "train": str(data),
+                "train_hash": train_ds.fingerprint(),
+                "n_train": len(train_ds),
+                "val": str(val) if val else "seeded 10% of train",
+                "val_hash": val_ds.fingerprint(),
+                "n_val": len(val_ds),
+            },
+        },
+    )
+    return {
+        "artifact": str(out_dir),
+        "method": method,
+        "trainable_params": trainable,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "train_examples_per_s": result.train_examples_per_s,
+        "best_val_accuracy": result.best_val_accuracy,
+        "initial_val_accuracy": zero_shot,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+    }
 
 
-def run_eval(artifact_dir: Path, data: Path, batch_size: int, calibrate: bool, model: str | None,
-             console: Console) -> dict:
+def run_eval(
+    artifact_dir: Path, data: Path, batch_size: int, calibrate: bool, model: str | None, console: Console
+) -> dict:
     rows = load_rows(data)
     with console.status(f"loading {artifact_dir}"):
         task = load(artifact_dir, model)
     with progress_bar(console) as bar:
         t = bar.add_task("evaluating", total=len(rows), info="")
-        report = task.evaluate(rows, batch_size=batch_size, calibrate=calibrate,
-                               progress=lambda n: bar.advance(t, n))
+        report = task.evaluate(rows, batch_size=batch_size, calibrate=calibrate, progress=lambda n: bar.advance(t, n))
     report["artifact"] = str(artifact_dir)
     report["data"] = str(data)
     return report
 
 
 def show_report(console: Console, report: dict) -> None:
-    console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} rows "
-                  f"(macro F1 {report['macro_f1']:.4f}, {report['examples_per_s']:.1f} examples/s)")
+    console.print(
+        f"accuracy {report['accuracy']:.4f} on {report['n']} rows "
+        f"(macro F1 {report['macro_f1']:.4f}, {report['examples_per_s']:.1f} examples/s)"
+    )
     table = Table("label", "precision", "recall", "f1", "support")
     for label, m in report["per_class"].items():
         table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
@@ -133,13 +203,22 @@ def run_predict(artifact_dir: Path, texts: list[str] | None, file: Path | None, 
     ds = load_rows(file) if file else from_records(texts or [], "arguments")
     task = load(artifact_dir, model)
     preds = task.predict(ds)
-    shown = [r.fields.get("text") or " | ".join(str(r.fields[v]) for v in sorted(task.model.template.variables))
-             for r in ds.rows]
+    shown = [
+        r.fields.get("text") or " | ".join(str(r.fields[v]) for v in sorted(task.model.template.variables))
+        for r in ds.rows
+    ]
     return [{"input": s, "label": p.label, "scores": p.scores} for s, p in zip(shown, preds, strict=True)]
 
 
-def run_generate(text: str, artifact_dir: Path | None, system: str, max_new_tokens: int, temperature: float,
-                 seed: int, model: str | None) -> str:
+def run_generate(
+    text: str,
+    artifact_dir: Path | None,
+    system: str,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    model: str | None,
+) -> str:
     set_threads()
     if artifact_dir:
         task = load(artifact_dir, model)

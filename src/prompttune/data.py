@@ -121,7 +121,7 @@ def _read_jsonl(path: Path) -> list[Row]:
             except json.JSONDecodeError as e:
                 raise DataError(
                     f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}). "
-                    "Each line must be one JSON object, e.g. {\"text\": \"...\", \"label\": \"...\"}."
+                    'Each line must be one JSON object, e.g. {"text": "...", "label": "..."}.'
                 ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}.")

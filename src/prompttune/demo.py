@@ -41,8 +41,10 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
     rest, test = rows.split(0.25, seed=0)
     for name, ds in (("train", rest), ("test", test)):
         (data_dir / f"{name}.jsonl").write_text("".join(json.dumps(r.fields) + "\n" for r in ds.rows))
-    out.print(f"[bold]prompttune demo[/]: sentiment, {len(rest)} training rows, {len(test)} held-out rows "
-              f"(shipped with the package; copies in {data_dir})")
+    out.print(
+        f"[bold]prompttune demo[/]: sentiment, {len(rest)} training rows, {len(test)} held-out rows "
+        f"(shipped with the package; copies in {data_dir})"
+    )
     backbone = load_backbone(model, err)
     labels = sorted(rest.labels())
 
@@ -51,25 +53,54 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
     out.print(f"zero-shot (hard prompt only) accuracy on held-out rows: {zero_report['accuracy']:.3f}")
 
     t0 = time.perf_counter()
-    result = run_train(data_dir / "train.jsonl", out_dir, None, None, "prompt-tuning", 4, max_steps, 16, 0.01,
-                       20, "labels", None, None, None, False, None, 4, False, model, 0, console=err,
-                       backbone=backbone)
+    result = run_train(
+        data_dir / "train.jsonl",
+        out_dir,
+        None,
+        None,
+        "prompt-tuning",
+        4,
+        max_steps,
+        16,
+        0.01,
+        20,
+        "labels",
+        None,
+        None,
+        None,
+        False,
+        None,
+        4,
+        False,
+        model,
+        0,
+        console=err,
+        backbone=backbone,
+    )
     train_wall = time.perf_counter() - t0
     tuned = load(out_dir, backbone)
     tuned_report = tuned.evaluate(test)
 
     table = Table("prompt", "held-out accuracy", "trainable params", "examples/s (eval)")
-    table.add_row("zero-shot (hard prompt)", f"{zero_report['accuracy']:.3f}", "0", f"{zero_report['examples_per_s']:.1f}")
-    table.add_row("prompt tuning (20 soft tokens)", f"{tuned_report['accuracy']:.3f}",
-                  f"{result['trainable_params']:,}", f"{tuned_report['examples_per_s']:.1f}")
+    table.add_row(
+        "zero-shot (hard prompt)", f"{zero_report['accuracy']:.3f}", "0", f"{zero_report['examples_per_s']:.1f}"
+    )
+    table.add_row(
+        "prompt tuning (20 soft tokens)",
+        f"{tuned_report['accuracy']:.3f}",
+        f"{result['trainable_params']:,}",
+        f"{tuned_report['examples_per_s']:.1f}",
+    )
     out.print(table)
-    out.print(f"trained {result['steps']} steps in {train_wall:.0f} s ({result['train_examples_per_s']:.1f} "
-              f"training examples/s); artifact saved in {out_dir}")
+    out.print(
+        f"trained {result['steps']} steps in {train_wall:.0f} s ({result['train_examples_per_s']:.1f} "
+        f"training examples/s); artifact saved in {out_dir}"
+    )
     out.print("predictions from the saved artifact:")
     for sentence, p in zip(SENTENCES, tuned.predict(SENTENCES), strict=True):
         out.print(f"  {p.label:<9} ({p.scores[p.label]:.2f})  {sentence}")
-    out.print(f"try:  prompttune predict {out_dir} \"your sentence\"   |   "
-              f"prompttune eval {out_dir} {data_dir / 'test.jsonl'}")
+    out.print(
+        f'try:  prompttune predict {out_dir} "your sentence"   |   prompttune eval {out_dir} {data_dir / "test.jsonl"}'
+    )
     out.print(f"total {time.perf_counter() - t_start:.0f} s")
-    return {"zero_shot_accuracy": zero_report["accuracy"], "tuned_accuracy": tuned_report["accuracy"],
-            "train": result}
+    return {"zero_shot_accuracy": zero_report["accuracy"], "tuned_accuracy": tuned_report["accuracy"], "train": result}

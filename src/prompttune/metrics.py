@@ -20,7 +20,6 @@ def classification_report(pred: torch.Tensor, gold: torch.Tensor, labels: list[s
         out["per_class"][label] = {"precision": p, "recall": r, "f1": f1, "support": tp + fn}
     out["macro_f1"] = sum(f1s) / len(f1s) if f1s else 0.0
     out["confusion"] = {
-        g: {p: int(((gold == gi) & (pred == pi)).sum()) for pi, p in enumerate(labels)}
-        for gi, g in enumerate(labels)
+        g: {p: int(((gold == gi) & (pred == pi)).sum()) for pi, p in enumerate(labels)} for gi, g in enumerate(labels)
     }
     return out

@@ -34,9 +34,15 @@ class Encoded:
 
 
 class PromptModel(torch.nn.Module):
-    def __init__(self, backbone: Backbone, template: Template, verbalizer: Verbalizer,
-                 method_factory: Callable[[list[SoftSlot], dict], SoftPromptMethod], num_virtual_tokens: int,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        template: Template,
+        verbalizer: Verbalizer,
+        method_factory: Callable[[list[SoftSlot], dict], SoftPromptMethod],
+        num_virtual_tokens: int,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if backbone.kind != "decoder":
             raise ModelError(
@@ -136,8 +142,8 @@ class PromptModel(torch.nn.Module):
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for i, x in enumerate(batch):
             if x:
-                ids[i, width - len(x):] = torch.tensor(x)
-                mask[i, width - len(x):] = 1
+                ids[i, width - len(x) :] = torch.tensor(x)
+                mask[i, width - len(x) :] = 1
         positions = (prefix_len + mask.cumsum(1) - 1).clamp(min=prefix_len)
         attention = torch.cat([torch.ones(len(batch), prefix_len, dtype=torch.long), mask], dim=1)
         return ids, attention, positions
@@ -187,14 +193,19 @@ class PromptModel(torch.nn.Module):
 
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, encoded: Encoded, batch_size: int = 32, calibrate: bool = True,
-              progress: Callable[[int], None] | None = None) -> Tensor:
+    def score(
+        self,
+        encoded: Encoded,
+        batch_size: int = 32,
+        calibrate: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> Tensor:
         """(n, n_labels) label log-probabilities (normalized over labels), batched by length."""
         prefix = self.cached_prefix()
         order = sorted(range(len(encoded.ids)), key=lambda i: len(encoded.ids[i]))
         out = torch.empty(len(order), len(self.verbalizer.labels))
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             out[idx] = self.label_scores([encoded.ids[i] for i in idx], prefix)
             if progress:
                 progress(len(idx))
@@ -212,8 +223,7 @@ class PromptModel(torch.nn.Module):
         return self.verbalizer.calibration
 
     @torch.no_grad()
-    def generate(self, fields: dict, max_new_tokens: int = 64, temperature: float = 0.0,
-                 seed: int = 0) -> str:
+    def generate(self, fields: dict, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:
         """Free text after the prompt (greedy, or sampled with a temperature), over the cached prefix."""
         prefix = self.cached_prefix()
         row = self.backbone.tokenize(self.compiled.render_row(fields))

@@ -107,9 +107,7 @@ class Template:
             )
         before, _, after = spec.partition(LABEL_MARK)
         if after.strip():
-            raise TemplateError(
-                f"template: text after {LABEL_MARK} ({after.strip()!r}); the label must come last."
-            )
+            raise TemplateError(f"template: text after {LABEL_MARK} ({after.strip()!r}); the label must come last.")
         return cls(user=before, chat=False)
 
     def to_dict(self) -> dict:
@@ -176,7 +174,7 @@ class CompiledTemplate:
             )
         # Spaces at the end of the prefix belong to the row text, so a word keeps its leading space.
         stripped = prefix_text.rstrip(" ")
-        self._moved_space = prefix_text[len(stripped):]
+        self._moved_space = prefix_text[len(stripped) :]
         self.prefix_text = stripped
         self.prefix = [
             SoftSlot(int(p), self.slot_sizes[int(p)]) if i % 2 else p
@@ -184,13 +182,12 @@ class CompiledTemplate:
             if i % 2 or p
         ]
         tail = composed.rstrip(" ")
-        self.label_space = composed[len(tail):]
+        self.label_space = composed[len(tail) :]
 
     def _compose(self, values: dict) -> str:
         ctx = {**values, "labels": self.labels}
         try:
-            parts = {k: _ENV.from_string(v).render(ctx) if v is not None else None
-                     for k, v in self._sources.items()}
+            parts = {k: _ENV.from_string(v).render(ctx) if v is not None else None for k, v in self._sources.items()}
         except jinja2.TemplateError as e:
             raise TemplateError(f"template: {e}") from None
         use_chat = self.template.chat and getattr(self.tokenizer, "chat_template", None)
@@ -218,7 +215,7 @@ class CompiledTemplate:
                 "template: the text before the first row field changes from row to row; keep "
                 "conditionals on row fields after the first {{ field }}."
             )
-        return full[len(self.prefix_text):].rstrip(" ")
+        return full[len(self.prefix_text) :].rstrip(" ")
 
     def label_text(self, word: str) -> str:
         """The text of a label word as it follows the prompt (with the space the template puts before it)."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import atomic
+from .backbone import release_memory
 from .errors import PromptTuneError
 from .scorer import Encoded, PromptModel
 
@@ -61,15 +62,20 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     chunk = batch_size * 32
     batches = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c:c + chunk], key=lambda i: lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     perm = torch.randperm(len(batches), generator=gen).tolist()
     return [batches[i] for i in perm]
 
 
 class Trainer:
-    def __init__(self, model: PromptModel, config: TrainConfig, checkpoint_dir: Path | None = None,
-                 on_progress: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        model: PromptModel,
+        config: TrainConfig,
+        checkpoint_dir: Path | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+    ):
         self.model = model
         self.config = config
         self.checkpoint_dir = checkpoint_dir
@@ -78,8 +84,9 @@ class Trainer:
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
 
-    def fit(self, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor,
-            resume: bool = False) -> TrainResult:
+    def fit(
+        self, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor, resume: bool = False
+    ) -> TrainResult:
         cfg = self.config
         lengths = [len(x) for x in train.ids]
         per_epoch = math.ceil(len(lengths) / cfg.batch_size)
@@ -109,12 +116,15 @@ class Trainer:
             for batch in batches[offset:]:
                 loss = self._step(step, total, [train.ids[i] for i in batch], y_train[batch])
                 step += 1
+                if step % 10 == 0:
+                    release_memory()
                 result.train_examples += len(batch)
                 result.steps = step
                 elapsed = time.perf_counter() - t0 - result.eval_seconds
                 if self.on_progress:
-                    self.on_progress({"step": step, "total": total, "loss": loss,
-                                      "examples_per_s": result.train_examples / elapsed})
+                    self.on_progress(
+                        {"step": step, "total": total, "loss": loss, "examples_per_s": result.train_examples / elapsed}
+                    )
                 if step % eval_every == 0 or step == total:
                     t_eval = time.perf_counter()
                     acc = self.evaluate(val, y_val)
@@ -129,8 +139,14 @@ class Trainer:
                         bad_evals += 1
                     self._save_checkpoint(step, best_state, result)
                     if self.on_progress:
-                        self.on_progress({"step": step, "total": total, "val_accuracy": acc,
-                                          "best_val_accuracy": result.best_val_accuracy})
+                        self.on_progress(
+                            {
+                                "step": step,
+                                "total": total,
+                                "val_accuracy": acc,
+                                "best_val_accuracy": result.best_val_accuracy,
+                            }
+                        )
                     if bad_evals >= cfg.patience:
                         result.stopped_early = True
                         break
@@ -182,8 +198,13 @@ class Trainer:
                     tensors[f"opt.{pid}.{name}"] = value.contiguous().reshape(value.shape)
                 else:
                     meta_state[f"{pid}.{name}"] = value
-        info = {"step": step, "config": self.config.to_dict(), "param_groups": opt["param_groups"],
-                "opt_scalars": meta_state, "result": {**asdict(result)}}
+        info = {
+            "step": step,
+            "config": self.config.to_dict(),
+            "param_groups": opt["param_groups"],
+            "opt_scalars": meta_state,
+            "result": {**asdict(result)},
+        }
 
         def fill(tmp: Path) -> None:
             save_file(tensors, tmp / "state.safetensors")
@@ -195,8 +216,7 @@ class Trainer:
         d = self.checkpoint_dir
         if d is None or not (d / "state.json").exists():
             raise PromptTuneError(
-                f"--resume: no checkpoint in {d}; start without --resume (a checkpoint is written at "
-                "every validation)."
+                f"--resume: no checkpoint in {d}; start without --resume (a checkpoint is written at every validation)."
             )
         info = json.loads((d / "state.json").read_text())
         saved = {k: v for k, v in info["config"].items() if k not in ("max_steps", "epochs", "patience")}
@@ -205,8 +225,7 @@ class Trainer:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
             raise PromptTuneError(f"--resume: the checkpoint in {d} was made with other settings {diff}.")
         tensors = load_file(d / "state.safetensors")
-        self.model.method.load_trainable_state(
-            {k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        self.model.method.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         state: dict = {}
         for k, v in tensors.items():
@@ -218,6 +237,18 @@ class Trainer:
             state.setdefault(int(pid), {})[name] = v
         self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         r = info["result"]
-        result = TrainResult(**{k: r[k] for k in ("steps", "train_seconds", "train_examples", "eval_seconds",
-                                                   "best_val_accuracy", "best_step", "history")})
+        result = TrainResult(
+            **{
+                k: r[k]
+                for k in (
+                    "steps",
+                    "train_seconds",
+                    "train_examples",
+                    "eval_seconds",
+                    "best_val_accuracy",
+                    "best_step",
+                    "history",
+                )
+            }
+        )
         return info["step"], best, result

@@ -57,11 +57,13 @@ class Verbalizer:
             except json.JSONDecodeError as e:
                 raise DataError(f"--verbalizer {spec}: not valid JSON ({e.msg}, line {e.lineno}).") from None
             ok = isinstance(raw, dict) and all(
-                isinstance(v, str) or (isinstance(v, list) and all(isinstance(w, str) for w in v))
-                for v in raw.values())
+                isinstance(v, str) or (isinstance(v, list) and all(isinstance(w, str) for w in v)) for v in raw.values()
+            )
             if not ok:
-                raise DataError(f'--verbalizer {spec}: expected an object of label -> word or list of words, '
-                                'e.g. {"positive": ["great", "good"], "negative": "bad"}.')
+                raise DataError(
+                    f"--verbalizer {spec}: expected an object of label -> word or list of words, "
+                    'e.g. {"positive": ["great", "good"], "negative": "bad"}.'
+                )
             words = {k: [v] if isinstance(v, str) else list(v) for k, v in raw.items()}
         else:
             words = {}

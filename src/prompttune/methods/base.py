@@ -84,8 +84,9 @@ class SoftPromptMethod(nn.Module):
         if key not in cache:
             with torch.no_grad():
                 cache.clear()
-                cache[key] = [(k.detach(), v.detach()) for k, v in
-                              backbone.prefix_kv(self.prefix_embeddings(backbone, lead))]
+                cache[key] = [
+                    (k.detach(), v.detach()) for k, v in backbone.prefix_kv(self.prefix_embeddings(backbone, lead))
+                ]
         return cache[key]
 
     def trainable_state(self) -> dict[str, Tensor]:

@@ -54,8 +54,9 @@ class PromptTuning(SoftPromptMethod):
         d = emb.shape[1]
         self.reparam = None
         if config.reparam_hidden:
-            self.reparam = nn.Sequential(nn.Linear(d, config.reparam_hidden), nn.ReLU(),
-                                         nn.Linear(config.reparam_hidden, d))
+            self.reparam = nn.Sequential(
+                nn.Linear(d, config.reparam_hidden), nn.ReLU(), nn.Linear(config.reparam_hidden, d)
+            )
             nn.init.zeros_(self.reparam[2].weight)
             nn.init.zeros_(self.reparam[2].bias)
         self._offsets = {}
