@@ -111,7 +111,7 @@ def test_manifest_contents(saved, tiny_backbone):
     m = json.loads((path / "manifest.json").read_text())
     assert m["format"] == "prompttune-artifact" and m["format_version"] == 1
     assert m["method"] == "prompt-tuning"
-    assert m["method_config"] == {"num_virtual_tokens": 4, "init": "labels", "init_text": None}
+    assert m["method_config"] == {"num_virtual_tokens": 4, "init": "labels", "init_text": None, "reparam_hidden": 0}
     assert m["backbone"]["id"] == tiny_backbone.model_id
     assert m["backbone"]["fingerprint"] == tiny_backbone.fingerprint()
     assert m["backbone"]["fingerprint"].startswith("sha256:")

@@ -55,8 +55,9 @@ def test_training_is_deterministic_under_a_seed(tiny_backbone, sentiment_rows):
     torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, tmp_path):
-    cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=4, patience=100, seed=2)
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, tmp_path, ema):
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=4, patience=100, seed=2, ema=ema)
     task = make(tiny_backbone, seed=2)
     enc, y = encoded(task, sentiment_rows)
     Trainer(task.model, cfg, checkpoint_dir=tmp_path / "full").fit(enc, y, enc, y)
@@ -97,3 +98,4 @@ def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):
     assert result.stopped_early and result.steps < 200
     if result.best_step == 0:  # nothing beat the initial prompt: the initial prompt is what we keep
         torch.testing.assert_close(task.model.method.embeddings.detach(), start)
+

@@ -207,7 +207,9 @@ def resolve_dtype(name: str | None) -> torch.dtype:
 
 
 def set_threads() -> None:
-    """Use every core we are given (torch may default to fewer in containers)."""
+    """Use every core we are given (torch may default to fewer in containers), unless OMP_NUM_THREADS says."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
     n = os.cpu_count() or 1
     if torch.get_num_threads() < n:
         torch.set_num_threads(n)

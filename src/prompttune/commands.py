@@ -59,6 +59,7 @@ def run_train(
     console: Console | None = None,
     backbone: Backbone | None = None,
     reparam_hidden: int = 0,
+    ema: float = 0.0,
 ) -> dict:
     console = console or Console(stderr=True)
     set_threads()
@@ -91,6 +92,7 @@ def run_train(
         eval_every=eval_every,
         patience=patience,
         seed=seed,
+        ema=ema,
     )
     trainer = Trainer(pm, config, checkpoint_dir=out_dir.with_name(out_dir.name + ".checkpoint"))
     console.print(

@@ -30,6 +30,7 @@ class TrainConfig:
     warmup_steps: int = 20
     eval_every: int | None = None  # default: 4 validations an epoch
     patience: int = 4  # validations without improvement before stopping
+    ema: float = 0.0  # validate and keep an exponential moving average of the prompt (0: off)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -79,6 +80,7 @@ class Trainer:
         self.model = model
         self.config = config
         self.checkpoint_dir = checkpoint_dir
+        self.ema: dict | None = None
         self.on_progress = on_progress
         params = [p for p in model.method.parameters() if p.requires_grad]
         self.params = params
@@ -100,6 +102,7 @@ class Trainer:
         if not self.params:
             raise PromptTuneError("this method has no trainable parameters; nothing to train.")
         if start_step == 0:
+            self.ema = self.model.method.trainable_state() if cfg.ema else None
             result.best_val_accuracy = self.evaluate(val, y_val)
             result.history.append({"step": 0, "val_accuracy": result.best_val_accuracy})
         bad_evals = 0  # validations since the best one
@@ -115,6 +118,7 @@ class Trainer:
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
             for batch in batches[offset:]:
                 loss = self._step(step, total, [train.ids[i] for i in batch], y_train[batch])
+                self._update_ema()
                 step += 1
                 if step % 10 == 0:
                     release_memory()
@@ -127,13 +131,14 @@ class Trainer:
                     )
                 if step % eval_every == 0 or step == total:
                     t_eval = time.perf_counter()
-                    acc = self.evaluate(val, y_val)
+                    acc = self._evaluate_averaged(val, y_val)
                     result.eval_seconds += time.perf_counter() - t_eval
                     result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
                     result.history.append({"step": step, "val_accuracy": acc, "loss": loss})
                     if acc > result.best_val_accuracy:
                         result.best_val_accuracy, result.best_step = acc, step
-                        best_state = self.model.method.trainable_state()
+                        best_state = {k: v.clone() for k, v in self.ema.items()} if self.ema else \
+                            self.model.method.trainable_state()
                         bad_evals = 0
                     else:
                         bad_evals += 1
@@ -178,6 +183,27 @@ class Trainer:
         self.model.clear_cache()
         return loss.item()
 
+    def _update_ema(self) -> None:
+        if not self.ema:
+            return
+        d = self.config.ema
+        with torch.no_grad():
+            for k, v in self.model.method.state_dict().items():
+                if v.is_floating_point():
+                    self.ema[k].mul_(d).add_(v, alpha=1 - d)
+
+    def _evaluate_averaged(self, val: Encoded, y_val: torch.Tensor) -> float:
+        """Validation accuracy of the averaged prompt (or the current one without averaging)."""
+        if not self.ema:
+            return self.evaluate(val, y_val)
+        current = self.model.method.trainable_state()
+        self.model.method.load_trainable_state(self.ema)
+        try:
+            return self.evaluate(val, y_val)
+        finally:
+            self.model.method.load_trainable_state(current)
+            self.model.clear_cache()
+
     def evaluate(self, val: Encoded, y_val: torch.Tensor) -> float:
         self.model.clear_cache()
         pred = self.model.score(val, batch_size=64, calibrate=False).argmax(-1)
@@ -191,6 +217,7 @@ class Trainer:
         opt = self.optimizer.state_dict()
         tensors = {f"param.{k}": v.contiguous() for k, v in self.model.method.trainable_state().items()}
         tensors |= {f"best.{k}": v.contiguous() for k, v in best_state.items()}
+        tensors |= {f"ema.{k}": v.contiguous() for k, v in (self.ema or {}).items()}
         meta_state = {}
         for pid, st in opt["state"].items():
             for name, value in st.items():
@@ -227,6 +254,7 @@ class Trainer:
         tensors = load_file(d / "state.safetensors")
         self.model.method.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
         state: dict = {}
         for k, v in tensors.items():
             if k.startswith("opt."):
