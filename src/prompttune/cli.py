@@ -88,7 +88,7 @@ def train(
     eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
     patience: Annotated[int, typer.Option(help="Stop after this many validations without improvement.")] = 4,
     ema: Annotated[float, typer.Option(
-        help="Validate and keep an exponential moving average of the prompt with this decay (0: off).")] = 0.0,
+        help="Validate and keep an exponential moving average of the prompt with this decay (0: off).")] = 0.9,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     model: ModelOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,

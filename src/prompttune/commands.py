@@ -59,7 +59,7 @@ def run_train(
     console: Console | None = None,
     backbone: Backbone | None = None,
     reparam_hidden: int = 0,
-    ema: float = 0.0,
+    ema: float = 0.9,
 ) -> dict:
     console = console or Console(stderr=True)
     set_threads()

@@ -30,7 +30,7 @@ class TrainConfig:
     warmup_steps: int = 20
     eval_every: int | None = None  # default: 4 validations an epoch
     patience: int = 4  # validations without improvement before stopping
-    ema: float = 0.0  # validate and keep an exponential moving average of the prompt (0: off)
+    ema: float = 0.9  # validate and keep an exponential moving average of the prompt (0: off)
     seed: int = 0
 
     def to_dict(self) -> dict:
