@@ -297,3 +297,15 @@ def test_chatless_backbone_predicts(tmp_path_factory):
         preds = task.predict(["a great movie", "boring and bad"])
         assert len(preds) == 2 and all(p.label in LABELS for p in preds)
         assert all(abs(sum(p.scores.values()) - 1) < 1e-5 for p in preds)
+
+
+def test_demos_are_earlier_turns_in_the_constant_prefix(tiny_backbone):
+    t = Template.from_spec("classify").with_demos(
+        [{"text": "I loved it", "label": "positive"}, {"text": "boring", "label": "negative"}]
+    )
+    c = t.compile(tiny_backbone.tokenizer, ["bad", "good"], 4, {"positive": "good", "negative": "bad"})
+    assert "I loved it<|im_end|>\n<|im_start|>assistant\ngood<|im_end|>" in c.prefix_text
+    assert "boring<|im_end|>\n<|im_start|>assistant\nbad<|im_end|>" in c.prefix_text
+    assert c.render_row({"text": "what a joy"}).startswith("what a joy")
+    assert "loved" not in c.render_row({"text": "what a joy"})
+    assert Template.from_spec(t.to_dict()).demos == t.demos  # survives the manifest

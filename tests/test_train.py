@@ -98,4 +98,3 @@ def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):
     assert result.stopped_early and result.steps < 200
     if result.best_step == 0:  # nothing beat the initial prompt: the initial prompt is what we keep
         torch.testing.assert_close(task.model.method.embeddings.detach(), start)
-

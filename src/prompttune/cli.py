@@ -85,10 +85,15 @@ def train(
         typer.Option(help="Label words: 'positive=great|good;negative=bad' or a .json file. Default: the labels."),
     ] = None,
     calibrate: Annotated[bool, typer.Option(help="Fit contextual calibration after training.")] = False,
+    demos: Annotated[
+        int, typer.Option(help="Few-shot demos from the training rows, shown before each input (cached: free per row).")
+    ] = 0,
     eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
     patience: Annotated[int, typer.Option(help="Stop after this many validations without improvement.")] = 4,
-    ema: Annotated[float, typer.Option(
-        help="Validate and keep an exponential moving average of the prompt with this decay (0: off).")] = 0.9,
+    ema: Annotated[
+        float,
+        typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
+    ] = 0.9,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     model: ModelOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,

@@ -60,6 +60,7 @@ def run_train(
     backbone: Backbone | None = None,
     reparam_hidden: int = 0,
     ema: float = 0.9,
+    demos: int = 0,
 ) -> dict:
     console = console or Console(stderr=True)
     set_threads()
@@ -75,6 +76,8 @@ def run_train(
     train_ds, val_ds, tmpl = prepare_data(data, val, limit, seed=seed, template=template)
     backbone = backbone or load_backbone(model, console)
     labels = sorted(train_ds.labels())
+    if demos:
+        tmpl = tmpl.with_demos(pick_demos(train_ds, sorted(tmpl.variables), labels, demos, seed))
     method_config = {"num_virtual_tokens": num_virtual_tokens}
     if method == "prompt-tuning":
         method_config |= {"init": init, "init_text": init_text, "reparam_hidden": reparam_hidden}
@@ -172,6 +175,24 @@ def run_train(
         "n_train": len(train_ds),
         "n_val": len(val_ds),
     }
+
+
+def pick_demos(ds, fields: list[str], labels: list[str], k: int, seed: int) -> list[dict]:
+    """k training rows as few-shot demos: seeded, taking the labels in turn so each is shown."""
+    import random
+
+    rng = random.Random(seed)
+    by_label = {lab: [r for r in ds.rows if r.label == lab] for lab in labels}
+    for rows in by_label.values():
+        rng.shuffle(rows)
+    picked = []
+    while len(picked) < k and any(by_label.values()):
+        for lab in labels:
+            if by_label[lab] and len(picked) < k:
+                row = by_label[lab].pop()
+                picked.append({**{f: row.fields[f] for f in fields}, "label": row.label})
+    rng.shuffle(picked)
+    return picked
 
 
 def run_eval(

@@ -53,7 +53,10 @@ class PromptModel(torch.nn.Module):
         self.template = template
         self.verbalizer = verbalizer
         self.compiled: CompiledTemplate = template.compile(
-            backbone.tokenizer, verbalizer.display_words, num_virtual_tokens
+            backbone.tokenizer,
+            verbalizer.display_words,
+            num_virtual_tokens,
+            dict(zip(verbalizer.labels, verbalizer.display_words, strict=True)),
         )
         slots = [s for s in self.compiled.prefix if isinstance(s, SoftSlot)]
         self.method = method_factory(slots, {"generator": generator, "label_words": verbalizer.display_words})

@@ -78,6 +78,9 @@ class Template:
     system: str | None = None
     answer: str = ""
     chat: bool = True
+    # Few-shot demonstrations: rows (fields + "label") rendered as earlier turns before the user turn.
+    # They belong to the constant prefix, so they cost nothing per row in training or at inference.
+    demos: tuple = ()
 
     @classmethod
     def from_spec(cls, spec: str | dict | Template | None, fields: tuple[str, ...] = ("text",)) -> Template:
@@ -87,7 +90,7 @@ class Template:
         if spec is None:
             spec = "classify-pair" if fields == ("text_a", "text_b") else "classify"
         if isinstance(spec, dict):
-            unknown = set(spec) - {"user", "system", "answer", "chat"}
+            unknown = set(spec) - {"user", "system", "answer", "chat", "demos"}
             if unknown or "user" not in spec:
                 raise TemplateError(
                     f"template: expected keys user (required), system, answer, chat; got {sorted(spec)}"
@@ -124,8 +127,13 @@ class Template:
                 raise TemplateError(f"template: {e.message} (line {e.lineno} of {part!r})") from None
         return frozenset(names - AUTO_VARIABLES)
 
-    def compile(self, tokenizer, labels: list[str], num_virtual_tokens: int) -> CompiledTemplate:
-        return CompiledTemplate(self, tokenizer, labels, num_virtual_tokens)
+    def compile(
+        self, tokenizer, labels: list[str], num_virtual_tokens: int, words: dict[str, str] | None = None
+    ) -> CompiledTemplate:
+        return CompiledTemplate(self, tokenizer, labels, num_virtual_tokens, words or {})
+
+    def with_demos(self, demos: list[dict]) -> Template:
+        return Template(self.user, self.system, self.answer, self.chat, tuple(dict(d) for d in demos))
 
 
 @dataclass
@@ -142,6 +150,7 @@ class CompiledTemplate:
     tokenizer: object
     labels: list[str]
     num_virtual_tokens: int
+    words: dict = field(default_factory=dict)  # label -> the word a demo's answer shows
     prefix: list[str | SoftSlot] = field(init=False)
     label_space: str = field(init=False)
 
@@ -184,23 +193,42 @@ class CompiledTemplate:
         tail = composed.rstrip(" ")
         self.label_space = composed[len(tail) :]
 
-    def _compose(self, values: dict) -> str:
+    def _render(self, values: dict) -> dict:
         ctx = {**values, "labels": self.labels}
         try:
-            parts = {k: _ENV.from_string(v).render(ctx) if v is not None else None for k, v in self._sources.items()}
+            return {k: _ENV.from_string(v).render(ctx) if v is not None else None for k, v in self._sources.items()}
         except jinja2.TemplateError as e:
             raise TemplateError(f"template: {e}") from None
+
+    def _demo_turns(self) -> list[tuple[str, str]]:
+        """(user text, answer text) per demo, soft slots left out."""
+        turns = []
+        for i, demo in enumerate(self.template.demos):
+            missing = [v for v in self.template.variables if v not in demo]
+            if missing or "label" not in demo:
+                raise TemplateError(f"template demo {i + 1}: missing field {(missing or ['label'])[0]!r}")
+            parts = self._render({k: _SENTINELS.sub("", str(demo[k])) for k in self.template.variables})
+            word = self.words.get(str(demo["label"]), str(demo["label"]))
+            turns.append((_SOFT_SENTINEL_RE.sub("", parts["user"]), _SOFT_SENTINEL_RE.sub("", parts["answer"]) + word))
+        return turns
+
+    def _compose(self, values: dict) -> str:
+        parts = self._render(values)
+        demos = self._demo_turns() if self.template.demos else []
         use_chat = self.template.chat and getattr(self.tokenizer, "chat_template", None)
         if use_chat:
-            messages = ([{"role": "system", "content": parts["system"]}] if parts["system"] else []) + [
-                {"role": "user", "content": parts["user"]}
-            ]
+            messages = [{"role": "system", "content": parts["system"]}] if parts["system"] else []
+            for user, answer in demos:
+                messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": parts["user"]})
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return text + parts["answer"]
         head = f"{parts['system']}\n\n" if parts["system"] else ""
         if self.template.chat:  # chat asked for but the backbone has no chat template: plain layout
-            return f"{head}{parts['user']}\n{parts['answer'] or 'Answer: '}"
-        return head + parts["user"] + parts["answer"]
+            shots = "".join(f"{u}\nAnswer: {a}\n\n" for u, a in demos)
+            return f"{head}{shots}{parts['user']}\n{parts['answer'] or 'Answer: '}"
+        shots = "".join(f"{u}{a}\n\n" for u, a in demos)
+        return head + shots + parts["user"] + parts["answer"]
 
     @property
     def soft_token_count(self) -> int:

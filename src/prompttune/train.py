@@ -137,8 +137,11 @@ class Trainer:
                     result.history.append({"step": step, "val_accuracy": acc, "loss": loss})
                     if acc > result.best_val_accuracy:
                         result.best_val_accuracy, result.best_step = acc, step
-                        best_state = {k: v.clone() for k, v in self.ema.items()} if self.ema else \
-                            self.model.method.trainable_state()
+                        best_state = (
+                            {k: v.clone() for k, v in self.ema.items()}
+                            if self.ema
+                            else self.model.method.trainable_state()
+                        )
                         bad_evals = 0
                     else:
                         bad_evals += 1
