@@ -117,3 +117,58 @@ def test_calibration_centres_content_free_inputs(task):
     uncal = task.model.score(task.model.encode(rows), calibrate=False).exp().mean(0)
     uniform = torch.full_like(probs, 1 / len(LABELS))
     assert (probs - uniform).abs().max() < (uncal - uniform).abs().max() + 1e-6
+
+
+ROW_SOFT = {"system": "Classify.", "user": "[soft:2]{{ text }}", "answer": "[soft:3]"}
+
+
+@pytest.fixture
+def row_soft_task(tiny_backbone):
+    return PromptTask.create(
+        tiny_backbone,
+        LABELS,
+        "prompt-tuning",
+        {"num_virtual_tokens": 2, "init": "random"},
+        ROW_SOFT,
+        verbalizer="entailment=entailment|yes;maybe so=maybe so",
+        seed=4,
+    )
+
+
+@torch.no_grad()
+def test_soft_tokens_in_the_row_score_like_a_single_pass(row_soft_task):
+    pm = row_soft_task.model
+    assert pm.method.embeddings.shape[0] == 5  # 2 in the prefix + 3 next to the answer
+    fast = pm.score(pm.encode(ROWS), batch_size=3, calibrate=False)
+    bb = pm.backbone
+    table = pm.method.embeddings
+    prefix = torch.cat([table[:2] if isinstance(s, SoftSlot) else bb.embed(s) for s in pm._segments], 0)
+    rows_w = bb.lm_rows(pm.candidates).float()
+    for r, row in enumerate(ROWS.rows):
+        text = pm.compiled.render_row(row.fields)
+        parts = pm.compiled.split_row(text)
+        row_emb = torch.cat(
+            [table[2:] if isinstance(p, SoftSlot) else bb.embed(torch.tensor(bb.tokenize(p))) for p in parts], 0
+        )
+        scores = []
+        for toks, cand in zip(pm.form_token_ids, pm.form_tokens, strict=True):
+            emb = torch.cat([prefix, row_emb, bb.embed(torch.tensor(toks[:-1], dtype=torch.long))], 0)[None]
+            hidden = bb.body(inputs_embeds=emb).last_hidden_state[0]
+            logp = F.log_softmax(hidden[-len(toks) :].float() @ rows_w.T, -1)
+            scores.append(sum(logp[j, c] for j, c in enumerate(cand)))
+        fs = torch.stack(scores)
+        lab = torch.stack(
+            [
+                torch.logsumexp(fs[pm.form_label == i], 0) - torch.log((pm.form_label == i).sum().float())
+                for i in range(len(LABELS))
+            ]
+        )
+        torch.testing.assert_close(fast[r], F.log_softmax(lab, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_soft_tokens_in_the_row_get_gradients(row_soft_task):
+    pm = row_soft_task.model
+    enc = pm.encode(ROWS)
+    pm.label_scores(enc.ids, pm.prefix_kv()).sum().backward()
+    grad = pm.method.embeddings.grad
+    assert grad[:2].abs().sum() > 0 and grad[2:].abs().sum() > 0

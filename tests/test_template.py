@@ -149,14 +149,17 @@ def test_zero_soft_size_is_an_error(tiny_backbone):
 @pytest.mark.parametrize(
     "user", ["{{ text }} [soft]", "[soft]{{ text }} and [soft:2]", "{{ text_a }} [soft] {{ text_b }}"]
 )
-def test_soft_slot_after_first_field(tiny_backbone, user):
-    with pytest.raises(TemplateError, match="soft slot after the first row field"):
-        compile_(Template(user=user), tiny_backbone.tokenizer)
+def test_soft_slot_after_first_field_is_part_of_the_row(tiny_backbone, user):
+    c = compile_(Template(user=user), tiny_backbone.tokenizer)
+    assert c.row_slots
+    row = c.render_row({"text": "hi", "text_a": "a", "text_b": "b"})
+    assert any(isinstance(p, SoftSlot) for p in c.split_row(row))
 
 
 def test_soft_slot_in_answer_after_field(tiny_backbone):
-    with pytest.raises(TemplateError, match="soft slot after the first row field"):
-        compile_(Template(user="{{ text }}", answer="[soft]"), tiny_backbone.tokenizer)
+    c = compile_(Template(user="{{ text }}", answer="[soft:3]"), tiny_backbone.tokenizer)
+    parts = c.split_row(c.render_row({"text": "hi"}))
+    assert isinstance(parts[-1], SoftSlot) and parts[-1].size == 3  # right before the label
 
 
 def test_template_without_fields(tiny_backbone):

@@ -58,8 +58,15 @@ class PromptModel(torch.nn.Module):
             num_virtual_tokens,
             dict(zip(verbalizer.labels, verbalizer.display_words, strict=True)),
         )
-        slots = [s for s in self.compiled.prefix if isinstance(s, SoftSlot)]
+        slots = [s for s in self.compiled.prefix if isinstance(s, SoftSlot)] + self.compiled.row_slots
         self.method = method_factory(slots, {"generator": generator, "label_words": verbalizer.display_words})
+        # Row-part soft tokens are written into token ids as -(1 + k): entry k of self._row_soft.
+        self._row_soft: list[tuple[SoftSlot, int]] = []
+        self._row_code: dict[int, int] = {}
+        for slot in self.compiled.row_slots:
+            width = self.method.slot_embeddings(slot).shape[0]  # 0 for methods without soft tokens
+            self._row_code[slot.index] = len(self._row_soft)
+            self._row_soft += [(slot, j) for j in range(width)]
         self._segments = self._tokenize_prefix()
         self._build_label_tokens()
         self._cached_prefix: KV | None = None
@@ -106,7 +113,7 @@ class PromptModel(torch.nn.Module):
             missing = [v for v in self.template.variables if v not in row.fields]
             if missing:
                 raise DataError(f"{row.where()}: missing field {missing[0]!r} (the template uses it).")
-            t = self.backbone.tokenize(self.compiled.render_row(row.fields))
+            t = self._row_ids(self.compiled.render_row(row.fields))
             if len(t) > budget:
                 raise DataError(
                     f"{row.where()}: the prompt is {len(t) + self.prefix_length + self.max_form_len} tokens, "
@@ -115,6 +122,30 @@ class PromptModel(torch.nn.Module):
                 )
             ids.append(t)
         return Encoded(ids)
+
+    def _row_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered row, soft slots written as negative codes."""
+        if not self._row_soft and not self.compiled.row_slots:
+            return self.backbone.tokenize(text)
+        ids: list[int] = []
+        for part in self.compiled.split_row(text):
+            if isinstance(part, SoftSlot):
+                start = self._row_code[part.index]
+                width = sum(1 for s, _ in self._row_soft if s.index == part.index)
+                ids += [-(1 + start + j) for j in range(width)]
+            else:
+                ids += self.backbone.tokenize(part)
+        return ids
+
+    def _row_inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(input_ids, None), or (None, inputs_embeds) when rows carry soft tokens."""
+        soft = ids < 0
+        if not soft.any():
+            return ids, None
+        embeds = self.backbone.embed(ids.clamp(min=0))
+        table = torch.cat([self.method.slot_embeddings(s)[j : j + 1] for s, j in self._row_soft]).to(embeds.dtype)
+        embeds = torch.where(soft[..., None], table[(-ids - 1).clamp(min=0, max=len(table) - 1)], embeds)
+        return None, embeds
 
     def label_indices(self, dataset: Dataset | Sequence[Row]) -> Tensor:
         rows = dataset.rows if isinstance(dataset, Dataset) else list(dataset)
@@ -156,7 +187,8 @@ class PromptModel(torch.nn.Module):
         prefix_len = prefix[0][0].shape[2] if prefix else 0
         ids, attention, positions = self._pad_left(batch, prefix_len)
         need_more = self.max_form_len > 1
-        out = self.backbone.run(ids, attention, positions, prefix, return_cache=need_more)
+        input_ids, embeds = self._row_inputs(ids)
+        out = self.backbone.run(input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more)
         hidden, cache = out if need_more else (out, None)
         rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
         first = F.log_softmax(hidden[:, -1].float() @ rows_w.float().T, dim=-1)  # (b, C)
@@ -229,14 +261,17 @@ class PromptModel(torch.nn.Module):
     def generate(self, fields: dict, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:
         """Free text after the prompt (greedy, or sampled with a temperature), over the cached prefix."""
         prefix = self.cached_prefix()
-        row = self.backbone.tokenize(self.compiled.render_row(fields))
+        row = self._row_ids(self.compiled.render_row(fields))
         tok = self.backbone.tokenizer
         stops = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
         gen = torch.Generator().manual_seed(seed)
         ids, attention, positions = self._pad_left([row], prefix[0][0].shape[2] if prefix else 0)
         cache, out = prefix, []
         for _ in range(max_new_tokens):
-            hidden, cache = self.backbone.run(ids, attention, positions, cache, return_cache=True)
+            input_ids, embeds = self._row_inputs(ids)
+            hidden, cache = self.backbone.run(
+                input_ids, attention, positions, cache, inputs_embeds=embeds, return_cache=True
+            )
             logits = self.backbone.model.get_output_embeddings()(hidden[:, -1])[0].float()
             if temperature > 0:
                 nxt = int(torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=gen))

@@ -176,11 +176,11 @@ class CompiledTemplate:
         if first < 0:
             raise TemplateError("template: uses no row field; add e.g. {{ text }}.")
         prefix_text = composed[:first]
-        if _SOFT_OPEN in composed[first:]:
-            raise TemplateError(
-                "template: a soft slot after the first row field; prompt tuning puts soft tokens before "
-                "the row's fields (move [soft] before the first {{ field }})."
-            )
+        # Soft slots after the first field (P-tuning style: between hard text, next to the answer) are
+        # part of every row's input instead of the cached prefix.
+        self.row_slots = [
+            SoftSlot(int(i), self.slot_sizes[int(i)]) for i in _SOFT_SENTINEL_RE.findall(composed[first:])
+        ]
         # Spaces at the end of the prefix belong to the row text, so a word keeps its leading space.
         stripped = prefix_text.rstrip(" ")
         self._moved_space = prefix_text[len(stripped) :]
@@ -244,6 +244,11 @@ class CompiledTemplate:
                 "conditionals on row fields after the first {{ field }}."
             )
         return full[len(self.prefix_text) :].rstrip(" ")
+
+    def split_row(self, text: str) -> list[str | SoftSlot]:
+        """A rendered row as hard-text pieces and the soft slots between them."""
+        parts = _SOFT_SENTINEL_RE.split(text)
+        return [SoftSlot(int(p), self.slot_sizes[int(p)]) if i % 2 else p for i, p in enumerate(parts) if i % 2 or p]
 
     def label_text(self, word: str) -> str:
         """The text of a label word as it follows the prompt (with the space the template puts before it)."""
