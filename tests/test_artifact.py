@@ -135,7 +135,7 @@ def test_weights_are_safetensors(saved):
     weights = load_file(path / "weights.safetensors")
     state = task.model.method.trainable_state()
     assert weights.keys() == state.keys() == {"embeddings"}
-    assert weights["embeddings"].shape == (4, task.model.backbone.hidden_size)
+    assert weights["embeddings"].shape == (4 + 4, task.model.backbone.hidden_size)
     assert torch.equal(weights["embeddings"], state["embeddings"])
 
 

@@ -100,7 +100,7 @@ def test_train_json(trained, tiny_model_dir):
     metrics = last_json(result.stdout)
     assert {"train_examples_per_s", "train_seconds", "steps", "best_val_accuracy", "trainable_params"} <= metrics.keys()
     assert metrics["steps"] == 4
-    assert metrics["trainable_params"] == 4 * 32  # 4 virtual tokens x hidden size 32
+    assert metrics["trainable_params"] == (4 + 4) * 32  # 4 virtual tokens + the template's 4, x hidden size 32
     assert metrics["train_seconds"] > 0 and metrics["train_examples_per_s"] > 0
     assert 0.0 <= metrics["best_val_accuracy"] <= 1.0
     assert metrics["n_train"] + metrics["n_val"] == 16

@@ -45,6 +45,7 @@ def task(tiny_backbone):
         LABELS,
         "prompt-tuning",
         {"num_virtual_tokens": 5, "init": "random"},
+        {"system": "Classify.", "user": "[soft]{{ text }}"},  # soft tokens in the cached prefix only
         verbalizer="entailment=entailment|yes;maybe so=maybe so",
         seed=3,
     )

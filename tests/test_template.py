@@ -112,12 +112,14 @@ def test_builtin_prefix_has_system_text_and_soft_slot(tiny_backbone):
     assert "<|im_start|>system" in text  # the backbone's own chat template was applied
     assert "Possible labels: negative, positive." in text
     assert slots(c) == [SoftSlot(0, 7)]
-    assert c.soft_token_count == 7
+    assert c.soft_token_count == 7 + 4  # + [soft:4] right before the answer
+    assert c.row_slots == [SoftSlot(1, 4)]
     assert isinstance(c.prefix[-1], SoftSlot)  # [soft] stands right before {{ text }}
     row = c.render_row({"text": "a great movie", "label": "positive"})
     assert row.startswith("a great movie")
     assert "Classify" not in row  # the constant part is not repeated per row
-    assert row.endswith("<|im_start|>assistant\n")
+    assert c.split_row(row)[-2].endswith("<|im_start|>assistant\n")  # then the answer's soft tokens
+    assert c.split_row(row)[-1] == SoftSlot(1, 4)
 
 
 def test_pair_template_prefix_and_row(tiny_backbone):
@@ -277,8 +279,8 @@ def test_chat_requested_without_chat_template_falls_back(plain_tokenizer):
     text = prefix_text(c)
     assert "<|im_start|>" not in text
     assert text.startswith("Classify the text.")
-    assert c.render_row({"text": "hi"}) == "hi\nAnswer:"
-    assert c.label_text("positive") == " positive"
+    assert c.split_row(c.render_row({"text": "hi"})) == ["hi\nAnswer: ", SoftSlot(1, 4)]
+    assert c.label_text("positive") == "positive"  # right after the soft tokens
 
 
 def test_chat_false_ignores_the_chat_template(tiny_backbone):

@@ -55,7 +55,7 @@ class PromptTask:
         method_config = dict(method_config or {})
         tmpl = Template.from_spec(template, fields)
         verb = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer.parse(labels, verbalizer)
-        n_virtual = int(method_config.get("num_virtual_tokens", 20))
+        n_virtual = int(method_config.get("num_virtual_tokens", 16))
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
 

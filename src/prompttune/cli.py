@@ -67,7 +67,12 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (overrides --epochs).")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then linear decay).")] = 0.01,
-    num_virtual_tokens: Annotated[int, typer.Option(help="Soft tokens at the template's [soft] slot.")] = 20,
+    num_virtual_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Soft tokens at the template's [soft] slot (the built-in templates add [soft:4] before the answer)."
+        ),
+    ] = 16,
     init: Annotated[str, typer.Option(help="Soft-token init: labels, vocab, text, random.")] = "labels",
     init_text: Annotated[str | None, typer.Option(help="The text for --init text.")] = None,
     reparam_hidden: Annotated[

@@ -63,7 +63,7 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
         max_steps,
         16,
         0.01,
-        20,
+        16,
         "labels",
         None,
         None,
@@ -86,7 +86,7 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
         "zero-shot (hard prompt)", f"{zero_report['accuracy']:.3f}", "0", f"{zero_report['examples_per_s']:.1f}"
     )
     table.add_row(
-        "prompt tuning (20 soft tokens)",
+        "prompt tuning (16 + 4 soft tokens)",
         f"{tuned_report['accuracy']:.3f}",
         f"{result['trainable_params']:,}",
         f"{tuned_report['examples_per_s']:.1f}",

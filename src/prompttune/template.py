@@ -57,11 +57,13 @@ BUILTIN: dict[str, dict] = {
     "classify": {
         "system": "Classify the text. Possible labels: {{ labels | join(', ') }}. Reply with the label only.",
         "user": "[soft]{{ text }}",
+        "answer": "[soft:4]",
     },
     "classify-pair": {
         "system": "Read the two texts and classify how they relate. Possible labels: "
         "{{ labels | join(', ') }}. Reply with the label only.",
         "user": "[soft]Text A: {{ text_a }}\nText B: {{ text_b }}",
+        "answer": "[soft:4]",
     },
 }
 
@@ -95,7 +97,7 @@ class Template:
                 raise TemplateError(
                     f"template: expected keys user (required), system, answer, chat; got {sorted(spec)}"
                 )
-            return cls(**spec)
+            return cls(**{**spec, "demos": tuple(dict(d) for d in spec.get("demos", ()))})
         if spec in BUILTIN:
             return cls(**BUILTIN[spec])
         if spec.endswith(".json") and Path(spec).is_file():
@@ -114,7 +116,7 @@ class Template:
         return cls(user=before, chat=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "demos": [dict(d) for d in self.demos]}
 
     @cached_property
     def variables(self) -> frozenset[str]:
@@ -226,7 +228,10 @@ class CompiledTemplate:
         head = f"{parts['system']}\n\n" if parts["system"] else ""
         if self.template.chat:  # chat asked for but the backbone has no chat template: plain layout
             shots = "".join(f"{u}\nAnswer: {a}\n\n" for u, a in demos)
-            return f"{head}{shots}{parts['user']}\n{parts['answer'] or 'Answer: '}"
+            answer = parts["answer"]
+            if not _SOFT_SENTINEL_RE.sub("", answer).strip():  # no answer text of its own: a plain cue
+                answer = "Answer: " + answer
+            return f"{head}{shots}{parts['user']}\n{answer}"
         shots = "".join(f"{u}{a}\n\n" for u, a in demos)
         return head + shots + parts["user"] + parts["answer"]
 

@@ -24,7 +24,7 @@ def register(cls: type[SoftPromptMethod]) -> type[SoftPromptMethod]:
 class MethodConfig:
     """Settings every method shares; a method's own config subclasses this."""
 
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = 16
 
     @classmethod
     def from_dict(cls, d: dict) -> MethodConfig:
