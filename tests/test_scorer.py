@@ -19,11 +19,19 @@ def reference_scores(pm, rows) -> torch.Tensor:
     rows_w = bb.lm_rows(pm.candidates).float()
     out = []
     for row in rows:
-        ids = bb.tokenize(pm.compiled.render_row(row.fields))
+        pieces = pm.compiled.split_row(pm.compiled.render_row(row.fields))
+        row_emb = torch.cat(
+            [
+                pm.method.slot_embeddings(p)
+                if isinstance(p, SoftSlot)
+                else bb.embed(torch.tensor(bb.tokenize(p), dtype=torch.long))
+                for p in pieces
+            ],
+            0,
+        )
         form_scores = []
         for toks, cand in zip(pm.form_token_ids, pm.form_tokens, strict=True):
-            seq = torch.tensor(ids + toks[:-1])
-            emb = torch.cat([prefix, bb.embed(seq)], 0)[None]
+            emb = torch.cat([prefix, row_emb, bb.embed(torch.tensor(toks[:-1], dtype=torch.long))], 0)[None]
             hidden = bb.body(inputs_embeds=emb).last_hidden_state[0]
             logp = F.log_softmax(hidden[-len(toks) :].float() @ rows_w.T, -1)
             form_scores.append(sum(logp[j, c] for j, c in enumerate(cand)))
@@ -141,30 +149,7 @@ def test_soft_tokens_in_the_row_score_like_a_single_pass(row_soft_task):
     pm = row_soft_task.model
     assert pm.method.embeddings.shape[0] == 5  # 2 in the prefix + 3 next to the answer
     fast = pm.score(pm.encode(ROWS), batch_size=3, calibrate=False)
-    bb = pm.backbone
-    table = pm.method.embeddings
-    prefix = torch.cat([table[:2] if isinstance(s, SoftSlot) else bb.embed(s) for s in pm._segments], 0)
-    rows_w = bb.lm_rows(pm.candidates).float()
-    for r, row in enumerate(ROWS.rows):
-        text = pm.compiled.render_row(row.fields)
-        parts = pm.compiled.split_row(text)
-        row_emb = torch.cat(
-            [table[2:] if isinstance(p, SoftSlot) else bb.embed(torch.tensor(bb.tokenize(p))) for p in parts], 0
-        )
-        scores = []
-        for toks, cand in zip(pm.form_token_ids, pm.form_tokens, strict=True):
-            emb = torch.cat([prefix, row_emb, bb.embed(torch.tensor(toks[:-1], dtype=torch.long))], 0)[None]
-            hidden = bb.body(inputs_embeds=emb).last_hidden_state[0]
-            logp = F.log_softmax(hidden[-len(toks) :].float() @ rows_w.T, -1)
-            scores.append(sum(logp[j, c] for j, c in enumerate(cand)))
-        fs = torch.stack(scores)
-        lab = torch.stack(
-            [
-                torch.logsumexp(fs[pm.form_label == i], 0) - torch.log((pm.form_label == i).sum().float())
-                for i in range(len(LABELS))
-            ]
-        )
-        torch.testing.assert_close(fast[r], F.log_softmax(lab, -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, reference_scores(pm, ROWS.rows), atol=1e-5, rtol=1e-5)
 
 
 def test_soft_tokens_in_the_row_get_gradients(row_soft_task):
