@@ -8,7 +8,7 @@ task.predict(["a gripping, funny film"])   # [Prediction(label='positive', score
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,12 +104,20 @@ class PromptTask:
         report["eval_seconds"] = seconds
         return report
 
-    def generate(self, text: str | dict, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:
+    def generate(
+        self,
+        text: str | dict,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Free text after the prompt; it ends before the first of the ``stop`` strings it would contain."""
         fields = {"text": text} if isinstance(text, str) else dict(text)
         missing = [v for v in self.model.template.variables if v not in fields]
         if missing:
             raise DataError(f"generate: the template needs field(s) {missing}; pass them as a dict.")
-        return self.model.generate(fields, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self.model.generate(fields, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=stop)
 
     def calibrate(self) -> list[float]:
         return self.model.calibrate()

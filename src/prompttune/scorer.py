@@ -258,8 +258,19 @@ class PromptModel(torch.nn.Module):
         return self.verbalizer.calibration
 
     @torch.no_grad()
-    def generate(self, fields: dict, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:
-        """Free text after the prompt (greedy, or sampled with a temperature), over the cached prefix."""
+    def generate(
+        self,
+        fields: dict,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Free text after the prompt (greedy, or sampled with a temperature), over the cached prefix.
+
+        Generation also ends where the text first contains one of the ``stop`` strings; the text returned
+        stops just before it.
+        """
         prefix = self.cached_prefix()
         row = self._row_ids(self.compiled.render_row(fields))
         tok = self.backbone.tokenizer
@@ -280,6 +291,11 @@ class PromptModel(torch.nn.Module):
             if nxt in stops:
                 break
             out.append(nxt)
+            if stop:
+                text = tok.decode(out, skip_special_tokens=True)
+                cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    return text[:cut]
             ids = torch.tensor([[nxt]])
             positions = positions[:, -1:] + 1
             attention = torch.cat([attention, torch.ones(1, 1, dtype=torch.long)], dim=1)
