@@ -78,6 +78,15 @@ class Backbone:
         return self.text_config.hidden_size
 
     @property
+    def kv_layout(self) -> tuple[int, int, int]:
+        """(layers, kv_heads, head_dim) of the per-layer key/value prefix (kv_heads < heads under GQA)."""
+        cfg = self.text_config
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return cfg.num_hidden_layers, kv_heads, head_dim
+
+    @property
     def max_length(self) -> int:
         cfg = self.text_config
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
