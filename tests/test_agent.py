@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_generation_stops_before_a_stop_string(tiny_backbone):
     from prompttune.api import PromptTask
@@ -13,3 +15,167 @@ def test_generation_stops_before_a_stop_string(tiny_backbone):
     cut = task.generate("the cat", max_new_tokens=12, stop=[stop, "never appears"])
     assert cut == free[: free.find(stop)]
     assert task.generate("the cat", max_new_tokens=12, stop=["never appears"]) == free
+
+
+# --- the loop, over a scripted model ---------------------------------------------------------------
+class ScriptedModel:
+    """Replies with the given outputs in turn and records what it was shown."""
+
+    def __init__(self, *outputs: str):
+        self.outputs = list(outputs)
+        self.calls: list[dict] = []
+
+    def complete(self, fields, stop):
+        self.calls.append({**fields, "stop": tuple(stop)})
+        return self.outputs[min(len(self.calls), len(self.outputs)) - 1]
+
+
+def make_agent(*outputs, tools=("calculator",), max_steps=6):
+    from prompttune.agent import Agent
+
+    model = ScriptedModel(*outputs)
+    return Agent(model, tools=list(tools), max_steps=max_steps), model
+
+
+def test_tool_is_called_its_observation_fed_back_and_the_final_answer_parsed():
+    agent, model = make_agent(
+        " I should multiply.\nAction: calculator\nAction Input: 17 * 23\n",
+        " I now know the final answer\nFinal Answer: 391",
+    )
+    result = agent.run("What is 17 * 23?")
+    assert result.answer == "391" and result.stopped == "final_answer"
+    assert [s.kind for s in result.steps] == ["action", "final"]
+    assert result.steps[0].action == "calculator" and result.steps[0].observation == "391"
+    assert model.calls[0]["scratchpad"] == "" and model.calls[0]["stop"] == ("Observation:",)
+    assert "calculator: evaluates arithmetic" in model.calls[0]["tools"]
+    assert model.calls[1]["scratchpad"] == (
+        "Thought: I should multiply.\nAction: calculator\nAction Input: 17 * 23\nObservation: 391\n"
+    )
+    trace = result.trace()
+    assert "Action: calculator\nAction Input: 17 * 23\nObservation: 391" in trace and "Final Answer: 391" in trace
+
+
+def test_an_invented_observation_is_cut_off_and_the_real_one_used():
+    agent, model = make_agent(
+        "Action: calculator\nAction Input: 2 + 2\nObservation: 5\nThought: done\nFinal Answer: 5",
+        "Final Answer: 4",
+    )
+    result = agent.run("2 + 2?")
+    assert result.steps[0].observation == "4" and result.answer == "4"
+    assert "Observation: 5" not in model.calls[1]["scratchpad"]
+
+
+def test_step_limit_gives_a_clear_result():
+    agent, model = make_agent("Action: calculator\nAction Input: 1 + 1", max_steps=3)
+    result = agent.run("loop forever")
+    assert result.answer is None and result.stopped == "max_steps" and len(model.calls) == 3
+    assert "no final answer within 3 steps" in result.message
+    assert result.trace().endswith("Stopped: no final answer within 3 steps (the step limit); see the trace.")
+
+
+def test_unparsable_output_is_answered_with_the_format_and_counts_as_a_step():
+    agent, model = make_agent("I think it is four", "Action: calculator", "Final Answer: 4")
+    result = agent.run("2 + 2?")
+    assert [s.kind for s in result.steps] == ["format_error", "format_error", "final"]
+    assert "Invalid format" in result.steps[0].observation and "calculator" in result.steps[0].observation
+    assert "needs an 'Action Input" in result.steps[1].observation
+    assert "Observation: Invalid format" in model.calls[1]["scratchpad"]
+    assert result.answer == "4"
+
+
+def test_unknown_tool_and_tool_errors_become_observations():
+    agent, _ = make_agent(
+        "Action: browser\nAction Input: x",
+        "Action: calculator\nAction Input: __import__('os').system('ls')",
+        "Action: calculator\nAction Input: 1 / 0",
+        "Final Answer: gave up",
+    )
+    result = agent.run("anything")
+    obs = [s.observation for s in result.steps[:3]]
+    assert obs[0] == "Error: there is no tool 'browser'; use one of: calculator."
+    assert obs[1].startswith("Error: calculator:") and "not allowed" in obs[1]
+    assert obs[2] == "Error: calculator: division by zero."
+    assert result.answer == "gave up"
+
+
+def test_user_functions_register_by_decorator_and_by_list():
+    from prompttune.agent import Agent
+
+    def shout(text: str) -> str:
+        """upper-cases text. Input: any text."""
+        return text.upper()
+
+    model = ScriptedModel(
+        'Action: shout\nAction Input: "hi there"', "Action: flaky\nAction Input: x", "Final Answer: ok"
+    )
+    agent = Agent(model, tools=[shout])
+
+    @agent.tool(name="flaky")
+    def broken(text: str) -> str:
+        raise RuntimeError("backend down")
+
+    result = agent.run("shout hi")
+    assert result.steps[0].observation == "HI THERE"
+    assert result.steps[1].observation == "Error: tool flaky failed (RuntimeError: backend down)."
+    assert "shout: upper-cases text. Input: any text." in model.calls[0]["tools"]
+    assert "flaky: " in model.calls[0]["tools"]
+
+
+def test_bad_agent_setup_is_a_clear_error():
+    from prompttune.agent import Agent
+    from prompttune.errors import DataError, PromptTuneError
+
+    with pytest.raises(DataError, match="--tool browser: no such tool; available: calculator, search"):
+        Agent(ScriptedModel(""), tools=["browser"])
+    with pytest.raises(PromptTuneError, match="--tool search needs --index"):
+        Agent(ScriptedModel(""), tools=["search"])
+    with pytest.raises(DataError, match="--max-steps 0"):
+        Agent(ScriptedModel(""), tools=["calculator"], max_steps=0)
+
+
+# --- the calculator ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("expr", "want"),
+    [
+        ("17 * 23", "391"),
+        ("(2 + 3) ** 2 - 7 // 2 % 2", "24"),
+        ("-3 + +4", "1"),
+        ("10 / 4", "2.5"),
+        ("sqrt(16) + max(1, 2)", "6"),
+        ("2^10 =", "1024"),
+        ("'1,000 + 5'", "1005"),
+        ("round(pi, 2)", "3.14"),
+    ],
+)
+def test_calculator_computes_arithmetic(expr, want):
+    from prompttune.tools import calculator
+
+    assert calculator(expr) == want
+
+
+@pytest.mark.parametrize(
+    ("expr", "why"),
+    [
+        ("__import__('os')", "not allowed"),
+        ("().__class__.__bases__", "not allowed"),
+        ("open('x')", "not allowed"),
+        ("[x for x in (1, 2)]", "not allowed"),
+        ("'a' * 3", "not allowed"),
+        ("True + 1", "not allowed"),
+        ("9 ** 9 ** 9", "too large"),
+        ("2 ** 100000", "too large"),
+        ("10 ** 5000", "too large"),
+        ("2 ** 4000 * 2 ** 4000", "too large"),
+        ("exp(1000)", "math range error"),
+        ("sqrt(-1)", "math domain error"),
+        ("1 / 0", "division by zero"),
+        ("2 +", "not arithmetic"),
+        ("", "empty"),
+        ("1 + " * 300 + "1", "longer than"),
+    ],
+)
+def test_calculator_refuses_everything_else(expr, why):
+    from prompttune.tools import ToolError, calculate
+
+    with pytest.raises(ToolError, match=why):
+        calculate(expr)

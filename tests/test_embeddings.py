@@ -9,27 +9,11 @@ import torch
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from tiny import make_encoder
 
     from prompttune import Backbone
 
-    words = "the cat sat on mat dog ran in park stock market fell today rain".split()
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
-    )
-    path = tmp_path_factory.mktemp("enc") / "encoder"
-    BertModel(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return Backbone.load(str(path))
+    return Backbone.load(str(make_encoder(tmp_path_factory.mktemp("enc") / "encoder")))
 
 
 def test_embeddings_are_the_masked_mean_normalised(tiny_encoder):

@@ -70,3 +70,36 @@ def make_decoder(path: Path, chat: bool = True, seed: int = 0, layers: int = 2) 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+ENCODER_WORDS = (
+    "the a cat sat on mat dog ran in park stock market fell today rain paris is capital of france "
+    "berlin germany rome italy river flows through city tower built year museum art"
+).split()
+
+
+def make_encoder(path: Path, seed: int = 0) -> Path:
+    """A tiny BERT encoder with a word-level tokenizer over ENCODER_WORDS (for sentence embeddings)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(ENCODER_WORDS)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    BertModel(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

@@ -1,0 +1,207 @@
+"""A ReAct agent: the model thinks, calls a tool, reads its result, and repeats until it answers.
+
+Each step the model continues the ``react`` template after "Thought:" and generation stops at
+"Observation:", so the model never writes a tool's result itself. Its text is parsed as either
+
+    ... Action: <tool name>\\nAction Input: <input>      -> the tool runs; its result is the Observation
+    ... Final Answer: <answer>                           -> the run ends with that answer
+
+Anything else is fed back as an Observation that restates the expected format, and counts as a step.
+A run ends with a final answer or after ``max_steps`` model calls.
+
+    from prompttune.agent import Agent, TemplateModel
+    agent = Agent(TemplateModel(Backbone.load()), tools=["calculator"])
+    @agent.tool
+    def weather(city: str) -> str:
+        "the weather in a city. Input: the city name."
+        return "sunny"
+    result = agent.run("What is 17 * 23?")
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from .errors import DataError
+from .tools import Tool, ToolContext, ToolError, as_tool, build_tools
+
+STOP = ("Observation:",)
+FORMAT_HINT = (
+    "Invalid format. Reply with either two lines 'Action: <one of {tools}>' and 'Action Input: <input>', "
+    "or one line 'Final Answer: <the answer>'."
+)
+MAX_OBSERVATION_CHARS = 2000
+_FINAL = re.compile(r"Final Answer\s*:\s*(.*)", re.S | re.I)
+_ACTION = re.compile(r"Action\s*:\s*(.*?)[ \t]*\n?\s*Action Input\s*:[ \t]*(.*)", re.S | re.I)
+_ACTION_ONLY = re.compile(r"Action\s*:\s*([^\n]*)", re.I)
+
+
+class LanguageModel(Protocol):
+    """Continues the react template for the given fields; must stop before any of ``stop``."""
+
+    def complete(self, fields: dict[str, str], stop: Sequence[str]) -> str: ...
+
+
+class TemplateModel:
+    """A decoder backbone reading a template (``react`` by default) through PromptTask.generate."""
+
+    def __init__(self, backbone, template: str = "react", max_new_tokens: int = 128):
+        from .api import PromptTask
+
+        self.task = PromptTask.create(backbone, labels=["answer"], method="zero-shot", template=template)
+        self.max_new_tokens = max_new_tokens
+
+    def complete(self, fields: dict[str, str], stop: Sequence[str]) -> str:
+        return self.task.generate(fields, max_new_tokens=self.max_new_tokens, stop=stop)
+
+
+@dataclass
+class Step:
+    output: str  # what the model wrote after "Thought:" (cut at the stop string)
+    kind: str  # "action" | "final" | "format_error"
+    thought: str = ""
+    action: str | None = None
+    action_input: str | None = None
+    observation: str | None = None
+
+
+@dataclass
+class AgentResult:
+    question: str
+    answer: str | None  # None: no final answer within the step limit
+    stopped: str  # "final_answer" | "max_steps"
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        if self.answer is not None:
+            return self.answer
+        return f"no final answer within {len(self.steps)} steps (the step limit); see the trace."
+
+    def trace(self) -> str:
+        """The run as Thought / Action / Action Input / Observation lines."""
+        lines = [f"Question: {self.question}"]
+        for s in self.steps:
+            lines += [f"Thought: {s.thought}"] if s.thought else []
+            if s.kind == "final":
+                lines.append(f"Final Answer: {self.answer}")
+            elif s.kind == "action":
+                lines += [f"Action: {s.action}", f"Action Input: {s.action_input}", f"Observation: {s.observation}"]
+            else:
+                lines += [f"(unparsed output: {s.output.strip()!r})", f"Observation: {s.observation}"]
+        if self.answer is None:
+            lines.append(f"Stopped: {self.message}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "stopped": self.stopped,
+            "steps": [asdict(s) for s in self.steps],
+        }
+
+
+class Agent:
+    def __init__(
+        self,
+        model: LanguageModel,
+        tools: Sequence[Tool | Callable | str] = (),
+        max_steps: int = 6,
+        tool_context: ToolContext | None = None,
+    ):
+        if max_steps < 1:
+            raise DataError(f"--max-steps {max_steps}: give at least 1.")
+        self.model = model
+        self.max_steps = max_steps
+        self.tools: dict[str, Tool] = {}
+        named = [t for t in tools if isinstance(t, str)]
+        for t in build_tools(named, tool_context or ToolContext()) if named else []:
+            self.add_tool(t)
+        for t in tools:
+            if not isinstance(t, str):
+                self.add_tool(t)
+
+    def add_tool(self, tool: Tool | Callable, name: str | None = None, description: str | None = None) -> Tool:
+        tool = as_tool(tool, name, description)
+        self.tools[tool.name] = tool
+        return tool
+
+    def tool(self, func: Callable | None = None, *, name: str | None = None, description: str | None = None):
+        """Decorator: register a function of one string as a tool (``@agent.tool`` or ``@agent.tool(name=...)``)."""
+
+        def register(f: Callable) -> Callable:
+            self.add_tool(f, name, description)
+            return f
+
+        return register(func) if func is not None else register
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self, question: str, progress: Callable[[Step], None] | None = None) -> AgentResult:
+        if not question.strip():
+            raise DataError("agent: the question is empty.")
+        if not self.tools:
+            raise DataError("agent: no tools; add one with --tool (calculator, search) or Agent(tools=[...]).")
+        tools_text = "\n".join(t.line() for t in self.tools.values())
+        scratchpad = ""
+        result = AgentResult(question, None, "max_steps")
+        for _ in range(self.max_steps):
+            raw = self.model.complete({"question": question, "tools": tools_text, "scratchpad": scratchpad}, STOP)
+            step = self._step(_cut_at_stop(raw))
+            result.steps.append(step)
+            if progress:
+                progress(step)
+            if step.kind == "final":
+                result.answer, result.stopped = step.action_input or "", "final_answer"
+                return result
+            scratchpad += f"Thought: {step.output.strip()}\nObservation: {step.observation}\n"
+        return result
+
+    def _step(self, output: str) -> Step:
+        final, action = _FINAL.search(output), _ACTION.search(output)
+        if final and (not action or final.start() < action.start()):
+            thought = output[: final.start()].strip()
+            return Step(output, "final", thought, action_input=_first_line_block(final.group(1)))
+        if action:
+            name = action.group(1).strip().strip("`'\"[]").strip()
+            arg = _first_line_block(action.group(2)).strip("`").strip()
+            arg = arg[1:-1] if len(arg) > 1 and arg[0] == arg[-1] and arg[0] in "'\"" else arg
+            output = output[: action.end()]  # anything the model wrote after the input is dropped
+            step = Step(output, "action", output[: action.start()].strip(), name, arg)
+            step.observation = self._call(name, arg)
+            return step
+        names = ", ".join(self.tools)
+        hint = FORMAT_HINT.format(tools=names)
+        only = _ACTION_ONLY.search(output)
+        if only:
+            hint = f"Invalid format: 'Action: {only.group(1).strip()}' needs an 'Action Input: <input>' line after it."
+        return Step(output, "format_error", observation=hint)
+
+    def _call(self, name: str, arg: str) -> str:
+        tool = self.tools.get(name) or self.tools.get(name.lower())
+        if tool is None:
+            return f"Error: there is no tool {name!r}; use one of: {', '.join(self.tools)}."
+        try:
+            text = tool(arg)
+        except ToolError as e:
+            return f"Error: {e}"
+        except Exception as e:  # a user function failed: the model is told, the run goes on
+            return f"Error: tool {tool.name} failed ({type(e).__name__}: {e})."
+        text = " ".join(text.split()) if "\n" not in text else text.strip()
+        return text if len(text) <= MAX_OBSERVATION_CHARS else text[:MAX_OBSERVATION_CHARS] + " ..."
+
+
+def _cut_at_stop(text: str) -> str:
+    """Models that ignore stop strings are cut here too, so an invented observation is never used."""
+    cut = min((i for i in (text.find(s) for s in STOP) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def _first_line_block(text: str) -> str:
+    """The answer or input: up to the next blank line or the next Thought/Action line."""
+    text = text.strip()
+    stop = re.search(r"\n\s*\n|\n\s*(Thought|Action|Final Answer)\s*:", text)
+    return (text[: stop.start()] if stop else text).strip()

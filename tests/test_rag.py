@@ -1,0 +1,115 @@
+"""Retrieval: reading and chunking documents, building, saving, reloading and querying a vector index."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prompttune.errors import ArtifactError, DataError
+from prompttune.rag import VectorIndex, chunk_text, read_documents
+
+CORPUS = {
+    "paris.txt": "paris is the capital of france\n\nthe tower was built in the year",
+    "rome.md": "rome is the capital of italy",
+    "berlin.txt": "the river flows through the city of berlin in germany",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    from tiny import make_encoder
+
+    from prompttune import Backbone
+
+    return Backbone.load(str(make_encoder(tmp_path_factory.mktemp("enc") / "encoder")))
+
+
+@pytest.fixture
+def docs_dir(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in CORPUS.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_chunks_pack_paragraphs_and_split_long_ones_with_overlap():
+    assert chunk_text("a b c\n\nd e\n\nf g h i", max_words=5, overlap=1) == ["a b c\n\nd e", "f g h i"]
+    words = " ".join(str(i) for i in range(10))
+    assert chunk_text(words, max_words=4, overlap=1) == ["0 1 2 3", "3 4 5 6", "6 7 8 9"]
+    with pytest.raises(DataError, match="--overlap"):
+        chunk_text("x", max_words=4, overlap=4)
+
+
+def test_reads_a_folder_and_jsonl_and_drops_duplicate_texts(docs_dir, tmp_path):
+    docs = read_documents(docs_dir)
+    assert sorted(d.id for d in docs) == ["berlin.txt", "paris.txt", "rome.md"]
+    rows = [
+        {"id": "q1", "context": "same text"},
+        {"id": "q2", "context": "same text"},
+        {"id": "q3", "context": "other"},
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = read_documents(path, text_field="context")
+    assert [(d.id, d.source) for d in docs] == [("q1", "qa.jsonl:1"), ("q3", "qa.jsonl:3")]
+    with pytest.raises(DataError, match=r"qa.jsonl:1: no 'text' field .*--text-field"):
+        read_documents(path)
+
+
+def test_bad_documents_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl: no such file"):
+        read_documents(tmp_path / "nope.jsonl")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .txt, .md or .jsonl files"):
+        read_documents(tmp_path / "empty")
+    (tmp_path / "blank.txt").write_text("  \n\n ")
+    with pytest.raises(DataError, match="nothing to index"):
+        read_documents(tmp_path / "blank.txt")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        read_documents(tmp_path / "bad.jsonl")
+
+
+def test_index_save_reload_and_query_returns_the_right_chunk(docs_dir, tmp_path, tiny_encoder):
+    index = VectorIndex.build(read_documents(docs_dir), tiny_encoder, max_words=8, overlap=2)
+    assert len(index) == 5  # paris.txt: two paragraphs that do not fit in 8 words; berlin.txt: two windows
+    path = index.save(tmp_path / "idx")
+    assert sorted(p.name for p in path.iterdir()) == ["chunks.jsonl", "index.faiss", "manifest.json"]
+    loaded = VectorIndex.load(path, tiny_encoder)
+    assert loaded.manifest["chunks"] == 5 and loaded.manifest["encoder"]["id"] == tiny_encoder.model_id
+    for chunk in loaded.chunks:
+        top = loaded.search(chunk.text, k=2)
+        assert top[0].chunk == chunk and top[0].score == pytest.approx(1.0, abs=1e-4)
+        assert top[0].score >= top[1].score
+    many = loaded.search(["rome is the capital of italy", "paris is the capital of france"], k=1)
+    assert [h[0].chunk.doc_id for h in many] == ["rome.md", "paris.txt"]
+    assert len(loaded.search("rain", k=50)) == 5  # k larger than the index: every chunk, once
+
+
+def test_reload_uses_the_recorded_encoder_without_being_told(docs_dir, tmp_path, tiny_encoder):
+    VectorIndex.build(read_documents(docs_dir), tiny_encoder).save(tmp_path / "idx")
+    loaded = VectorIndex.load(tmp_path / "idx")  # the manifest records the encoder's folder
+    assert loaded.search("rome is the capital of italy", k=1)[0].chunk.doc_id == "rome.md"
+
+
+def test_missing_or_damaged_index_names_the_directory(tmp_path, docs_dir, tiny_encoder):
+    with pytest.raises(ArtifactError, match=r"--index .*nowhere: no index directory.*prompttune rag index"):
+        VectorIndex.load(tmp_path / "nowhere")
+    path = VectorIndex.build(read_documents(docs_dir), tiny_encoder).save(tmp_path / "idx")
+    (path / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="idx: damaged"):
+        VectorIndex.load(path)
+    (path / "chunks.jsonl").unlink()
+    with pytest.raises(ArtifactError, match="chunks.jsonl is missing"):
+        VectorIndex.load(path)
+
+
+def test_an_index_refuses_another_encoder(docs_dir, tmp_path, tiny_encoder, tiny_model_dir):
+    from tiny import make_encoder
+
+    other = make_encoder(tmp_path / "other", seed=1)
+    VectorIndex.build(read_documents(docs_dir), tiny_encoder).save(tmp_path / "idx")
+    with pytest.raises(ArtifactError, match="built with encoder"):
+        VectorIndex.load(tmp_path / "idx", str(other)).search("rome", k=1)
