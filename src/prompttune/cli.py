@@ -121,17 +121,44 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory.")],
+    prompt: Annotated[
+        str,
+        typer.Argument(
+            metavar="PROMPT",
+            help="An artifact directory, a registry reference (name@production, name@v3, name@<hash>), "
+            "a template file (.yaml/.json) or a built-in template name (see `prompttune templates list`).",
+        ),
+    ],
     data: Annotated[Path, typer.Argument(help="Labelled rows (.jsonl or .csv).")],
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 32,
-    calibrate: Annotated[bool, typer.Option(help="Apply the artifact's calibration, if it has one.")] = True,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Artifact: apply its calibration, if it has one (default on). "
+            "Hard prompt: fit contextual calibration first (default off).",
+        ),
+    ] = None,
+    demos: Annotated[int, typer.Option(help="Hard prompt: few-shot demos shown before each input.")] = 0,
+    demo_selector: Annotated[
+        str, typer.Option(help="Hard prompt: fixed (first rows), random (seeded) or knn (nearest by MiniLM).")
+    ] = "random",
+    demos_from: Annotated[Path | None, typer.Option(help="Hard prompt: labelled rows to draw demos from.")] = None,
+    verbalizer: Annotated[
+        str | None, typer.Option(help="Hard prompt: label words, as for train. Default: the labels.")
+    ] = None,
+    db: Annotated[str | None, typer.Option(help="Registry database (path or URL) for a registry reference.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random demos.")] = 0,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and speed of an artifact on labelled rows."""
-    from .commands import run_eval, show_report
+    """Accuracy, per-class precision/recall/F1 and speed of a soft or hard prompt on labelled rows."""
+    from .commands import show_report
+    from .prompt_eval import run_any_eval
 
-    report = run_eval(artifact_dir, data, batch_size, calibrate, model, err)
+    report = run_any_eval(
+        prompt, data, batch_size, calibrate, model, err, demos, demo_selector, demos_from, verbalizer, db, seed
+    )
     if as_json:
         _emit_json(report)
     else:
@@ -194,6 +221,14 @@ def models() -> None:
     from .commands import run_models
 
     run_models(out)
+
+
+# Hard prompts: built-in templates, the prompt registry and chains (bodies in prompt_cli.py).
+from .prompt_cli import chain_app, registry_app, templates_app  # noqa: E402
+
+app.add_typer(templates_app, name="templates")
+app.add_typer(registry_app, name="registry")
+app.add_typer(chain_app, name="chain")
 
 
 def main() -> None:

@@ -263,19 +263,18 @@ class Template:
 
     def to_dict(self) -> dict:
         """The spec form (what from_spec reads back); keys that hold their default are left out."""
-        d: dict = {"user": self.user, "system": self.system, "answer": self.answer, "chat": self.chat}
-        d["demos"] = [dict(x) for x in self.demos]
-        if self.messages:
-            d["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        d: dict = {"description": self.description} if self.description else {}
         if self.declared:
             d["variables"] = {
                 n: {"description": desc, "default": dflt} if dflt is not None else desc
                 for n, desc, dflt in self.declared
             }
+        d |= {"system": self.system}
+        if self.messages:
+            d["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        d |= {"user": self.user, "answer": self.answer, "chat": self.chat, "demos": [dict(x) for x in self.demos]}
         if self.bound:
             d["partial"] = dict(self.bound)
-        if self.description:
-            d["description"] = self.description
         return d
 
     # --- variables ------------------------------------------------------------------------------
@@ -328,6 +327,18 @@ class Template:
 
         return replace(self, **changes)
 
+    def hard(self) -> Template:
+        """The same template with its soft slots left out (for methods that train nothing)."""
+        return self._replace(
+            system=SOFT_RE.sub("", self.system) if self.system is not None else None,
+            messages=tuple((r, SOFT_RE.sub("", c)) for r, c in self.messages),
+            user=SOFT_RE.sub("", self.user),
+            answer=SOFT_RE.sub("", self.answer),
+        )
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
     # --- use -----------------------------------------------------------------------------------------
     def compile(
         self, tokenizer, labels: list[str], num_virtual_tokens: int, words: dict[str, str] | None = None
@@ -378,6 +389,21 @@ class Template:
         return layout(*self.render_parts(values, labels), tokenizer, self.chat)
 
 
+def dump_yaml(obj) -> str:
+    """YAML with multi-line text as ``|`` blocks, so a template reads as it renders."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value: str):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, text)
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+
+
 def layout(system: str | None, turns: list, user: str, answer: str, tokenizer, chat: bool) -> str:
     """The turns as one text: the backbone's chat template, or a plain layout when it has none."""
     if chat and tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -392,6 +418,23 @@ def layout(system: str | None, turns: list, user: str, answer: str, tokenizer, c
         return f"{head}{shots}{user}\n{answer}"
     shots = "".join(c if r == "user" else f"{c}\n\n" for r, c in turns)
     return head + shots + user + answer
+
+
+SOFT_LIKE_RE = re.compile(r"\[soft(?![A-Za-z_])[^\]\n]*\]?")  # anything that starts like a soft slot
+
+
+def check_soft_slots(part: str, text: str | None) -> None:
+    """A soft slot written wrong ('[soft:x]', '[soft 4]', '[soft:0]', unclosed) is an error at its position."""
+    for m in SOFT_LIKE_RE.finditer(text or ""):
+        ok = SOFT_RE.fullmatch(m.group(0))
+        if ok and (ok.group(1) is None or int(ok.group(1)) > 0):
+            continue
+        line = text.count("\n", 0, m.start()) + 1
+        column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        raise TemplateError(
+            f"template {part}, line {line}, column {column}: {m.group(0)!r} is not a soft slot; "
+            "write [soft] (the method's number of tokens) or [soft:N] with a positive size N."
+        )
 
 
 @dataclass
@@ -423,6 +466,10 @@ class CompiledTemplate:
             return f"{_SOFT_OPEN}{len(self.slot_sizes) - 1}{_SOFT_CLOSE}"
 
         t = self.template
+        for name, text in (("system", t.system), *((f"message {i + 1}", c) for i, (_, c) in enumerate(t.messages))):
+            check_soft_slots(name, text)
+        check_soft_slots("user", t.user)
+        check_soft_slots("answer", t.answer)
         # The same template with soft slots turned into sentinels, rendered as a "soft" (not hard) prompt.
         self._marked = t._replace(
             system=SOFT_RE.sub(mark, t.system) if t.system else None,
