@@ -1,0 +1,117 @@
+"""What `prompttune compare` can run: an *arm* is a way of adapting the model, with its settings.
+
+Arms come from three places, none of them a list of method names in this file:
+- hard prompts (``HARD``): the registry's zero-shot method alone, with few-shot demos, or calibrated;
+- every method in the soft-prompt registry (``prompttune.methods.METHODS``), picked up by name, so a
+  method added there is comparable with no code here;
+- the weight-training baselines registered in ``baselines.BASELINES`` (LoRA, full fine-tuning).
+
+Settings are one flat mapping per arm (``--method-option lora.r=16``): the keys in ``HARNESS_KEYS``
+steer training and read-out and apply to every arm; the rest go to the method's own config, which
+validates them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..errors import PromptTuneError
+from ..methods import METHODS
+from .baselines import BASELINES
+
+# Steer the harness, not the method: every arm accepts them.
+HARNESS_KEYS = frozenset({"lr", "max_steps", "batch_size", "demos", "calibrate", "ema", "patience", "eval_every"})
+SOFT_DEFAULTS = {"lr": 0.01, "ema": 0.9}
+
+# Hard prompts: the registry's zero-shot method (soft slots empty), with demos or calibration.
+# uses_seed / uses_rows False: one run stands for every seed and training-set size.
+HARD = {
+    "zero-shot": ({}, False),
+    "few-shot": ({"demos": 4}, True),
+    "calibrated": ({"calibrate": True}, False),
+}
+HARD_METHOD = "zero-shot"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # as shown in the report
+    kind: str  # "hard prompt" | "soft prompt" | "baseline"
+    method: str  # a registry method, or a baseline's name
+    options: dict = field(default_factory=dict)
+    uses_data: bool = True  # False: seed and training rows do not change the result
+
+    def harness(self, key: str, default=None):
+        return self.options.get(key, default)
+
+    @property
+    def method_config(self) -> dict:
+        return {k: v for k, v in self.options.items() if k not in HARNESS_KEYS}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Arm:
+        return cls(**d)
+
+
+def available() -> list[str]:
+    """Every arm name, in report order: hard prompts, soft methods, baselines."""
+    soft = [m for m in sorted(METHODS) if m not in HARD and m != HARD_METHOD]
+    return list(HARD) + soft + list(BASELINES)
+
+
+def resolve(names: list[str], options: dict[str, dict]) -> list[Arm]:
+    """Arms for the --methods names, each with its defaults overridden by its --method-option settings."""
+    known = available()
+    arms = []
+    for name in names:
+        user = options.get(name, {})
+        if name in HARD:
+            defaults, uses_data = HARD[name]
+            uses_data = uses_data or bool(user.get("demos"))
+            arms.append(Arm(name, "hard prompt", HARD_METHOD, {**defaults, **user}, uses_data))
+        elif name in METHODS:
+            lr = getattr(METHODS[name], "default_lr", SOFT_DEFAULTS["lr"])  # a method may say what suits it
+            arms.append(Arm(name, "soft prompt", name, {**SOFT_DEFAULTS, "lr": lr, **user}))
+        elif name in BASELINES:
+            arms.append(Arm(name, "baseline", name, {**BASELINES[name].defaults, **user}))
+        else:
+            raise PromptTuneError(f"--methods {name}: unknown; choose from {', '.join(known)} (or 'all').")
+    stray = set(options) - set(names)
+    if stray:
+        raise PromptTuneError(
+            f"--method-option {sorted(stray)[0]}.…: that method is not in --methods ({', '.join(names)})."
+        )
+    return arms
+
+
+def parse_methods(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if names == ["all"]:
+        return available()
+    if not names:
+        raise PromptTuneError("--methods: give at least one method, e.g. zero-shot,prompt-tuning,lora.")
+    if len(set(names)) != len(names):
+        raise PromptTuneError(f"--methods {spec}: a method is listed twice.")
+    return names
+
+
+def parse_options(items: list[str]) -> dict[str, dict]:
+    """``METHOD.KEY=VALUE`` items -> {method: {key: value}}; values are read as JSON when they parse."""
+    out: dict[str, dict] = {}
+    for item in items:
+        head, sep, raw = item.partition("=")
+        method, dot, key = head.partition(".")
+        if not sep or not dot or not method.strip() or not key.strip():
+            raise PromptTuneError(
+                f"--method-option {item!r}: write METHOD.KEY=VALUE, e.g. lora.r=16 or few-shot.demos=8."
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method.strip(), {})[key.strip()] = value
+    return out

@@ -1,0 +1,147 @@
+"""One cell of a comparison: one arm, one seed, one training-set size -> accuracy and cost.
+
+Run in-process (``run_cell``) or, as the runner does, in its own process so its peak memory is its own
+and a crash cannot take the other cells with it:
+
+    python -m prompttune.compare.cell SPEC.json RESULT.json
+
+The subprocess prints progress events as JSON lines on stdout and writes its result atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import atomic
+from ..api import PromptTask
+from ..backbone import Backbone, set_threads
+from ..commands import pick_demos
+from ..errors import PromptTuneError
+from ..scorer import PromptModel
+from ..template import Template
+from ..train import TrainConfig, Trainer
+from ..verbalizer import Verbalizer
+from .arms import Arm
+from .baselines import BASELINES, create_model
+from .split import make_split
+
+
+def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, verbalizer: str | None, seed: int):
+    """The arm's PromptTask: a registry method, or a baseline's trainable backbone behind the same read-out."""
+    if arm.method not in BASELINES:
+        return PromptTask.create(
+            backbone, labels, arm.method, arm.method_config, tmpl, verbalizer=verbalizer, seed=seed
+        )
+    verb = Verbalizer.parse(labels, verbalizer)
+    torch.manual_seed(seed)
+
+    def build(factory):
+        return PromptModel(backbone, tmpl, verb, factory, 16, generator=torch.Generator().manual_seed(seed))
+
+    return PromptTask(create_model(arm.method, backbone, arm.method_config, build), arm.method, arm.method_config)
+
+
+def stored_bytes(task: PromptTask) -> int:
+    """What one more task costs on disk: its trained tensors plus its template and verbalizer."""
+    weights = sum(t.numel() * t.element_size() for t in task.model.method.trainable_state().values())
+    text = json.dumps({"template": task.model.template.to_dict(), "verbalizer": task.model.verbalizer.to_dict()})
+    return weights + len(text.encode())
+
+
+def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict:
+    set_threads()
+    t_start = time.perf_counter()
+    arm = Arm.from_dict(spec["arm"])
+    s = spec["settings"]
+    seed = spec["seed"] if spec["seed"] is not None else 0
+    split = make_split(s["data"], s.get("val"), s.get("test"), s.get("limit"), s.get("val_rows"))
+    train = split.train(spec["train_size"], seed)
+    labels = split.labels()
+    tmpl = Template.from_spec(s.get("template"), split.fields())
+    demos = int(arm.harness("demos", 0) or 0)
+    if demos:
+        tmpl = tmpl.with_demos(pick_demos(train, sorted(tmpl.variables), labels, demos, seed))
+    baseline = BASELINES.get(arm.method)
+    if baseline and arm.harness("ema"):
+        raise PromptTuneError(f"--method-option {arm.name}.ema: the moving average is for prompts; leave it 0.")
+    backbone = Backbone.load(s.get("model"), dtype=(baseline.dtype if baseline and baseline.dtype else s.get("dtype")))
+    task = build_task(arm, backbone, labels, tmpl, s.get("verbalizer"), seed)
+    pm = task.model
+    trainable = sum(p.numel() for p in pm.method.parameters() if p.requires_grad)
+    result: dict = {"trainable_params": trainable, "n_train": len(train), "steps": 0}
+    if trainable:
+        max_steps = int(arm.harness("max_steps", s["max_steps"]))
+        config = TrainConfig(
+            max_steps=max_steps,
+            batch_size=int(arm.harness("batch_size", s["batch_size"])),
+            lr=float(arm.harness("lr")),
+            eval_every=int(arm.harness("eval_every", 0) or max(1, max_steps // 4)),
+            patience=int(arm.harness("patience", 4)),
+            warmup_steps=min(20, max(1, max_steps // 10)),
+            ema=float(arm.harness("ema", 0.0) or 0.0),
+            seed=seed,
+        )
+        trainer = Trainer(pm, config, on_progress=lambda ev: emit({"event": "step", **ev}))
+        fit = trainer.fit(pm.encode(train), pm.label_indices(train), pm.encode(split.val), pm.label_indices(split.val))
+        result |= {
+            "steps": fit.steps,
+            "train_seconds": fit.train_seconds,
+            "train_examples_per_s": fit.train_examples_per_s,
+            "best_val_accuracy": fit.best_val_accuracy,
+            "best_step": fit.best_step,
+        }
+    calibrate = bool(arm.harness("calibrate", False))
+    if calibrate:
+        task.calibrate()
+    emit({"event": "eval", "n": len(split.test)})
+    report = task.evaluate(split.test, batch_size=s.get("eval_batch_size", 32), calibrate=calibrate)
+    return result | {
+        "status": "ok",
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "n_test": report["n"],
+        "eval_examples_per_s": report["examples_per_s"],
+        "stored_bytes": stored_bytes(task),
+        "wall_seconds": time.perf_counter() - t_start,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def failure(error: BaseException) -> dict:
+    """A failed cell's record: a user error's message, or the last line of anything else plus where."""
+    if isinstance(error, PromptTuneError):
+        return {"status": "failed", "error": str(error)}
+    where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    at = f" (at {Path(where[0].filename).name}:{where[0].lineno})" if where else ""
+    return {"status": "failed", "error": f"{type(error).__name__}: {error}{at}"}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    spec = json.loads(spec_path.read_text())
+
+    def emit(ev: dict) -> None:
+        sys.stdout.write(json.dumps(ev) + "\n")
+        sys.stdout.flush()
+
+    try:
+        result = run_cell(spec, emit)
+        code = 0
+    except Exception as e:  # noqa: BLE001 - any failure becomes the cell's record
+        traceback.print_exc()
+        result, code = failure(e), 1
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    atomic.write_json(result_path, result)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
