@@ -179,3 +179,32 @@ def test_calculator_refuses_everything_else(expr, why):
 
     with pytest.raises(ToolError, match=why):
         calculate(expr)
+
+
+# --- the runtime over a real (tiny, random) decoder and the command line ------------------------------
+def test_cli_agent_over_a_random_model_ends_cleanly_at_the_step_limit(tiny_model_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prompttune import cli
+
+    args = ["agent", "What is 2 + 2?", "--tool", "calculator", "--model", str(tiny_model_dir)]
+    result = CliRunner().invoke(cli.app, [*args, "--max-steps", "2", "--max-new-tokens", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout.strip().splitlines()[-1])
+    assert trace["stopped"] in ("max_steps", "final_answer") and 1 <= len(trace["steps"]) <= 2
+    if trace["stopped"] == "max_steps":
+        assert trace["answer"] is None and all(s["observation"] for s in trace["steps"])
+    result = CliRunner().invoke(cli.app, [*args, "--max-steps", "1", "--max-new-tokens", "4"])
+    assert result.exit_code == 0 and result.stdout.startswith("Question: What is 2 + 2?")
+    assert "Answer: " in result.stdout
+
+
+def test_cli_agent_refuses_search_without_an_index(monkeypatch, capsys):
+    from prompttune import cli
+
+    monkeypatch.setattr("sys.argv", ["prompttune", "agent", "q", "--tool", "search"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2 and "--tool search needs --index" in capsys.readouterr().err

@@ -9,11 +9,11 @@ import torch
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory):
-    from tiny import make_encoder
+    from tiny import make_word_encoder
 
     from prompttune import Backbone
 
-    return Backbone.load(str(make_encoder(tmp_path_factory.mktemp("enc") / "encoder")))
+    return Backbone.load(str(make_word_encoder(tmp_path_factory.mktemp("enc") / "encoder")))
 
 
 def test_embeddings_are_the_masked_mean_normalised(tiny_encoder):

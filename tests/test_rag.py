@@ -18,11 +18,11 @@ CORPUS = {
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory):
-    from tiny import make_encoder
+    from tiny import make_word_encoder
 
     from prompttune import Backbone
 
-    return Backbone.load(str(make_encoder(tmp_path_factory.mktemp("enc") / "encoder")))
+    return Backbone.load(str(make_word_encoder(tmp_path_factory.mktemp("enc") / "encoder")))
 
 
 @pytest.fixture
@@ -76,12 +76,13 @@ def test_index_save_reload_and_query_returns_the_right_chunk(docs_dir, tmp_path,
     index = VectorIndex.build(read_documents(docs_dir), tiny_encoder, max_words=8, overlap=2)
     assert len(index) == 5  # paris.txt: two paragraphs that do not fit in 8 words; berlin.txt: two windows
     path = index.save(tmp_path / "idx")
-    assert sorted(p.name for p in path.iterdir()) == ["chunks.jsonl", "index.faiss", "manifest.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["bm25", "chunks.jsonl", "index.faiss", "manifest.json"]
     loaded = VectorIndex.load(path, tiny_encoder)
     assert loaded.manifest["chunks"] == 5 and loaded.manifest["encoder"]["id"] == tiny_encoder.model_id
     for chunk in loaded.chunks:
-        top = loaded.search(chunk.text, k=2)
+        top = loaded.search(chunk.text, k=2, mode="dense")
         assert top[0].chunk == chunk and top[0].score == pytest.approx(1.0, abs=1e-4)
+        assert loaded.search(chunk.text, k=1)[0].chunk == chunk  # hybrid: first in both rankings
         assert top[0].score >= top[1].score
     many = loaded.search(["rome is the capital of italy", "paris is the capital of france"], k=1)
     assert [h[0].chunk.doc_id for h in many] == ["rome.md", "paris.txt"]
@@ -107,9 +108,59 @@ def test_missing_or_damaged_index_names_the_directory(tmp_path, docs_dir, tiny_e
 
 
 def test_an_index_refuses_another_encoder(docs_dir, tmp_path, tiny_encoder, tiny_model_dir):
-    from tiny import make_encoder
+    from tiny import make_word_encoder
 
-    other = make_encoder(tmp_path / "other", seed=1)
+    other = make_word_encoder(tmp_path / "other", seed=1)
     VectorIndex.build(read_documents(docs_dir), tiny_encoder).save(tmp_path / "idx")
     with pytest.raises(ArtifactError, match="built with encoder"):
         VectorIndex.load(tmp_path / "idx", str(other)).search("rome", k=1)
+
+
+def test_keyword_ranking_and_fusion(docs_dir, tmp_path, tiny_encoder):
+    from prompttune.rag import _fuse
+
+    index = VectorIndex.build(read_documents(docs_dir), tiny_encoder)
+    assert [h.chunk.doc_id for h in index.search("Where is Berlin?", k=1, mode="bm25")] == ["berlin.txt"]
+    assert index.search("zzz unknown words", k=3, mode="bm25") == []  # no shared word: nothing
+    assert len(index.search("zzz unknown words", k=3)) == 3  # hybrid still has the dense ranking
+    fused = _fuse([(1, 0.9), (2, 0.8), (3, 0.1)], [(3, 9.0), (1, 5.0)], k=2)
+    assert [row for row, _ in fused] == [1, 3]  # 1: ranks 1 + 2; 3: ranks 3 + 1; 2: rank 2 alone
+    with pytest.raises(DataError, match="--mode fuzzy"):
+        index.search("x", mode="fuzzy")
+
+
+# --- the command line ------------------------------------------------------------------------------
+def test_cli_index_then_ask_shows_the_answer_and_sources(docs_dir, tmp_path, tiny_encoder, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from prompttune import cli
+
+    runner = CliRunner()
+    index_dir = tmp_path / "idx"
+    args = ["rag", "index", str(docs_dir), "--index", str(index_dir), "--encoder", tiny_encoder.model_id, "--json"]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["documents"] == 3 and summary["chunks"] == 3 and (index_dir / "index.faiss").is_file()
+    ask = ["rag", "ask", "Where is Berlin?", "--index", str(index_dir), "--model", str(tiny_model_dir)]
+    result = runner.invoke(cli.app, [*ask, "-k", "2", "--max-new-tokens", "3", "--mode", "bm25", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [s["id"] for s in answer["sources"]] == ["berlin.txt#0"] and isinstance(answer["answer"], str)
+    result = runner.invoke(cli.app, [*ask, "-k", "2", "--max-new-tokens", "3"])
+    assert result.exit_code == 0 and "Sources:\n  [1]" in result.stdout and "[2]" in result.stdout
+
+
+def test_cli_errors_name_the_flag(tmp_path, monkeypatch, capsys):
+    from prompttune import cli
+
+    for argv in (
+        ["rag", "ask", "q", "--index", str(tmp_path / "missing")],
+        ["rag", "index", str(tmp_path / "nodocs.jsonl"), "--index", str(tmp_path / "i")],
+    ):
+        monkeypatch.setattr("sys.argv", ["prompttune", *argv])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--index" in err and "missing: no index directory" in err and "nodocs.jsonl: no such file" in err

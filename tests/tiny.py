@@ -78,8 +78,8 @@ ENCODER_WORDS = (
 ).split()
 
 
-def make_encoder(path: Path, seed: int = 0) -> Path:
-    """A tiny BERT encoder with a word-level tokenizer over ENCODER_WORDS (for sentence embeddings)."""
+def make_word_encoder(path: Path, seed: int = 0) -> Path:
+    """A tiny BERT encoder with a word-level tokenizer over ENCODER_WORDS (each word one token: retrieval tests)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from tokenizers.processors import TemplateProcessing

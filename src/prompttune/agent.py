@@ -49,13 +49,21 @@ class TemplateModel:
     """A decoder backbone reading a template (``react`` by default) through PromptTask.generate."""
 
     def __init__(self, backbone, template: str = "react", max_new_tokens: int = 128):
-        from .api import PromptTask
+        from .template import Template
 
-        self.task = PromptTask.create(backbone, labels=["answer"], method="zero-shot", template=template)
+        self.backbone = backbone
+        self.template = Template.from_spec(template)
         self.max_new_tokens = max_new_tokens
 
     def complete(self, fields: dict[str, str], stop: Sequence[str]) -> str:
-        return self.task.generate(fields, max_new_tokens=self.max_new_tokens, stop=stop)
+        from .api import PromptTask
+
+        # Variables with a default (the scratchpad) are bound, not passed as row fields.
+        bound = {k: v for k, v in fields.items() if k not in self.template.variables}
+        row = {k: v for k, v in fields.items() if k in self.template.variables}
+        template = self.template.partial(**bound) if bound else self.template
+        task = PromptTask.create(self.backbone, labels=["answer"], method="zero-shot", template=template)
+        return task.generate(row, max_new_tokens=self.max_new_tokens, stop=stop)
 
 
 @dataclass
