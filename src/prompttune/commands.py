@@ -12,6 +12,7 @@ from .api import PromptTask, load, prepare_data
 from .backbone import Backbone, set_threads
 from .data import from_records, load_rows
 from .errors import PromptTuneError
+from .method_options import config_fields, method_class, parse_method_options
 from .train import TrainConfig, Trainer
 
 
@@ -61,6 +62,7 @@ def run_train(
     reparam_hidden: int = 0,
     ema: float = 0.9,
     demos: int = 0,
+    method_option: list[str] | None = None,
 ) -> dict:
     console = console or Console(stderr=True)
     set_threads()
@@ -71,6 +73,8 @@ def run_train(
     ):
         if value < 1:
             raise PromptTuneError(f"{flag} {value}: must be at least 1.")
+    options = parse_method_options(method, method_option)  # unknown method or option: an error before loading
+    lr = lr if lr is not None else getattr(method_class(method), "default_lr", 0.01)
     if lr <= 0:
         raise PromptTuneError(f"--lr {lr}: must be positive.")
     train_ds, val_ds, tmpl = prepare_data(data, val, limit, seed=seed, template=template)
@@ -78,9 +82,13 @@ def run_train(
     labels = sorted(train_ds.labels())
     if demos:
         tmpl = tmpl.with_demos(pick_demos(train_ds, sorted(tmpl.variables), labels, demos, seed))
-    method_config = {"num_virtual_tokens": num_virtual_tokens}
-    if method == "prompt-tuning":
-        method_config |= {"init": init, "init_text": init_text, "reparam_hidden": reparam_hidden}
+    flags = {
+        "num_virtual_tokens": num_virtual_tokens,
+        "init": init,
+        "init_text": init_text,
+        "reparam_hidden": reparam_hidden,
+    }
+    method_config = {k: v for k, v in flags.items() if k in config_fields(method)} | options
     task = PromptTask.create(backbone, labels, method, method_config, tmpl, verbalizer=verbalizer, seed=seed)
     pm = task.model
     y_val = pm.label_indices(val_ds)  # a validation label the verbalizer does not know is an error here

@@ -114,6 +114,13 @@ class PrefixTuning(CollapsedTable, SoftPromptMethod):
             return self.prefix
         return self.start + self.mlp(self.embedding)  # (n, L*2*H*hd)
 
+    def load_table(self, table: Tensor) -> None:
+        """Set the (n, L*2*H*hd) table directly (e.g. imported from PEFT); only without the MLP."""
+        if self.mlp is not None:
+            raise PromptTuneError(f"{self.name}: the table comes from the MLP; set prefix_hidden 0 to load a table.")
+        with torch.no_grad():
+            self.prefix.copy_(table)
+
     def kv(self) -> KV:
         return table_to_kv(self.table(), self.layout, self._dtype)
 

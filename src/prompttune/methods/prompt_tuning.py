@@ -38,6 +38,7 @@ class PromptTuningConfig(MethodConfig):
 class PromptTuning(SoftPromptMethod):
     name = "prompt-tuning"
     config_class = PromptTuningConfig
+    peft_type = "PROMPT_TUNING"  # how peft_interop exports it: table() is PEFT's prompt_embeddings
 
     def __init__(self, config: PromptTuningConfig, backbone, slots: list[SoftSlot], init_context: dict):
         super().__init__(config, backbone, slots, init_context)
@@ -92,6 +93,13 @@ class PromptTuning(SoftPromptMethod):
         if self.reparam is None:
             return self.embeddings
         return self.embeddings + self.reparam(self.embeddings)
+
+    def load_table(self, table: Tensor) -> None:
+        """Set the virtual-token embeddings inference reads (e.g. imported from PEFT)."""
+        if self.reparam is not None or type(self).table is not PromptTuning.table:
+            raise PromptTuneError(f"{self.name}: its table comes from an encoder; load the encoder's state instead.")
+        with torch.no_grad():
+            self.embeddings.copy_(table)
 
     def slot_embeddings(self, slot: SoftSlot) -> Tensor:
         start, end = self._offsets[slot.index]
