@@ -314,3 +314,146 @@ def test_demos_are_earlier_turns_in_the_constant_prefix(tiny_backbone):
     assert c.render_row({"text": "what a joy"}).startswith("what a joy")
     assert "loved" not in c.render_row({"text": "what a joy"})
     assert Template.from_spec(t.to_dict()).demos == t.demos  # survives the manifest
+
+
+# --- hard prompts: named variables, partials, roles, rendering ---------------------------------------------
+
+
+def test_declared_variable_the_text_never_uses_is_an_error():
+    with pytest.raises(TemplateError, match="variable 'context' is declared but the text never uses it"):
+        Template.from_spec({"variables": {"question": "q", "context": "c"}, "user": "{{ question }}"})
+
+
+def test_used_variable_that_is_not_declared_is_an_error(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("variables: [question]\nuser: '{{ question }} {{ context }}'\n")
+    with pytest.raises(TemplateError, match="variable 'context' is used but not declared") as e:
+        Template.from_spec(str(path))
+    assert str(path) in str(e.value)
+
+
+def test_defaults_make_a_variable_optional():
+    t = Template.from_spec("summarize")
+    assert t.variables == {"text"} and t.used_variables == {"text", "sentences"}
+    assert "at most 3 sentences" in t.render({"text": "x"})
+    assert "at most 1 sentences" in t.render({"text": "x", "sentences": 1})
+
+
+def test_missing_and_unused_values_are_errors_naming_the_variable():
+    t = Template.from_spec("rag")
+    with pytest.raises(TemplateError, match="row 7: missing variable 'context'"):
+        t.check_values({"question": "q"}, "row 7")
+    with pytest.raises(TemplateError, match="--var: variable 'contxt' is not used by the template"):
+        t.check_values({"question": "q", "context": "c", "contxt": "typo"})
+
+
+def test_partial_binds_some_variables():
+    t = Template.from_spec("rag").partial(context="[1] Paris is in France.")
+    assert t.variables == {"question"}
+    assert "[1] Paris is in France." in t.render({"question": "Where is Paris?"})
+    assert Template.from_spec(t.to_dict()) == t  # a partial survives the registry / manifest
+    with pytest.raises(TemplateError, match="partial: variable 'nope' is not used"):
+        t.partial(nope="x")
+
+
+def test_roles_go_through_the_backbones_chat_template(tiny_backbone):
+    t = Template.from_spec(
+        {
+            "system": "Be brief.",
+            "messages": [{"role": "user", "content": "Hi {{ name }}"}, {"role": "assistant", "content": "Hello!"}],
+            "user": "{{ question }}",
+            "assistant": "Sure:",
+        }
+    )
+    text = t.render({"name": "Ada", "question": "2+2?"}, tiny_backbone.tokenizer)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi Ada<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\nSure:"
+    )
+    plain = t.render({"name": "Ada", "question": "2+2?"}, None)
+    assert plain == "Be brief.\n\nHi Ada\nAnswer: Hello!\n\n2+2?\nSure:"
+
+
+def test_bad_role_is_an_error():
+    with pytest.raises(TemplateError, match="role: user\\|assistant"):
+        Template.from_spec({"messages": [{"role": "tool", "content": "x"}], "user": "{{ q }}"})
+
+
+def test_demos_render_as_earlier_turns_in_a_hard_prompt():
+    t = Template.from_spec("classify").with_demos([{"text": "I loved it", "label": "positive"}])
+    messages, answer = t.render_messages({"text": "boring"}, ["negative", "positive"])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == "positive" and messages[3]["content"] == "boring" and answer == ""
+    assert "[soft" not in json.dumps(messages)  # hard rendering leaves soft slots out
+
+
+def test_braces_and_json_are_literal_in_a_rendered_prompt():
+    t = Template(user='Return JSON like {"answer": "..."} for {{ q }}; {x} and { {y} } stay.', chat=False)
+    assert t.render({"q": "{{ 7 * 7 }}"}) == 'Return JSON like {"answer": "..."} for {{ 7 * 7 }}; {x} and { {y} } stay.'
+
+
+def test_soft_slots_use_the_same_syntax_as_p_tuning(tiny_backbone):
+    t = Template(user="[soft:2]Review: {{ text }}[soft:3] Sentiment:", chat=False)
+    c = compile_(t, tiny_backbone.tokenizer)
+    assert slots(c) == [SoftSlot(0, 2)] and c.row_slots == [SoftSlot(1, 3)]
+    assert t.hard().render({"text": "fun"}) == "Review: fun Sentiment:"
+
+
+HARD_ESCAPES = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.environ }}",
+    "{{ lipsum.__globals__['os'].popen('id').read() }}",
+    "{{ self.__init__.__globals__ }}",
+    "{{ config.items() }}",
+    "{{ request.application.__globals__ }}",
+    "{{ namespace.__init__.__globals__ }}",
+    "{% include '/etc/passwd' %}",
+    "{% import '/etc/passwd' as p %}",
+    "{% extends '/etc/hostname' %}",
+    "{{ 'x' * 1000000000 }}",
+    "{{ 2 ** 1000000000 }}",
+    "{{ range(10) }}",
+    "{{ q.format_map }}",
+]
+
+
+@pytest.mark.parametrize("source", HARD_ESCAPES)
+def test_sandbox_refuses_escapes_when_rendering(source):
+    t = Template(user=source + " {{ q }}", chat=False)
+    with pytest.raises(TemplateError) as e:
+        t.render({"q": "x"})
+    assert "<class" not in str(e.value) and "root:" not in str(e.value)
+
+
+def test_sandbox_never_reads_files_or_environment(monkeypatch):
+    monkeypatch.setenv("PROMPTTUNE_SECRET", "s3cret")
+    for source in ("{{ environ }}", "{{ os }}", "{% include 'secret.txt' %}", "{{ open('/etc/passwd') }}"):
+        with pytest.raises(TemplateError) as e:
+            Template(user=source + "{{ q }}", chat=False).render({"q": "x"})
+        assert "s3cret" not in str(e.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("user: [unclosed\n")
+    with pytest.raises(TemplateError, match="not valid YAML") as e:
+        Template.from_spec(str(path))
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["react", "rag", "qa", "qa-extractive", "summarize", "cot"])
+def test_generation_builtins_render(name):
+    t = Template.from_spec(name)
+    text = t.render({v: f"<{v}>" for v in t.variables})
+    assert all(f"<{v}>" in text for v in t.variables)
+
+
+def test_react_template_has_the_react_format():
+    t = Template.from_spec("react")
+    assert t.variables == {"question", "tools"}
+    text = t.render({"question": "2+3?", "tools": "calculator: arithmetic"})
+    for word in ("Thought:", "Action:", "Action Input:", "Observation:", "Final Answer:", "calculator: arithmetic"):
+        assert word in text
+    later = t.render({"question": "q", "tools": "t", "scratchpad": "Thought: add\nAction: calculator\n"})
+    assert later.endswith("Thought: add\nAction: calculator\nThought:")
