@@ -137,17 +137,44 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory.")],
+    prompt: Annotated[
+        str,
+        typer.Argument(
+            metavar="PROMPT",
+            help="An artifact directory, a registry reference (name@production, name@v3, name@<hash>), "
+            "a template file (.yaml/.json) or a built-in template name (see `prompttune templates list`).",
+        ),
+    ],
     data: Annotated[Path, typer.Argument(help="Labelled rows (.jsonl or .csv).")],
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 32,
-    calibrate: Annotated[bool, typer.Option(help="Apply the artifact's calibration, if it has one.")] = True,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Artifact: apply its calibration, if it has one (default on). "
+            "Hard prompt: fit contextual calibration first (default off).",
+        ),
+    ] = None,
+    demos: Annotated[int, typer.Option(help="Hard prompt: few-shot demos shown before each input.")] = 0,
+    demo_selector: Annotated[
+        str, typer.Option(help="Hard prompt: fixed (first rows), random (seeded) or knn (nearest by MiniLM).")
+    ] = "random",
+    demos_from: Annotated[Path | None, typer.Option(help="Hard prompt: labelled rows to draw demos from.")] = None,
+    verbalizer: Annotated[
+        str | None, typer.Option(help="Hard prompt: label words, as for train. Default: the labels.")
+    ] = None,
+    db: Annotated[str | None, typer.Option(help="Registry database (path or URL) for a registry reference.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random demos.")] = 0,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and speed of an artifact on labelled rows."""
-    from .commands import run_eval, show_report
+    """Accuracy, per-class precision/recall/F1 and speed of a soft or hard prompt on labelled rows."""
+    from .commands import show_report
+    from .prompt_eval import run_any_eval
 
-    report = run_eval(artifact_dir, data, batch_size, calibrate, model, err)
+    report = run_any_eval(
+        prompt, data, batch_size, calibrate, model, err, demos, demo_selector, demos_from, verbalizer, db, seed
+    )
     if as_json:
         _emit_json(report)
     else:
@@ -210,6 +237,157 @@ def models() -> None:
     from .commands import run_models
 
     run_models(out)
+
+
+@app.command()
+def compare(
+    data: Annotated[Path, typer.Argument(help="Labelled rows (.jsonl or .csv) to train, validate and test on.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for results and reports (rerun to resume).")] = Path(
+        "runs/compare"
+    ),
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: zero-shot, few-shot, calibrated, any soft-prompt method, lora, full-ft; or all."
+        ),
+    ] = "zero-shot,few-shot,calibrated,prompt-tuning,lora",
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-option",
+            "-o",
+            help="METHOD.KEY=VALUE, repeatable: lr, max_steps, batch_size, demos, calibrate, ema, or a setting of "
+            "the method (e.g. lora.r=16, few-shot.demos=8, prompt-tuning.num_virtual_tokens=20).",
+        ),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (init, batch order, training subset).")] = "0",
+    train_sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated training-set sizes for accuracy-vs-rows curves.")
+    ] = None,
+    test: Annotated[Path | None, typer.Option(help="Test rows; default: a seeded 20% of DATA.")] = None,
+    val: Annotated[Path | None, typer.Option(help="Validation rows; default: a seeded 10% of the rest.")] = None,
+    val_rows: Annotated[
+        int | None, typer.Option(help="Validation rows to set apart from DATA (without --val).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N rows of DATA.")] = None,
+    max_steps: Annotated[int, typer.Option(help="Training steps per run (early stopping may end sooner).")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Rows per training step.")] = 16,
+    template: Annotated[str | None, typer.Option(help="Template for every method (default: built-in).")] = None,
+    verbalizer: Annotated[str | None, typer.Option(help="Label words, as for train.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Method to measure data advantage against (default: full-ft, else lora).")
+    ] = None,
+    isolate: Annotated[bool, typer.Option(help="Run each cell in its own process (own peak memory).")] = True,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank hard prompts, soft prompts, LoRA and full fine-tuning on the same data, with cost."""
+    import os
+
+    from .compare import run_compare
+
+    try:
+        result = run_compare(
+            data, out_dir, methods, method_option, seeds, train_sizes, test, val, limit, val_rows, max_steps,
+            batch_size, template=template, verbalizer=verbalizer, reference=reference, model=model,
+            dtype=os.environ.get("PROMPTTUNE_DTYPE"), isolate=isolate, console=err,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished runs are kept in {out_dir}: rerun the same command to resume.")
+        raise SystemExit(130) from None
+    if as_json:
+        _emit_json({k: v for k, v in result.items() if k != "summary"} | {"methods": result["summary"]["methods"]})
+    else:
+        out.print((Path(result["reports"]["md"])).read_text(), markup=False, highlight=False)
+        out.print(f"reports: {', '.join(result['reports'].values())}", highlight=False)
+
+
+# Hard prompts: built-in templates, the prompt registry and chains (bodies in prompt_cli.py).
+from .prompt_cli import chain_app, registry_app, templates_app  # noqa: E402
+
+app.add_typer(templates_app, name="templates")
+app.add_typer(registry_app, name="registry")
+app.add_typer(chain_app, name="chain")
+
+
+# --- retrieval and agents (bodies in rag_agent_commands.py) ------------------------------------------
+rag_app = typer.Typer(no_args_is_help=True, help="Retrieval: index documents, then answer questions from them.")
+app.add_typer(rag_app, name="rag")
+IndexOpt = Annotated[Path, typer.Option("--index", help="The vector index directory.")]
+
+
+@rag_app.command("index")
+def rag_index(
+    docs: Annotated[Path, typer.Argument(help="A .jsonl file (one document per line), a .txt/.md file, or a folder.")],
+    index_dir: IndexOpt = Path("runs/index"),
+    text_field: Annotated[str, typer.Option(help="The JSONL field holding the text.")] = "text",
+    id_field: Annotated[str, typer.Option(help="The JSONL field holding a document id (default: file:line).")] = "id",
+    chunk_words: Annotated[int, typer.Option(help="Words per chunk at most (paragraphs are packed whole).")] = 200,
+    overlap: Annotated[int, typer.Option(help="Words shared by consecutive windows of a long paragraph.")] = 40,
+    batch_size: Annotated[int, typer.Option(help="Chunks per encoder batch.")] = 64,
+    encoder: Annotated[str, typer.Option(help="Sentence encoder: minilm (default) or a local HF encoder.")] = "minilm",
+    as_json: JsonOpt = False,
+) -> None:
+    """Chunk documents, embed them with the default encoder and save a vector index."""
+    from .rag_agent_commands import run_rag_index
+
+    result = run_rag_index(docs, index_dir, text_field, id_field, chunk_words, overlap, batch_size, encoder, err)
+    if as_json:
+        _emit_json(result)
+    else:
+        out.print(
+            f"indexed {result['documents']} documents as {result['chunks']} chunks in {result['seconds']:.1f} s "
+            f"-> {result['index']}",
+            highlight=False,
+        )
+
+
+@rag_app.command("ask")
+def rag_ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    index_dir: IndexOpt = Path("runs/index"),
+    k: Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve.")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer tokens at most.")] = 96,
+    template: Annotated[str, typer.Option(help="Template with question and context variables.")] = "rag",
+    mode: Annotated[
+        str, typer.Option(help="Ranking: hybrid (dense + BM25, fused by reciprocal rank), dense, or bm25.")
+    ] = "hybrid",
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieve the passages nearest a question and answer from them with the decoder; show the sources."""
+    from .rag_agent_commands import run_rag_ask, show_rag_answer
+
+    result = run_rag_ask(question, index_dir, k, max_new_tokens, template, model, err, mode)
+    if as_json:
+        _emit_json(result)
+    else:
+        show_rag_answer(out, result)
+
+
+@app.command()
+def agent(
+    question: Annotated[str, typer.Argument(help="The question or task.")],
+    tool: Annotated[
+        list[str] | None, typer.Option("--tool", help="A tool to offer, repeatable: calculator, search.")
+    ] = None,
+    index_dir: Annotated[Path | None, typer.Option("--index", help="Vector index for --tool search.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Passages the search tool returns.")] = 3,
+    max_steps: Annotated[int, typer.Option(help="Model calls at most (a malformed reply counts as one).")] = 6,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per model call at most.")] = 128,
+    template: Annotated[str, typer.Option(help="Template with question, tools and scratchpad variables.")] = "react",
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer with a ReAct agent that calls tools; prints the Thought/Action/Observation trace."""
+    from .rag_agent_commands import run_agent
+
+    result = run_agent(question, tool or [], index_dir, k, max_steps, max_new_tokens, template, model, err)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        out.print(result.trace(), markup=False, highlight=False)
+        out.print(f"Answer: {result.message}", markup=False, highlight=False)
 
 
 # PEFT interop (bodies in peft_interop.py).

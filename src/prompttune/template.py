@@ -263,19 +263,18 @@ class Template:
 
     def to_dict(self) -> dict:
         """The spec form (what from_spec reads back); keys that hold their default are left out."""
-        d: dict = {"user": self.user, "system": self.system, "answer": self.answer, "chat": self.chat}
-        d["demos"] = [dict(x) for x in self.demos]
-        if self.messages:
-            d["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        d: dict = {"description": self.description} if self.description else {}
         if self.declared:
             d["variables"] = {
                 n: {"description": desc, "default": dflt} if dflt is not None else desc
                 for n, desc, dflt in self.declared
             }
+        d |= {"system": self.system}
+        if self.messages:
+            d["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        d |= {"user": self.user, "answer": self.answer, "chat": self.chat, "demos": [dict(x) for x in self.demos]}
         if self.bound:
             d["partial"] = dict(self.bound)
-        if self.description:
-            d["description"] = self.description
         return d
 
     # --- variables ------------------------------------------------------------------------------
@@ -328,6 +327,18 @@ class Template:
 
         return replace(self, **changes)
 
+    def hard(self) -> Template:
+        """The same template with its soft slots left out (for methods that train nothing)."""
+        return self._replace(
+            system=SOFT_RE.sub("", self.system) if self.system is not None else None,
+            messages=tuple((r, SOFT_RE.sub("", c)) for r, c in self.messages),
+            user=SOFT_RE.sub("", self.user),
+            answer=SOFT_RE.sub("", self.answer),
+        )
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
     # --- use -----------------------------------------------------------------------------------------
     def compile(
         self, tokenizer, labels: list[str], num_virtual_tokens: int, words: dict[str, str] | None = None
@@ -376,6 +387,21 @@ class Template:
         """The full hard-prompt text, through ``tokenizer``'s chat template when it has one."""
         self.check_values(values, "render")
         return layout(*self.render_parts(values, labels), tokenizer, self.chat)
+
+
+def dump_yaml(obj) -> str:
+    """YAML with multi-line text as ``|`` blocks, so a template reads as it renders."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value: str):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, text)
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
 
 
 def layout(system: str | None, turns: list, user: str, answer: str, tokenizer, chat: bool) -> str:
