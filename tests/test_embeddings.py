@@ -67,3 +67,11 @@ def test_default_encoder_ranks_a_paraphrase_above_an_unrelated_sentence():
     )
     assert e.shape == (3, 384)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.3
+
+
+def test_embedding_leaves_the_backbones_attention_setting_alone(tiny_encoder):
+    from prompttune.embeddings import embed_texts
+
+    before = tiny_encoder.model.config._attn_implementation
+    embed_texts(["the cat sat"], model=tiny_encoder)
+    assert tiny_encoder.model.config._attn_implementation == before

@@ -7,7 +7,8 @@ the cosine similarity.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -33,6 +34,30 @@ def load_encoder(model: str | Backbone = "minilm") -> Backbone:
             f"--model {backbone.model_id}: sentence embeddings need an encoder (e.g. minilm), not a decoder."
         )
     return backbone
+
+
+@contextmanager
+def _sdpa_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Run inference with PyTorch's fused attention, then restore the model's own setting.
+
+    Backbones load with eager attention (faster backward for training); for inference on MiniLM, SDPA
+    halves the CPU time of embedding 256-token paragraphs (5.3 vs 10.4 CPU s for 300 SQuAD contexts).
+    """
+    before = getattr(model.config, "_attn_implementation", None)
+    switch = before is not None and before != "sdpa" and hasattr(model, "set_attn_implementation")
+    if switch:
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError):  # an architecture without SDPA support: keep eager
+            switch = False
+    try:
+        yield
+    finally:
+        if switch:
+            try:
+                model.set_attn_implementation(before)
+            except (ValueError, KeyError):  # a name transformers does not know (set directly on the config)
+                model.config._attn_implementation = before
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +86,7 @@ def embed_texts(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), backbone.hidden_size), dtype=np.float32)
     pad = tok.pad_token_id or 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _sdpa_attention(backbone.model):
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             width = max(len(ids[i]) for i in chunk)
