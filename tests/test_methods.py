@@ -280,3 +280,60 @@ def test_cli_reports_bad_method_options(tmp_path, tiny_model_dir, sentiment_file
         )
         assert result.exit_code != 0
         assert isinstance(result.exception, PromptTuneError) and needle in str(result.exception)
+
+
+# --- the same methods on the tiny encoder (the KV prefix / soft tokens reach every layer) -----------
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    from tiny import make_encoder
+
+    from prompttune.backbone import Backbone
+
+    bb = Backbone.load(str(make_encoder(tmp_path_factory.mktemp("tiny") / "encoder")))
+    ids = torch.tensor([bb.tokenizer("the cat")["input_ids"]])
+    try:
+        n = ids.shape[1]
+        bb.run(
+            ids,
+            torch.ones(1, n + 1, dtype=torch.long),
+            torch.arange(1, n + 1)[None],
+            bb.prefix_kv(bb.embed(ids[:, :1])),
+        )
+    except Exception:  # noqa: BLE001
+        pytest.skip("this backbone.py runs no KV prefix on an encoder")
+    return bb
+
+
+def encoder_outputs(bb, method, ids):
+    kv = method.prefix_kv(bb, [SoftSlot(0, 3)])
+    n, t = kv[0][0].shape[2], ids.shape[1]
+    return bb.run(ids, torch.ones(1, n + t, dtype=torch.long), torch.arange(n, n + t)[None], kv)
+
+
+@pytest.mark.parametrize("method", TRAINABLE)
+def test_methods_on_an_encoder_train_and_reload(tiny_encoder, method):
+    bb = tiny_encoder
+    config = {"num_virtual_tokens": 3, **OPTIONS.get(method, {})}
+
+    def build(seed):
+        return build_method(method, config, bb, [SoftSlot(0, 3)], {"generator": torch.Generator().manual_seed(seed)})
+
+    m = build(0)
+    ids = torch.tensor([bb.tokenizer("the cat sat on the mat")["input_ids"]])
+    target = torch.randn(bb.hidden_size, generator=torch.Generator().manual_seed(3))
+    params = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.05)
+    losses = []
+    for _ in range(10):
+        loss = ((encoder_outputs(bb, m, ids).mean(1)[0] - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        cached = encoder_outputs(bb, m, ids)
+        other = build(1)
+        other.load_trainable_state(m.trainable_state())
+        torch.testing.assert_close(encoder_outputs(bb, other, ids), cached)
+    torch.testing.assert_close(encoder_outputs(bb, m, ids).detach(), cached)  # training path == inference path
