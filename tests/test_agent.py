@@ -51,6 +51,9 @@ def test_tool_is_called_its_observation_fed_back_and_the_final_answer_parsed():
     assert model.calls[1]["scratchpad"] == (
         "Thought: I should multiply.\nAction: calculator\nAction Input: 17 * 23\nObservation: 391\n"
     )
+    agent, model = make_agent("Action: calculator\nAction Input: 1 + 1\n\nI will wait.", "Final Answer: 2")
+    agent.run("1 + 1?")
+    assert model.calls[1]["scratchpad"] == "Thought: Action: calculator\nAction Input: 1 + 1\nObservation: 2\n"
     trace = result.trace()
     assert "Action: calculator\nAction Input: 17 * 23\nObservation: 391" in trace and "Final Answer: 391" in trace
 
@@ -74,11 +77,12 @@ def test_step_limit_gives_a_clear_result():
 
 
 def test_unparsable_output_is_answered_with_the_format_and_counts_as_a_step():
-    agent, model = make_agent("I think it is four", "Action: calculator", "Final Answer: 4")
+    agent, model = make_agent("I think it is four", "Action: calculator", "Action: 2 + 2 = 4", "Final Answer: 4")
     result = agent.run("2 + 2?")
-    assert [s.kind for s in result.steps] == ["format_error", "format_error", "final"]
-    assert "Invalid format" in result.steps[0].observation and "calculator" in result.steps[0].observation
+    assert [s.kind for s in result.steps] == ["format_error"] * 3 + ["final"]
+    assert "Invalid format" in result.steps[0].observation and "Action: calculator\n" in result.steps[0].observation
     assert "needs an 'Action Input" in result.steps[1].observation
+    assert "'2 + 2 = 4' is not a tool" in result.steps[2].observation
     assert "Observation: Invalid format" in model.calls[1]["scratchpad"]
     assert result.answer == "4"
 

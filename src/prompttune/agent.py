@@ -31,7 +31,7 @@ from .tools import Tool, ToolContext, ToolError, as_tool, build_tools
 STOP = ("Observation:",)
 FORMAT_HINT = (
     "Invalid format. Reply with either two lines 'Action: <one of {tools}>' and 'Action Input: <input>', "
-    "or one line 'Final Answer: <the answer>'."
+    "or one line 'Final Answer: <the answer>'. For example:\nAction: {first}\nAction Input: <input>"
 )
 MAX_OBSERVATION_CHARS = 2000
 _FINAL = re.compile(r"Final Answer\s*:\s*(.*)", re.S | re.I)
@@ -175,17 +175,26 @@ class Agent:
             return Step(output, "final", thought, action_input=_first_line_block(final.group(1)))
         if action:
             name = action.group(1).strip().strip("`'\"[]").strip()
-            arg = _first_line_block(action.group(2)).strip("`").strip()
+            block = _first_line_block(action.group(2))
+            end = action.start(2) + action.group(2).find(block) + len(block) if block else action.start(2)
+            output = output[:end]  # anything the model wrote after the input is dropped
+            arg = block.strip("`").strip()
             arg = arg[1:-1] if len(arg) > 1 and arg[0] == arg[-1] and arg[0] in "'\"" else arg
-            output = output[: action.end()]  # anything the model wrote after the input is dropped
             step = Step(output, "action", output[: action.start()].strip(), name, arg)
             step.observation = self._call(name, arg)
             return step
         names = ", ".join(self.tools)
-        hint = FORMAT_HINT.format(tools=names)
+        first = next(iter(self.tools))
+        hint = FORMAT_HINT.format(tools=names, first=first)
         only = _ACTION_ONLY.search(output)
         if only:
-            hint = f"Invalid format: 'Action: {only.group(1).strip()}' needs an 'Action Input: <input>' line after it."
+            named = only.group(1).strip()
+            hint = (
+                f"Invalid format: 'Action: {named}' needs an 'Action Input: <input>' line after it."
+                if named in self.tools
+                else f"Invalid format: {named!r} is not a tool. Write the tool's name (one of {names}) after "
+                f"'Action:' and its input on the next line, e.g.\nAction: {first}\nAction Input: <input>"
+            )
         return Step(output, "format_error", observation=hint)
 
     def _call(self, name: str, arg: str) -> str:
