@@ -103,3 +103,47 @@ def make_word_encoder(path: Path, seed: int = 0) -> Path:
     BertModel(config).save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def make_encoder_tokenizer():
+    """An uncased WordPiece tokenizer with BERT's special tokens, trained on the tiny corpus."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+
+
+def make_encoder(path: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A tiny BERT-architecture encoder (bidirectional, 4 heads), saved with its tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tok = make_encoder_tokenizer()
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        architectures=["BertModel"],
+    )
+    model = BertModel(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -138,12 +138,19 @@ class PromptTask:
 
 
 def load(path: str | Path, model: str | Backbone | None = None) -> PromptTask:
-    """Load an artifact onto its backbone (or onto ``model``, which must be the same backbone)."""
+    """Load an artifact onto its backbone (or onto ``model``, which must be the same backbone).
+
+    An artifact with a head (``train --head``) loads as a ``head_task.HeadTaskModel``.
+    """
     set_threads()
     path = Path(path)
     manifest, weights = artifact.read(path)
     backbone = model if isinstance(model, Backbone) else Backbone.load(model or manifest["backbone"]["id"])
     artifact.check_backbone(path, manifest, backbone.model_id, backbone.fingerprint())
+    if manifest.get("head"):  # a read-out head (classification, tagging, QA) instead of a verbalizer
+        from .head_task import HeadTaskModel
+
+        return HeadTaskModel.from_artifact(path, manifest, weights, backbone)
     verb = Verbalizer.from_dict(manifest["verbalizer"])
     task = PromptTask.create(
         backbone,

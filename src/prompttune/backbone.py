@@ -60,6 +60,10 @@ class Backbone:
             ) from None
         hf_model.eval()
         hf_model.requires_grad_(False)
+        if not decoder:
+            # Encoders ignore past_key_values: the KV prefix reaches every layer through this attention function.
+            _register_prefix_attention()
+            hf_model.config._attn_implementation = PREFIX_ATTENTION
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return cls(hf_model, tokenizer, model_id, "decoder" if decoder else "encoder")
@@ -147,6 +151,8 @@ class Backbone:
 
         batch = attention_mask.shape[0]
         data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
+        if self.kind == "encoder":
+            return self._run_encoder(input_ids, attention_mask, position_ids, data, inputs_embeds, return_cache)
         cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
         out = self.body(
             input_ids=input_ids,
@@ -159,6 +165,20 @@ class Backbone:
         if return_cache:
             return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
         return out.last_hidden_state
+
+    def _run_encoder(self, input_ids, attention_mask, position_ids, prefix, inputs_embeds, return_cache):
+        """Encoders: every token of the input attends to the prefix (always) and to the unmasked input."""
+        start = prefix[0][0].shape[2] if prefix else 0
+        capture: list | None = [] if return_cache else None
+        out = self.body(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask[:, start:],
+            position_ids=position_ids,
+            prompttune_prefix=prefix,
+            prompttune_capture=capture,
+        )
+        return (out.last_hidden_state, capture) if return_cache else out.last_hidden_state
 
     # --- identity -------------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -192,6 +212,46 @@ def _is_decoder(config) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
+
+
+PREFIX_ATTENTION = "prompttune_prefix"
+
+
+def prefix_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, prompttune_prefix=None, **kwargs
+):
+    """Eager attention whose keys/values start with the layer's KV prefix (any model on the attention interface).
+
+    query (b, h, q, hd); key/value (b, kv_heads, t, hd); prefix (b, kv_heads, p, hd) per layer. The additive
+    mask (b, 1, q, t) gets p open columns in front. With ``prompttune_capture`` (a list) each layer's full
+    keys/values are appended to it, which is how an encoder returns a prefix it computed.
+    """
+    if prompttune_prefix:
+        pk, pv = prompttune_prefix[module.layer_idx]
+        b = query.shape[0]
+        key = torch.cat([pk.to(key.dtype).expand(b, -1, -1, -1), key], dim=2)  # (b, kv_heads, p + t, hd)
+        value = torch.cat([pv.to(value.dtype).expand(b, -1, -1, -1), value], dim=2)
+        if attention_mask is not None:
+            attention_mask = torch.nn.functional.pad(attention_mask, (pk.shape[2], 0), value=0.0)
+    capture = kwargs.get("prompttune_capture")
+    if capture is not None:
+        capture.append((key, value))
+    rep = query.shape[1] // key.shape[1]
+    k, v = (key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)) if rep > 1 else (key, value)
+    weights = torch.matmul(query, k.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        weights = weights + attention_mask[..., : k.shape[2]]
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights  # (b, q, h, hd)
+
+
+def _register_prefix_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX_ATTENTION, eager_mask)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -55,17 +55,33 @@ def _emit_json(obj: dict) -> None:
 @app.command()
 def train(
     data: Annotated[
-        Path, typer.Argument(help="Training rows (.jsonl or .csv): text + label, or text_a + text_b + label.")
+        Path,
+        typer.Argument(
+            help="Training rows (.jsonl or .csv): text + label, or text_a + text_b + label; "
+            "tokens + tags (tagging) or context + question + answers (QA) train a head."
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")] = Path("runs/prompt"),
     val: Annotated[Path | None, typer.Option(help="Validation rows; default: a seeded 10% of DATA.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N rows of DATA.")] = None,
     method: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Method: prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, or zero-shot (hard prompt only)."
+            help="Method: prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, or zero-shot (hard prompt only; "
+            "with a head: a linear probe). Default: prompt-tuning; p-tuning-v2 with a head."
         ),
-    ] = "prompt-tuning",
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="Read out with a trained head instead of a verbalizer: classification, tokens (tagging, IOB2) or "
+            "span (extractive QA). Default: tokens / span when the data has their fields. Default model: minilm."
+        ),
+    ] = None,
+    head_lr: Annotated[float | None, typer.Option(help="The head's learning rate (default: --lr).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Head tasks: tokens per row or QA window at most (default 256 / 384).")
+    ] = None,
     method_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -129,7 +145,8 @@ def train(
         _emit_json(result)
     else:
         out.print(
-            f"saved {result['artifact']}: best validation accuracy {result['best_val_accuracy']:.4f} "
+            f"saved {result['artifact']}: best validation {result.get('metric', 'accuracy')} "
+            f"{result['best_val_accuracy']:.4f} "
             f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
             f"{result['train_examples_per_s']:.1f} examples/s)"
         )
@@ -189,16 +206,16 @@ def predict(
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Label texts (arguments) or a file's rows, with per-label probabilities."""
+    """Label texts (arguments) or a file's rows, with per-label probabilities (heads: tags/entities, answers)."""
     from .commands import run_predict
+    from .head_commands import format_head_prediction
 
     rows = run_predict(artifact_dir, texts, file, model)
     for r in rows:
         if as_json:
             _emit_json(r)
         else:
-            scores = "  ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
-            out.print(f"{r['label']:<12} {scores}  | {r['input'][:70]}", markup=False, highlight=False, soft_wrap=True)
+            out.print(format_head_prediction(r), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -302,14 +319,6 @@ def compare(
         out.print(f"reports: {', '.join(result['reports'].values())}", highlight=False)
 
 
-# Hard prompts: built-in templates, the prompt registry and chains (bodies in prompt_cli.py).
-from .prompt_cli import chain_app, registry_app, templates_app  # noqa: E402
-
-app.add_typer(templates_app, name="templates")
-app.add_typer(registry_app, name="registry")
-app.add_typer(chain_app, name="chain")
-
-
 # --- retrieval and agents (bodies in rag_agent_commands.py) ------------------------------------------
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval: index documents, then answer questions from them.")
 app.add_typer(rag_app, name="rag")
@@ -388,6 +397,14 @@ def agent(
     else:
         out.print(result.trace(), markup=False, highlight=False)
         out.print(f"Answer: {result.message}", markup=False, highlight=False)
+
+
+# Hard prompts: built-in templates, the prompt registry and chains (bodies in prompt_cli.py).
+from .prompt_cli import chain_app, registry_app, templates_app  # noqa: E402
+
+app.add_typer(templates_app, name="templates")
+app.add_typer(registry_app, name="registry")
+app.add_typer(chain_app, name="chain")
 
 
 # PEFT interop (bodies in peft_interop.py).

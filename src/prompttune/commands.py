@@ -63,8 +63,18 @@ def run_train(
     ema: float = 0.9,
     demos: int = 0,
     method_option: list[str] | None = None,
+    head: str | None = None,
+    head_lr: float | None = None,
+    max_length: int | None = None,
 ) -> dict:
     console = console or Console(stderr=True)
+    params = dict(locals())
+    from .head_commands import head_kind_for, run_head_train
+
+    kind = head_kind_for(data, head)
+    if kind:  # a read-out head instead of a verbalizer (head_commands.py)
+        return run_head_train(kind, **params)
+    method = method or "prompt-tuning"
     set_threads()
     for flag, value in (
         ("--epochs", epochs),
@@ -218,6 +228,10 @@ def run_eval(
 
 
 def show_report(console: Console, report: dict) -> None:
+    if "accuracy" not in report:
+        from .head_commands import show_head_report
+
+        return show_head_report(console, report)
     console.print(
         f"accuracy {report['accuracy']:.4f} on {report['n']} rows "
         f"(macro F1 {report['macro_f1']:.4f}, {report['examples_per_s']:.1f} examples/s)"
@@ -233,6 +247,10 @@ def run_predict(artifact_dir: Path, texts: list[str] | None, file: Path | None, 
         raise PromptTuneError("predict: give texts as arguments or --file rows.jsonl.")
     ds = load_rows(file) if file else from_records(texts or [], "arguments")
     task = load(artifact_dir, model)
+    if not isinstance(task, PromptTask):
+        from .head_commands import head_predictions
+
+        return head_predictions(task, ds)
     preds = task.predict(ds)
     shown = [
         r.fields.get("text") or " | ".join(str(r.fields[v]) for v in sorted(task.model.template.variables))

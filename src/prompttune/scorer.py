@@ -151,6 +151,11 @@ class PromptModel(torch.nn.Module):
         rows = dataset.rows if isinstance(dataset, Dataset) else list(dataset)
         return torch.tensor([self.verbalizer.index(r.label or "", r.where()) for r in rows])
 
+    @property
+    def trainable(self) -> SoftPromptMethod:
+        """What the Trainer trains and saves: the method's parameters."""
+        return self.method
+
     # --- the prefix ---------------------------------------------------------------------------
     def prefix_kv(self) -> KV:
         """The constant prefix's keys/values, recomputed (with gradients) on every call."""

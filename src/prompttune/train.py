@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 16
     lr: float = 0.01
+    head_lr: float | None = None  # a read-out head's learning rate (default: lr)
     weight_decay: float = 0.0
     warmup_steps: int = 20
     eval_every: int | None = None  # default: 4 validations an epoch
@@ -47,6 +49,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     eval_seconds: float = 0.0  # time spent validating, excluded from train_seconds
+    # best_val_accuracy / "val_accuracy" hold the objective's validation metric (accuracy, entity F1, QA F1)
 
     @property
     def train_examples_per_s(self) -> float:
@@ -69,7 +72,39 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return [batches[i] for i in perm]
 
 
+class Objective(Protocol):
+    """What the Trainer needs of a task: examples' lengths (for batching), a batch's loss, a validation metric."""
+
+    lengths: list[int]
+
+    def batch_loss(self, batch: list[int]) -> torch.Tensor: ...
+
+    def validate(self) -> float: ...
+
+
+class VerbalizerObjective:
+    """A PromptModel's verbalizer read-out: cross-entropy over label scores, validated by accuracy."""
+
+    def __init__(self, model: PromptModel, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor):
+        self.model, self.train, self.y_train, self.val, self.y_val = model, train, y_train, val, y_val
+        self.lengths = [len(x) for x in train.ids]
+
+    def batch_loss(self, batch: list[int]) -> torch.Tensor:
+        scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
+        return F.cross_entropy(scores, self.y_train[batch])
+
+    def validate(self) -> float:
+        pred = self.model.score(self.val, batch_size=64, calibrate=False).argmax(-1)
+        return float((pred == self.y_val).float().mean())
+
+
 class Trainer:
+    """Trains ``model.trainable`` (a PromptModel's method; a HeadModel's method and head) on an Objective.
+
+    The module trained provides ``trainable_state`` / ``load_trainable_state`` and, optionally,
+    ``parameter_groups`` ({"prompt": [...], "head": [...]}: the head trains at ``head_lr``).
+    """
+
     def __init__(
         self,
         model: PromptModel,
@@ -78,32 +113,47 @@ class Trainer:
         on_progress: Callable[[dict], None] | None = None,
     ):
         self.model = model
+        self.parts = model.trainable
         self.config = config
         self.checkpoint_dir = checkpoint_dir
         self.ema: dict | None = None
         self.on_progress = on_progress
-        params = [p for p in model.method.parameters() if p.requires_grad]
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
+        groups = getattr(self.parts, "parameter_groups", None)
+        named = groups() if groups else {"prompt": [p for p in self.parts.parameters() if p.requires_grad]}
+        lrs = {"head": config.head_lr or config.lr}
+        param_groups = [
+            {"params": ps, "lr": lrs.get(name, config.lr), "base_lr": lrs.get(name, config.lr)}
+            for name, ps in named.items()
+            if ps
+        ]
+        self.params = [p for g in param_groups for p in g["params"]]
+        self.optimizer = (
+            torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay) if self.params else None
+        )
 
     def fit(
         self, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor, resume: bool = False
     ) -> TrainResult:
+        """Train a PromptModel's verbalizer read-out (see ``fit_objective`` for any other task)."""
+        return self.fit_objective(VerbalizerObjective(self.model, train, y_train, val, y_val), resume)
+
+    def fit_objective(self, objective: Objective, resume: bool = False) -> TrainResult:
         cfg = self.config
-        lengths = [len(x) for x in train.ids]
+        self.objective = objective
+        lengths = objective.lengths
         per_epoch = math.ceil(len(lengths) / cfg.batch_size)
         total = cfg.max_steps or per_epoch * cfg.epochs  # --max-steps overrides --epochs
         eval_every = cfg.eval_every or max(10, per_epoch // 4)
         result = TrainResult()
-        best_state = self.model.method.trainable_state()
+        best_state = self.parts.trainable_state()
         start_step = 0
         if resume:
             start_step, best_state, result = self._load_checkpoint(result)
         if not self.params:
             raise PromptTuneError("this method has no trainable parameters; nothing to train.")
         if start_step == 0:
-            self.ema = self.model.method.trainable_state() if cfg.ema else None
-            result.best_val_accuracy = self.evaluate(val, y_val)
+            self.ema = self.parts.trainable_state() if cfg.ema else None
+            result.best_val_accuracy = self._validate()
             result.history.append({"step": 0, "val_accuracy": result.best_val_accuracy})
         bad_evals = 0  # validations since the best one
         for h in result.history[::-1]:
@@ -112,12 +162,12 @@ class Trainer:
             bad_evals += 1
         step = start_step
         t0 = time.perf_counter() - result.train_seconds - result.eval_seconds
-        self.model.method.train()
+        self.parts.train()
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
             for batch in batches[offset:]:
-                loss = self._step(step, total, [train.ids[i] for i in batch], y_train[batch])
+                loss = self._step(step, total, batch)
                 self._update_ema()
                 step += 1
                 if step % 10 == 0:
@@ -131,16 +181,14 @@ class Trainer:
                     )
                 if step % eval_every == 0 or step == total:
                     t_eval = time.perf_counter()
-                    acc = self._evaluate_averaged(val, y_val)
+                    acc = self._evaluate_averaged()
                     result.eval_seconds += time.perf_counter() - t_eval
                     result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
                     result.history.append({"step": step, "val_accuracy": acc, "loss": loss})
                     if acc > result.best_val_accuracy:
                         result.best_val_accuracy, result.best_step = acc, step
                         best_state = (
-                            {k: v.clone() for k, v in self.ema.items()}
-                            if self.ema
-                            else self.model.method.trainable_state()
+                            {k: v.clone() for k, v in self.ema.items()} if self.ema else self.parts.trainable_state()
                         )
                         bad_evals = 0
                     else:
@@ -163,22 +211,22 @@ class Trainer:
             if result.stopped_early:
                 break
         result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
-        self.model.method.load_trainable_state(best_state)
-        self.model.method.eval()
+        self.parts.load_trainable_state(best_state)
+        self.parts.eval()
         self.model.clear_cache()
         return result
 
     def _lr(self, step: int, total: int) -> float:
+        """The schedule's factor times lr (each parameter group scales it by its own base rate)."""
         warm = self.config.warmup_steps
         if step < warm:
             return self.config.lr * (step + 1) / warm
         return self.config.lr * max(0.0, (total - step) / max(1, total - warm))
 
-    def _step(self, step: int, total: int, batch: list[list[int]], y: torch.Tensor) -> float:
+    def _step(self, step: int, total: int, batch: list[int]) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = self._lr(step, total)
-        scores = self.model.label_scores(batch, self.model.prefix_kv())
-        loss = F.cross_entropy(scores, y)
+            group["lr"] = self._lr(step, total) * group.get("base_lr", self.config.lr) / self.config.lr
+        loss = self.objective.batch_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -191,34 +239,43 @@ class Trainer:
             return
         d = self.config.ema
         with torch.no_grad():
-            for k, v in self.model.method.state_dict().items():
-                if v.is_floating_point():
+            for k, v in self.parts.state_dict().items():
+                if k in self.ema and v.is_floating_point():
                     self.ema[k].mul_(d).add_(v, alpha=1 - d)
 
-    def _evaluate_averaged(self, val: Encoded, y_val: torch.Tensor) -> float:
-        """Validation accuracy of the averaged prompt (or the current one without averaging)."""
+    def _evaluate_averaged(self) -> float:
+        """The validation metric of the averaged parameters (or the current ones without averaging)."""
         if not self.ema:
-            return self.evaluate(val, y_val)
-        current = self.model.method.trainable_state()
-        self.model.method.load_trainable_state(self.ema)
+            return self._validate()
+        current = self.parts.trainable_state()
+        self.parts.load_trainable_state(self.ema)
         try:
-            return self.evaluate(val, y_val)
+            return self._validate()
         finally:
-            self.model.method.load_trainable_state(current)
+            self.parts.load_trainable_state(current)
             self.model.clear_cache()
 
+    def _validate(self) -> float:
+        was_training = self.parts.training
+        self.parts.eval()
+        self.model.clear_cache()
+        try:
+            return self.objective.validate()
+        finally:
+            self.model.clear_cache()
+            self.parts.train(was_training)
+
     def evaluate(self, val: Encoded, y_val: torch.Tensor) -> float:
-        self.model.clear_cache()
-        pred = self.model.score(val, batch_size=64, calibrate=False).argmax(-1)
-        self.model.clear_cache()
-        return float((pred == y_val).float().mean())
+        """Validation accuracy of a PromptModel's verbalizer read-out."""
+        self.objective = VerbalizerObjective(self.model, val, y_val, val, y_val)
+        return self._validate()
 
     # --- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(self, step: int, best_state: dict, result: TrainResult) -> None:
         if self.checkpoint_dir is None:
             return
         opt = self.optimizer.state_dict()
-        tensors = {f"param.{k}": v.contiguous() for k, v in self.model.method.trainable_state().items()}
+        tensors = {f"param.{k}": v.contiguous() for k, v in self.parts.trainable_state().items()}
         tensors |= {f"best.{k}": v.contiguous() for k, v in best_state.items()}
         tensors |= {f"ema.{k}": v.contiguous() for k, v in (self.ema or {}).items()}
         meta_state = {}
@@ -255,7 +312,7 @@ class Trainer:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
             raise PromptTuneError(f"--resume: the checkpoint in {d} was made with other settings {diff}.")
         tensors = load_file(d / "state.safetensors")
-        self.model.method.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        self.parts.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
         state: dict = {}
