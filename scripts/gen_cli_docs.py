@@ -18,8 +18,12 @@ def render() -> str:
 
     runner = CliRunner()
     names = ["train", "eval", "predict", "generate", "demo", "models"]
+    names += ["templates", "templates list", "templates show", "templates render"]
+    names += ["registry"] + [f"registry {c}" for c in ("add", "list", "show", "diff", "label", "export", "import", "rm")]
+    names += ["chain", "chain run"]
+    names += ["rag", "rag index", "rag ask", "agent"]
     parts = ["# CLI reference\n\nGenerated from `--help` by `scripts/gen_cli_docs.py`; do not edit by hand.\n"]
-    for args in [[]] + [[n] for n in names]:
+    for args in [[]] + [n.split() for n in names]:
         res = runner.invoke(
             app, [*args, "--help"], prog_name="prompttune", env={"COLUMNS": "100", "TERM": "dumb"}, color=False
         )
