@@ -306,3 +306,15 @@ def test_cli_registry_commands(db, tmp_path):
     assert "removed copy@v1, copy@v2" in invoke("registry", "rm", "copy", "--db", db)
     with pytest.raises(RegistryError, match="no prompt named 'copy'"):
         invoke("registry", "show", "copy", "--db", db)
+
+
+def test_concurrent_first_use_of_an_empty_database(db):
+    """Writers that all find no tables yet: each creates them or finds them made, and nothing is lost."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(db, w, 3, False)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert [v.number for v in Registry(db).versions("busy")] == list(range(1, 13))

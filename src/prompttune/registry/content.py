@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .. import artifact, atomic
-from ..template import Template, dump_yaml
+from ..template import Template
 from .names import RegistryError
 from .store import Registry, Version
 

@@ -138,12 +138,21 @@ class Registry:
         self.url = database_url(self.location)
         try:
             self.engine = _make_engine(self.url)
-            self._retry(lambda conn: metadata.create_all(conn, checkfirst=True))
+            self._retry(self._create_tables)
         except (OperationalError, DBAPIError) as e:
             shown = sa.make_url(self.url).render_as_string(hide_password=True)
             raise RegistryError(
                 f"registry {shown}: cannot open the database ({e.orig}). Check --db / $PROMPTTUNE_REGISTRY."
             ) from None
+
+    @staticmethod
+    def _create_tables(conn) -> None:
+        try:
+            metadata.create_all(conn, checkfirst=True)
+        except sa.exc.ProgrammingError as e:  # another process created them between the check and CREATE
+            if "already exists" not in str(e):
+                raise
+            raise IntegrityError(str(e), None, e.orig) from None  # retried; the next check finds them
 
     def close(self) -> None:
         self.engine.dispose()
