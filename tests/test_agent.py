@@ -87,6 +87,15 @@ def test_unparsable_output_is_answered_with_the_format_and_counts_as_a_step():
     assert result.answer == "4"
 
 
+def test_a_tool_written_as_a_call_is_run():
+    agent, _ = make_agent("Action: calculator[6 * 7]", "Action: calculator(1 + 1)", "Final Answer: 42")
+    result = agent.run("6 * 7?")
+    assert [(s.kind, s.action_input, s.observation) for s in result.steps[:2]] == [
+        ("action", "6 * 7", "42"),
+        ("action", "1 + 1", "2"),
+    ]
+
+
 def test_unknown_tool_and_tool_errors_become_observations():
     agent, _ = make_agent(
         "Action: browser\nAction Input: x",

@@ -37,6 +37,7 @@ MAX_OBSERVATION_CHARS = 2000
 _FINAL = re.compile(r"Final Answer\s*:\s*(.*)", re.S | re.I)
 _ACTION = re.compile(r"Action\s*:\s*(.*?)[ \t]*\n?\s*Action Input\s*:[ \t]*(.*)", re.S | re.I)
 _ACTION_ONLY = re.compile(r"Action\s*:\s*([^\n]*)", re.I)
+_CALL_FORM = re.compile(r"(\w+)\s*[\[(](.*)[\])]$")
 
 
 class LanguageModel(Protocol):
@@ -187,6 +188,11 @@ class Agent:
         first = next(iter(self.tools))
         hint = FORMAT_HINT.format(tools=names, first=first)
         only = _ACTION_ONLY.search(output)
+        call = _CALL_FORM.match(only.group(1).strip()) if only else None
+        if call and call.group(1) in self.tools:  # "Action: calculator[2 + 2]" or "calculator(2 + 2)"
+            step = Step(output[: only.end()], "action", output[: only.start()].strip(), call.group(1), call.group(2))
+            step.observation = self._call(call.group(1), call.group(2).strip())
+            return step
         if only:
             named = only.group(1).strip()
             hint = (
