@@ -97,7 +97,7 @@ def test_cli_error_is_one_line(monkeypatch, capsys):
         cli.main()
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "not a built-in name" in err and "Traceback" not in err
+    assert "error:" in err and "nope-not-a-template: no such artifact" in err and "Traceback" not in err
 
 
 # --- few-shot selection ---------------------------------------------------------------------------------

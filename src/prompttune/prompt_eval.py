@@ -17,10 +17,10 @@ from rich.console import Console
 from .api import PromptTask
 from .backbone import Backbone
 from .data import Dataset, check_fields, load_rows
-from .errors import PromptTuneError
+from .errors import ArtifactError, PromptTuneError
 from .fewshot import SELECTORS, Embed, NearestDemos, select
 from .metrics import classification_report
-from .template import Template
+from .template import BUILTIN, Template
 from .verbalizer import Verbalizer
 
 
@@ -42,6 +42,11 @@ def resolve_prompt(spec: str, db: str | None = None) -> tuple[str, Template | Pa
             out = Path(tempfile.mkdtemp(prefix="prompttune-registry-")) / version.name
             return "artifact", materialize(version, out), shown
         return "template", as_template(version), shown
+    if not path.exists() and spec not in BUILTIN and "{{" not in spec and "[label]" not in spec:
+        raise ArtifactError(
+            f"{spec}: no such artifact (nor a template file, a built-in template or a registry reference like "
+            f"name@production). Train one with: prompttune train DATA --out {spec}"
+        )
     return "template", Template.from_spec(spec), spec
 
 
