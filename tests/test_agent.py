@@ -25,16 +25,16 @@ class ScriptedModel:
         self.outputs = list(outputs)
         self.calls: list[dict] = []
 
-    def complete(self, fields, stop):
-        self.calls.append({**fields, "stop": tuple(stop)})
+    def complete(self, fields, stop, examples=()):
+        self.calls.append({**fields, "stop": tuple(stop), "examples": list(examples)})
         return self.outputs[min(len(self.calls), len(self.outputs)) - 1]
 
 
-def make_agent(*outputs, tools=("calculator",), max_steps=6):
+def make_agent(*outputs, tools=("calculator",), max_steps=6, examples=True):
     from prompttune.agent import Agent
 
     model = ScriptedModel(*outputs)
-    return Agent(model, tools=list(tools), max_steps=max_steps), model
+    return Agent(model, tools=list(tools), max_steps=max_steps, examples=examples), model
 
 
 def test_tool_is_called_its_observation_fed_back_and_the_final_answer_parsed():
@@ -85,6 +85,38 @@ def test_unparsable_output_is_answered_with_the_format_and_counts_as_a_step():
     assert "'2 + 2 = 4' is not a tool" in result.steps[2].observation
     assert "Observation: Invalid format" in model.calls[1]["scratchpad"]
     assert result.answer == "4"
+
+
+def test_the_model_sees_a_worked_example_with_the_tools_real_result():
+    agent, model = make_agent("Final Answer: 1")
+    agent.run("1?")
+    [example] = model.calls[0]["examples"]
+    assert example["question"] == "What is 12 * (3 + 4)?"
+    assert "Action: calculator\nAction Input: 12 * (3 + 4)\nObservation: 84\n" in example["trace"]
+    assert example["trace"].endswith("Final Answer: 84")
+    agent, model = make_agent("Final Answer: 1", examples=False)
+    agent.run("1?")
+    assert model.calls[0]["examples"] == []
+
+
+def test_examples_reach_the_prompt_as_earlier_turns(tiny_backbone, monkeypatch):
+    from prompttune.agent import TemplateModel
+    from prompttune.api import PromptTask
+
+    seen = []
+    generate = PromptTask.generate
+
+    def spy(task, row, **kw):
+        seen.append(task.model.compiled.prefix_text + task.model.compiled.render_row(row))
+        return generate(task, row, **kw)
+
+    monkeypatch.setattr(PromptTask, "generate", spy)
+    fields = {"question": "2 + 2?", "tools": "calculator: math", "scratchpad": "Thought: x\nObservation: 4\n"}
+    example = {"question": "What is 1 + 1?", "trace": " Final Answer: 2"}
+    TemplateModel(tiny_backbone, max_new_tokens=2).complete(fields, ["Observation:"], [example])
+    prompt = seen[0]
+    assert prompt.index("What is 1 + 1?") < prompt.index("Thought: Final Answer: 2") < prompt.index("2 + 2?")
+    assert prompt.endswith("Thought: x\nObservation: 4\nThought:")
 
 
 def test_a_tool_written_as_a_call_is_run():

@@ -385,13 +385,18 @@ def agent(
     max_steps: Annotated[int, typer.Option(help="Model calls at most (a malformed reply counts as one).")] = 6,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per model call at most.")] = 128,
     template: Annotated[str, typer.Option(help="Template with question, tools and scratchpad variables.")] = "react",
+    examples: Annotated[
+        bool, typer.Option(help="Show the model a worked example per tool that has one (the calculator).")
+    ] = True,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer with a ReAct agent that calls tools; prints the Thought/Action/Observation trace."""
     from .rag_agent_commands import run_agent
 
-    result = run_agent(question, tool or [], index_dir, k, max_steps, max_new_tokens, template, model, err)
+    result = run_agent(
+        question, tool or [], index_dir, k, max_steps, max_new_tokens, template, model, err, examples=examples
+    )
     if as_json:
         _emit_json(result.to_dict())
     else:

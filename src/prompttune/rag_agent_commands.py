@@ -98,6 +98,7 @@ def run_agent(
     model: str | None = None,
     console: Console | None = None,
     on_step=None,
+    examples: bool = True,
 ):
     """Run the ReAct agent with the named tools; returns the AgentResult."""
     from .agent import Agent, TemplateModel
@@ -110,5 +111,5 @@ def run_agent(
         raise DataError("agent: no tools; add at least one --tool (calculator, search).")
     built = build_tools(tools, ToolContext(index=index_dir, k=k))  # bad tools fail before the model loads
     decoder = load_backbone(model, console)
-    agent = Agent(TemplateModel(decoder, template, max_new_tokens), tools=built, max_steps=max_steps)
+    agent = Agent(TemplateModel(decoder, template, max_new_tokens), tools=built, max_steps=max_steps, examples=examples)
     return agent.run(question, progress=on_step)

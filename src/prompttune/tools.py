@@ -27,6 +27,8 @@ class Tool:
     name: str
     description: str
     func: Callable[[str], object]
+    # (question, tool input) for a worked example the agent shows the model; the tool computes its result.
+    example: tuple[str, str] | None = None
 
     def __call__(self, text: str) -> str:
         return str(self.func(text))
@@ -35,7 +37,12 @@ class Tool:
         return f"{self.name}: {self.description}"
 
 
-def as_tool(obj: Tool | Callable, name: str | None = None, description: str | None = None) -> Tool:
+def as_tool(
+    obj: Tool | Callable,
+    name: str | None = None,
+    description: str | None = None,
+    example: tuple[str, str] | None = None,
+) -> Tool:
     """A Tool from a Tool or from a plain function of one string (its name and docstring describe it)."""
     if isinstance(obj, Tool):
         return obj
@@ -45,7 +52,7 @@ def as_tool(obj: Tool | Callable, name: str | None = None, description: str | No
     if not name or not name.isidentifier():
         raise DataError(f"tool {obj!r}: give it a name (letters, digits, _).")
     doc = description or (inspect.getdoc(obj) or "").strip().split("\n")[0] or f"the {name} function"
-    return Tool(name, doc, obj)
+    return Tool(name, doc, obj, example)
 
 
 # --- calculator ---------------------------------------------------------------------------------
@@ -165,6 +172,7 @@ calculator = Tool(
     "calculator",
     "evaluates arithmetic. Input: an expression such as 12 * (3 + 4) or sqrt(2) / 3.",
     _calculator,
+    example=("What is 12 * (3 + 4)?", "12 * (3 + 4)"),
 )
 
 
