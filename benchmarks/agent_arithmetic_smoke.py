@@ -1,6 +1,6 @@
 """Smoke run of the ReAct agent with the default 135M decoder and the calculator on 5 arithmetic questions.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/agent_arithmetic_smoke.py [--max-steps 4]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/agent_arithmetic_smoke.py [--max-steps 4] [--no-examples]
 
 Prints, per question, the kind of each step (action / format_error / final), the tool calls with their
 observations, the answer and whether it holds the right number; then the totals. A 135M model often
@@ -30,12 +30,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-steps", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--no-examples", action="store_true", help="no worked example in the prompt")
     args = ap.parse_args()
     set_threads()
     backbone = Backbone.load("smollm2")
     totals = {"correct": 0, "final_answer": 0, "tool_calls": 0, "format_errors": 0, "steps": 0}
     for question, want in QUESTIONS:
-        agent = Agent(TemplateModel(backbone, max_new_tokens=args.max_new_tokens), ["calculator"], args.max_steps)
+        model = TemplateModel(backbone, max_new_tokens=args.max_new_tokens)
+        agent = Agent(model, ["calculator"], args.max_steps, examples=not args.no_examples)
         t0 = time.perf_counter()
         result = agent.run(question)
         kinds = [s.kind for s in result.steps]
