@@ -22,3 +22,7 @@ for t in classify classify-instruct; do
   run "$t-8shot" "$t" --demos 8 --demo-selector random --demos-from "$OUT/pool.jsonl"
   run "$t-8shot-calibrated" "$t" --demos 8 --demo-selector random --demos-from "$OUT/pool.jsonl" --calibrate
 done
+for sel in fixed ${KNN:+knn}; do  # KNN=1 adds nearest-neighbour demos (slow: every row has its own prefix)
+  run "classify-8shot-$sel" classify --demos 8 --demo-selector "$sel" --demos-from "$OUT/pool.jsonl"
+  run "classify-8shot-$sel-calibrated" classify --demos 8 --demo-selector "$sel" --demos-from "$OUT/pool.jsonl" --calibrate
+done
