@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Extractive QA on SQuAD v1.1 (../shared/data/squad/dev.jsonl, 24 articles): split BY ARTICLE (title) with a
-# fixed seed, 6 articles held out for the test; a span head over a frozen backbone with deep prompts
+# fixed seed: 6 articles held out for the test, 1 for validation (early stopping); a span head over a frozen backbone with deep prompts
 # (P-tuning v2), next to a linear probe (the span head alone) with the same data, steps and batch size.
 # Exact match / F1 as the official v1.1 script computes them, on the held-out articles.
 #   bash benchmarks/squad_recipe.sh [OUT_DIR]    (MODEL=minilm by default; MODEL=smollm2 for the decoder;
-#                                                STEPS=300, MAX_LENGTH=256, TEST_LIMIT=all questions)
+#                                                STEPS=360, MAX_LENGTH=192, TEST_LIMIT=all questions,
+#                                                PARALLEL=1 trains both arms at once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=../shared/data/squad/dev.jsonl
 [ -f "$DATA" ] || { echo "$DATA: missing (see ../shared/data/README.md)" >&2; exit 1; }
 OUT=${1:-runs/squad-recipe}
 MODEL=${MODEL:-minilm}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-360}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 python3 - "$DATA" "$OUT" "${TEST_LIMIT:-0}" <<'PY'
@@ -20,23 +21,32 @@ data, out, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = [json.loads(line) for line in open(data) if line.strip()]
 titles = sorted({r["title"] for r in rows})
 random.Random(0).shuffle(titles)
-test_titles = set(titles[:6])
-train = [r for r in rows if r["title"] not in test_titles]
+test_titles, val_titles = set(titles[:6]), set(titles[6:7])
+train = [r for r in rows if r["title"] not in test_titles | val_titles]
+val = [r for r in rows if r["title"] in val_titles]
 test = [r for r in rows if r["title"] in test_titles][: limit or None]
-for name, part in (("train", train), ("test", test)):
+for name, part in (("train", train), ("val", val), ("test", test)):
     with open(f"{out}/{name}.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in part)
-print(f"train {len(train)} questions ({len(titles) - 6} articles), test {len(test)} questions (6 articles)")
+print(f"train {len(train)} questions ({len(titles) - 7} articles), validation {len(val)} (1 article), "
+      f"test {len(test)} (6 articles)")
 PY
 PT=.venv/bin/prompttune
-COMMON=(--head span --model "$MODEL" --batch-size 16 --max-steps "$STEPS" --eval-every 60 --head-lr 0.005
-  --max-length "${MAX_LENGTH:-256}")
-/usr/bin/time -f "%e" -o "$OUT/deep.time" $PT train "$OUT/train.jsonl" "${COMMON[@]}" --method p-tuning-v2 \
-  -o init=random --num-virtual-tokens 16 --lr 0.02 --out "$OUT/deep" --json | tail -n 1 > "$OUT/deep.train.json"
-$PT eval "$OUT/deep" "$OUT/test.jsonl" --json | tail -n 1 > "$OUT/deep.eval.json"
-/usr/bin/time -f "%e" -o "$OUT/probe.time" $PT train "$OUT/train.jsonl" "${COMMON[@]}" --method zero-shot \
-  --lr 0.005 --out "$OUT/probe" --json | tail -n 1 > "$OUT/probe.train.json"
-$PT eval "$OUT/probe" "$OUT/test.jsonl" --json | tail -n 1 > "$OUT/probe.eval.json"
+COMMON=(--head span --model "$MODEL" --batch-size 16 --max-steps "$STEPS" --eval-every 90 --head-lr 0.01
+  --max-length "${MAX_LENGTH:-192}")
+arm() {  # NAME TRAIN-FLAGS...: train, then evaluate on the held-out articles
+  local name=$1; shift
+  /usr/bin/time -f "%e" -o "$OUT/$name.time" $PT train "$OUT/train.jsonl" --val "$OUT/val.jsonl" "${COMMON[@]}" "$@" --out "$OUT/$name" \
+    --json 2> "$OUT/$name.log" | tail -n 1 > "$OUT/$name.train.json"
+  $PT eval "$OUT/$name" "$OUT/test.jsonl" --json 2>> "$OUT/$name.log" | tail -n 1 > "$OUT/$name.eval.json"
+}
+DEEP=(--method p-tuning-v2 -o init=random --num-virtual-tokens 32 --lr 0.03)
+PROBE=(--method zero-shot --lr 0.01)
+if [ -n "${PARALLEL:-}" ]; then  # both arms at once (each on its own thread)
+  arm deep "${DEEP[@]}" & arm probe "${PROBE[@]}" & wait
+else
+  arm deep "${DEEP[@]}"; arm probe "${PROBE[@]}"
+fi
 python3 - "$OUT" "$MODEL" <<'PY'
 import json, sys
 out, model = sys.argv[1], sys.argv[2]

@@ -93,7 +93,8 @@ def run_head_train(
     )
     console.print(
         f"{kind} head: train {len(train_ds)} rows, validation {len(val_ds)} rows, "
-        f"{len(labels)} labels, method {method} on {backbone.model_id}, {trainable:,} trainable parameters",
+        f"{f'{len(labels)} labels, ' if labels else ''}method {method} on {backbone.model_id}, "
+        f"{trainable:,} trainable parameters",
         highlight=False,
     )
 
