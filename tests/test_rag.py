@@ -164,3 +164,19 @@ def test_cli_errors_name_the_flag(tmp_path, monkeypatch, capsys):
         assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--index" in err and "missing: no index directory" in err and "nodocs.jsonl: no such file" in err
+
+
+@pytest.mark.real_model
+def test_default_encoder_retrieves_by_meaning(tmp_path):
+    docs = [
+        {"id": "bake", "text": "Preheat the oven, mix flour, sugar and eggs, and bake the cake for forty minutes."},
+        {"id": "orbit", "text": "The Moon circles the Earth about once every twenty-seven days."},
+        {"id": "tax", "text": "Income tax returns are due to the revenue office by the end of April."},
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    index = VectorIndex.build(read_documents(path))
+    hits = index.search(
+        ["How long does our satellite take to go around the planet?", "making a dessert"], k=1, mode="dense"
+    )
+    assert [h[0].chunk.doc_id for h in hits] == ["orbit", "bake"]
