@@ -192,7 +192,10 @@ def _template(spec, base: Path | None, db: str | None) -> Template:
     if base is not None and (base / spec).is_file():
         return Template.from_spec(str(base / spec))
     from .prompt_eval import resolve_prompt
+    from .registry.names import looks_like_ref
 
+    if not looks_like_ref(spec):
+        return Template.from_spec(spec)  # a built-in name or a template file (or an error naming the built-ins)
     kind, target, _ = resolve_prompt(spec, db)
     if kind != "template":
         raise ChainError(f"template {spec!r} is a soft-prompt artifact; a chain step needs a template.")
