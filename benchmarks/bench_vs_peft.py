@@ -1,11 +1,14 @@
-"""prompttune vs PEFT prompt tuning: same model, rows, template, batch size, virtual tokens, steps.
+"""prompttune vs PEFT: same method, model, rows, template, batch size, virtual tokens, steps.
+
+--method prompt-tuning (default), p-tuning (PEFT's PromptEncoder, MLP) or prefix-tuning (PEFT's
+PrefixTuningConfig with its MLP projection; prompttune's prefix-tuning with the same MLP width).
 
 Each side runs in its own process (so peak RSS is its own), then the ratios are printed:
 
     .venv/bin/python benchmarks/bench_vs_peft.py                    # SST-2 from ../shared/data
     .venv/bin/python benchmarks/bench_vs_peft.py --steps 30 --eval-rows 200   # quicker
 
-PEFT side: ``get_peft_model(model, PromptTuningConfig(...))``, trained the way PEFT's examples do it
+PEFT side: ``get_peft_model(model, <the method's PEFT config>)``, trained the way PEFT's examples do it
 (the whole prompt + label in one sequence, causal-LM loss on the label tokens), evaluated by the
 next-token logits of the label words at the last position. prompttune side: ``PromptTask`` +
 ``Trainer`` (cached constant prefix, label-rows-only read-out, length-bucketed batches).
@@ -50,14 +53,12 @@ def run_prompttune(args) -> dict:
     train, test = rows(args)
     backbone = Backbone.load(args.model, dtype=args.dtype)
     tmpl = {"system": SYSTEM, "user": "[soft]{{ text }}"}
-    task = PromptTask.create(
-        backbone,
-        ["negative", "positive"],
-        "prompt-tuning",
-        {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"},
-        tmpl,
-        seed=0,
-    )
+    config = {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"}
+    config |= {
+        "p-tuning": {"encoder_hidden": args.encoder_hidden},
+        "prefix-tuning": {"prefix_hidden": args.encoder_hidden},
+    }.get(args.method, {})
+    task = PromptTask.create(backbone, ["negative", "positive"], args.method, config, tmpl, seed=0)
     pm = task.model
     tr, te = from_records(train), from_records(test)
     cfg = TrainConfig(
@@ -87,7 +88,14 @@ def run_prompttune(args) -> dict:
 
 def run_peft(args) -> dict:
     import torch
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+    from peft import (
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptTuningConfig,
+        PromptTuningInit,
+        TaskType,
+        get_peft_model,
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
     from prompttune import defaults
@@ -100,15 +108,25 @@ def run_peft(args) -> dict:
     tok = AutoTokenizer.from_pretrained(where)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
-    cfg = PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens, prompt_tuning_init=PromptTuningInit.RANDOM
-    )
+    n, hidden = args.virtual_tokens, args.encoder_hidden
+    cfg = {
+        "prompt-tuning": lambda: PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, prompt_tuning_init=PromptTuningInit.RANDOM
+        ),
+        "p-tuning": lambda: PromptEncoderConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, encoder_hidden_size=hidden
+        ),
+        "prefix-tuning": lambda: PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, prefix_projection=True, encoder_hidden_size=hidden
+        ),
+    }[args.method]()
     model = get_peft_model(model, cfg)
-    # Same init as prompttune's --init vocab: embeddings of tokens sampled from the 5,000 most frequent ids.
-    emb = model.get_input_embeddings().weight
-    ids = torch.randint(0, 5000, (args.virtual_tokens,))
-    with torch.no_grad():
-        model.prompt_encoder["default"].embedding.weight.copy_(emb[ids])
+    if args.method != "prefix-tuning":
+        # Same init as prompttune's --init vocab: embeddings of tokens sampled from the 5,000 most frequent ids.
+        emb = model.get_input_embeddings().weight
+        ids = torch.randint(0, 5000, (args.virtual_tokens,))
+        with torch.no_grad():
+            model.prompt_encoder["default"].embedding.weight.copy_(emb[ids])
 
     def prompt(text):
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
@@ -173,6 +191,8 @@ def run_peft(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", choices=["both", "prompttune", "peft"], default="both")
+    ap.add_argument("--method", choices=["prompt-tuning", "p-tuning", "prefix-tuning"], default="prompt-tuning")
+    ap.add_argument("--encoder-hidden", type=int, default=128, help="P-tuning encoder / prefix MLP width, both sides")
     ap.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="backbone precision, the same on both sides"
@@ -202,7 +222,8 @@ def main() -> None:
         results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     a, b = results["prompttune"], results["peft"]
     print(
-        f"model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); {args.steps} steps x batch {args.batch_size}, "
+        f"{args.method}; model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); "
+        f"{args.steps} steps x batch {args.batch_size}, "
         f"{args.virtual_tokens} virtual tokens, lr {args.lr}; eval on {args.eval_rows} held-out SST-2 rows"
     )
     print(f"{'':24}{'prompttune':>12}{'PEFT':>12}{'ratio':>9}")

@@ -70,7 +70,7 @@ def table_to_kv(table: Tensor, layout: tuple[int, int, int], dtype: torch.dtype)
 class PrefixTuning(CollapsedTable, SoftPromptMethod):
     name = "prefix-tuning"
     config_class = PrefixTuningConfig
-    default_lr = 0.003
+    default_lr = 5e-4  # SST-2: 3e-3 unsettles the MLP's start (val 0.645 -> 0.56 in 28 steps), 5e-4 does not
     peft_type = "PREFIX_TUNING"
 
     def __init__(self, config: PrefixTuningConfig, backbone: Backbone, slots: list[SoftSlot], init_context: dict):
