@@ -226,3 +226,23 @@ def test_cli_trains_evaluates_and_predicts_a_tagger(encoder, tmp_path):
     bad.write_text(json.dumps({"tokens": ["the", "cat"], "tags": ["O"]}) + "\n")
     res = runner.invoke(app, ["eval", str(art), str(bad), "--model", model_dir])
     assert res.exit_code != 0
+
+
+def test_head_training_resumes_from_its_checkpoint(encoder, tmp_path):
+    data = from_records(NER)
+    labels = TaggingTask.labels_from(data)
+    config = TrainConfig(max_steps=4, batch_size=4, lr=0.05, head_lr=0.05, eval_every=2, warmup_steps=1)
+    first = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    first.train(data, data, config, checkpoint_dir=tmp_path / "ckpt")
+    config.max_steps = 6
+    again = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    steps = []
+    result = again.train(
+        data,
+        data,
+        config,
+        checkpoint_dir=tmp_path / "ckpt",
+        resume=True,
+        on_progress=lambda ev: steps.append(ev["step"]),
+    )
+    assert steps[0] == 5 and result.steps == 6  # continued after step 4, with the head's state restored
