@@ -70,6 +70,7 @@ class PTuning(CollapsedTable, PromptTuning):
     name = "p-tuning"
     config_class = PTuningConfig
     peft_type = "P_TUNING"
+    default_lr = 0.003  # SST-2 held-out: 0.865 at 3e-3, 0.851 at 1e-2 (the encoder amplifies each step)
 
     def __init__(self, config: PTuningConfig, backbone, slots: list[SoftSlot], init_context: dict):
         super().__init__(config, backbone, slots, init_context)
