@@ -179,6 +179,8 @@ def plots(summary: dict) -> list[tuple[str, str]]:
             else:
                 ax.axhline(r["accuracy_mean"], linestyle="--", linewidth=1, label=f"{r['method']} (no training)")
         ax.set_xscale("log")
+        ax.set_xticks(summary["train_sizes"], [str(n) for n in summary["train_sizes"]])
+        ax.minorticks_off()
         ax.set(xlabel="training rows", ylabel="test accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
