@@ -11,17 +11,25 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
+def _command_names(group, prefix: str = "") -> list[str]:
+    """Every command and sub-command, in the order the CLI declares them (so none is left out)."""
+    names = []
+    for name, cmd in group.commands.items():
+        full = f"{prefix}{name}"
+        names.append(full)
+        if hasattr(cmd, "commands"):
+            names += _command_names(cmd, full + " ")
+    return names
+
+
 def render() -> str:
+    import typer
     from typer.testing import CliRunner
 
     from prompttune.cli import app
 
     runner = CliRunner()
-    names = ["train", "eval", "predict", "generate", "demo", "models"]
-    names += ["templates", "templates list", "templates show", "templates render"]
-    names += ["registry"] + [f"registry {c}" for c in ("add", "list", "show", "diff", "label", "export", "import", "rm")]
-    names += ["chain", "chain run"]
-    names += ["rag", "rag index", "rag ask", "agent"]
+    names = _command_names(typer.main.get_command(app))
     parts = ["# CLI reference\n\nGenerated from `--help` by `scripts/gen_cli_docs.py`; do not edit by hand.\n"]
     for args in [[]] + [n.split() for n in names]:
         res = runner.invoke(
