@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 from conftest import NEG, POS, write_jsonl
-from test_scorer import reference_scores
+from reference import reference_scores
 from typer.testing import CliRunner
 
 from prompttune import cli

@@ -3,47 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import reference_scores
 
 from prompttune.api import PromptTask
 from prompttune.data import from_records
-from prompttune.template import SoftSlot
 
 LABELS = ["not_entailment", "entailment", "maybe so"]  # several multi-token label words
-
-
-def reference_scores(pm, rows) -> torch.Tensor:
-    """Score each row alone: [prefix embeddings | row tokens | label tokens] in one uncached forward pass."""
-    bb = pm.backbone
-    parts = [pm.method.slot_embeddings(s) if isinstance(s, SoftSlot) else bb.embed(s) for s in pm._segments]
-    prefix = torch.cat(parts, 0)
-    rows_w = bb.lm_rows(pm.candidates).float()
-    out = []
-    for row in rows:
-        pieces = pm.compiled.split_row(pm.compiled.render_row(row.fields))
-        row_emb = torch.cat(
-            [
-                pm.method.slot_embeddings(p)
-                if isinstance(p, SoftSlot)
-                else bb.embed(torch.tensor(bb.tokenize(p), dtype=torch.long))
-                for p in pieces
-            ],
-            0,
-        )
-        form_scores = []
-        for toks, cand in zip(pm.form_token_ids, pm.form_tokens, strict=True):
-            emb = torch.cat([prefix, row_emb, bb.embed(torch.tensor(toks[:-1], dtype=torch.long))], 0)[None]
-            hidden = bb.body(inputs_embeds=emb).last_hidden_state[0]
-            logp = F.log_softmax(hidden[-len(toks) :].float() @ rows_w.T, -1)
-            form_scores.append(sum(logp[j, c] for j, c in enumerate(cand)))
-        fs = torch.stack(form_scores)
-        labels = torch.stack(
-            [
-                torch.logsumexp(fs[pm.form_label == i], 0) - torch.log(torch.tensor(float((pm.form_label == i).sum())))
-                for i in range(len(pm.verbalizer.labels))
-            ]
-        )
-        out.append(F.log_softmax(labels, -1))
-    return torch.stack(out)
 
 
 @pytest.fixture
