@@ -300,3 +300,16 @@ def test_methods_on_an_encoder_train_and_reload(tiny_encoder, method):
         other.load_trainable_state(m.trainable_state())
         torch.testing.assert_close(encoder_outputs(bb, other, ids), cached)
     torch.testing.assert_close(encoder_outputs(bb, m, ids).detach(), cached)  # training path == inference path
+
+
+def test_p_tuning_encoder_trains_at_its_own_fraction_of_the_learning_rate(tiny_backbone):
+    task = make(tiny_backbone, "p-tuning", encoder_lr_scale=0.25)
+    trainer = Trainer(task.model, TrainConfig(lr=0.02))
+    groups = {len(g["params"]): g["lr"] for g in trainer.optimizer.param_groups}
+    encoder = sum(1 for _ in task.model.method.encoder.parameters())
+    assert groups == {1: 0.02, encoder: pytest.approx(0.005)}  # the embeddings at --lr, the encoder at 1/4
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in task.model.method.parameters() if p.requires_grad
+    }
+    with pytest.raises(PromptTuneError, match="encoder_lr_scale"):
+        make(tiny_backbone, "p-tuning", encoder_lr_scale=0)

@@ -102,7 +102,8 @@ class Trainer:
     """Trains ``model.trainable`` (a PromptModel's method; a HeadModel's method and head) on an Objective.
 
     The module trained provides ``trainable_state`` / ``load_trainable_state`` and, optionally,
-    ``parameter_groups`` ({"prompt": [...], "head": [...]}: the head trains at ``head_lr``).
+    ``parameter_groups`` ({"prompt": [...], "head": [...]}: the head trains at ``head_lr``) and ``lr_scales``
+    ({group: factor}: that group trains at factor x ``lr``).
     """
 
     def __init__(
@@ -120,12 +121,12 @@ class Trainer:
         self.on_progress = on_progress
         groups = getattr(self.parts, "parameter_groups", None)
         named = groups() if groups else {"prompt": [p for p in self.parts.parameters() if p.requires_grad]}
-        lrs = {"head": config.head_lr or config.lr}
-        param_groups = [
-            {"params": ps, "lr": lrs.get(name, config.lr), "base_lr": lrs.get(name, config.lr)}
-            for name, ps in named.items()
-            if ps
-        ]
+        scales = getattr(self.parts, "lr_scales", {})  # e.g. P-tuning's encoder: a fraction of --lr
+
+        def lr_of(name: str) -> float:
+            return config.head_lr or config.lr if name == "head" else config.lr * scales.get(name, 1.0)
+
+        param_groups = [{"params": ps, "lr": lr_of(name), "base_lr": lr_of(name)} for name, ps in named.items() if ps]
         self.params = [p for g in param_groups for p in g["params"]]
         self.optimizer = (
             torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay) if self.params else None

@@ -36,6 +36,7 @@ class PTuningConfig(PromptTuningConfig):
     encoder: str = "mlp"
     encoder_hidden: int = 128
     residual: bool = True
+    encoder_lr_scale: float = 1.0  # the encoder trains at this factor x --lr (the embeddings at --lr)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +44,8 @@ class PTuningConfig(PromptTuningConfig):
             raise PromptTuneError(f"encoder {self.encoder}: unknown; choose one of {', '.join(ENCODERS)}.")
         if self.encoder_hidden < 1:
             raise PromptTuneError(f"encoder_hidden {self.encoder_hidden}: must be at least 1.")
+        if self.encoder_lr_scale <= 0:
+            raise PromptTuneError(f"encoder_lr_scale {self.encoder_lr_scale}: must be positive.")
         if self.reparam_hidden:
             raise PromptTuneError("p-tuning: reparam_hidden is prompt tuning's; set encoder_hidden instead.")
 
@@ -83,6 +86,15 @@ class PTuning(CollapsedTable, PromptTuning):
         if config.residual:
             nn.init.zeros_(self.encoder.out.weight)
             nn.init.zeros_(self.encoder.out.bias)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
+        ids = {id(p) for p in encoder}
+        return {"prompt": [p for p in self.parameters() if p.requires_grad and id(p) not in ids], "encoder": encoder}
+
+    @property
+    def lr_scales(self) -> dict[str, float]:
+        return {"encoder": self.config.encoder_lr_scale}
 
     def encode_table(self) -> Tensor:
         out = self.encoder(self.embeddings[None])[0]  # (n_virtual, d)
