@@ -7,6 +7,7 @@ are, and how a per-layer KV prefix is handed to the model.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -111,6 +112,11 @@ class Backbone:
     def body(self) -> torch.nn.Module:
         return self.model.get_decoder() if self.kind == "decoder" else self.model
 
+    @property
+    def _cache_kwarg(self) -> str:
+        """The decoder's name for its KV cache argument: ``cache`` in newer transformers, else ``past_key_values``."""
+        return "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
+
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -159,8 +165,8 @@ class Backbone:
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_kwarg: cache},
         )
         if return_cache:
             return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]

@@ -36,7 +36,9 @@ class PTuningConfig(PromptTuningConfig):
     encoder: str = "mlp"
     encoder_hidden: int = 128
     residual: bool = True
-    encoder_lr_scale: float = 1.0  # the encoder trains at this factor x --lr (the embeddings at --lr)
+    # The encoder trains at this factor x --lr (the embeddings at --lr). SST-2 held-out at lr 0.01:
+    # 0.887 at 0.3, 0.870 at 0.1, 0.851 at 1.0 (the encoder amplifies each step).
+    encoder_lr_scale: float = 0.3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +75,7 @@ class PTuning(CollapsedTable, PromptTuning):
     name = "p-tuning"
     config_class = PTuningConfig
     peft_type = "P_TUNING"
-    default_lr = 0.003  # SST-2 held-out: 0.865 at 3e-3, 0.851 at 1e-2 (the encoder amplifies each step)
+    default_lr = 0.01  # with encoder_lr_scale 0.3 (SST-2 held-out 0.887; 0.865 at 3e-3 with the encoder at 1x)
 
     def __init__(self, config: PTuningConfig, backbone, slots: list[SoftSlot], init_context: dict):
         super().__init__(config, backbone, slots, init_context)
