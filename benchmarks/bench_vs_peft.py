@@ -1,12 +1,15 @@
 """prompttune vs PEFT: same method, model, rows, template, batch size, virtual tokens, steps.
 
---method prompt-tuning (default), p-tuning (PEFT's PromptEncoder, MLP) or prefix-tuning (PEFT's
-PrefixTuningConfig with its MLP projection; prompttune's prefix-tuning with the same MLP width).
+--method prompt-tuning (default), p-tuning (PEFT's PromptEncoder, MLP; prompttune's encoder at the same
+learning rate as PEFT's, encoder_lr_scale 1), prefix-tuning (PEFT's PrefixTuningConfig with its MLP
+projection; prompttune's prefix-tuning with the same MLP width), p-tuning-v2 (PEFT's PrefixTuningConfig
+without projection: the per-layer table trained directly), or all (each in turn, then one table of ratios).
 
 Each side runs in its own process (so peak RSS is its own), then the ratios are printed:
 
     .venv/bin/python benchmarks/bench_vs_peft.py                    # SST-2 from ../shared/data
     .venv/bin/python benchmarks/bench_vs_peft.py --steps 30 --eval-rows 200   # quicker
+    .venv/bin/python benchmarks/bench_vs_peft.py --method all --steps 10 --warmup 2 --train-rows 400 --eval-rows 400
 
 PEFT side: ``get_peft_model(model, <the method's PEFT config>)``, trained the way PEFT's examples do it
 (the whole prompt + label in one sequence, causal-LM loss on the label tokens), evaluated by the
@@ -26,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2" / "train.jsonl"
+METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2")  # those PEFT also has
 SYSTEM = "Classify the text. Possible labels: negative, positive. Reply with the label only."
 
 
@@ -55,8 +59,9 @@ def run_prompttune(args) -> dict:
     tmpl = {"system": SYSTEM, "user": "[soft]{{ text }}"}
     config = {"num_virtual_tokens": args.virtual_tokens, "init": "vocab"}
     config |= {
-        "p-tuning": {"encoder_hidden": args.encoder_hidden},
+        "p-tuning": {"encoder_hidden": args.encoder_hidden, "encoder_lr_scale": 1.0},  # PEFT's: one rate
         "prefix-tuning": {"prefix_hidden": args.encoder_hidden},
+        "p-tuning-v2": {"prefix_hidden": 0},
     }.get(args.method, {})
     task = PromptTask.create(backbone, ["negative", "positive"], args.method, config, tmpl, seed=0)
     pm = task.model
@@ -119,9 +124,12 @@ def run_peft(args) -> dict:
         "prefix-tuning": lambda: PrefixTuningConfig(
             task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, prefix_projection=True, encoder_hidden_size=hidden
         ),
+        "p-tuning-v2": lambda: PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, prefix_projection=False
+        ),
     }[args.method]()
     model = get_peft_model(model, cfg)
-    if args.method != "prefix-tuning":
+    if args.method in ("prompt-tuning", "p-tuning"):
         # Same init as prompttune's --init vocab: embeddings of tokens sampled from the 5,000 most frequent ids.
         emb = model.get_input_embeddings().weight
         ids = torch.randint(0, 5000, (args.virtual_tokens,))
@@ -191,7 +199,7 @@ def run_peft(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", choices=["both", "prompttune", "peft"], default="both")
-    ap.add_argument("--method", choices=["prompt-tuning", "p-tuning", "prefix-tuning"], default="prompt-tuning")
+    ap.add_argument("--method", choices=[*METHODS, "all"], default="prompt-tuning")
     ap.add_argument("--encoder-hidden", type=int, default=128, help="P-tuning encoder / prefix MLP width, both sides")
     ap.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument(
@@ -210,6 +218,24 @@ def main() -> None:
         result = (run_prompttune if args.side == "prompttune" else run_peft)(args)
         print(json.dumps(result))
         return
+    methods = METHODS if args.method == "all" else (args.method,)
+    summary = {m: one_method(args, m) for m in methods}
+    if len(methods) > 1:
+        print(f"\nall methods, prompttune / PEFT ({args.dtype}, {args.steps} steps, {args.eval_rows} eval rows)")
+        print(f"{'method':16}{'train ex/s':>12}{'eval ex/s':>12}{'peak RSS':>10}{'accuracy':>18}")
+        for m, (a, b) in summary.items():
+            print(
+                f"{m:16}{a['train_examples_per_s'] / b['train_examples_per_s']:11.2f}x"
+                f"{a['eval_examples_per_s'] / b['eval_examples_per_s']:11.2f}x"
+                f"{a['peak_rss_mb'] / b['peak_rss_mb']:9.2f}x"
+                f"{a['accuracy']:10.3f} vs {b['accuracy']:.3f}"
+            )
+    print(json.dumps({m: {"prompttune": a, "peft": b} for m, (a, b) in summary.items()}))
+
+
+def one_method(args, method: str) -> tuple[dict, dict]:
+    """Both sides of one method, each in its own process; prints their figures and ratios."""
+    args = argparse.Namespace(**{**vars(args), "method": method})
     results = {}
     for side in ("prompttune", "peft"):
         cmd = [sys.executable, __file__, "--side", side] + [
@@ -235,8 +261,8 @@ def main() -> None:
     ):
         ratio = a[key] / b[key] if b[key] else float("nan")
         print(f"{label:24}{a[key]:12.3f}{b[key]:12.3f}{ratio:8.2f}x")
-    print(f"accuracy difference: {100 * (a['accuracy'] - b['accuracy']):+.1f} points")
-    print(json.dumps({"prompttune": a, "peft": b}))
+    print(f"accuracy difference: {100 * (a['accuracy'] - b['accuracy']):+.1f} points", flush=True)
+    return a, b
 
 
 if __name__ == "__main__":
