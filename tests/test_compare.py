@@ -19,7 +19,7 @@ from prompttune.compare import run_compare
 from prompttune.compare.arms import available, parse_options, resolve
 from prompttune.compare.cell import build_task
 from prompttune.compare.report import summarize
-from prompttune.compare.worth import Curve, advantage, constant_worth
+from prompttune.compare.worth import Curve, advantage, constant_worth, describe
 from prompttune.data import from_records
 from prompttune.errors import PromptTuneError
 from prompttune.methods import METHODS
@@ -159,6 +159,8 @@ def test_worth_on_curves_with_a_known_answer():
     # mean over levels a in [0.6, 0.8] of 3 * 16 * 2^((a - 0.6) / 0.05) = 48 * (2^4 - 1) / (4 ln 2)
     assert adv["rows"] == pytest.approx(48 * 15 / (4 * math.log(2)), rel=1e-4)
     assert advantage(ref, method)["ratio"] == pytest.approx(0.25, rel=1e-6)
+    assert describe(adv) == "needs 260 fewer rows (4.00x fewer) at accuracy 0.600-0.800"
+    assert describe(advantage(ref, method)) == "needs 260 more rows (4.00x as many) at accuracy 0.600-0.800"
     assert advantage(Curve([1, 2], [0.1, 0.2]), ref) is None  # no accuracy both reach
     assert ref.rows_for(0.55) == pytest.approx(32)  # halfway in log(rows) between 16 and 64
     assert constant_worth(0.65, ref)["rows"] == pytest.approx(128)

@@ -96,7 +96,8 @@ def train(
     lr: Annotated[
         float | None,
         typer.Option(
-            help="Peak learning rate (AdamW, warmup, decay); default: the method's (0.01; p-tuning-v2 3e-3, prefix 5e-4)."
+            help="Peak learning rate (AdamW, warmup, decay); "
+            "default: the method's (0.01; p-tuning-v2 3e-3, prefix 5e-4)."
         ),
     ] = None,
     num_virtual_tokens: Annotated[

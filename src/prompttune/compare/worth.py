@@ -89,7 +89,10 @@ def describe(entry: dict) -> str:
     """One human line for a worth entry (used by the Markdown and HTML reports)."""
     if "ratio" in entry:
         lo, hi = entry["accuracy_band"]
-        return f"{entry['rows']:+,.0f} rows ({entry['ratio']:.2f}x fewer) at accuracy {lo:.3f}-{hi:.3f}"
+        band = f"at accuracy {lo:.3f}-{hi:.3f}"
+        rows = f"{abs(entry['rows']):,.0f} {'fewer' if entry['rows'] >= 0 else 'more'} rows"
+        ratio = f"{entry['ratio']:.2f}x fewer" if entry["ratio"] >= 1 else f"{1 / entry['ratio']:.2f}x as many"
+        return f"needs {rows} ({ratio}) {band}"
     if entry.get("rows") is not None:
         return f"worth {entry['rows']:,.0f} rows of the reference (its accuracy {entry['accuracy']:.3f})"
     if "below_rows" in entry:
