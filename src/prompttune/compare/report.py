@@ -160,16 +160,20 @@ def plots(summary: dict) -> list[tuple[str, str]]:
     out = []
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for r in rows:
-        ax.errorbar(r["trainable_params"], r["accuracy_mean"], yerr=r["accuracy_std"], fmt="o", capsize=3)
-        ax.annotate(r["method"], (r["trainable_params"], r["accuracy_mean"]), xytext=(4, 4), textcoords="offset points")
+        # a legend, not labels at the points: methods of similar size and accuracy would overprint each other
+        ax.errorbar(
+            r["trainable_params"], r["accuracy_mean"], yerr=r["accuracy_std"], fmt="o", capsize=3, label=r["method"]
+        )
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlabel="trainable parameters (0: hard prompt)", ylabel="test accuracy")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     out.append(("Accuracy vs trainable parameters", _png(fig)))
     plt.close(fig)
 
     if len(summary["train_sizes"]) > 1:
         fig, ax = plt.subplots(figsize=(6.4, 4))
+        flat_styles = iter([("--", "gray"), (":", "black"), ("-.", "gray"), ("--", "black")] * len(rows))
         for r in rows:
             points = summary["curves"].get(r["method"], [])
             if points:
@@ -177,7 +181,14 @@ def plots(summary: dict) -> list[tuple[str, str]]:
                 ys = [p["accuracy_mean"] for p in points]
                 ax.errorbar(xs, ys, yerr=[p["accuracy_std"] for p in points], marker="o", capsize=3, label=r["method"])
             else:
-                ax.axhline(r["accuracy_mean"], linestyle="--", linewidth=1, label=f"{r['method']} (no training)")
+                style, color = next(flat_styles)  # hard prompts: flat lines, told apart by style
+                ax.axhline(
+                    r["accuracy_mean"],
+                    linestyle=style,
+                    color=color,
+                    linewidth=1.2,
+                    label=f"{r['method']} (no training)",
+                )
         ax.set_xscale("log")
         ax.set_xticks(summary["train_sizes"], [str(n) for n in summary["train_sizes"]])
         ax.minorticks_off()
