@@ -6,6 +6,7 @@ are, and how a per-layer KV prefix is handed to the model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -112,7 +113,7 @@ class Backbone:
     def body(self) -> torch.nn.Module:
         return self.model.get_decoder() if self.kind == "decoder" else self.model
 
-    @property
+    @functools.cached_property
     def _cache_kwarg(self) -> str:
         """The decoder's name for its KV cache argument: ``cache`` in newer transformers, else ``past_key_values``."""
         return "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
