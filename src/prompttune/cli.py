@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from .cli_options import JsonOpt, ModelOpt, emit_json, err, out
 from .errors import PromptTuneError
 
 app = typer.Typer(
@@ -20,16 +18,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Adapt a frozen language model to your task through prompts.",
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model", help="Backbone: a local HF folder, a hub id, or smollm2 (default decoder) / minilm (encoder)."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
 
 @app.callback()
@@ -45,11 +33,6 @@ def _options(
 
     if dtype:
         os.environ["PROMPTTUNE_DTYPE"] = dtype
-
-
-def _emit_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
 
 
 @app.command()
@@ -143,7 +126,7 @@ def train(
 
     result = run_train(**params, console=err)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         out.print(
             f"saved {result['artifact']}: best validation {result.get('metric', 'accuracy')} "
@@ -194,7 +177,7 @@ def evaluate(
         prompt, data, batch_size, calibrate, model, err, demos, demo_selector, demos_from, verbalizer, db, seed
     )
     if as_json:
-        _emit_json(report)
+        emit_json(report)
     else:
         show_report(out, report)
 
@@ -214,7 +197,7 @@ def predict(
     rows = run_predict(artifact_dir, texts, file, model)
     for r in rows:
         if as_json:
-            _emit_json(r)
+            emit_json(r)
         else:
             out.print(format_head_prediction(r), markup=False, highlight=False, soft_wrap=True)
 
@@ -314,95 +297,17 @@ def compare(
         err.print(f"interrupted; finished runs are kept in {out_dir}: rerun the same command to resume.")
         raise SystemExit(130) from None
     if as_json:
-        _emit_json({k: v for k, v in result.items() if k != "summary"} | {"methods": result["summary"]["methods"]})
+        emit_json({k: v for k, v in result.items() if k != "summary"} | {"methods": result["summary"]["methods"]})
     else:
         out.print((Path(result["reports"]["md"])).read_text(), markup=False, highlight=False)
         out.print(f"reports: {', '.join(result['reports'].values())}", highlight=False)
 
 
-# --- retrieval and agents (bodies in rag_agent_commands.py) ------------------------------------------
-rag_app = typer.Typer(no_args_is_help=True, help="Retrieval: index documents, then answer questions from them.")
+# Retrieval and agents (commands in rag_cli.py).
+from .rag_cli import agent, rag_app  # noqa: E402
+
 app.add_typer(rag_app, name="rag")
-IndexOpt = Annotated[Path, typer.Option("--index", help="The vector index directory.")]
-
-
-@rag_app.command("index")
-def rag_index(
-    docs: Annotated[Path, typer.Argument(help="A .jsonl file (one document per line), a .txt/.md file, or a folder.")],
-    index_dir: IndexOpt = Path("runs/index"),
-    text_field: Annotated[str, typer.Option(help="The JSONL field holding the text.")] = "text",
-    id_field: Annotated[str, typer.Option(help="The JSONL field holding a document id (default: file:line).")] = "id",
-    chunk_words: Annotated[int, typer.Option(help="Words per chunk at most (paragraphs are packed whole).")] = 200,
-    overlap: Annotated[int, typer.Option(help="Words shared by consecutive windows of a long paragraph.")] = 40,
-    batch_size: Annotated[int, typer.Option(help="Chunks per encoder batch.")] = 64,
-    encoder: Annotated[str, typer.Option(help="Sentence encoder: minilm (default) or a local HF encoder.")] = "minilm",
-    as_json: JsonOpt = False,
-) -> None:
-    """Chunk documents, embed them with the default encoder and save a vector index."""
-    from .rag_agent_commands import run_rag_index
-
-    result = run_rag_index(docs, index_dir, text_field, id_field, chunk_words, overlap, batch_size, encoder, err)
-    if as_json:
-        _emit_json(result)
-    else:
-        out.print(
-            f"indexed {result['documents']} documents as {result['chunks']} chunks in {result['seconds']:.1f} s "
-            f"-> {result['index']}",
-            highlight=False,
-        )
-
-
-@rag_app.command("ask")
-def rag_ask(
-    question: Annotated[str, typer.Argument(help="The question.")],
-    index_dir: IndexOpt = Path("runs/index"),
-    k: Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve.")] = 5,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer tokens at most.")] = 96,
-    template: Annotated[str, typer.Option(help="Template with question and context variables.")] = "rag",
-    mode: Annotated[
-        str, typer.Option(help="Ranking: hybrid (dense + BM25, fused by reciprocal rank), dense, or bm25.")
-    ] = "hybrid",
-    model: ModelOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Retrieve the passages nearest a question and answer from them with the decoder; show the sources."""
-    from .rag_agent_commands import run_rag_ask, show_rag_answer
-
-    result = run_rag_ask(question, index_dir, k, max_new_tokens, template, model, err, mode)
-    if as_json:
-        _emit_json(result)
-    else:
-        show_rag_answer(out, result)
-
-
-@app.command()
-def agent(
-    question: Annotated[str, typer.Argument(help="The question or task.")],
-    tool: Annotated[
-        list[str] | None, typer.Option("--tool", help="A tool to offer, repeatable: calculator, search.")
-    ] = None,
-    index_dir: Annotated[Path | None, typer.Option("--index", help="Vector index for --tool search.")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Passages the search tool returns.")] = 3,
-    max_steps: Annotated[int, typer.Option(help="Model calls at most (a malformed reply counts as one).")] = 6,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per model call at most.")] = 128,
-    template: Annotated[str, typer.Option(help="Template with question, tools and scratchpad variables.")] = "react",
-    examples: Annotated[
-        bool, typer.Option(help="Show the model a worked example per tool that has one (the calculator).")
-    ] = True,
-    model: ModelOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Answer with a ReAct agent that calls tools; prints the Thought/Action/Observation trace."""
-    from .rag_agent_commands import run_agent
-
-    result = run_agent(
-        question, tool or [], index_dir, k, max_steps, max_new_tokens, template, model, err, examples=examples
-    )
-    if as_json:
-        _emit_json(result.to_dict())
-    else:
-        out.print(result.trace(), markup=False, highlight=False)
-        out.print(f"Answer: {result.message}", markup=False, highlight=False)
+app.command()(agent)
 
 
 # Hard prompts: built-in templates, the prompt registry and chains (bodies in prompt_cli.py).
@@ -429,7 +334,7 @@ def export(
         raise PromptTuneError(f"--format {fmt}: unknown; the one format is peft.")
     result = export_peft(artifact_dir, out_dir, model)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         out.print(
             f"wrote {result['adapter']}: PEFT {result['peft_type']}, {result['num_virtual_tokens']} virtual tokens"
@@ -454,7 +359,7 @@ def import_adapter(
 
     result = import_peft(adapter_dir, labels.split(","), out_dir, template, verbalizer, model)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         out.print(f"saved {result['artifact']}: {result['method']} from PEFT {result['peft_type']}")
 

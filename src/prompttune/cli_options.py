@@ -1,0 +1,26 @@
+"""What every command line module shares: the consoles, the --model and --json options, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="Backbone: a local HF folder, a hub id, or smollm2 (default decoder) / minilm (encoder)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+def emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
