@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PromptTuneError
-from .template import NAME_RE, Template, _parse, render_string
+from .template import NAME_RE, Template
+from .template_sandbox import parse, render_string
 
 STEP_KEYS = {"name", "template", "with", "max_new_tokens", "temperature", "stop"}
 
@@ -48,7 +49,7 @@ class Step:
 
         names: set[str] = set()
         for expr in self.inputs.values():
-            names |= meta.find_undeclared_variables(_parse(expr))
+            names |= meta.find_undeclared_variables(parse(expr))
         return names
 
     def needs(self) -> set[str]:
