@@ -46,7 +46,7 @@ def save(path: str | Path, manifest: dict, weights: dict[str, torch.Tensor]) -> 
 
     def fill(tmp: Path) -> None:
         save_file(
-            {k: v.detach().contiguous() for k, v in weights.items()},
+            {k: v.detach().cpu().contiguous() for k, v in weights.items()},
             tmp / WEIGHTS,
             metadata={"format": "pt", "method": manifest.get("method", "")},
         )

@@ -32,18 +32,20 @@ class Backbone:
     kind: str  # "decoder" | "encoder"
 
     @classmethod
-    def load(cls, model: str | None = None, dtype: str | None = None) -> Backbone:
+    def load(cls, model: str | None = None, dtype: str | None = None, device: str | None = None) -> Backbone:
         """Load and freeze a backbone: a default model's alias, a local HF folder, or a hub id.
 
-        dtype: "float32", "bfloat16", or "auto" (the default, or $PROMPTTUNE_DTYPE): bfloat16 where the
-        CPU computes it natively (AVX512-BF16 / AMX), else float32. The backbone is frozen, so its weights
-        need no float32 master copy; trainable prompt parameters always stay float32.
+        dtype: "float32", "bfloat16", or "auto" (the default, or $PROMPTTUNE_DTYPE): bfloat16 on a GPU or
+        where the CPU computes it natively (AVX512-BF16 / AMX), else float32. The backbone is frozen, so its
+        weights need no float32 master copy; trainable prompt parameters always stay float32.
+        device: "cpu" (the default, or $PROMPTTUNE_DEVICE), "cuda", "cuda:N" or "auto" (a GPU if there is one).
         """
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        where = resolve_device(device)
         model_id, location = defaults.resolve(model)
         local = isinstance(location, Path)
         try:
@@ -53,13 +55,14 @@ class Backbone:
             loader = AutoModelForCausalLM if decoder else AutoModel
             # Eager attention: on CPU its backward is ~2x faster than SDPA's for prompt-length sequences.
             hf_model = loader.from_pretrained(
-                location, local_files_only=local, dtype=resolve_dtype(dtype), attn_implementation="eager"
+                location, local_files_only=local, dtype=resolve_dtype(dtype, where), attn_implementation="eager"
             )
         except OSError as e:
             raise ModelError(
                 f"--model {model}: cannot load it ({e}). Give a local HuggingFace model folder, or one of "
                 f"{', '.join(sorted(defaults.ALIASES))}."
             ) from None
+        hf_model.to(where)
         hf_model.eval()
         hf_model.requires_grad_(False)
         if not decoder:
@@ -80,6 +83,11 @@ class Backbone:
         return self.model.config.get_text_config(decoder=self.kind == "decoder")
 
     @property
+    def device(self) -> torch.device:
+        """Where the backbone's weights live; inputs given to ``embed`` and ``run`` are moved there."""
+        return self.embedding_matrix.device
+
+    @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size
 
@@ -98,7 +106,7 @@ class Backbone:
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
 
     def embed(self, ids: Tensor) -> Tensor:
-        return self.model.get_input_embeddings()(ids)
+        return self.model.get_input_embeddings()(ids.to(self.device))
 
     @property
     def embedding_matrix(self) -> Tensor:
@@ -156,6 +164,9 @@ class Backbone:
         """
         from transformers import DynamicCache
 
+        dev = self.device
+        input_ids = input_ids.to(dev) if input_ids is not None else None
+        attention_mask, position_ids = attention_mask.to(dev), position_ids.to(dev)
         batch = attention_mask.shape[0]
         data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
         if self.kind == "encoder":
@@ -204,7 +215,7 @@ class Backbone:
             )
         }
         h.update(json.dumps(shape, sort_keys=True).encode())
-        emb = self.embedding_matrix.detach()
+        emb = self.embedding_matrix.detach().cpu()
         # rounded to bfloat16 first, so the same weights loaded in either dtype match
         h.update(emb.flatten()[:4096].to(torch.bfloat16).float().numpy().tobytes())
         h.update(emb[-1].to(torch.bfloat16).float().numpy().tobytes())
@@ -264,6 +275,22 @@ def _register_prefix_attention() -> None:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """--device / $PROMPTTUNE_DEVICE: cpu (default), cuda, cuda:N, or auto (the GPU when there is one)."""
+    name = name or os.environ.get("PROMPTTUNE_DEVICE") or "cpu"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"--device {name}: choose cpu, cuda, cuda:N or auto.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ModelError(f"--device {name}: choose cpu, cuda, cuda:N or auto.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {name}: this PyTorch sees no CUDA GPU; use --device cpu (or auto).")
+    return device
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 matrix products natively (else bf16 is slower than fp32)."""
     try:
@@ -273,10 +300,11 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(name: str | None) -> torch.dtype:
+def resolve_dtype(name: str | None, device: torch.device | None = None) -> torch.dtype:
     name = name or os.environ.get("PROMPTTUNE_DTYPE") or "auto"
     if name == "auto":
-        return torch.bfloat16 if native_bf16() else torch.float32
+        on_gpu = device is not None and device.type == "cuda"
+        return torch.bfloat16 if on_gpu or native_bf16() else torch.float32
     if name not in DTYPES:
         raise ModelError(f"--dtype {name}: choose auto, float32 or bfloat16.")
     return DTYPES[name]

@@ -28,11 +28,21 @@ def _options(
             "--dtype", help="Backbone precision: auto (bfloat16 where the CPU has native bf16), float32, bfloat16."
         ),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Where the backbone runs: cpu (default), cuda, cuda:N, or auto (a GPU if there is one). "
+            "Head tasks (--head) train and evaluate on a GPU; verbalizer tasks run on the CPU.",
+        ),
+    ] = None,
 ) -> None:
     import os
 
     if dtype:
         os.environ["PROMPTTUNE_DTYPE"] = dtype
+    if device:
+        os.environ["PROMPTTUNE_DEVICE"] = device
 
 
 @app.command()

@@ -95,9 +95,10 @@ def embed_texts(
             for row, i in enumerate(chunk):
                 input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
                 mask[row, : len(ids[i])] = 1
+            input_ids, mask = input_ids.to(backbone.device), mask.to(backbone.device)
             hidden = backbone.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (b, t, d)
             pooled = torch.nn.functional.normalize(mean_pool(hidden.float(), mask), dim=-1)
-            out[chunk] = pooled.numpy()
+            out[chunk] = pooled.cpu().numpy()
             if progress is not None:
                 progress(len(chunk))
     return out

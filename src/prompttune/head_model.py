@@ -73,6 +73,7 @@ class HeadModel(nn.Module):
         self.method = method_factory([self.slot], {"generator": generator, "label_words": []})
         self.head = head
         self.trainable = TrainableParts(self.method, head)
+        self.trainable.to(backbone.device)
         encoder = backbone.kind == "encoder"
         self.inline_soft = input_token_count(self.method, self.slot) if encoder else 0
         segments: list[Tensor | SoftSlot] = [] if self.inline_soft else [self.slot]
@@ -108,7 +109,7 @@ class HeadModel(nn.Module):
 
     # --- running rows -------------------------------------------------------------------------
     def hidden(self, batch: list[list[int]], prefix: KV) -> Tensor:
-        """(b, t, d) float32 hidden states of right-padded rows, aligned with the given ids."""
+        """(b, t, d) float32 hidden states of right-padded rows, aligned with the given ids (on the backbone's device)."""
         b, width = len(batch), max(len(x) for x in batch)
         pad = self.backbone.tokenizer.pad_token_id or 0
         ids = torch.full((b, width), pad, dtype=torch.long)

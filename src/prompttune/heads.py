@@ -99,7 +99,7 @@ class PooledClassifier(nn.Module):
 
     def forward(self, hidden: Tensor, lengths: Tensor) -> Tensor:
         if self.pool == "mean":
-            mask = (torch.arange(hidden.shape[1])[None] < lengths[:, None]).float()
+            mask = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).float()
             vec = (hidden * mask[..., None]).sum(1) / lengths[:, None]
         elif self.pool == "last":
             vec = hidden[torch.arange(hidden.shape[0]), lengths - 1]
@@ -154,11 +154,11 @@ class ClassificationTask(HeadTask):
 
     def _logits(self, model: HeadModel, ids: list[list[int]], prefix) -> Tensor:
         hidden = model.hidden(ids, prefix)
-        return model.head(hidden, torch.tensor([len(x) for x in ids]))
+        return model.head(hidden, torch.tensor([len(x) for x in ids], device=hidden.device))
 
     def loss(self, model: HeadModel, examples: list[ClassExample], prefix) -> Tensor:
         logits = self._logits(model, [e.ids for e in examples], prefix)
-        return F.cross_entropy(logits, torch.tensor([e.label for e in examples]))
+        return F.cross_entropy(logits, torch.tensor([e.label for e in examples], device=logits.device))
 
     @torch.no_grad()
     def probabilities(self, model: HeadModel, dataset: Dataset, batch_size: int = 32) -> Tensor:
@@ -168,7 +168,7 @@ class ClassificationTask(HeadTask):
         prefix = model.cached_prefix()
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            out[idx] = self._logits(model, [ids[i] for i in idx], prefix).softmax(-1)
+            out[idx] = self._logits(model, [ids[i] for i in idx], prefix).softmax(-1).float().cpu()
         return out
 
     def predict(self, model: HeadModel, dataset: Dataset, batch_size: int = 32) -> list[dict]:

@@ -163,12 +163,13 @@ class SpanTask(HeadTask):
         ctx = torch.zeros(start.shape, dtype=torch.bool)
         for i, w in enumerate(windows):
             ctx[i, w.context_start : w.context_start + len(w.offsets)] = True
+        ctx = ctx.to(start.device)
         return start.masked_fill(~ctx, float("-inf")), end.masked_fill(~ctx, float("-inf"))
 
     def loss(self, model: HeadModel, windows: list[Window], prefix) -> Tensor:
         start, end = self._logits(model, windows, prefix)
-        s_gold = torch.tensor([w.start for w in windows])
-        e_gold = torch.tensor([w.end for w in windows])
+        s_gold = torch.tensor([w.start for w in windows], device=start.device)
+        e_gold = torch.tensor([w.end for w in windows], device=start.device)
         return (F.cross_entropy(start, s_gold) + F.cross_entropy(end, e_gold)) / 2
 
     def best_span(self, start: Tensor, end: Tensor, w: Window) -> tuple[float, int, int]:
@@ -191,7 +192,7 @@ class SpanTask(HeadTask):
         best: dict[int, tuple[float, int, int, Window]] = {}
         for s in range(0, len(order), batch_size):
             batch = [windows[i] for i in order[s : s + batch_size]]
-            start, end = self._logits(model, batch, prefix)
+            start, end = (x.float().cpu() for x in self._logits(model, batch, prefix))
             for j, w in enumerate(batch):
                 score, a, b = self.best_span(start[j].float(), end[j].float(), w)
                 if w.row not in best or score > best[w.row][0]:

@@ -49,6 +49,11 @@ class PromptModel(torch.nn.Module):
                 f"--model {backbone.model_id}: an encoder has no LM head to score label words with; "
                 "verbalizer read-outs need a decoder (e.g. the default, smollm2)."
             )
+        if backbone.device.type != "cpu":
+            raise ModelError(
+                f"--device {backbone.device}: verbalizer read-outs (label-word scoring, generation) run on the CPU "
+                "in this version; drop --device, or train a head (--head) to use the GPU."
+            )
         self.backbone = backbone
         self.template = template
         self.verbalizer = verbalizer

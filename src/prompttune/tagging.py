@@ -164,7 +164,7 @@ class TaggingTask(HeadTask):
         logits = self._logits(model, examples, prefix)
         rows = torch.tensor([i for i, e in enumerate(examples) for _ in e.first])
         cols = torch.tensor([p for e in examples for p in e.first])
-        gold = torch.tensor([t for e in examples for t in e.tags])
+        gold = torch.tensor([t for e in examples for t in e.tags], device=logits.device)
         return F.cross_entropy(logits[rows, cols], gold)
 
     @torch.no_grad()
@@ -174,7 +174,7 @@ class TaggingTask(HeadTask):
         out: list[list[str]] = [[] for _ in examples]
         for s in range(0, len(order), batch_size):
             batch = [examples[i] for i in order[s : s + batch_size]]
-            pred = self._logits(model, batch, prefix).argmax(-1)
+            pred = self._logits(model, batch, prefix).argmax(-1).cpu()
             for i, e in zip(order[s : s + batch_size], batch, strict=True):
                 tags = [self.labels[int(pred[batch.index(e), p])] for p in e.first]
                 out[i] = tags + ["O"] * (e.n_words - len(tags))

@@ -276,14 +276,14 @@ class Trainer:
         if self.checkpoint_dir is None:
             return
         opt = self.optimizer.state_dict()
-        tensors = {f"param.{k}": v.contiguous() for k, v in self.parts.trainable_state().items()}
-        tensors |= {f"best.{k}": v.contiguous() for k, v in best_state.items()}
-        tensors |= {f"ema.{k}": v.contiguous() for k, v in (self.ema or {}).items()}
+        tensors = {f"param.{k}": v.cpu().contiguous() for k, v in self.parts.trainable_state().items()}
+        tensors |= {f"best.{k}": v.cpu().contiguous() for k, v in best_state.items()}
+        tensors |= {f"ema.{k}": v.cpu().contiguous() for k, v in (self.ema or {}).items()}
         meta_state = {}
         for pid, st in opt["state"].items():
             for name, value in st.items():
                 if torch.is_tensor(value):
-                    tensors[f"opt.{pid}.{name}"] = value.contiguous().reshape(value.shape)
+                    tensors[f"opt.{pid}.{name}"] = value.cpu().contiguous().reshape(value.shape)
                 else:
                     meta_state[f"{pid}.{name}"] = value
         info = {
@@ -313,6 +313,8 @@ class Trainer:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
             raise PromptTuneError(f"--resume: the checkpoint in {d} was made with other settings {diff}.")
         tensors = load_file(d / "state.safetensors")
+        device = self.params[0].device if self.params else torch.device("cpu")  # the moving average lives there
+        tensors = {k: v if k.startswith("opt.") else v.to(device) for k, v in tensors.items()}
         self.parts.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None

@@ -104,8 +104,8 @@ class PrefixTuning(CollapsedTable, SoftPromptMethod):
             table = kv_to_table(backbone.prefix_kv(emb[None])).float()
             emb = emb.float()
         if ids is None:
-            table = torch.randn(n, table.shape[1], generator=gen) * table.std()
-            emb = torch.randn(n, emb.shape[1], generator=gen) * emb.std()
+            table = torch.randn(n, table.shape[1], generator=gen) * float(table.std())
+            emb = torch.randn(n, emb.shape[1], generator=gen) * float(emb.std())
         return table.clone(), emb.clone()
 
     # --- the table ----------------------------------------------------------------------------

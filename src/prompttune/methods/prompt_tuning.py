@@ -48,7 +48,7 @@ class PromptTuning(SoftPromptMethod):
         emb = backbone.embedding_matrix.detach()
         ids = self._init_ids(config, backbone, total, init_context)
         if ids is None:
-            init = torch.randn(total, emb.shape[1], generator=init_context.get("generator")) * emb.std()
+            init = torch.randn(total, emb.shape[1], generator=init_context.get("generator")) * float(emb.std())
         else:
             init = emb[ids].clone()
         self.embeddings = nn.Parameter(init.float())  # (n_virtual, d)
