@@ -109,7 +109,7 @@ class HeadModel(nn.Module):
 
     # --- running rows -------------------------------------------------------------------------
     def hidden(self, batch: list[list[int]], prefix: KV) -> Tensor:
-        """(b, t, d) float32 hidden states of right-padded rows, aligned with the given ids (on the backbone's device)."""
+        """(b, t, d) float32 hidden states of right-padded rows, aligned with the ids, on the backbone's device."""
         b, width = len(batch), max(len(x) for x in batch)
         pad = self.backbone.tokenizer.pad_token_id or 0
         ids = torch.full((b, width), pad, dtype=torch.long)
