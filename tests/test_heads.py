@@ -246,3 +246,22 @@ def test_head_training_resumes_from_its_checkpoint(encoder, tmp_path):
         on_progress=lambda ev: steps.append(ev["step"]),
     )
     assert steps[0] == 5 and result.steps == 6  # continued after step 4, with the head's state restored
+
+
+def test_backbone_dropout_only_in_training_steps(encoder):
+    from prompttune.head_task import HeadObjective
+
+    data = from_records(NER)
+    labels = TaggingTask.labels_from(data)
+    task = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    examples = task.task.encode(task.model, data, training=True)
+    task.model.trainable.eval()  # the head's own dropout off: only the backbone's is under test
+    losses = {}
+    for dropout in (False, True):
+        objective = HeadObjective(task.task, task.model, examples, data, dropout=dropout)
+        with torch.no_grad():
+            losses[dropout] = [float(objective.batch_loss(list(range(len(examples))))) for _ in range(2)]
+        assert not encoder.model.training  # back in eval mode after every step
+        assert objective.validate() == objective.validate()  # validation never drops anything
+    assert losses[False][0] == losses[False][1]
+    assert losses[True][0] != losses[True][1]  # the backbone's dropout was on

@@ -75,6 +75,13 @@ def train(
     max_length: Annotated[
         int | None, typer.Option(help="Head tasks: tokens per row or QA window at most (default 256 / 384).")
     ] = None,
+    backbone_dropout: Annotated[
+        bool,
+        typer.Option(
+            help="Head tasks: keep the frozen backbone's own dropout on during training steps (as P-tuning v2 "
+            "does); validation and inference run without it."
+        ),
+    ] = False,
     method_option: Annotated[
         list[str] | None,
         typer.Option(

@@ -66,6 +66,7 @@ def run_train(
     head: str | None = None,
     head_lr: float | None = None,
     max_length: int | None = None,
+    backbone_dropout: bool = False,
 ) -> dict:
     console = console or Console(stderr=True)
     params = dict(locals())
@@ -75,6 +76,10 @@ def run_train(
     if kind:  # a read-out head instead of a verbalizer (head_commands.py)
         return run_head_train(kind, **params)
     method = method or "prompt-tuning"
+    if backbone_dropout:
+        raise PromptTuneError(
+            "--backbone-dropout: applies to head tasks (--head); verbalizer training has no such step."
+        )
     set_threads()
     for flag, value in (
         ("--epochs", epochs),

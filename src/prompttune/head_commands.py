@@ -60,6 +60,7 @@ def run_head_train(
     seed: int,
     max_length: int | None,
     console: Console,
+    backbone_dropout: bool = False,
     backbone=None,
     **_verbalizer_only,  # train's template/verbalizer/demos/calibrate flags do not apply to a head
 ) -> dict:
@@ -86,6 +87,7 @@ def run_head_train(
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
+        backbone_dropout=backbone_dropout,
         eval_every=eval_every,
         patience=patience,
         seed=seed,

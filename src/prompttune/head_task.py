@@ -29,12 +29,20 @@ from . import qa, tagging  # noqa: F401,E402  isort: skip
 class HeadObjective:
     """The Trainer's view of a head task: batch loss over the method's prefix, the task's metric on validation."""
 
-    def __init__(self, task: HeadTask, model: HeadModel, train: list, val: Dataset, batch_size: int = 64):
+    def __init__(
+        self, task: HeadTask, model: HeadModel, train: list, val: Dataset, batch_size: int = 64, dropout: bool = False
+    ):
         self.task, self.model, self.train, self.val, self.batch_size = task, model, train, val, batch_size
         self.lengths = [task.length(e) for e in train]
+        self.dropout = dropout  # the backbone's own dropout in training steps (weights stay frozen)
 
     def batch_loss(self, batch: list[int]) -> torch.Tensor:
-        return self.task.loss(self.model, [self.train[i] for i in batch], self.model.prefix_kv())
+        backbone = self.model.backbone.model
+        backbone.train(self.dropout)
+        try:
+            return self.task.loss(self.model, [self.train[i] for i in batch], self.model.prefix_kv())
+        finally:
+            backbone.eval()
 
     def validate(self) -> float:
         return float(self.task.evaluate(self.model, self.val, batch_size=self.batch_size)[self.task.metric])
@@ -107,7 +115,8 @@ class HeadTaskModel:
         self.task.encode(self.model, val, training=False)
         trainer = Trainer(self.model, config, checkpoint_dir=checkpoint_dir, on_progress=on_progress)
         self.model.trainable.train()
-        return trainer.fit_objective(HeadObjective(self.task, self.model, examples, val), resume=resume)
+        objective = HeadObjective(self.task, self.model, examples, val, dropout=config.backbone_dropout)
+        return trainer.fit_objective(objective, resume=resume)
 
     # --- use ----------------------------------------------------------------------------------
     def predict(self, inputs, batch_size: int = 32) -> list[dict]:

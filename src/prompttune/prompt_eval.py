@@ -26,11 +26,11 @@ from .verbalizer import Verbalizer
 
 def resolve_prompt(spec: str, db: str | None = None) -> tuple[str, Template | Path, str]:
     """("artifact", dir, shown) or ("template", Template, shown) for a path, registry ref or template name."""
-    from .registry.names import looks_like_ref
-
     path = Path(spec)
     if path.is_dir():
         return "artifact", path, spec
+    from .registry.names import looks_like_ref  # the registry (SQLAlchemy) loads only for a reference
+
     if looks_like_ref(spec) and not path.exists():
         from .registry import Registry
         from .registry.content import as_template, materialize

@@ -34,6 +34,7 @@ class TrainConfig:
     patience: int = 4  # validations without improvement before stopping
     ema: float = 0.9  # validate and keep an exponential moving average of the prompt (0: off)
     seed: int = 0
+    backbone_dropout: bool = False  # head tasks: the frozen backbone's own dropout stays on in training steps
 
     def to_dict(self) -> dict:
         return asdict(self)
