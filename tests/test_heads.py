@@ -265,3 +265,15 @@ def test_backbone_dropout_only_in_training_steps(encoder):
         assert objective.validate() == objective.validate()  # validation never drops anything
     assert losses[False][0] == losses[False][1]
     assert losses[True][0] != losses[True][1]  # the backbone's dropout was on
+
+
+@pytest.mark.parametrize("method", ["prefix-tuning", "p-tuning-v2"])
+def test_random_init_warns_on_a_decoder_only(tiny_backbone, encoder, method):
+    import warnings
+
+    with pytest.warns(UserWarning, match="init random on a decoder"):
+        HeadTaskModel.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HeadTaskModel.create(encoder, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
+        HeadTaskModel.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "vocab"})

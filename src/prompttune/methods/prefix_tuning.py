@@ -10,7 +10,11 @@ Reparameterization (``prefix_hidden`` > 0, the default): the table is ``start + 
 (Linear -> tanh -> Linear) over a small (n, hidden_size) embedding, as in the paper; its output layer starts
 at zero so training starts from ``start``, the keys/values of real tokens (``init``: the label words, then
 words sampled from the most frequent ones, as prompt tuning's init; ``random``: noise of the same scale).
-Li & Liang found initializing with real activations and optimizing through an MLP both stabilize training.
+On a decoder ``random`` puts keys/values the model never produces in front of everything, where its
+attention sink belongs: SmolLM2-135M's hidden states then lose their meaning (cosine 0.04 to the unprompted
+states, against 0.97 with ``vocab``), and SQuAD training never recovered; a warning says so. On an encoder
+it is harmless (cosine 0.93). Li & Liang found initializing with real activations and optimizing through
+an MLP both stabilize training.
 ``prefix_hidden 0`` trains the table directly (what P-tuning v2 does by default). After training the MLP is
 collapsed into the table used at inference; the embedding and MLP are saved too, for ``--resume``.
 
@@ -23,6 +27,7 @@ prefix length is ``num_virtual_tokens``, whatever size the template's slots give
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +83,12 @@ class PrefixTuning(CollapsedTable, SoftPromptMethod):
         self.layout = backbone.kv_layout
         self._width, self._dtype = backbone.hidden_size, backbone.embedding_matrix.dtype
         n = config.num_virtual_tokens
+        if config.init == "random" and backbone.kind == "decoder":
+            warnings.warn(
+                f"{self.name}: init random on a decoder replaces its attention sink with noise and wrecks its "
+                "hidden states; init labels / vocab (real activations) trains far better.",
+                stacklevel=2,
+            )
         ids = PromptTuning._init_ids(config, backbone, n, init_context)
         start, token_emb = self._real_activations(backbone, ids, n, init_context)
         self.mlp = None
