@@ -277,3 +277,18 @@ def test_random_init_warns_on_a_decoder_only(tiny_backbone, encoder, method):
         warnings.simplefilter("error")
         HeadTaskModel.create(encoder, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
         HeadTaskModel.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "vocab"})
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_resumes(encoder, tmp_path):
+    data = from_records(NER)
+    labels = TaggingTask.labels_from(data)
+    config = TrainConfig(max_steps=2, batch_size=4, lr=0.05, eval_every=2, warmup_steps=1)
+    HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4}).train(
+        data, data, config, checkpoint_dir=tmp_path / "ckpt"
+    )
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    del state["config"]["backbone_dropout"]  # written before the setting existed
+    (tmp_path / "ckpt" / "state.json").write_text(json.dumps(state))
+    config.max_steps = 3
+    again = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    assert again.train(data, data, config, checkpoint_dir=tmp_path / "ckpt", resume=True).steps == 3

@@ -37,10 +37,13 @@ class HeadObjective:
         self.dropout = dropout  # the backbone's own dropout in training steps (weights stay frozen)
 
     def batch_loss(self, batch: list[int]) -> torch.Tensor:
+        rows = [self.train[i] for i in batch]
+        if not self.dropout:
+            return self.task.loss(self.model, rows, self.model.prefix_kv())
         backbone = self.model.backbone.model
-        backbone.train(self.dropout)
+        backbone.train()
         try:
-            return self.task.loss(self.model, [self.train[i] for i in batch], self.model.prefix_kv())
+            return self.task.loss(self.model, rows, self.model.prefix_kv())
         finally:
             backbone.eval()
 

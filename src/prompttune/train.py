@@ -308,7 +308,12 @@ class Trainer:
                 f"--resume: no checkpoint in {d}; start without --resume (a checkpoint is written at every validation)."
             )
         info = json.loads((d / "state.json").read_text())
-        saved = {k: v for k, v in info["config"].items() if k not in ("max_steps", "epochs", "patience")}
+        # a setting added after the checkpoint was written reads as its default
+        saved = {
+            k: v
+            for k, v in (TrainConfig().to_dict() | info["config"]).items()
+            if k not in ("max_steps", "epochs", "patience")
+        }
         now = {k: v for k, v in self.config.to_dict().items() if k not in ("max_steps", "epochs", "patience")}
         if saved != now:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
