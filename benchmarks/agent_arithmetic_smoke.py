@@ -14,8 +14,8 @@ import json
 import time
 
 from prompttune import Backbone
-from prompttune.agent import Agent, TemplateModel
-from prompttune.backbone import set_threads
+from prompttune.core.backbone import set_threads
+from prompttune.hard.agent import Agent, TemplateModel
 
 QUESTIONS = [
     ("What is 17 * 23?", "391"),

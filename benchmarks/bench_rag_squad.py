@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from prompttune.backbone import set_threads
-from prompttune.embeddings import load_encoder
-from prompttune.rag import VectorIndex, read_documents
+from prompttune.core.backbone import set_threads
+from prompttune.core.embeddings import load_encoder
+from prompttune.rag.index import VectorIndex, read_documents
 
 TARGET_RECALL5 = 0.90
 TARGET_SECONDS_PER_2700 = 120.0

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from prompttune.core.template import Template
 from prompttune.registry import Registry
-from prompttune.template import Template
 
 ROOT = Path(__file__).resolve().parents[1]
 

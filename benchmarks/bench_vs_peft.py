@@ -49,8 +49,8 @@ def run_prompttune(args) -> dict:
     import torch
 
     from prompttune.api import PromptTask
-    from prompttune.backbone import Backbone, set_threads
-    from prompttune.data import from_records
+    from prompttune.core.backbone import Backbone, set_threads
+    from prompttune.core.data import from_records
     from prompttune.train import TrainConfig, Trainer
 
     set_threads()
@@ -103,8 +103,8 @@ def run_peft(args) -> dict:
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from prompttune import defaults
-    from prompttune.backbone import set_threads
+    from prompttune.core import defaults
+    from prompttune.core.backbone import set_threads
 
     set_threads()
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ def render() -> str:
     import typer
     from typer.testing import CliRunner
 
-    from prompttune.cli import app
+    from prompttune.cli.app import app
 
     runner = CliRunner()
     names = _command_names(typer.main.get_command(app))

@@ -6,7 +6,7 @@ The fast path's tests compare against this.
 import torch
 import torch.nn.functional as F
 
-from prompttune.template import SoftSlot
+from prompttune.core.template import SoftSlot
 
 
 def virtual_kv(method):

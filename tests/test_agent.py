@@ -31,7 +31,7 @@ class ScriptedModel:
 
 
 def make_agent(*outputs, tools=("calculator",), max_steps=6, examples=True):
-    from prompttune.agent import Agent
+    from prompttune.hard.agent import Agent
 
     model = ScriptedModel(*outputs)
     return Agent(model, tools=list(tools), max_steps=max_steps, examples=examples), model
@@ -100,8 +100,8 @@ def test_the_model_sees_a_worked_example_with_the_tools_real_result():
 
 
 def test_examples_reach_the_prompt_as_earlier_turns(tiny_backbone, monkeypatch):
-    from prompttune.agent import TemplateModel
     from prompttune.api import PromptTask
+    from prompttune.hard.agent import TemplateModel
 
     seen = []
     generate = PromptTask.generate
@@ -144,7 +144,7 @@ def test_unknown_tool_and_tool_errors_become_observations():
 
 
 def test_user_functions_register_by_decorator_and_by_list():
-    from prompttune.agent import Agent
+    from prompttune.hard.agent import Agent
 
     def shout(text: str) -> str:
         """upper-cases text. Input: any text."""
@@ -167,8 +167,8 @@ def test_user_functions_register_by_decorator_and_by_list():
 
 
 def test_bad_agent_setup_is_a_clear_error():
-    from prompttune.agent import Agent
-    from prompttune.errors import DataError, PromptTuneError
+    from prompttune.core.errors import DataError, PromptTuneError
+    from prompttune.hard.agent import Agent
 
     with pytest.raises(DataError, match="--tool browser: no such tool; available: calculator, search"):
         Agent(ScriptedModel(""), tools=["browser"])
@@ -193,7 +193,7 @@ def test_bad_agent_setup_is_a_clear_error():
     ],
 )
 def test_calculator_computes_arithmetic(expr, want):
-    from prompttune.tools import calculator
+    from prompttune.hard.tools import calculator
 
     assert calculator(expr) == want
 
@@ -220,7 +220,7 @@ def test_calculator_computes_arithmetic(expr, want):
     ],
 )
 def test_calculator_refuses_everything_else(expr, why):
-    from prompttune.tools import ToolError, calculate
+    from prompttune.hard.tools import ToolError, calculate
 
     with pytest.raises(ToolError, match=why):
         calculate(expr)

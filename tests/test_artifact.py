@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import prompttune
-from prompttune import PromptTask, artifact, atomic
-from prompttune.errors import ArtifactError
+from prompttune import PromptTask
+from prompttune.core import artifact, atomic
+from prompttune.core.errors import ArtifactError
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a great movie", "boring and bad", "I loved it", "what a waste , truly"]

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from prompttune.chain import Chain, ChainError, backbone_generator
-from prompttune.cli import app
-from prompttune.errors import PromptTuneError
+from prompttune.cli.app import app
+from prompttune.core.errors import PromptTuneError
+from prompttune.hard.chain import Chain, ChainError, backbone_generator
 
 CHAIN = """
 inputs: [article, question]

@@ -15,7 +15,7 @@ from conftest import NEG, POS, write_jsonl
 from typer.testing import CliRunner
 
 from prompttune import cli
-from prompttune.errors import PromptTuneError
+from prompttune.core.errors import PromptTuneError
 
 LABELS = ["negative", "positive"]
 FAST = ["--max-steps", "4", "--batch-size", "4", "--num-virtual-tokens", "4"]

@@ -20,11 +20,11 @@ from prompttune.compare.arms import available, parse_options, resolve
 from prompttune.compare.cell import build_task
 from prompttune.compare.report import summarize
 from prompttune.compare.worth import Curve, advantage, constant_worth, describe
-from prompttune.data import from_records
-from prompttune.errors import PromptTuneError
+from prompttune.core.data import from_records
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import Template
 from prompttune.methods import METHODS
 from prompttune.methods.zero_shot import ZeroShot
-from prompttune.template import Template
 
 FAST = {"max_steps": 2, "batch_size": 4}
 
@@ -125,7 +125,7 @@ def test_a_cell_in_its_own_process_reports_its_own_peak_memory(task_file, tmp_pa
 
 
 def test_lora_prefix_is_recomputed_with_gradients_and_the_cache_follows_the_weights(tiny_model_dir):
-    from prompttune.backbone import Backbone
+    from prompttune.core.backbone import Backbone
 
     backbone = Backbone.load(str(tiny_model_dir))  # its own copy: LoRA changes it
     (arm,) = resolve(["lora"], {"lora": {"r": 2}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import write_jsonl
 
-from prompttune.data import (
+from prompttune.core.data import (
     PAIR_FIELDS,
     SINGLE_FIELDS,
     Dataset,
@@ -15,7 +15,7 @@ from prompttune.data import (
     infer_fields,
     load_rows,
 )
-from prompttune.errors import DataError
+from prompttune.core.errors import DataError
 
 
 def _rows(n: int) -> Dataset:

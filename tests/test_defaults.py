@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from prompttune import defaults
-from prompttune.errors import ModelError
+from prompttune.core import defaults
+from prompttune.core.errors import ModelError
 
 
 def test_cache_dir_moves_with_the_environment_variable(monkeypatch, tmp_path):

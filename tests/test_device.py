@@ -8,11 +8,11 @@ from test_heads import CLS, NER, QA
 from tiny import make_encoder
 
 from prompttune.api import load
-from prompttune.backbone import Backbone, resolve_device, resolve_dtype
-from prompttune.data import Dataset, from_records
-from prompttune.errors import ModelError
-from prompttune.head_task import HeadTaskModel
-from prompttune.tagging import TaggingTask
+from prompttune.core.backbone import Backbone, resolve_device, resolve_dtype
+from prompttune.core.data import Dataset, from_records
+from prompttune.core.errors import ModelError
+from prompttune.heads.tagging import TaggingTask
+from prompttune.heads.task import HeadTaskModel
 from prompttune.train import TrainConfig
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -50,7 +50,7 @@ def test_cli_names_a_bad_device(tmp_path, monkeypatch):
 
     from typer.testing import CliRunner
 
-    from prompttune.cli import app
+    from prompttune.cli.app import app
 
     monkeypatch.setenv("PROMPTTUNE_DEVICE", "cpu")  # the flag sets it for the process: restored after the test
     data = tmp_path / "ner.jsonl"

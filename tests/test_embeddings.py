@@ -17,7 +17,7 @@ def tiny_encoder(tmp_path_factory):
 
 
 def test_embeddings_are_the_masked_mean_normalised(tiny_encoder):
-    from prompttune.embeddings import embed_texts
+    from prompttune.core.embeddings import embed_texts
 
     texts = ["the cat sat on the mat", "rain", "the dog ran in the park today"]
     got = embed_texts(texts, model=tiny_encoder, batch_size=2)
@@ -33,7 +33,7 @@ def test_embeddings_are_the_masked_mean_normalised(tiny_encoder):
 
 
 def test_batch_size_and_padding_do_not_change_the_result(tiny_encoder):
-    from prompttune.embeddings import embed_texts
+    from prompttune.core.embeddings import embed_texts
 
     texts = ["the cat sat on the mat", "rain", "stock market fell today", "dog"]
     one = embed_texts(texts, model=tiny_encoder, batch_size=1)
@@ -42,7 +42,7 @@ def test_batch_size_and_padding_do_not_change_the_result(tiny_encoder):
 
 
 def test_progress_counts_every_text_and_empty_input(tiny_encoder):
-    from prompttune.embeddings import embed_texts
+    from prompttune.core.embeddings import embed_texts
 
     seen = []
     embed_texts(["rain"] * 5, model=tiny_encoder, batch_size=2, progress=seen.append)
@@ -51,8 +51,8 @@ def test_progress_counts_every_text_and_empty_input(tiny_encoder):
 
 
 def test_a_decoder_is_refused(tiny_backbone):
-    from prompttune.embeddings import embed_texts
-    from prompttune.errors import ModelError
+    from prompttune.core.embeddings import embed_texts
+    from prompttune.core.errors import ModelError
 
     with pytest.raises(ModelError, match="encoder"):
         embed_texts(["x"], model=tiny_backbone)
@@ -60,7 +60,7 @@ def test_a_decoder_is_refused(tiny_backbone):
 
 @pytest.mark.real_model
 def test_default_encoder_ranks_a_paraphrase_above_an_unrelated_sentence():
-    from prompttune.embeddings import embed_texts
+    from prompttune.core.embeddings import embed_texts
 
     e = embed_texts(
         ["A man is playing a guitar.", "Someone plays an acoustic guitar.", "The stock market fell sharply today."]
@@ -70,7 +70,7 @@ def test_default_encoder_ranks_a_paraphrase_above_an_unrelated_sentence():
 
 
 def test_embedding_leaves_the_backbones_attention_setting_alone(tiny_encoder):
-    from prompttune.embeddings import embed_texts
+    from prompttune.core.embeddings import embed_texts
 
     before = tiny_encoder.model.config._attn_implementation
     embed_texts(["the cat sat"], model=tiny_encoder)

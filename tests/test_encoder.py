@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny import make_encoder
 
-from prompttune.backbone import Backbone
-from prompttune.head_task import HeadTaskModel
+from prompttune.core.backbone import Backbone
+from prompttune.heads.task import HeadTaskModel
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import torch
 from tiny import make_encoder
 
 from prompttune.api import load
-from prompttune.backbone import Backbone
-from prompttune.data import Dataset, from_records
-from prompttune.errors import DataError
-from prompttune.head_task import HeadTaskModel
-from prompttune.qa import SpanTask, f1_score, normalize_answer, squad_scores
-from prompttune.tagging import TaggingTask, entity_scores, get_entities
+from prompttune.core.backbone import Backbone
+from prompttune.core.data import Dataset, from_records
+from prompttune.core.errors import DataError
+from prompttune.heads.qa import SpanTask, f1_score, normalize_answer, squad_scores
+from prompttune.heads.tagging import TaggingTask, entity_scores, get_entities
+from prompttune.heads.task import HeadTaskModel
 from prompttune.train import TrainConfig
 
 NER = [
@@ -128,7 +128,7 @@ def test_bad_rows_are_named(encoder):
 
 
 def test_labels_and_task_from_the_data():
-    from prompttune.heads import detect_kind
+    from prompttune.heads.base import detect_kind
 
     assert TaggingTask.labels_from(from_records(NER)) == ["O", "B-ANI", "B-OBJ"]
     assert detect_kind(from_records(NER)) == "tokens"
@@ -199,7 +199,7 @@ def test_evaluate_reports_the_metric(encoder):
 def test_cli_trains_evaluates_and_predicts_a_tagger(encoder, tmp_path):
     from typer.testing import CliRunner
 
-    from prompttune.cli import app
+    from prompttune.cli.app import app
 
     data = tmp_path / "ner.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in NER))
@@ -249,7 +249,7 @@ def test_head_training_resumes_from_its_checkpoint(encoder, tmp_path):
 
 
 def test_backbone_dropout_only_in_training_steps(encoder):
-    from prompttune.head_task import HeadObjective
+    from prompttune.heads.task import HeadObjective
 
     data = from_records(NER)
     labels = TaggingTask.labels_from(data)

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 import prompttune
 from prompttune.api import PromptTask
-from prompttune.data import from_records
-from prompttune.errors import PromptTuneError, TemplateError
-from prompttune.method_options import parse_method_options
+from prompttune.core.data import from_records
+from prompttune.core.errors import PromptTuneError, TemplateError
+from prompttune.core.template import SoftSlot, Template
 from prompttune.methods import METHODS, build_method
-from prompttune.template import SoftSlot, Template
+from prompttune.methods.options import parse_method_options
 from prompttune.train import TrainConfig, Trainer
 
 ALL = sorted(METHODS)
@@ -250,7 +250,7 @@ def test_cli_reports_bad_method_options(tmp_path, tiny_model_dir, sentiment_file
 def tiny_encoder(tmp_path_factory):
     from tiny import make_encoder
 
-    from prompttune.backbone import Backbone
+    from prompttune.core.backbone import Backbone
 
     bb = Backbone.load(str(make_encoder(tmp_path_factory.mktemp("tiny") / "encoder")))
     ids = torch.tensor([bb.tokenizer("the cat")["input_ids"]])

@@ -9,10 +9,10 @@ from safetensors.torch import save_file
 
 import prompttune
 from prompttune.api import PromptTask
-from prompttune.data import from_records
-from prompttune.errors import PromptTuneError
-from prompttune.peft_interop import export_peft, import_peft
-from prompttune.template import SoftSlot
+from prompttune.core.data import from_records
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import SoftSlot
+from prompttune.interop.peft import export_peft, import_peft
 
 peft = pytest.importorskip("peft")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from prompttune.errors import ArtifactError, DataError
-from prompttune.rag import VectorIndex, chunk_text, read_documents
+from prompttune.core.errors import ArtifactError, DataError
+from prompttune.rag.index import VectorIndex, chunk_text, read_documents
 
 CORPUS = {
     "paris.txt": "paris is the capital of france\n\nthe tower was built in the year",
@@ -117,7 +117,7 @@ def test_an_index_refuses_another_encoder(docs_dir, tmp_path, tiny_encoder, tiny
 
 
 def test_keyword_ranking_and_fusion(docs_dir, tmp_path, tiny_encoder):
-    from prompttune.rag import _fuse
+    from prompttune.rag.index import _fuse
 
     index = VectorIndex.build(read_documents(docs_dir), tiny_encoder)
     assert [h.chunk.doc_id for h in index.search("Where is Berlin?", k=1, mode="bm25")] == ["berlin.txt"]

@@ -10,8 +10,8 @@ import pytest
 
 from prompttune import Backbone, load
 from prompttune.api import PromptTask
-from prompttune.data import load_rows
-from prompttune.demo import shipped_data
+from prompttune.cli.demo import shipped_data
+from prompttune.core.data import load_rows
 from prompttune.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.real_model
@@ -63,7 +63,7 @@ def test_prompt_tuning_beats_the_hard_prompt_on_held_out_rows(backbone, tmp_path
 
 
 def test_generation_produces_text(backbone):
-    from prompttune.commands import run_generate
+    from prompttune.cli.commands import run_generate
 
     text = run_generate(
         "What is the capital of France? Answer in one word.", None, "You are a helpful assistant.", 8, 0.0, 0, None

@@ -20,13 +20,13 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from prompttune.cli import app
-from prompttune.errors import PromptTuneError
+from prompttune.cli.app import app
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import Template
 from prompttune.registry import Registry, RegistryError
 from prompttune.registry.content import add_source, as_template, diff, materialize
 from prompttune.registry.share import export, import_
 from prompttune.registry.store import content_hash
-from prompttune.template import Template
 
 ROOT = Path(__file__).resolve().parents[1]
 

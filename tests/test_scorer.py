@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from reference import reference_scores
 
 from prompttune.api import PromptTask
-from prompttune.data import from_records
+from prompttune.core.data import from_records
 
 LABELS = ["not_entailment", "entailment", "maybe so"]  # several multi-token label words
 
@@ -84,7 +84,7 @@ def test_only_label_rows_of_lm_head_are_read(task, monkeypatch):
 def test_calibration_centres_content_free_inputs(task):
     cal = task.calibrate()
     assert len(cal) == len(LABELS)
-    from prompttune.data import Row
+    from prompttune.core.data import Row
 
     rows = [Row({"text": t}) for t in ("N/A", "", "[MASK]")]
     probs = task.model.score(task.model.encode(rows), calibrate=True).exp().mean(0)

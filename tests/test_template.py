@@ -7,8 +7,8 @@ import json
 import pytest
 from tiny import make_tokenizer
 
-from prompttune.errors import TemplateError
-from prompttune.template import BUILTIN, SoftSlot, Template
+from prompttune.core.errors import TemplateError
+from prompttune.core.template import BUILTIN, SoftSlot, Template
 
 LABELS = ["negative", "positive"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from prompttune.errors import TemplateError
-from prompttune.template import Template
+from prompttune.core.errors import TemplateError
+from prompttune.core.template import Template
 
 
 def compile_(template: Template, tokenizer, n: int = 5):

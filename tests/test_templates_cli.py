@@ -12,12 +12,12 @@ from conftest import NEG, POS, write_jsonl
 from typer.testing import CliRunner
 
 from prompttune import PromptTask
-from prompttune.cli import app
-from prompttune.data import from_records
-from prompttune.errors import PromptTuneError, TemplateError
-from prompttune.fewshot import NearestDemos, select_fixed, select_random
-from prompttune.prompt_eval import evaluate_template
-from prompttune.template import BUILTIN, Template
+from prompttune.cli.app import app
+from prompttune.core.data import from_records
+from prompttune.core.errors import PromptTuneError, TemplateError
+from prompttune.core.template import BUILTIN, Template
+from prompttune.hard.evaluate import evaluate_template
+from prompttune.hard.fewshot import NearestDemos, select_fixed, select_random
 
 
 def invoke(*args):

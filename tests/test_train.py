@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from prompttune.api import PromptTask
-from prompttune.data import from_records
-from prompttune.errors import PromptTuneError
+from prompttune.core.data import from_records
+from prompttune.core.errors import PromptTuneError
 from prompttune.train import TrainConfig, Trainer, epoch_batches
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from prompttune.errors import DataError
-from prompttune.verbalizer import Verbalizer, default_word
+from prompttune.core.errors import DataError
+from prompttune.core.verbalizer import Verbalizer, default_word
 
 LABELS = ["negative", "positive"]
 

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .api import Prediction, PromptTask, load  # noqa: E402,F401
-from .backbone import Backbone  # noqa: E402,F401
-from .errors import PromptTuneError  # noqa: E402,F401
+from prompttune.api import Prediction, PromptTask, load  # noqa: E402,F401
+from prompttune.core.backbone import Backbone  # noqa: E402,F401
+from prompttune.core.errors import PromptTuneError  # noqa: E402,F401

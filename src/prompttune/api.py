@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from . import artifact
-from .backbone import Backbone, set_threads
-from .data import Dataset, check_fields, from_records, infer_fields, load_rows
-from .errors import DataError
-from .methods import build_method
-from .metrics import classification_report
-from .scorer import PromptModel
-from .template import Template
-from .verbalizer import Verbalizer
+from prompttune.core import artifact
+from prompttune.core.backbone import Backbone, set_threads
+from prompttune.core.data import Dataset, check_fields, from_records, infer_fields, load_rows
+from prompttune.core.errors import DataError
+from prompttune.core.metrics import classification_report
+from prompttune.core.template import Template
+from prompttune.core.verbalizer import Verbalizer
+from prompttune.methods import build_method
+from prompttune.scorer import PromptModel
 
 
 @dataclass
@@ -148,7 +148,7 @@ def load(path: str | Path, model: str | Backbone | None = None) -> PromptTask:
     backbone = model if isinstance(model, Backbone) else Backbone.load(model or manifest["backbone"]["id"])
     artifact.check_backbone(path, manifest, backbone.model_id, backbone.fingerprint())
     if manifest.get("head"):  # a read-out head (classification, tagging, QA) instead of a verbalizer
-        from .head_task import HeadTaskModel
+        from prompttune.heads.task import HeadTaskModel
 
         return HeadTaskModel.from_artifact(path, manifest, weights, backbone)
     verb = Verbalizer.from_dict(manifest["verbalizer"])

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbone import KV, Backbone
-from .data import Dataset, Row
-from .errors import DataError, ModelError
-from .methods import SoftPromptMethod
-from .template import CompiledTemplate, SoftSlot, Template
-from .verbalizer import CONTENT_FREE, Verbalizer
+from prompttune.core.backbone import KV, Backbone
+from prompttune.core.data import Dataset, Row
+from prompttune.core.errors import DataError, ModelError
+from prompttune.core.template import CompiledTemplate, SoftSlot, Template
+from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
+from prompttune.methods import SoftPromptMethod
 
 
 @dataclass

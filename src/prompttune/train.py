@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import atomic
-from .backbone import release_memory
-from .errors import PromptTuneError
-from .scorer import Encoded, PromptModel
+from prompttune.core import atomic
+from prompttune.core.backbone import release_memory
+from prompttune.core.errors import PromptTuneError
+from prompttune.scorer import Encoded, PromptModel
 
 
 @dataclass

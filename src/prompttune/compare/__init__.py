@@ -15,12 +15,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import atomic
-from ..errors import PromptTuneError
-from . import arms as arms_mod
-from .report import summarize, write_reports
-from .runner import plan, run_cells
-from .split import make_split
+from prompttune.compare import arms as arms_mod
+from prompttune.compare.report import summarize, write_reports
+from prompttune.compare.runner import plan, run_cells
+from prompttune.compare.split import make_split
+from prompttune.core import atomic
+from prompttune.core.errors import PromptTuneError
 
 
 def parse_ints(flag: str, spec: str | None) -> list[int]:
@@ -94,7 +94,7 @@ def run_compare(
         f"{len(split.val)}, test {len(split.test)}; results in {out}",
         highlight=False,
     )
-    from .progress import CellProgress
+    from prompttune.compare.progress import CellProgress
 
     with CellProgress(console, cells) as progress:
         records, ran = run_cells(cells, settings, split.fingerprint, out, isolate, progress.on_event)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..errors import PromptTuneError
-from ..methods import METHODS
-from .baselines import BASELINES
+from prompttune.compare.baselines import BASELINES
+from prompttune.core.errors import PromptTuneError
+from prompttune.methods import METHODS
 
 # Steer the harness, not the method: every arm accepts them.
 HARNESS_KEYS = frozenset({"lr", "max_steps", "batch_size", "demos", "calibrate", "ema", "patience", "eval_every"})

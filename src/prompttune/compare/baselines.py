@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..backbone import KV, Backbone
-from ..errors import PromptTuneError
-from ..methods.base import MethodConfig, SoftPromptMethod
-from ..template import SoftSlot
+from prompttune.core.backbone import KV, Backbone
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import SoftSlot
+from prompttune.methods.base import MethodConfig, SoftPromptMethod
 
 
 class BackboneWeights(SoftPromptMethod):

@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
-from ..api import PromptTask
-from ..backbone import Backbone, set_threads
-from ..commands import pick_demos
-from ..errors import PromptTuneError
-from ..scorer import PromptModel
-from ..template import Template
-from ..train import TrainConfig, Trainer
-from ..verbalizer import Verbalizer
-from .arms import Arm
-from .baselines import BASELINES, create_model
-from .split import make_split
+from prompttune.api import PromptTask
+from prompttune.cli.commands import pick_demos
+from prompttune.compare.arms import Arm
+from prompttune.compare.baselines import BASELINES, create_model
+from prompttune.compare.split import make_split
+from prompttune.core import atomic
+from prompttune.core.backbone import Backbone, set_threads
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import Template
+from prompttune.core.verbalizer import Verbalizer
+from prompttune.scorer import PromptModel
+from prompttune.train import TrainConfig, Trainer
 
 
 def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, verbalizer: str | None, seed: int):

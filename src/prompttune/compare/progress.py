@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .runner import Cell
+from prompttune.compare.runner import Cell
 
 
 class CellProgress:

@@ -9,8 +9,8 @@ import io
 import statistics
 from pathlib import Path
 
-from .. import atomic
-from .worth import Curve, advantage, constant_worth, describe
+from prompttune.compare.worth import Curve, advantage, constant_worth, describe
+from prompttune.core import atomic
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import atomic
-from .arms import Arm
-from .cell import failure, run_cell
+from prompttune.compare.arms import Arm
+from prompttune.compare.cell import failure, run_cell
+from prompttune.core import atomic
 
 CELL_VERSION = 1  # bump when a cell's meaning changes, so old results are not reused
 

@@ -11,8 +11,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import Dataset, infer_fields, load_rows
-from ..errors import DataError
+from prompttune.core.data import Dataset, infer_fields, load_rows
+from prompttune.core.errors import DataError
 
 SPLIT_SEED = 0  # the split never changes with --seeds; the seeds change init, order and subsets
 

@@ -4,5 +4,11 @@ Code outside a method's own file never asks which method it holds: it calls the 
 (``prefix_kv``, ``trainable_state`` ...). Adding a method is one new file plus one import below.
 """
 
-from . import deep_prompt, p_tuning, prefix_tuning, prompt_tuning, zero_shot  # noqa: F401,E402  (registration side effects)
-from .base import METHODS, SoftPromptMethod, build_method, register  # noqa: F401
+from prompttune.methods import (
+    deep_prompt,  # noqa: F401,E402  (registration side effects)
+    p_tuning,  # noqa: F401,E402  (registration side effects)
+    prefix_tuning,  # noqa: F401,E402  (registration side effects)
+    prompt_tuning,  # noqa: F401,E402  (registration side effects)
+    zero_shot,  # noqa: F401,E402  (registration side effects)
+)
+from prompttune.methods.base import METHODS, SoftPromptMethod, build_method, register  # noqa: F401

@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..backbone import KV, Backbone
-from ..errors import PromptTuneError
-from ..template import SoftSlot
+from prompttune.core.backbone import KV, Backbone
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import SoftSlot
 
 METHODS: dict[str, type[SoftPromptMethod]] = {}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import register
-from .prefix_tuning import PrefixTuning, PrefixTuningConfig
+from prompttune.methods.base import register
+from prompttune.methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
 
 
 @dataclass

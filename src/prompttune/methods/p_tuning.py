@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import PromptTuneError
-from ..template import SoftSlot
-from .base import register
-from .lookup_table import CollapsedTable
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import SoftSlot
+from prompttune.methods.base import register
+from prompttune.methods.lookup_table import CollapsedTable
+from prompttune.methods.prompt_tuning import PromptTuning, PromptTuningConfig
 
 ENCODERS = ("mlp", "lstm")
 

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..backbone import KV, Backbone
-from ..errors import PromptTuneError
-from ..template import SoftSlot
-from .base import MethodConfig, SoftPromptMethod, register
-from .lookup_table import CollapsedTable
-from .prompt_tuning import INITS, PromptTuning
+from prompttune.core.backbone import KV, Backbone
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import SoftSlot
+from prompttune.methods.base import MethodConfig, SoftPromptMethod, register
+from prompttune.methods.lookup_table import CollapsedTable
+from prompttune.methods.prompt_tuning import INITS, PromptTuning
 
 
 @dataclass

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import PromptTuneError
-from ..template import SoftSlot
-from .base import MethodConfig, SoftPromptMethod, register
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.template import SoftSlot
+from prompttune.methods.base import MethodConfig, SoftPromptMethod, register
 
 INITS = ("vocab", "text", "labels", "random")
 

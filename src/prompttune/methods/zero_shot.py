@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..template import SoftSlot
-from .base import SoftPromptMethod, register
+from prompttune.core.template import SoftSlot
+from prompttune.methods.base import SoftPromptMethod, register
 
 
 @register

@@ -7,7 +7,7 @@ reg.set_label("sst2@v1", "production")
 reg.get("sst2@production")
 """
 
-from .names import RegistryError, parse_ref
-from .store import Registry, Version
+from prompttune.registry.names import RegistryError, parse_ref
+from prompttune.registry.store import Registry, Version
 
 __all__ = ["Registry", "RegistryError", "Version", "parse_ref"]

@@ -13,10 +13,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import artifact, atomic
-from ..template import Template
-from .names import RegistryError
-from .store import Registry, Version
+from prompttune.core import artifact, atomic
+from prompttune.core.template import Template
+from prompttune.registry.names import RegistryError
+from prompttune.registry.store import Registry, Version
 
 
 def author() -> str:

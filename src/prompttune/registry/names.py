@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import PromptTuneError
+from prompttune.core.errors import PromptTuneError
 
 # Letters, digits and . _ - only, starting with a letter or digit: no '/', '..', quotes, ';' or spaces,
 # so a name can never leave a directory when exported or change an SQL statement.

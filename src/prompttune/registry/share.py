@@ -10,9 +10,9 @@ import base64
 import json
 from pathlib import Path
 
-from .. import atomic
-from .names import RegistryError, check_label, check_name, parse_ref
-from .store import KINDS, Registry, Version, content_hash
+from prompttune.core import atomic
+from prompttune.registry.names import RegistryError, check_label, check_name, parse_ref
+from prompttune.registry.store import KINDS, Registry, Version, content_hash
 
 FORMAT = "prompttune-registry-export"
 FORMAT_VERSION = 1

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from .names import VERSION_RE, Ref, RegistryError, check_label, check_name, parse_ref
+from prompttune.registry.names import VERSION_RE, Ref, RegistryError, check_label, check_name, parse_ref
 
 KINDS = ("template", "soft-prompt")
 

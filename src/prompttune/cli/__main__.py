@@ -1,0 +1,3 @@
+from prompttune.cli.app import main
+
+main()

@@ -1,0 +1,115 @@
+"""What `prompttune rag index|ask` and `prompttune agent` do, apart from flag parsing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from prompttune.cli.commands import load_backbone, progress_bar
+from prompttune.core.backbone import set_threads
+
+
+def run_rag_index(
+    docs: Path,
+    index_dir: Path,
+    text_field: str = "text",
+    id_field: str = "id",
+    chunk_words: int = 200,
+    overlap: int = 40,
+    batch_size: int = 64,
+    encoder: str = "minilm",
+    console: Console | None = None,
+) -> dict:
+    """Chunk and embed documents into a vector index directory; returns a summary."""
+    from prompttune.core.embeddings import load_encoder
+    from prompttune.rag.index import VectorIndex, read_documents
+
+    console = console or Console(stderr=True)
+    set_threads()
+    documents = read_documents(docs, text_field=text_field, id_field=id_field)
+    with console.status(f"loading encoder {encoder}"):
+        backbone = load_encoder(encoder)
+    t0 = time.perf_counter()
+    with progress_bar(console) as bar:
+        task = bar.add_task("embedding chunks", total=None, info="")
+        index = VectorIndex.build(
+            documents,
+            backbone,
+            max_words=chunk_words,
+            overlap=overlap,
+            batch_size=batch_size,
+            progress=lambda n: bar.advance(task, n),
+            on_chunks=lambda n: bar.update(task, total=n),
+        )
+    seconds = time.perf_counter() - t0
+    index.save(index_dir)
+    return {
+        "index": str(index_dir),
+        "documents": len(documents),
+        "chunks": len(index),
+        "encoder": backbone.model_id,
+        "seconds": round(seconds, 2),
+    }
+
+
+def run_rag_ask(
+    question: str,
+    index_dir: Path,
+    k: int = 5,
+    max_new_tokens: int = 96,
+    template: str = "rag",
+    model: str | None = None,
+    console: Console | None = None,
+    mode: str = "hybrid",
+) -> dict:
+    """Retrieve the k nearest chunks and answer from them with the decoder; returns answer + sources."""
+    from prompttune.core.errors import DataError
+    from prompttune.rag.index import MODES, VectorIndex, answer
+
+    console = console or Console(stderr=True)
+    set_threads()
+    index = VectorIndex.load(index_dir)
+    if mode not in MODES:
+        raise DataError(f"--mode {mode}: not a retrieval mode; use one of {', '.join(MODES)}.")
+    decoder = load_backbone(model, console)
+    with console.status("retrieving and answering"):
+        return answer(question, index, decoder, k, template, max_new_tokens, mode).to_dict()
+
+
+def show_rag_answer(console: Console, result: dict, width: int = 160) -> None:
+    console.print(f"Answer: {result['answer']}", markup=False, highlight=False)
+    console.print("Sources:", markup=False)
+    for s in result["sources"]:
+        text = " ".join(s["text"].split())
+        text = text if len(text) <= width else text[: width - 3] + "..."
+        console.print(f"  [{s['rank']}] {s['score']:.3f} {s['source']} ({s['id']}): {text}", markup=False)
+
+
+def run_agent(
+    question: str,
+    tools: list[str],
+    index_dir: Path | None = None,
+    k: int = 3,
+    max_steps: int = 6,
+    max_new_tokens: int = 128,
+    template: str = "react",
+    model: str | None = None,
+    console: Console | None = None,
+    on_step=None,
+    examples: bool = True,
+):
+    """Run the ReAct agent with the named tools; returns the AgentResult."""
+    from prompttune.core.errors import DataError
+    from prompttune.hard.agent import Agent, TemplateModel
+    from prompttune.hard.tools import ToolContext, build_tools
+
+    console = console or Console(stderr=True)
+    set_threads()
+    if not tools:
+        raise DataError("agent: no tools; add at least one --tool (calculator, search).")
+    built = build_tools(tools, ToolContext(index=index_dir, k=k))  # bad tools fail before the model loads
+    decoder = load_backbone(model, console)
+    agent = Agent(TemplateModel(decoder, template, max_new_tokens), tools=built, max_steps=max_steps, examples=examples)
+    return agent.run(question, progress=on_step)

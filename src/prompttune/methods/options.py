@@ -1,0 +1,64 @@
+"""``--method-option KEY=VALUE`` flags: typed settings of the chosen method's config.
+
+Each method's config dataclass is the list of what may be set; a value is converted to its field's type
+(int, float, bool, text, or none for optional fields), with an error naming the flag when it does not fit.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+
+from prompttune.core.errors import PromptTuneError
+from prompttune.methods import METHODS
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def method_class(method: str):
+    if method not in METHODS:
+        raise PromptTuneError(f"--method {method}: unknown method; choose one of {', '.join(sorted(METHODS))}.")
+    return METHODS[method]
+
+
+def config_fields(method: str) -> dict[str, type]:
+    """The settable names of a method's config and their types."""
+    cls = method_class(method).config_class
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def parse_method_options(method: str, options: list[str] | None) -> dict:
+    """['prefix_hidden=256', 'encoder=lstm'] -> {'prefix_hidden': 256, 'encoder': 'lstm'}, checked."""
+    known = config_fields(method)
+    out: dict = {}
+    for opt in options or []:
+        key, sep, raw = opt.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise PromptTuneError(f"--method-option {opt!r}: expected KEY=VALUE, e.g. -o {next(iter(known))}=...")
+        if key not in known:
+            raise PromptTuneError(
+                f"--method-option {key}: not a setting of method {method}; known: {', '.join(sorted(known))}."
+            )
+        out[key] = _convert(key, raw.strip(), known[key])
+    return out
+
+
+def _convert(key: str, raw: str, kind):
+    args = typing.get_args(kind)
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if raw.lower() in ("none", "null", ""):
+            return None
+        kind = next(a for a in args if a is not type(None))
+    try:
+        if kind is bool:
+            if raw.lower() in _TRUE | _FALSE:
+                return raw.lower() in _TRUE
+            raise ValueError
+        return kind(raw)
+    except ValueError:
+        expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, kind.__name__)
+        raise PromptTuneError(f"--method-option {key}={raw}: expected {expected}.") from None

@@ -1,0 +1,5 @@
+"""Retrieval: documents chunked into a dense (faiss) + keyword (BM25) index, searched and answered from."""
+
+from prompttune.rag.index import MODES, VectorIndex, answer, chunk_text, format_context, read_documents
+
+__all__ = ["MODES", "VectorIndex", "answer", "chunk_text", "format_context", "read_documents"]
