@@ -14,7 +14,7 @@ Each side runs in its own process (so peak RSS is its own), then the ratios are 
 PEFT side: ``get_peft_model(model, <the method's PEFT config>)``, trained the way PEFT's examples do it
 (the whole prompt + label in one sequence, causal-LM loss on the label tokens), evaluated by the
 next-token logits of the label words at the last position. prompttune side: ``PromptTask`` +
-``Trainer`` (cached constant prefix, label-rows-only read-out, length-bucketed batches).
+``PromptTask.fit`` (cached constant prefix, label-rows-only read-out, length-bucketed batches).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def run_prompttune(args) -> dict:
 
     from prompttune.api import PromptTask
     from prompttune.core.backbone import Backbone, set_threads
-    from prompttune.core.data import from_records
-    from prompttune.train import TrainConfig, Trainer
+    from prompttune.core.data import Dataset, from_records
+    from prompttune.train import TrainConfig
 
     set_threads()
     train, test = rows(args)
@@ -64,7 +64,6 @@ def run_prompttune(args) -> dict:
         "p-tuning-v2": {"prefix_hidden": 0},
     }.get(args.method, {})
     task = PromptTask.create(backbone, ["negative", "positive"], args.method, config, tmpl, seed=0)
-    pm = task.model
     tr, te = from_records(train), from_records(test)
     cfg = TrainConfig(
         max_steps=args.steps,
@@ -74,10 +73,7 @@ def run_prompttune(args) -> dict:
         patience=10**9,
         warmup_steps=args.warmup,
     )
-    trainer = Trainer(pm, cfg)
-    enc_tr, y_tr = pm.encode(tr), pm.label_indices(tr)
-    enc_small, y_small = pm.encode(te.rows[:2]), pm.label_indices(te.rows[:2])
-    res = trainer.fit(enc_tr, y_tr, enc_small, y_small)
+    res = task.fit(tr, Dataset(te.rows[:2], te.source), cfg)
     # keep the last state (PEFT's side has no validation-based selection either)
     report = task.evaluate(te, batch_size=args.eval_batch_size, calibrate=False)
     return {

@@ -19,7 +19,7 @@ def reference_scores(pm, rows) -> torch.Tensor:
     bb = pm.backbone
     kv = virtual_kv(pm.method)
     n_kv = kv[0][0].shape[2] if kv else 0
-    prefix = [pm.method.slot_embeddings(s) if isinstance(s, SoftSlot) else bb.embed(s) for s in pm._segments]
+    prefix = [pm.method.slot_embeddings(s) if isinstance(s, SoftSlot) else bb.embed(s) for s in pm.segments]
     rows_w = bb.lm_rows(pm.candidates).float()
     out = []
     for row in rows:

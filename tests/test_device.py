@@ -11,8 +11,8 @@ from prompttune.api import load
 from prompttune.core.backbone import Backbone, resolve_device, resolve_dtype
 from prompttune.core.data import Dataset, from_records
 from prompttune.core.errors import ModelError
-from prompttune.heads.tagging import TaggingTask
-from prompttune.heads.task import HeadTaskModel
+from prompttune.heads.tagging import TaggingKind
+from prompttune.heads.task import HeadTask
 from prompttune.train import TrainConfig
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -62,7 +62,7 @@ def test_cli_names_a_bad_device(tmp_path, monkeypatch):
 
 # --- on a GPU -------------------------------------------------------------------------------------------
 def _labels(kind: str, data: Dataset) -> list[str]:
-    return {"tokens": TaggingTask.labels_from, "span": lambda d: [], "classification": Dataset.labels}[kind](data)
+    return {"tokens": TaggingKind.labels_from, "span": lambda d: [], "classification": Dataset.labels}[kind](data)
 
 
 @gpu
@@ -77,24 +77,24 @@ def test_gpu_head_matches_cpu_trains_resumes_and_reloads(kind, rows, method, tmp
     gpu_ = Backbone.load(folder, dtype="float32", device="cuda")
     assert gpu_.device.type == "cuda" and cpu.fingerprint() == gpu_.fingerprint()
     data = from_records(rows)
-    tasks = [HeadTaskModel.create(b, kind, _labels(kind, data), method, {"num_virtual_tokens": 4}) for b in (cpu, gpu_)]
+    tasks = [HeadTask.create(b, kind, _labels(kind, data), method, {"num_virtual_tokens": 4}) for b in (cpu, gpu_)]
     losses = []
     for t in tasks:
         t.model.trainable.eval()
-        examples = t.task.encode(t.model, data, training=True)
+        examples = t.head_kind.encode(t.model, data, training=True)
         with torch.no_grad():
-            losses.append(float(t.task.loss(t.model, examples, t.model.prefix_kv())))
+            losses.append(float(t.head_kind.loss(t.model, examples, t.model.prefix_kv())))
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)  # the same model in both places
     task = tasks[1]
     config = TrainConfig(max_steps=4, batch_size=4, lr=0.05, head_lr=0.05, eval_every=2, warmup_steps=1)
-    task.train(data, data, config, checkpoint_dir=tmp_path / "ckpt")
+    task.fit(data, data, config, checkpoint_dir=tmp_path / "ckpt")
     config.max_steps = 6
-    again = HeadTaskModel.create(gpu_, kind, _labels(kind, data), method, {"num_virtual_tokens": 4})
-    result = again.train(data, data, config, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    again = HeadTask.create(gpu_, kind, _labels(kind, data), method, {"num_virtual_tokens": 4})
+    result = again.fit(data, data, config, checkpoint_dir=tmp_path / "ckpt", resume=True)
     assert result.steps == 6
     again.save(tmp_path / "art")
     on_cpu, on_gpu = load(tmp_path / "art", model=cpu), load(tmp_path / "art", model=gpu_)
     report_cpu, report_gpu = on_cpu.evaluate(data), on_gpu.evaluate(data)
-    metric = again.task.metric
+    metric = again.head_kind.metric
     assert report_cpu[metric] == pytest.approx(report_gpu[metric], abs=0.15)
     assert on_gpu.predict(data) == again.predict(data)

@@ -7,7 +7,7 @@ import torch
 from tiny import make_encoder
 
 from prompttune.core.backbone import Backbone
-from prompttune.heads.task import HeadTaskModel
+from prompttune.heads.task import HeadTask
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_kv_prefix_is_attended_by_every_token_in_every_layer(encoder):
 
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prefix-tuning"])
 def test_cached_prefix_equals_uncached_and_unbatched(encoder, method):
-    task = HeadTaskModel.create(encoder, "tokens", ["O", "B-X", "I-X"], method, {"num_virtual_tokens": 4})
+    task = HeadTask.create(encoder, "tokens", ["O", "B-X", "I-X"], method, {"num_virtual_tokens": 4})
     model = task.model
     model.trainable.eval()
     with torch.no_grad():
@@ -75,7 +75,7 @@ def test_cached_prefix_equals_uncached_and_unbatched(encoder, method):
 def test_soft_input_tokens_run_inline_on_an_encoder(encoder):
     """Prompt tuning on an encoder: its soft tokens see the row (bidirectional), so they are no cached
     prefix: the result equals one plain pass over [CLS] + soft + row."""
-    task = HeadTaskModel.create(encoder, "tokens", ["O", "B-X"], "prompt-tuning", {"num_virtual_tokens": 3})
+    task = HeadTask.create(encoder, "tokens", ["O", "B-X"], "prompt-tuning", {"num_virtual_tokens": 3})
     model = task.model
     assert model.inline_soft == 3 and model.prefix_kv() == []
     row = [2, 10, 11, 3]

@@ -13,10 +13,10 @@ from prompttune.api import load
 from prompttune.core.backbone import Backbone
 from prompttune.core.data import Dataset, from_records
 from prompttune.core.errors import DataError
-from prompttune.heads.qa import SpanTask, f1_score, normalize_answer, squad_scores
-from prompttune.heads.tagging import TaggingTask, entity_scores, get_entities
-from prompttune.heads.task import HeadTaskModel
-from prompttune.train import TrainConfig
+from prompttune.heads.qa import SpanKind, f1_score, normalize_answer, squad_scores
+from prompttune.heads.tagging import TaggingKind, entity_scores, get_entities
+from prompttune.heads.task import HeadTask
+from prompttune.train import Callback, TrainConfig
 
 NER = [
     {"tokens": ["the", "cat", "sat", "on", "the", "mat"], "tags": ["O", "B-ANI", "O", "O", "O", "B-OBJ"]},
@@ -95,8 +95,8 @@ def test_squad_metric_hand_made():
 def test_windowing_finds_an_answer_in_the_last_window(encoder):
     context = " ".join(["the cat sat on the mat ."] * 12) + " truly wonderful"
     row = from_records([{"context": context, "question": "what ?", "answers": ["truly wonderful"]}]).rows[0]
-    task = HeadTaskModel.create(encoder, "span", [], "zero-shot", {}, {"max_length": 40, "stride": 10})
-    spans = task.task.windows(task.model, row, 0, ("truly wonderful", context.index("truly wonderful")))
+    task = HeadTask.create(encoder, "span", [], "zero-shot", {}, {"max_length": 40, "stride": 10})
+    spans = task.head_kind.windows(task.model, row, 0, ("truly wonderful", context.index("truly wonderful")))
     assert len(spans) > 2
     assert [w.start >= 0 for w in spans] == [False] * (len(spans) - 1) + [True]
     last = spans[-1]
@@ -106,53 +106,53 @@ def test_windowing_finds_an_answer_in_the_last_window(encoder):
     # decoding reads the best span of the last window back as the context's characters
     start, end = torch.full((len(last.ids),), -10.0), torch.full((len(last.ids),), -10.0)
     start[last.start], end[last.end] = 5.0, 5.0
-    _, a, b = task.task.best_span(start, end, last)
+    _, a, b = task.head_kind.best_span(start, end, last)
     assert context[last.offsets[a][0] : last.offsets[b][1]] == "truly wonderful"
 
 
 def test_bad_rows_are_named(encoder):
-    tagger = HeadTaskModel.create(encoder, "tokens", ["O", "B-ANI"], "zero-shot", {})
+    tagger = HeadTask.create(encoder, "tokens", ["O", "B-ANI"], "zero-shot", {})
     bad_tag = from_records([{"tokens": ["the", "cat"], "tags": ["O", "B-DOG"]}], "ner.jsonl")
     with pytest.raises(DataError, match=r"ner.jsonl item 1: tag 'B-DOG' \(token 2, 'cat'\)"):
-        tagger.task.encode(tagger.model, bad_tag)
+        tagger.head_kind.encode(tagger.model, bad_tag)
     short = from_records([{"tokens": ["the", "cat"], "tags": ["O"]}], "ner.jsonl")
     with pytest.raises(DataError, match="item 1: 2 tokens but 1 tags"):
-        tagger.task.encode(tagger.model, short)
-    reader = HeadTaskModel.create(encoder, "span", [], "zero-shot", {})
+        tagger.head_kind.encode(tagger.model, short)
+    reader = HeadTask.create(encoder, "span", [], "zero-shot", {})
     moved = from_records([{**QA[0], "answer_starts": [3]}], "qa.jsonl")
     with pytest.raises(DataError, match=r"qa.jsonl item 1: answer 1 'the mat' does not occur .* answer_start 3"):
-        reader.task.encode(reader.model, moved)
+        reader.head_kind.encode(reader.model, moved)
     absent = from_records([{**QA[0], "answers": ["the dog"], "answer_starts": []}], "qa.jsonl")
     with pytest.raises(DataError, match="'the dog' does not occur in the context anywhere"):
-        reader.task.encode(reader.model, absent)
+        reader.head_kind.encode(reader.model, absent)
 
 
 def test_labels_and_task_from_the_data():
     from prompttune.heads.base import detect_kind
 
-    assert TaggingTask.labels_from(from_records(NER)) == ["O", "B-ANI", "B-OBJ"]
+    assert TaggingKind.labels_from(from_records(NER)) == ["O", "B-ANI", "B-OBJ"]
     assert detect_kind(from_records(NER)) == "tokens"
     assert detect_kind(from_records(QA)) == "span"
     assert detect_kind(from_records(CLS)) is None
-    assert SpanTask.matches(QA[0])
+    assert SpanKind.matches(QA[0])
 
 
 # --- training and artifacts ------------------------------------------------------------------------
 def _train_and_reload(backbone, kind, rows, method, tmp_path):
     data = from_records(rows)
-    labels = {"tokens": TaggingTask.labels_from, "span": lambda d: [], "classification": Dataset.labels}[kind](data)
-    task = HeadTaskModel.create(backbone, kind, labels, method, {"num_virtual_tokens": 4}, seed=0)
-    examples = task.task.encode(task.model, data, training=True)
+    labels = {"tokens": TaggingKind.labels_from, "span": lambda d: [], "classification": Dataset.labels}[kind](data)
+    task = HeadTask.create(backbone, kind, labels, method, {"num_virtual_tokens": 4}, seed=0)
+    examples = task.head_kind.encode(task.model, data, training=True)
     task.model.trainable.eval()  # no dropout: the same loss before and after
     with torch.no_grad():
-        before = float(task.task.loss(task.model, examples, task.model.prefix_kv()))
+        before = float(task.head_kind.loss(task.model, examples, task.model.prefix_kv()))
     config = TrainConfig(max_steps=12, batch_size=len(rows), lr=0.05, head_lr=0.05, eval_every=6, warmup_steps=1, ema=0)
     losses = []
-    result = task.train(data, data, config, on_progress=lambda ev: losses.append(ev["loss"]) if "loss" in ev else None)
+    result = task.fit(data, data, config, callbacks=[Callback(on_step=lambda ev: losses.append(ev["loss"]))])
     assert sum(losses[-3:]) / 3 < losses[0]  # the training loss goes down
     task.model.trainable.eval()
     with torch.no_grad():
-        after = float(task.task.loss(task.model, examples, task.model.prefix_kv()))
+        after = float(task.head_kind.loss(task.model, examples, task.model.prefix_kv()))
     # the best validated state is kept: better than the start, or the start itself
     assert after < before if result.best_step else after == pytest.approx(before, abs=1e-5)
     first = task.predict(data)
@@ -184,14 +184,14 @@ def test_encoder_heads_train_and_reload(encoder, kind, rows, method, tmp_path):
 def test_decoder_heads_train_and_reload(tiny_backbone, kind, rows, tmp_path):
     task = _train_and_reload(tiny_backbone, kind, rows, "p-tuning-v2", tmp_path)
     if kind == "classification":
-        assert task.task.settings["pool"] == "last"
+        assert task.head_kind.settings["pool"] == "last"
 
 
 def test_evaluate_reports_the_metric(encoder):
-    task = HeadTaskModel.create(encoder, "tokens", TaggingTask.labels_from(from_records(NER)), "zero-shot", {})
+    task = HeadTask.create(encoder, "tokens", TaggingKind.labels_from(from_records(NER)), "zero-shot", {})
     report = task.evaluate(NER)
     assert {"f1", "precision", "recall", "per_type", "examples_per_s"} <= report.keys()
-    reader = HeadTaskModel.create(encoder, "span", [], "zero-shot", {})
+    reader = HeadTask.create(encoder, "span", [], "zero-shot", {})
     report = reader.evaluate(QA)
     assert {"exact_match", "f1", "n"} <= report.keys() and report["n"] == len(QA)
 
@@ -230,20 +230,20 @@ def test_cli_trains_evaluates_and_predicts_a_tagger(encoder, tmp_path):
 
 def test_head_training_resumes_from_its_checkpoint(encoder, tmp_path):
     data = from_records(NER)
-    labels = TaggingTask.labels_from(data)
+    labels = TaggingKind.labels_from(data)
     config = TrainConfig(max_steps=4, batch_size=4, lr=0.05, head_lr=0.05, eval_every=2, warmup_steps=1)
-    first = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
-    first.train(data, data, config, checkpoint_dir=tmp_path / "ckpt")
+    first = HeadTask.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    first.fit(data, data, config, checkpoint_dir=tmp_path / "ckpt")
     config.max_steps = 6
-    again = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    again = HeadTask.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
     steps = []
-    result = again.train(
+    result = again.fit(
         data,
         data,
         config,
         checkpoint_dir=tmp_path / "ckpt",
         resume=True,
-        on_progress=lambda ev: steps.append(ev["step"]),
+        callbacks=[Callback(on_step=lambda ev: steps.append(ev["step"]))],
     )
     assert steps[0] == 5 and result.steps == 6  # continued after step 4, with the head's state restored
 
@@ -252,13 +252,13 @@ def test_backbone_dropout_only_in_training_steps(encoder):
     from prompttune.heads.task import HeadObjective
 
     data = from_records(NER)
-    labels = TaggingTask.labels_from(data)
-    task = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
-    examples = task.task.encode(task.model, data, training=True)
+    labels = TaggingKind.labels_from(data)
+    task = HeadTask.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    examples = task.head_kind.encode(task.model, data, training=True)
     task.model.trainable.eval()  # the head's own dropout off: only the backbone's is under test
     losses = {}
     for dropout in (False, True):
-        objective = HeadObjective(task.task, task.model, examples, data, dropout=dropout)
+        objective = HeadObjective(task.head_kind, task.model, examples, data, dropout=dropout)
         with torch.no_grad():
             losses[dropout] = [float(objective.batch_loss(list(range(len(examples))))) for _ in range(2)]
         assert not encoder.model.training  # back in eval mode after every step
@@ -272,23 +272,23 @@ def test_random_init_warns_on_a_decoder_only(tiny_backbone, encoder, method):
     import warnings
 
     with pytest.warns(UserWarning, match="init random on a decoder"):
-        HeadTaskModel.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
+        HeadTask.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        HeadTaskModel.create(encoder, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
-        HeadTaskModel.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "vocab"})
+        HeadTask.create(encoder, "span", [], method, {"num_virtual_tokens": 4, "init": "random"})
+        HeadTask.create(tiny_backbone, "span", [], method, {"num_virtual_tokens": 4, "init": "vocab"})
 
 
 def test_a_checkpoint_from_before_a_new_setting_still_resumes(encoder, tmp_path):
     data = from_records(NER)
-    labels = TaggingTask.labels_from(data)
+    labels = TaggingKind.labels_from(data)
     config = TrainConfig(max_steps=2, batch_size=4, lr=0.05, eval_every=2, warmup_steps=1)
-    HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4}).train(
+    HeadTask.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4}).fit(
         data, data, config, checkpoint_dir=tmp_path / "ckpt"
     )
     state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
     del state["config"]["backbone_dropout"]  # written before the setting existed
     (tmp_path / "ckpt" / "state.json").write_text(json.dumps(state))
     config.max_steps = 3
-    again = HeadTaskModel.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
-    assert again.train(data, data, config, checkpoint_dir=tmp_path / "ckpt", resume=True).steps == 3
+    again = HeadTask.create(encoder, "tokens", labels, "p-tuning-v2", {"num_virtual_tokens": 4})
+    assert again.fit(data, data, config, checkpoint_dir=tmp_path / "ckpt", resume=True).steps == 3

@@ -16,7 +16,8 @@ from prompttune.core.errors import PromptTuneError, TemplateError
 from prompttune.core.template import SoftSlot, Template
 from prompttune.methods import METHODS, build_method
 from prompttune.methods.options import parse_method_options
-from prompttune.train import TrainConfig, Trainer
+from prompttune.scorer import VerbalizerObjective
+from prompttune.train import Callback, TrainConfig, Trainer
 
 ALL = sorted(METHODS)
 TRAINABLE = [m for m in ALL if m != "zero-shot"]
@@ -125,19 +126,19 @@ def test_killed_run_resumes_to_the_same_state(tiny_backbone, sentiment_rows, tmp
     cfg = TrainConfig(max_steps=8, batch_size=8, lr=0.02, eval_every=3, patience=100, seed=2, ema=0.5)
     ds = from_records(sentiment_rows)
     task = make(tiny_backbone, method, seed=2)
-    enc, y = task.model.encode(ds), task.model.label_indices(ds)
-    Trainer(task.model, cfg, checkpoint_dir=tmp_path / "full").fit(enc, y, enc, y)
+    enc = task.model.encode(ds)
+    task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "full")
     full_scores = task.model.score(enc, calibrate=False)
 
     def kill_at_step_5(ev):
-        if ev.get("step") == 5 and "loss" in ev:
+        if ev.get("step") == 5:
             raise KeyboardInterrupt
 
     task = make(tiny_backbone, method, seed=2)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(task.model, cfg, checkpoint_dir=tmp_path / "killed", on_progress=kill_at_step_5).fit(enc, y, enc, y)
+        task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "killed", callbacks=[Callback(on_step=kill_at_step_5)])
     task = make(tiny_backbone, method, seed=99)  # another init: everything must come from the checkpoint
-    result = Trainer(task.model, cfg, checkpoint_dir=tmp_path / "killed").fit(enc, y, enc, y, resume=True)
+    result = task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "killed", resume=True)
     assert result.steps == 8
     full = load_file(tmp_path / "full" / "state.safetensors")
     resumed = load_file(tmp_path / "killed" / "state.safetensors")
@@ -159,7 +160,7 @@ def test_prefix_methods_follow_the_backbone_kv_layout(tiny_backbone):
 def test_prefix_methods_give_soft_slots_no_tokens(tiny_backbone):
     pm = make(tiny_backbone, "prefix-tuning").model
     assert pm._row_soft == []  # the row reads as written; the KV prefix stands in for every soft slot
-    assert pm.prefix_kv()[0][0].shape[2] == 3 + sum(len(s) for s in pm._segments if not isinstance(s, SoftSlot))
+    assert pm.prefix_kv()[0][0].shape[2] == 3 + sum(len(s) for s in pm.segments if not isinstance(s, SoftSlot))
 
 
 def test_p_tuning_puts_soft_tokens_between_hard_text(tiny_backbone):
@@ -304,7 +305,8 @@ def test_methods_on_an_encoder_train_and_reload(tiny_encoder, method):
 
 def test_p_tuning_encoder_trains_at_its_own_fraction_of_the_learning_rate(tiny_backbone):
     task = make(tiny_backbone, "p-tuning", encoder_lr_scale=0.25)
-    trainer = Trainer(task.model, TrainConfig(lr=0.02))
+    rows = from_records([{"text": "good", "label": "positive"}, {"text": "bad", "label": "negative"}])
+    trainer = Trainer(VerbalizerObjective(task.model, rows, rows), TrainConfig(lr=0.02))
     groups = {len(g["params"]): g["lr"] for g in trainer.optimizer.param_groups}
     encoder = sum(1 for _ in task.model.method.encoder.parameters())
     assert groups == {1: 0.02, encoder: pytest.approx(0.005)}  # the embeddings at --lr, the encoder at 1/4

@@ -43,7 +43,7 @@ def trained_artifact(backbone, method, template, path):
 
 def peft_scores(peft_model, pm, rows) -> torch.Tensor:
     """Label log-probabilities from the PEFT model, fed the same token ids prompttune reads."""
-    hard = [t for s in pm._segments if not isinstance(s, SoftSlot) for t in s.tolist()]
+    hard = [t for s in pm.segments if not isinstance(s, SoftSlot) for t in s.tolist()]
     out = []
     for ids in pm.encode(rows).ids:
         form_scores = []

@@ -10,9 +10,8 @@ import pytest
 
 from prompttune import Backbone, load
 from prompttune.api import PromptTask
-from prompttune.cli.demo import shipped_data
-from prompttune.core.data import load_rows
-from prompttune.train import TrainConfig, Trainer
+from prompttune.core.data import Dataset, load_rows, shipped_data
+from prompttune.train import TrainConfig
 
 pytestmark = pytest.mark.real_model
 
@@ -46,10 +45,8 @@ def test_prompt_tuning_beats_the_hard_prompt_on_held_out_rows(backbone, tmp_path
     zero_acc = zero.evaluate(test)["accuracy"]
 
     task = PromptTask.create(backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 20})
-    pm = task.model
-    enc, y = pm.encode(train), pm.label_indices(train)
-    val_enc, val_y = pm.encode(test.rows[:40]), pm.label_indices(test.rows[:40])
-    Trainer(pm, TrainConfig(max_steps=40, batch_size=16, lr=0.01, eval_every=20)).fit(enc, y, val_enc, val_y)
+    val = Dataset(test.rows[:40], test.source)
+    task.fit(train, val, TrainConfig(max_steps=40, batch_size=16, lr=0.01, eval_every=20))
     tuned = task.evaluate(test)
     print(f"zero-shot {zero_acc:.3f} -> prompt tuning {tuned['accuracy']:.3f} on {len(test)} held-out rows")
     assert tuned["accuracy"] >= 0.85

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from prompttune.api import PromptTask
 from prompttune.core.data import from_records
 from prompttune.core.errors import PromptTuneError
-from prompttune.train import TrainConfig, Trainer, epoch_batches
+from prompttune.train import Callback, TrainConfig, epoch_batches
 
 
 def make(tiny_backbone, seed=0):
@@ -16,9 +16,8 @@ def make(tiny_backbone, seed=0):
     )
 
 
-def encoded(task, rows):
-    ds = from_records(rows)
-    return task.model.encode(ds), task.model.label_indices(ds)
+def dataset(rows):
+    return from_records(rows)
 
 
 def test_epoch_batches_cover_every_row_once_and_are_seeded():
@@ -32,14 +31,14 @@ def test_epoch_batches_cover_every_row_once_and_are_seeded():
 def test_loss_goes_down_and_only_the_prompt_trains(tiny_backbone, sentiment_rows):
     task = make(tiny_backbone)
     before = {k: v.clone() for k, v in tiny_backbone.model.state_dict().items()}
-    enc, y = encoded(task, sentiment_rows)
+    ds = dataset(sentiment_rows)
     losses = []
-    trainer = Trainer(
-        task.model,
+    task.fit(
+        ds,
+        ds,
         TrainConfig(max_steps=40, batch_size=8, lr=0.1, warmup_steps=2, eval_every=100),
-        on_progress=lambda ev: losses.append(ev["loss"]) if "loss" in ev else None,
+        callbacks=[Callback(on_step=lambda ev: losses.append(ev["loss"]))],
     )
-    trainer.fit(enc, y, enc, y)
     assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
     after = tiny_backbone.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -49,8 +48,8 @@ def test_training_is_deterministic_under_a_seed(tiny_backbone, sentiment_rows):
     states = []
     for _ in range(2):
         task = make(tiny_backbone, seed=7)
-        enc, y = encoded(task, sentiment_rows)
-        Trainer(task.model, TrainConfig(max_steps=6, batch_size=8, eval_every=3, seed=7)).fit(enc, y, enc, y)
+        ds = dataset(sentiment_rows)
+        task.fit(ds, ds, TrainConfig(max_steps=6, batch_size=8, eval_every=3, seed=7))
         states.append(task.model.method.embeddings.detach().clone())
     torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)
 
@@ -59,18 +58,18 @@ def test_training_is_deterministic_under_a_seed(tiny_backbone, sentiment_rows):
 def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, tmp_path, ema):
     cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=4, patience=100, seed=2, ema=ema)
     task = make(tiny_backbone, seed=2)
-    enc, y = encoded(task, sentiment_rows)
-    Trainer(task.model, cfg, checkpoint_dir=tmp_path / "full").fit(enc, y, enc, y)
+    ds = dataset(sentiment_rows)
+    task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "full")
 
     def kill_at_step_9(ev):
-        if ev.get("step") == 9 and "loss" in ev:
+        if ev.get("step") == 9:
             raise KeyboardInterrupt
 
     task = make(tiny_backbone, seed=2)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(task.model, cfg, checkpoint_dir=tmp_path / "killed", on_progress=kill_at_step_9).fit(enc, y, enc, y)
+        task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "killed", callbacks=[Callback(on_step=kill_at_step_9)])
     task = make(tiny_backbone, seed=99)  # a different init: everything must come from the checkpoint
-    result = Trainer(task.model, cfg, checkpoint_dir=tmp_path / "killed").fit(enc, y, enc, y, resume=True)
+    result = task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "killed", resume=True)
     assert result.steps == 12
     full = load_file(tmp_path / "full" / "state.safetensors")
     resumed = load_file(tmp_path / "killed" / "state.safetensors")
@@ -81,20 +80,20 @@ def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, t
 
 def test_resume_with_other_settings_is_refused(tiny_backbone, sentiment_rows, tmp_path):
     task = make(tiny_backbone)
-    enc, y = encoded(task, sentiment_rows)
-    Trainer(task.model, TrainConfig(max_steps=2, batch_size=8, eval_every=2), tmp_path / "ck").fit(enc, y, enc, y)
+    ds = dataset(sentiment_rows)
+    task.fit(ds, ds, TrainConfig(max_steps=2, batch_size=8, eval_every=2), checkpoint_dir=tmp_path / "ck")
     with pytest.raises(PromptTuneError, match="other settings"):
-        Trainer(task.model, TrainConfig(max_steps=4, batch_size=4, eval_every=2), tmp_path / "ck").fit(
-            enc, y, enc, y, resume=True
+        task.fit(
+            ds, ds, TrainConfig(max_steps=4, batch_size=4, eval_every=2), checkpoint_dir=tmp_path / "ck", resume=True
         )
 
 
 def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):
     task = make(tiny_backbone)
-    enc, y = encoded(task, sentiment_rows)
+    ds = dataset(sentiment_rows)
     cfg = TrainConfig(max_steps=200, batch_size=8, lr=1e-6, warmup_steps=1, eval_every=2, patience=2)
     start = task.model.method.embeddings.detach().clone()
-    result = Trainer(task.model, cfg).fit(enc, y, enc, y)
+    result = task.fit(ds, ds, cfg)
     assert result.stopped_early and result.steps < 200
     if result.best_step == 0:  # nothing beat the initial prompt: the initial prompt is what we keep
         torch.testing.assert_close(task.model.method.embeddings.detach(), start)

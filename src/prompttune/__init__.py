@@ -1,7 +1,43 @@
-"""prompttune: adapt a frozen language model to many tasks through prompts."""
+"""prompttune: adapt a frozen language model to many tasks through prompts.
+
+The public API: ``load`` an artifact, ``train`` one from files, or build a task (``PromptTask`` for label
+words, ``HeadTask`` for a trained head) on a ``Backbone`` and ``fit`` / ``evaluate`` / ``predict`` / ``save`` it.
+Names are imported on first use, so ``import prompttune`` (and ``prompttune --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from prompttune.api import Prediction, PromptTask, load  # noqa: E402,F401
-from prompttune.core.backbone import Backbone  # noqa: E402,F401
-from prompttune.core.errors import PromptTuneError  # noqa: E402,F401
+_EXPORTS = {
+    "HeadTask": "prompttune.api",
+    "Prediction": "prompttune.api",
+    "PromptTask": "prompttune.api",
+    "Task": "prompttune.api",
+    "load": "prompttune.api",
+    "train": "prompttune.api",
+    "Backbone": "prompttune.core.backbone",
+    "ArtifactError": "prompttune.core.errors",
+    "DataError": "prompttune.core.errors",
+    "ModelError": "prompttune.core.errors",
+    "PromptTuneError": "prompttune.core.errors",
+    "TemplateError": "prompttune.core.errors",
+    "Callback": "prompttune.train",
+    "TrainConfig": "prompttune.train",
+    "TrainResult": "prompttune.train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'prompttune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

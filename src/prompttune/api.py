@@ -1,4 +1,5 @@
-"""The Python API: build, train, save, load and use a prompt for a frozen backbone.
+"""The library's verbs: load an artifact, train one from files. The task objects live in task.py (the base),
+prompt_task.py (label words) and heads/task.py (heads); everything here is importable from ``prompttune``.
 
 import prompttune
 task = prompttune.load("runs/sst2")
@@ -7,184 +8,200 @@ task.predict(["a gripping, funny film"])   # [Prediction(label='positive', score
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
-from prompttune.core import artifact
-from prompttune.core.backbone import Backbone, set_threads
-from prompttune.core.data import Dataset, check_fields, from_records, infer_fields, load_rows
+from prompttune.core.backbone import Backbone
+from prompttune.core.data import from_records, load_rows
 from prompttune.core.errors import DataError
-from prompttune.core.metrics import classification_report
+from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
-from prompttune.core.verbalizer import Verbalizer
-from prompttune.methods import build_method
-from prompttune.scorer import PromptModel
+from prompttune.heads.base import HEAD_KINDS, detect_kind
+from prompttune.heads.task import HeadTask
+from prompttune.methods.options import method_class, settings_for
+from prompttune.prompt_task import Prediction, PromptTask
+from prompttune.task import Task, load, split_validation
+from prompttune.train import Callback, TrainConfig, TrainResult
+
+__all__ = ["Prediction", "PromptTask", "HeadTask", "Task", "load", "train", "evaluate", "predict", "generate"]
 
 
-@dataclass
-class Prediction:
-    label: str
-    scores: dict[str, float]  # label -> probability
+def checkpoint_dir_for(out_dir: Path) -> Path:
+    """Where training writes its checkpoint: beside the artifact, ``OUT.checkpoint``."""
+    return out_dir.with_name(out_dir.name + ".checkpoint")
 
 
-class PromptTask:
-    """A prompt (hard, or hard + soft) bound to a frozen backbone, ready to predict and evaluate."""
+def train(
+    data: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    val: str | Path | None = None,
+    limit: int | None = None,
+    head: str | None = None,
+    method: str | None = None,
+    method_config: dict | Sequence[str] | None = None,
+    shared_settings: dict | None = None,
+    template: str | dict | None = None,
+    verbalizer: str | None = None,
+    demos: int = 0,
+    calibrate: bool = False,
+    max_length: int | None = None,
+    config: TrainConfig | None = None,
+    model: str | None = None,
+    backbone: Backbone | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    on_start: Callable[[Task, dict], None] | None = None,
+) -> tuple[Task, TrainResult, dict]:
+    """Train a task on a file of rows and save it: what `prompttune train` does, in one call.
 
-    def __init__(self, model: PromptModel, method_name: str, method_config: dict, manifest: dict | None = None):
-        self.model = model
-        self.method_name = method_name
-        self.method_config = method_config
-        self.manifest = manifest or {}
-
-    @classmethod
-    def create(
-        cls,
-        backbone: Backbone,
-        labels: list[str],
-        method: str = "prompt-tuning",
-        method_config: dict | None = None,
-        template: str | dict | Template | None = None,
-        fields: tuple[str, ...] = ("text",),
-        verbalizer: str | Verbalizer | None = None,
-        seed: int = 0,
-    ) -> PromptTask:
-        method_config = dict(method_config or {})
-        tmpl = Template.from_spec(template, fields)
-        verb = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer.parse(labels, verbalizer)
-        n_virtual = int(method_config.get("num_virtual_tokens", 16))
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-
-        def factory(slots, ctx):
-            return build_method(method, method_config, backbone, slots, ctx)
-
-        model = PromptModel(backbone, tmpl, verb, factory, n_virtual, generator=gen)
-        return cls(model, method, model.method.config.to_dict())
-
-    # --- data in ------------------------------------------------------------------------------
-    def _dataset(self, data: str | Path | Dataset | Iterable) -> Dataset:
-        if isinstance(data, Dataset):
-            return data
-        if isinstance(data, str | Path):
-            return load_rows(data)
-        return from_records(data)
-
-    @property
-    def labels(self) -> list[str]:
-        return self.model.verbalizer.labels
-
-    # --- use ----------------------------------------------------------------------------------
-    def predict(self, inputs, batch_size: int = 32, calibrate: bool = True) -> list[Prediction]:
-        """Label and per-label probabilities for each input (a string, a dict of fields, or a file)."""
-        ds = self._dataset(inputs)
-        check_fields(ds, sorted(self.model.template.variables), need_label=False)
-        probs = self.model.score(self.model.encode(ds), batch_size=batch_size, calibrate=calibrate).exp()
-        return [
-            Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p), strict=True))) for p in probs
-        ]
-
-    def evaluate(
-        self, data, batch_size: int = 32, calibrate: bool = True, progress: Callable[[int], None] | None = None
-    ) -> dict:
-        """Accuracy, per-class figures and speed on labelled rows."""
-        ds = self._dataset(data)
-        check_fields(ds, sorted(self.model.template.variables), need_label=True)
-        gold = self.model.label_indices(ds)  # unknown labels are an error, before any scoring
-        encoded = self.model.encode(ds)
-        self.model.cached_prefix()  # computed once, not counted as per-example time
-        t0 = time.perf_counter()
-        probs = self.model.score(encoded, batch_size=batch_size, calibrate=calibrate, progress=progress)
-        seconds = time.perf_counter() - t0
-        report = classification_report(probs.argmax(-1), gold, self.labels)
-        report["examples_per_s"] = len(ds) / seconds if seconds else 0.0
-        report["eval_seconds"] = seconds
-        return report
-
-    def generate(
-        self,
-        text: str | dict,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        seed: int = 0,
-        stop: Sequence[str] = (),
-    ) -> str:
-        """Free text after the prompt; it ends before the first of the ``stop`` strings it would contain."""
-        fields = {"text": text} if isinstance(text, str) else dict(text)
-        missing = [v for v in self.model.template.variables if v not in fields]
-        if missing:
-            raise DataError(f"generate: the template needs field(s) {missing}; pass them as a dict.")
-        return self.model.generate(fields, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=stop)
-
-    def calibrate(self) -> list[float]:
-        return self.model.calibrate()
-
-    # --- save / load --------------------------------------------------------------------------
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        b = self.model.backbone
-        manifest = {
-            "method": self.method_name,
-            "method_config": self.method_config,
-            "backbone": {"id": b.model_id, "fingerprint": b.fingerprint(), "kind": b.kind},
-            "template": self.model.template.to_dict(),
-            "verbalizer": self.model.verbalizer.to_dict(),
-            **(extra or {}),
-        }
-        self.manifest = manifest
-        return artifact.save(path, manifest, self.model.method.trainable_state())
-
-
-def load(path: str | Path, model: str | Backbone | None = None) -> PromptTask:
-    """Load an artifact onto its backbone (or onto ``model``, which must be the same backbone).
-
-    An artifact with a head (``train --head``) loads as a ``head_task.HeadTaskModel``.
+    The data decides the task: label words (a PromptTask) unless ``head`` is given or the rows carry a head
+    kind's fields (tokens + tags: tagging; context + question + answers: extractive QA). The file is read
+    once; every data error surfaces before the backbone loads. ``on_start(task, info)`` is called once the
+    task is built (info: rows, labels, trainable parameters), before the first step.
+    ``method_config``: the method's settings, as a dict or as ``KEY=VALUE`` strings (typed by the method's
+    config); ``shared_settings``: settings several methods have (num_virtual_tokens, init, ...), each applied
+    only where the chosen method has it. Default method: prompt-tuning (label words) or p-tuning-v2 (heads).
+    Returns (task, result, summary); the summary is what `prompttune train --json` prints.
     """
-    set_threads()
-    path = Path(path)
-    manifest, weights = artifact.read(path)
-    backbone = model if isinstance(model, Backbone) else Backbone.load(model or manifest["backbone"]["id"])
-    artifact.check_backbone(path, manifest, backbone.model_id, backbone.fingerprint())
-    if manifest.get("head"):  # a read-out head (classification, tagging, QA) instead of a verbalizer
-        from prompttune.heads.task import HeadTaskModel
-
-        return HeadTaskModel.from_artifact(path, manifest, weights, backbone)
-    verb = Verbalizer.from_dict(manifest["verbalizer"])
-    task = PromptTask.create(
-        backbone,
-        verb.labels,
-        manifest["method"],
-        manifest["method_config"],
-        Template.from_spec(manifest["template"]),
-        verbalizer=verb,
-    )
-    try:
-        task.model.method.load_trainable_state(weights)
-    except RuntimeError as e:
-        raise artifact.ArtifactError(f"{path}: weights do not fit the method ({e}).") from None
-    task.manifest = manifest
-    return task
-
-
-def prepare_data(
-    train_path, val_path=None, limit: int | None = None, val_fraction: float = 0.1, seed: int = 0, template=None
-) -> tuple[Dataset, Dataset, Template]:
-    """Load, limit, split and validate training data; every error surfaces before training starts."""
-    train = load_rows(train_path).limit(limit)
-    if val_path:
-        val = load_rows(val_path)
+    config = config or TrainConfig()
+    if method is not None:
+        method_class(method)  # an unknown method is an error before anything loads
+    if head is not None and head not in HEAD_KINDS:
+        raise DataError(f"--head {head}: unknown; choose one of {', '.join(sorted(HEAD_KINDS))}.")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit {limit}: must be at least 1 (or leave it out for every row).")
+    rows = load_rows(data)
+    kind = head or detect_kind(rows)
+    train_ds = rows.limit(limit)
+    val_ds = load_rows(val) if val else None
+    if val_ds is None:
+        train_ds, val_ds = split_validation(train_ds, 0.1, config.seed)
+    method = method or (HeadTask.default_method if kind else PromptTask.default_method)
+    method_config = settings_for(method, shared_settings, method_config)
+    if backbone is None:
+        backbone = Backbone.load(model or (HeadTask.default_model if kind else None), dtype=dtype, device=device)
+    if kind:
+        task: Task = HeadTask.for_data(backbone, train_ds, kind, method, method_config, config.seed, max_length)
     else:
-        if len(train) < 4:
-            raise DataError(
-                f"{train_path}: {len(train)} rows is too few to carve a validation split; "
-                "give at least 4 rows or pass --val."
-            )
-        train, val = train.split(val_fraction, seed)
-    shape = infer_fields(train) if template is None else ("text",)
-    tmpl = Template.from_spec(template, shape)
-    needed = sorted(tmpl.variables)
-    check_fields(train, needed, need_label=True)
-    check_fields(val, needed, need_label=True)
-    return train, val, tmpl
+        task = PromptTask.for_data(backbone, train_ds, method, method_config, config.seed, template, verbalizer, demos)
+    info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
+    info["trainable_params"] = task.trainable_params
+    if on_start:
+        on_start(task, info)
+    out = Path(out_dir) if out_dir is not None else None
+    result = task.fit(
+        train_ds, val_ds, config, callbacks, checkpoint_dir=checkpoint_dir_for(out) if out else None, resume=resume
+    )
+    if val is None:
+        task.record["data"]["val"] = "seeded 10% of train"
+    if calibrate and isinstance(task, PromptTask):
+        task.calibrate()
+    if out is not None:
+        task.save(out)
+    summary = {
+        "artifact": str(out) if out is not None else None,
+        **({"head": kind} if kind else {}),
+        "method": task.method_name,
+        "metric": result.metric,
+        "trainable_params": info["trainable_params"],
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "train_examples_per_s": result.train_examples_per_s,
+        "best_val_accuracy": result.best_val,  # the validation metric named by "metric" (kept for old readers)
+        "initial_val_accuracy": result.initial_val,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+    }
+    return task, result, summary
+
+
+def evaluate(
+    prompt: str | Path,
+    data: str | Path,
+    *,
+    batch_size: int = 32,
+    calibrate: bool | None = None,
+    demos: int = 0,
+    demo_selector: str = "random",
+    demos_from: str | Path | None = None,
+    verbalizer: str | None = None,
+    db: str | None = None,
+    seed: int = 0,
+    model: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_load: Callable[[str], None] | None = None,
+) -> dict:
+    """Score any prompt on labelled rows: what `prompttune eval` does, in one call.
+
+    ``prompt``: an artifact directory, a registry reference (``name@production``), a template file or a built-in
+    template name. An artifact applies its own calibration (``calibrate`` None or True); a hard prompt is scored
+    through the zero-shot method, with optional demos and contextual calibration (``calibrate=True``).
+    """
+    from prompttune.hard.evaluate import evaluate_template
+    from prompttune.registry.resolve import resolve_prompt
+
+    kind, target, shown = resolve_prompt(str(prompt), db)
+    rows = load_rows(data)
+    if kind == "artifact":
+        if demos or demos_from or verbalizer:
+            raise DataError("--demos / --demos-from / --verbalizer apply to hard prompts; an artifact has its own.")
+        if on_load:
+            on_load(str(target))
+        task = load(target, model, dtype=dtype, device=device)
+        report = task.evaluate(rows, batch_size=batch_size, calibrate=calibrate is not False, progress=progress)
+        return report | {"artifact": str(target), "data": str(data), "prompt": shown}
+    pool = load_rows(demos_from) if demos_from else None
+    if on_load:
+        on_load(model or "smollm2 (default)")
+    backbone = Backbone.load(model, dtype=dtype, device=device)
+    report = evaluate_template(
+        target,
+        rows,
+        backbone,
+        batch_size=batch_size,
+        calibrate=bool(calibrate),
+        demos=demos,
+        demo_selector=demo_selector,
+        demos_from=pool,
+        verbalizer=verbalizer,
+        seed=seed,
+    )
+    return report | {"prompt": shown, "data": str(data)}
+
+
+def predict(
+    artifact_dir: str | Path,
+    inputs: Sequence[str] | str | Path,
+    model: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> list[dict]:
+    """One JSON-able record per input (texts, or the rows of a .jsonl/.csv file): the input and its prediction."""
+    ds = load_rows(inputs) if isinstance(inputs, str | Path) else from_records(inputs, "arguments")
+    return load(artifact_dir, model, dtype=dtype, device=device).predictions(ds)
+
+
+def generate(
+    text: str,
+    artifact_dir: str | Path | None = None,
+    system: str = "You are a helpful assistant.",
+    config: GenerationConfig | None = None,
+    model: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> str:
+    """Free text for ``text``: after an artifact's prompt, or after a plain chat prompt with ``system`` text."""
+    config = config or GenerationConfig()
+    if artifact_dir is not None:
+        task = load(artifact_dir, model, dtype=dtype, device=device)
+        return task.generate(text, config=config)
+    backbone = Backbone.load(model, dtype=dtype, device=device)
+    template = Template.from_spec({"system": system, "user": "{{ text }}"})
+    return Generator(backbone).complete(template, {"text": text}, config)

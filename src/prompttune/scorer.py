@@ -21,9 +21,37 @@ from torch import Tensor
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import DataError, ModelError
+from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
 from prompttune.methods import SoftPromptMethod
+
+
+class VerbalizerObjective:
+    """Training a PromptModel's verbalizer read-out: cross-entropy over the labels' scores, validated by accuracy.
+
+    Rows are checked, rendered and tokenized here, once, before the first step (errors name the row).
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
+        self.model, self.trainable = model, model.method
+        self.y_val = model.label_indices(val)  # a validation label the verbalizer does not know: an error first
+        self.y_train = model.label_indices(train)
+        self.train, self.val = model.encode(train), model.encode(val)
+        self.lengths = [len(x) for x in self.train.ids]
+
+    def batch_loss(self, batch: list[int]) -> Tensor:
+        scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
+        return F.cross_entropy(scores, self.y_train[batch])
+
+    def validate(self) -> float:
+        pred = self.model.score(self.val, batch_size=64, calibrate=False).argmax(-1)
+        return float((pred == self.y_val).float().mean())
+
+    def clear_cache(self) -> None:
+        self.model.clear_cache()
 
 
 @dataclass
@@ -72,7 +100,7 @@ class PromptModel(torch.nn.Module):
             width = self.method.slot_embeddings(slot).shape[0]  # 0 for methods without soft tokens
             self._row_code[slot.index] = len(self._row_soft)
             self._row_soft += [(slot, j) for j in range(width)]
-        self._segments = self._tokenize_prefix()
+        self.segments = self._tokenize_prefix()
         self._build_label_tokens()
         self._cached_prefix: KV | None = None
 
@@ -91,8 +119,8 @@ class PromptModel(torch.nn.Module):
 
     @property
     def prefix_length(self) -> int:
-        hard = sum(len(s) for s in self._segments if not isinstance(s, SoftSlot))
-        return hard + sum(s.size for s in self._segments if isinstance(s, SoftSlot))
+        hard = sum(len(s) for s in self.segments if not isinstance(s, SoftSlot))
+        return hard + sum(s.size for s in self.segments if isinstance(s, SoftSlot))
 
     def _build_label_tokens(self) -> None:
         forms = self.verbalizer.forms()
@@ -164,9 +192,9 @@ class PromptModel(torch.nn.Module):
     # --- the prefix ---------------------------------------------------------------------------
     def prefix_kv(self) -> KV:
         """The constant prefix's keys/values, recomputed (with gradients) on every call."""
-        if not self._segments:
+        if not self.segments:
             return []
-        return self.method.prefix_kv(self.backbone, self._segments)
+        return self.method.prefix_kv(self.backbone, self.segments)
 
     def cached_prefix(self) -> KV:
         """The prefix's keys/values for inference: computed once, reused for every batch."""
@@ -268,45 +296,9 @@ class PromptModel(torch.nn.Module):
         return self.verbalizer.calibration
 
     @torch.no_grad()
-    def generate(
-        self,
-        fields: dict,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        seed: int = 0,
-        stop: Sequence[str] = (),
-    ) -> str:
-        """Free text after the prompt (greedy, or sampled with a temperature), over the cached prefix.
-
-        Generation also ends where the text first contains one of the ``stop`` strings; the text returned
-        stops just before it.
-        """
-        prefix = self.cached_prefix()
+    def generate(self, fields: dict, config: GenerationConfig | None = None) -> str:
+        """Free text after the prompt and a row's fields, over the cached prefix (see ``core.generate``)."""
         row = self._row_ids(self.compiled.render_row(fields))
-        tok = self.backbone.tokenizer
-        stops = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
-        gen = torch.Generator().manual_seed(seed)
-        ids, attention, positions = self._pad_left([row], prefix[0][0].shape[2] if prefix else 0)
-        cache, out = prefix, []
-        for _ in range(max_new_tokens):
-            input_ids, embeds = self._row_inputs(ids)
-            hidden, cache = self.backbone.run(
-                input_ids, attention, positions, cache, inputs_embeds=embeds, return_cache=True
-            )
-            logits = self.backbone.model.get_output_embeddings()(hidden[:, -1])[0].float()
-            if temperature > 0:
-                nxt = int(torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=gen))
-            else:
-                nxt = int(logits.argmax())
-            if nxt in stops:
-                break
-            out.append(nxt)
-            if stop:
-                text = tok.decode(out, skip_special_tokens=True)
-                cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    return text[:cut]
-            ids = torch.tensor([[nxt]])
-            positions = positions[:, -1:] + 1
-            attention = torch.cat([attention, torch.ones(1, 1, dtype=torch.long)], dim=1)
-        return tok.decode(out, skip_special_tokens=True)
+        return Generator(self.backbone).generate(
+            row, prefix=self.cached_prefix(), embed=self._row_inputs, config=config
+        )

@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from prompttune.core import atomic
 from prompttune.core.backbone import release_memory
 from prompttune.core.errors import PromptTuneError
-from prompttune.scorer import Encoded, PromptModel
 
 
 @dataclass
@@ -26,7 +24,7 @@ class TrainConfig:
     epochs: int = 4
     max_steps: int | None = None
     batch_size: int = 16
-    lr: float = 0.01
+    lr: float | None = None  # None: the method's own default (``SoftPromptMethod.default_lr``)
     head_lr: float | None = None  # a read-out head's learning rate (default: lr)
     weight_decay: float = 0.0
     warmup_steps: int = 20
@@ -36,25 +34,101 @@ class TrainConfig:
     seed: int = 0
     backbone_dropout: bool = False  # head tasks: the frozen backbone's own dropout stays on in training steps
 
+    def __post_init__(self) -> None:
+        """Every setting checked before anything loads; errors name the CLI flag."""
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise PromptTuneError(f"{flag} {value}: must be at least 1.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise PromptTuneError(f"--max-steps {self.max_steps}: must be at least 1 (or leave it out).")
+        for flag, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise PromptTuneError(f"{flag} {value}: must be a positive finite number.")
+        if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise PromptTuneError(f"--ema {self.ema}: must be in [0, 1) (0 turns the moving average off).")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise PromptTuneError(f"--eval-every {self.eval_every}: must be at least 1.")
+        if self.patience < 1:
+            raise PromptTuneError(f"--patience {self.patience}: must be at least 1.")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise PromptTuneError("warmup_steps / weight_decay: must be 0 or more.")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_lr(self, default_lr: float) -> TrainConfig:
+        """This config with ``lr`` set (the given default when it is None)."""
+        return self if self.lr is not None else replace(self, lr=default_lr)
 
 
 @dataclass
 class TrainResult:
+    metric: str = "accuracy"  # the name of the validation metric (accuracy, entity F1, QA F1, ...)
     steps: int = 0
     train_seconds: float = 0.0
     train_examples: int = 0
-    best_val_accuracy: float = 0.0
+    best_val: float = 0.0  # the best validation value of ``metric`` (higher is better)
     best_step: int = 0
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # {"step", "val", "loss"} per validation
     stopped_early: bool = False
     eval_seconds: float = 0.0  # time spent validating, excluded from train_seconds
-    # best_val_accuracy / "val_accuracy" hold the objective's validation metric (accuracy, entity F1, QA F1)
 
     @property
     def train_examples_per_s(self) -> float:
         return self.train_examples / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def initial_val(self) -> float | None:
+        """The metric before any training step (None when training resumed without it)."""
+        return self.history[0]["val"] if self.history and self.history[0]["step"] == 0 else None
+
+    def metrics(self) -> dict:
+        """What an artifact's manifest records about its training."""
+        return {
+            "metric": self.metric,
+            "best_val": self.best_val,
+            "initial_val": self.initial_val,
+            "best_step": self.best_step,
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "train_examples_per_s": self.train_examples_per_s,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+        }
+
+
+class Callback:
+    """Hooks the Trainer calls: subclass and override (a progress bar, a logger), or pass functions.
+
+    on_step: {"step", "total", "loss", "examples_per_s"} after every optimizer step;
+    on_validation: {"step", "total", "metric", "val", "best_val"} after every validation.
+    """
+
+    def __init__(
+        self, on_step: Callable[[dict], None] | None = None, on_validation: Callable[[dict], None] | None = None
+    ):
+        self._on_step, self._on_validation = on_step, on_validation
+
+    def on_step(self, event: dict) -> None:
+        if self._on_step:
+            self._on_step(event)
+
+    def on_validation(self, event: dict) -> None:
+        if self._on_validation:
+            self._on_validation(event)
+
+
+class Trainable(Protocol):
+    """What the Trainer trains: a module with declared parameter groups and a state to save and restore."""
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]: ...
+
+    @property
+    def lr_scales(self) -> dict[str, float]: ...
+
+    def trainable_state(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -74,79 +148,65 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 
 
 class Objective(Protocol):
-    """What the Trainer needs of a task: examples' lengths (for batching), a batch's loss, a validation metric."""
+    """What the Trainer needs of a task: the module it trains, examples' lengths (for batching), a batch's loss,
+    and a validation metric (higher is better) with its name."""
 
+    trainable: Trainable
+    metric: str
     lengths: list[int]
 
     def batch_loss(self, batch: list[int]) -> torch.Tensor: ...
 
     def validate(self) -> float: ...
 
-
-class VerbalizerObjective:
-    """A PromptModel's verbalizer read-out: cross-entropy over label scores, validated by accuracy."""
-
-    def __init__(self, model: PromptModel, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor):
-        self.model, self.train, self.y_train, self.val, self.y_val = model, train, y_train, val, y_val
-        self.lengths = [len(x) for x in train.ids]
-
-    def batch_loss(self, batch: list[int]) -> torch.Tensor:
-        scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
-        return F.cross_entropy(scores, self.y_train[batch])
-
-    def validate(self) -> float:
-        pred = self.model.score(self.val, batch_size=64, calibrate=False).argmax(-1)
-        return float((pred == self.y_val).float().mean())
+    def clear_cache(self) -> None:
+        """Forget anything computed from the current parameters (e.g. a cached prefix)."""
 
 
 class Trainer:
-    """Trains ``model.trainable`` (a PromptModel's method; a HeadModel's method and head) on an Objective.
+    """Trains an Objective's ``trainable`` module: AdamW with warmup and linear decay, validation every K steps,
+    early stopping, the best (moving-averaged) state kept, a checkpoint at every validation.
 
-    The module trained provides ``trainable_state`` / ``load_trainable_state`` and, optionally,
-    ``parameter_groups`` ({"prompt": [...], "head": [...]}: the head trains at ``head_lr``) and ``lr_scales``
-    ({group: factor}: that group trains at factor x ``lr``).
+    Each of the module's ``parameter_groups()`` trains at ``config.lr`` x its ``lr_scales`` factor; a group
+    named "head" trains at ``config.head_lr`` when it is set.
     """
 
     def __init__(
         self,
-        model: PromptModel,
+        objective: Objective,
         config: TrainConfig,
         checkpoint_dir: Path | None = None,
-        on_progress: Callable[[dict], None] | None = None,
+        callbacks: Sequence[Callback] = (),
+        data_fingerprint: str | None = None,
     ):
-        self.model = model
-        self.parts = model.trainable
+        if config.lr is None:
+            raise PromptTuneError("TrainConfig.lr: set it, or train through Task.fit (the method's default).")
+        self.objective = objective
+        self.data_fingerprint = data_fingerprint  # of the training + validation rows: a resume must see the same
+        self.parts = objective.trainable
         self.config = config
         self.checkpoint_dir = checkpoint_dir
+        self.callbacks = list(callbacks)
         self.ema: dict | None = None
-        self.on_progress = on_progress
-        groups = getattr(self.parts, "parameter_groups", None)
-        named = groups() if groups else {"prompt": [p for p in self.parts.parameters() if p.requires_grad]}
-        scales = getattr(self.parts, "lr_scales", {})  # e.g. P-tuning's encoder: a fraction of --lr
+        scales = self.parts.lr_scales  # e.g. P-tuning's encoder: a fraction of --lr
 
         def lr_of(name: str) -> float:
             return config.head_lr or config.lr if name == "head" else config.lr * scales.get(name, 1.0)
 
+        named = self.parts.parameter_groups()
         param_groups = [{"params": ps, "lr": lr_of(name), "base_lr": lr_of(name)} for name, ps in named.items() if ps]
         self.params = [p for g in param_groups for p in g["params"]]
         self.optimizer = (
             torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay) if self.params else None
         )
 
-    def fit(
-        self, train: Encoded, y_train: torch.Tensor, val: Encoded, y_val: torch.Tensor, resume: bool = False
-    ) -> TrainResult:
-        """Train a PromptModel's verbalizer read-out (see ``fit_objective`` for any other task)."""
-        return self.fit_objective(VerbalizerObjective(self.model, train, y_train, val, y_val), resume)
-
-    def fit_objective(self, objective: Objective, resume: bool = False) -> TrainResult:
-        cfg = self.config
-        self.objective = objective
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, objective = self.config, self.objective
         lengths = objective.lengths
         per_epoch = math.ceil(len(lengths) / cfg.batch_size)
         total = cfg.max_steps or per_epoch * cfg.epochs  # --max-steps overrides --epochs
         eval_every = cfg.eval_every or max(10, per_epoch // 4)
-        result = TrainResult()
+        result = TrainResult(metric=objective.metric)
         best_state = self.parts.trainable_state()
         start_step = 0
         if resume:
@@ -155,11 +215,11 @@ class Trainer:
             raise PromptTuneError("this method has no trainable parameters; nothing to train.")
         if start_step == 0:
             self.ema = self.parts.trainable_state() if cfg.ema else None
-            result.best_val_accuracy = self._validate()
-            result.history.append({"step": 0, "val_accuracy": result.best_val_accuracy})
+            result.best_val = self.validate()
+            result.history.append({"step": 0, "val": result.best_val})
         bad_evals = 0  # validations since the best one
         for h in result.history[::-1]:
-            if h["val_accuracy"] >= result.best_val_accuracy:
+            if h["val"] >= result.best_val:
                 break
             bad_evals += 1
         step = start_step
@@ -177,18 +237,17 @@ class Trainer:
                 result.train_examples += len(batch)
                 result.steps = step
                 elapsed = time.perf_counter() - t0 - result.eval_seconds
-                if self.on_progress:
-                    self.on_progress(
-                        {"step": step, "total": total, "loss": loss, "examples_per_s": result.train_examples / elapsed}
-                    )
+                event = {"step": step, "total": total, "loss": loss, "examples_per_s": result.train_examples / elapsed}
+                for cb in self.callbacks:
+                    cb.on_step(event)
                 if step % eval_every == 0 or step == total:
                     t_eval = time.perf_counter()
-                    acc = self._evaluate_averaged()
+                    val = self._evaluate_averaged()
                     result.eval_seconds += time.perf_counter() - t_eval
                     result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
-                    result.history.append({"step": step, "val_accuracy": acc, "loss": loss})
-                    if acc > result.best_val_accuracy:
-                        result.best_val_accuracy, result.best_step = acc, step
+                    result.history.append({"step": step, "val": val, "loss": loss})
+                    if val > result.best_val:
+                        result.best_val, result.best_step = val, step
                         best_state = (
                             {k: v.clone() for k, v in self.ema.items()} if self.ema else self.parts.trainable_state()
                         )
@@ -196,15 +255,9 @@ class Trainer:
                     else:
                         bad_evals += 1
                     self._save_checkpoint(step, best_state, result)
-                    if self.on_progress:
-                        self.on_progress(
-                            {
-                                "step": step,
-                                "total": total,
-                                "val_accuracy": acc,
-                                "best_val_accuracy": result.best_val_accuracy,
-                            }
-                        )
+                    event = {"step": step, "total": total, "metric": result.metric, "val": val}
+                    for cb in self.callbacks:
+                        cb.on_validation(event | {"best_val": result.best_val})
                     if bad_evals >= cfg.patience:
                         result.stopped_early = True
                         break
@@ -215,7 +268,7 @@ class Trainer:
         result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
         self.parts.load_trainable_state(best_state)
         self.parts.eval()
-        self.model.clear_cache()
+        objective.clear_cache()
         return result
 
     def _lr(self, step: int, total: int) -> float:
@@ -229,11 +282,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(step, total) * group.get("base_lr", self.config.lr) / self.config.lr
         loss = self.objective.batch_loss(batch)
+        if not torch.isfinite(loss):
+            raise PromptTuneError(
+                f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr (now {self.config.lr})."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
-        self.model.clear_cache()
+        self.objective.clear_cache()
         return loss.item()
 
     def _update_ema(self) -> None:
@@ -248,29 +305,25 @@ class Trainer:
     def _evaluate_averaged(self) -> float:
         """The validation metric of the averaged parameters (or the current ones without averaging)."""
         if not self.ema:
-            return self._validate()
+            return self.validate()
         current = self.parts.trainable_state()
         self.parts.load_trainable_state(self.ema)
         try:
-            return self._validate()
+            return self.validate()
         finally:
             self.parts.load_trainable_state(current)
-            self.model.clear_cache()
+            self.objective.clear_cache()
 
-    def _validate(self) -> float:
+    def validate(self) -> float:
+        """The objective's validation metric for the current parameters, in eval mode."""
         was_training = self.parts.training
         self.parts.eval()
-        self.model.clear_cache()
+        self.objective.clear_cache()
         try:
             return self.objective.validate()
         finally:
-            self.model.clear_cache()
+            self.objective.clear_cache()
             self.parts.train(was_training)
-
-    def evaluate(self, val: Encoded, y_val: torch.Tensor) -> float:
-        """Validation accuracy of a PromptModel's verbalizer read-out."""
-        self.objective = VerbalizerObjective(self.model, val, y_val, val, y_val)
-        return self._validate()
 
     # --- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(self, step: int, best_state: dict, result: TrainResult) -> None:
@@ -293,6 +346,7 @@ class Trainer:
             "param_groups": opt["param_groups"],
             "opt_scalars": meta_state,
             "result": {**asdict(result)},
+            "data": self.data_fingerprint,
         }
 
         def fill(tmp: Path) -> None:
@@ -318,6 +372,11 @@ class Trainer:
         if saved != now:
             diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
             raise PromptTuneError(f"--resume: the checkpoint in {d} was made with other settings {diff}.")
+        if info.get("data") and self.data_fingerprint and info["data"] != self.data_fingerprint:
+            raise PromptTuneError(
+                f"--resume: the checkpoint in {d} was trained on other rows (data {info['data']}, now "
+                f"{self.data_fingerprint}); resume with the same DATA, --val and --limit, or start without --resume."
+            )
         tensors = load_file(d / "state.safetensors")
         device = self.params[0].device if self.params else torch.device("cpu")  # the moving average lives there
         tensors = {k: v if k.startswith("opt.") else v.to(device) for k, v in tensors.items()}
@@ -334,18 +393,13 @@ class Trainer:
             state.setdefault(int(pid), {})[name] = v
         self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         r = info["result"]
-        result = TrainResult(
-            **{
-                k: r[k]
-                for k in (
-                    "steps",
-                    "train_seconds",
-                    "train_examples",
-                    "eval_seconds",
-                    "best_val_accuracy",
-                    "best_step",
-                    "history",
-                )
-            }
-        )
+        fields_ = ("steps", "train_seconds", "train_examples", "eval_seconds", "best_step")
+        result = TrainResult(metric=result.metric, **{k: r[k] for k in fields_})
+        # checkpoints written before the metric was named kept it as "best_val_accuracy" / "val_accuracy"
+        result.best_val = r.get("best_val", r.get("best_val_accuracy", 0.0))
+        result.history = [
+            {"step": h["step"], "val": h.get("val", h.get("val_accuracy"))}
+            | ({"loss": h["loss"]} if "loss" in h else {})
+            for h in r["history"]
+        ]
         return info["step"], best, result

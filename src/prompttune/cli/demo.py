@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-from prompttune.api import PromptTask, load
-from prompttune.cli.commands import load_backbone, run_train
-from prompttune.core.backbone import set_threads
-from prompttune.core.data import load_rows
+from prompttune.cli.options import ModelOpt, err, load_backbone, out
 
 SENTENCES = [
     "The battery died after two hours and support never answered my emails.",
@@ -28,11 +26,13 @@ SENTENCES = [
 ]
 
 
-def shipped_data() -> Path:
-    return Path(str(resources.files("prompttune") / "resources" / "sentiment.jsonl"))
-
-
 def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Console, err: Console) -> dict:
+    from prompttune.api import PromptTask, load, train
+    from prompttune.cli.progress import TrainingProgress, progress_bar
+    from prompttune.core.backbone import set_threads
+    from prompttune.core.data import load_rows, shipped_data
+    from prompttune.train import TrainConfig
+
     set_threads()
     t_start = time.perf_counter()
     data_dir = out_dir.with_name(out_dir.name + "-data")
@@ -45,7 +45,7 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
         f"[bold]prompttune demo[/]: sentiment, {len(rest)} training rows, {len(test)} held-out rows "
         f"(shipped with the package; copies in {data_dir})"
     )
-    backbone = load_backbone(model, err)
+    backbone = load_backbone(model, err)  # --dtype / --device from Settings
     labels = sorted(rest.labels())
 
     zero = PromptTask.create(backbone, labels, "zero-shot", {})
@@ -53,30 +53,17 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
     out.print(f"zero-shot (hard prompt only) accuracy on held-out rows: {zero_report['accuracy']:.3f}")
 
     t0 = time.perf_counter()
-    result = run_train(
-        data_dir / "train.jsonl",
-        out_dir,
-        None,
-        None,
-        "prompt-tuning",
-        4,
-        max_steps,
-        16,
-        0.01,
-        16,
-        "labels",
-        None,
-        None,
-        None,
-        False,
-        None,
-        4,
-        False,
-        model,
-        0,
-        console=err,
-        backbone=backbone,
-    )
+    config = TrainConfig(epochs=4, max_steps=max_steps, batch_size=16, lr=0.01, patience=4, seed=0)
+    with progress_bar(err) as bar:
+        _, _, result = train(
+            data_dir / "train.jsonl",
+            out_dir,
+            method="prompt-tuning",
+            method_config={"num_virtual_tokens": 16, "init": "labels"},
+            config=config,
+            backbone=backbone,
+            callbacks=[TrainingProgress(err, bar)],
+        )
     train_wall = time.perf_counter() - t0
     tuned = load(out_dir, backbone)
     tuned_report = tuned.evaluate(test)
@@ -104,3 +91,12 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
     )
     out.print(f"total {time.perf_counter() - t_start:.0f} s")
     return {"zero_shot_accuracy": zero_report["accuracy"], "tuned_accuracy": tuned_report["accuracy"], "train": result}
+
+
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to save the demo artifact.")] = Path("runs/demo"),
+    max_steps: Annotated[int | None, typer.Option(help="Cap the training steps (default: the recipe's).")] = None,
+    model: ModelOpt = None,
+) -> None:
+    """Train a soft prompt on a small shipped sentiment task; show zero-shot vs tuned accuracy."""
+    run_demo(out_dir, max_steps, model, out, err)

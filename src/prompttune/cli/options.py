@@ -24,3 +24,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as 
 def emit_json(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+class Settings:
+    """The root command's options (--dtype, --device), handed to every library call that loads a backbone."""
+
+    dtype: str | None = None
+    device: str | None = None
+
+    @classmethod
+    def backbone_args(cls) -> dict:
+        return {"dtype": cls.dtype, "device": cls.device}
+
+
+def load_backbone(model: str | None, console: Console):
+    """The backbone the user asked for (--model, --dtype, --device), with a status line while it loads."""
+    from prompttune.core.backbone import Backbone
+
+    with console.status(f"loading backbone {model or 'smollm2-135m-instruct (default)'}"):
+        return Backbone.load(model, **Settings.backbone_args())

@@ -74,7 +74,7 @@ def resolve(names: list[str], options: dict[str, dict]) -> list[Arm]:
             uses_data = uses_data or bool(user.get("demos"))
             arms.append(Arm(name, "hard prompt", HARD_METHOD, {**defaults, **user}, uses_data))
         elif name in METHODS:
-            lr = getattr(METHODS[name], "default_lr", SOFT_DEFAULTS["lr"])  # a method may say what suits it
+            lr = METHODS[name].default_lr  # each method says what suits it
             arms.append(Arm(name, "soft prompt", name, {**SOFT_DEFAULTS, "lr": lr, **user}))
         elif name in BASELINES:
             arms.append(Arm(name, "baseline", name, {**BASELINES[name].defaults, **user}))

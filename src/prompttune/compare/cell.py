@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from prompttune.api import PromptTask
-from prompttune.cli.commands import pick_demos
+from prompttune.prompt_task import PromptTask
+from prompttune.hard.fewshot import select_random
 from prompttune.compare.arms import Arm
 from prompttune.compare.baselines import BASELINES, create_model
 from prompttune.compare.split import make_split
@@ -31,7 +31,7 @@ from prompttune.core.errors import PromptTuneError
 from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.scorer import PromptModel
-from prompttune.train import TrainConfig, Trainer
+from prompttune.train import Callback, TrainConfig
 
 
 def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, verbalizer: str | None, seed: int):
@@ -68,14 +68,13 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
     tmpl = Template.from_spec(s.get("template"), split.fields())
     demos = int(arm.harness("demos", 0) or 0)
     if demos:
-        tmpl = tmpl.with_demos(pick_demos(train, sorted(tmpl.variables), labels, demos, seed))
+        tmpl = tmpl.with_demos(select_random(train, sorted(tmpl.variables), demos, seed))
     baseline = BASELINES.get(arm.method)
     if baseline and arm.harness("ema"):
         raise PromptTuneError(f"--method-option {arm.name}.ema: the moving average is for prompts; leave it 0.")
     backbone = Backbone.load(s.get("model"), dtype=(baseline.dtype if baseline and baseline.dtype else s.get("dtype")))
     task = build_task(arm, backbone, labels, tmpl, s.get("verbalizer"), seed)
-    pm = task.model
-    trainable = sum(p.numel() for p in pm.method.parameters() if p.requires_grad)
+    trainable = task.trainable_params
     result: dict = {"trainable_params": trainable, "n_train": len(train), "steps": 0}
     if trainable:
         max_steps = int(arm.harness("max_steps", s["max_steps"]))
@@ -89,13 +88,13 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
             ema=float(arm.harness("ema", 0.0) or 0.0),
             seed=seed,
         )
-        trainer = Trainer(pm, config, on_progress=lambda ev: emit({"event": "step", **ev}))
-        fit = trainer.fit(pm.encode(train), pm.label_indices(train), pm.encode(split.val), pm.label_indices(split.val))
+        progress = Callback(on_step=lambda ev: emit({"event": "step", **ev}))
+        fit = task.fit(train, split.val, config, callbacks=[progress])
         result |= {
             "steps": fit.steps,
             "train_seconds": fit.train_seconds,
             "train_examples_per_s": fit.train_examples_per_s,
-            "best_val_accuracy": fit.best_val_accuracy,
+            "best_val_accuracy": fit.best_val,
             "best_step": fit.best_step,
         }
     calibrate = bool(arm.harness("calibrate", False))

@@ -180,3 +180,10 @@ def check_fields(dataset: Dataset, fields: Sequence[str], need_label: bool) -> N
                 raise DataError(f"{row.where()}: missing field 'label'. Every training row needs one.")
             if row.label is None or not row.label.strip():
                 raise DataError(f"{row.where()}: empty label. Give every row a label, or remove the row.")
+
+
+def shipped_data() -> Path:
+    """The small sentiment task shipped with the package (the demo's and the tests' data)."""
+    from importlib import resources
+
+    return Path(str(resources.files("prompttune") / "resources" / "sentiment.jsonl"))

@@ -1,4 +1,4 @@
-"""`prompttune eval` for any prompt: an artifact, a registry reference, a template file or a built-in name.
+"""Scoring a hard prompt (a template) on labelled rows.
 
 A hard prompt (a template) is scored exactly like a soft prompt: the same verbalizer read-out over the
 backbone, the same metrics; it runs through the zero-shot method (its soft slots left out), with
@@ -7,92 +7,18 @@ optional few-shot demos (fixed, seeded random, or nearest neighbours) and contex
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from rich.console import Console
 
-from prompttune.api import PromptTask
 from prompttune.core.backbone import Backbone
-from prompttune.core.data import Dataset, check_fields, load_rows
-from prompttune.core.errors import ArtifactError, PromptTuneError
+from prompttune.core.data import Dataset, check_fields
+from prompttune.core.errors import PromptTuneError
 from prompttune.core.metrics import classification_report
-from prompttune.core.template import BUILTIN, Template
+from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.hard.fewshot import SELECTORS, Embed, NearestDemos, select
-
-
-def resolve_prompt(spec: str, db: str | None = None) -> tuple[str, Template | Path, str]:
-    """("artifact", dir, shown) or ("template", Template, shown) for a path, registry ref or template name."""
-    path = Path(spec)
-    if path.is_dir():
-        return "artifact", path, spec
-    from prompttune.registry.names import looks_like_ref  # the registry (SQLAlchemy) loads only for a reference
-
-    if looks_like_ref(spec) and not path.exists():
-        from prompttune.registry import Registry
-        from prompttune.registry.content import as_template, materialize
-
-        registry = Registry(db)
-        version = registry.get(spec)
-        shown = f"{spec} ({version.ref}, {version.hash[:12]})"
-        if version.kind == "soft-prompt":
-            out = Path(tempfile.mkdtemp(prefix="prompttune-registry-")) / version.name
-            return "artifact", materialize(version, out), shown
-        return "template", as_template(version), shown
-    if not path.exists() and spec not in BUILTIN and "{{" not in spec and "[label]" not in spec:
-        raise ArtifactError(
-            f"{spec}: no such artifact (nor a template file, a built-in template or a registry reference like "
-            f"name@production). Train one with: prompttune train DATA --out {spec}"
-        )
-    return "template", Template.from_spec(spec), spec
-
-
-def run_any_eval(
-    prompt: str,
-    data: Path,
-    batch_size: int = 32,
-    calibrate: bool | None = None,
-    model: str | None = None,
-    console: Console | None = None,
-    demos: int = 0,
-    demo_selector: str = "random",
-    demos_from: Path | None = None,
-    verbalizer: str | None = None,
-    db: str | None = None,
-    seed: int = 0,
-) -> dict:
-    console = console or Console(stderr=True)
-    kind, target, shown = resolve_prompt(prompt, db)
-    if kind == "artifact":
-        if demos or demos_from or verbalizer:
-            raise PromptTuneError(
-                "--demos / --demos-from / --verbalizer apply to hard prompts; an artifact has its own."
-            )
-        from prompttune.cli.commands import run_eval
-
-        report = run_eval(target, data, batch_size, True if calibrate is None else calibrate, model, console)
-        report["prompt"] = shown
-        return report
-    rows = load_rows(data)
-    with console.status(f"loading backbone {model or 'smollm2 (default)'}"):
-        backbone = Backbone.load(model)
-    report = evaluate_template(
-        target,
-        rows,
-        backbone,
-        batch_size=batch_size,
-        calibrate=bool(calibrate),
-        demos=demos,
-        demo_selector=demo_selector,
-        demos_from=load_rows(demos_from) if demos_from else None,
-        verbalizer=verbalizer,
-        seed=seed,
-    )
-    report |= {"prompt": shown, "data": str(data)}
-    return report
+from prompttune.prompt_task import PromptTask
 
 
 def evaluate_template(
@@ -121,6 +47,8 @@ def evaluate_template(
     if demos_from is not None:
         check_fields(demos_from, fields, need_label=True)
     labels = sorted(set(rows.labels()) | set(demos_from.labels() if demos_from else []))
+    if verbalizer is None and getattr(template, "label_words", ()):  # a registry template's stored words
+        verbalizer = template.stored_verbalizer(labels)  # registry/content.py StoredTemplate
     verb = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer.parse(labels, verbalizer)
 
     def task_for(shots: list[dict]) -> PromptTask:

@@ -41,13 +41,11 @@ class TrainableParts(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Prompts and head train at different learning rates (P-tuning v2: ~1e-2 vs ~1e-3)."""
-        groups = getattr(self.method, "parameter_groups", None)
-        named = groups() if groups else {"prompt": [p for p in self.method.parameters() if p.requires_grad]}
-        return named | {"head": [p for p in self.head.parameters() if p.requires_grad]}
+        return self.method.parameter_groups() | {"head": [p for p in self.head.parameters() if p.requires_grad]}
 
     @property
     def lr_scales(self) -> dict[str, float]:
-        return getattr(self.method, "lr_scales", {})
+        return self.method.lr_scales
 
 
 def input_token_count(method: SoftPromptMethod, slot: SoftSlot) -> int:

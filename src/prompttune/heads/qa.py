@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import DataError
-from prompttune.heads.base import HeadTask, check_fields, register_task
+from prompttune.heads.base import HeadKind, check_fields, register_kind
 from prompttune.heads.model import HeadModel
 
 
@@ -104,8 +104,8 @@ def answer_spans(row: Row) -> list[tuple[str, int]]:
     return out
 
 
-@register_task
-class SpanTask(HeadTask):
+@register_kind
+class SpanKind(HeadKind):
     kind = "span"
     metric = "f1"
     fields = ("context", "question", "answers")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import DataError
-from prompttune.heads.base import HeadTask, check_fields, register_task
+from prompttune.heads.base import HeadKind, check_fields, register_kind
 from prompttune.heads.model import HeadModel
 
 
@@ -93,8 +93,8 @@ class TokenHead(nn.Module):
         return self.linear(self.dropout(hidden))  # (b, t, n_tags)
 
 
-@register_task
-class TaggingTask(HeadTask):
+@register_kind
+class TaggingKind(HeadKind):
     kind = "tokens"
     metric = "f1"
     fields = ("tokens", "tags")

@@ -1,1 +1,1 @@
-"""x"""
+"""Other libraries' formats: PEFT prompt-learning adapters, exported and imported."""

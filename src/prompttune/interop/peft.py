@@ -46,7 +46,7 @@ def _require_peft():
 def soft_tokens_lead(task: PromptTask) -> bool:
     """Whether the template's soft tokens all stand before any text (PEFT's layout for input tokens)."""
     pm = task.model
-    segments = pm._segments
+    segments = pm.segments
     soft = [i for i, s in enumerate(segments) if isinstance(s, SoftSlot)]
     return soft == [0] and not pm.compiled.row_slots
 
@@ -56,8 +56,8 @@ def export_peft(artifact_dir: Path, out_dir: Path, model: str | Backbone | None 
     peft = _require_peft()
     task = load(artifact_dir, model)
     method = task.model.method
-    peft_type = getattr(method, "peft_type", None)
-    if peft_type is None or not hasattr(method, "table"):
+    peft_type = method.peft_type
+    if peft_type is None or method.table() is None:
         raise PromptTuneError(
             f"export --format peft: method {task.method_name} has no PEFT counterpart; "
             "prompt-tuning, p-tuning, prefix-tuning and p-tuning-v2 artifacts export."
@@ -92,7 +92,7 @@ def export_peft(artifact_dir: Path, out_dir: Path, model: str | Backbone | None 
             **common, token_dim=kv_heads * head_dim, num_attention_heads=kv_heads, prefix_projection=False
         )
     elif peft_type == "P_TUNING":
-        hidden = getattr(method.config, "encoder_hidden", backbone.hidden_size)
+        hidden = method.config.encoder_hidden
         config = peft.PromptEncoderConfig(
             **common,
             token_dim=backbone.hidden_size,

@@ -47,6 +47,8 @@ class SoftPromptMethod(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    default_lr: ClassVar[float] = 0.01  # the peak learning rate that suits the method when the user gives none
+    peft_type: ClassVar[str | None] = None  # the PEFT type it exports as (``table()`` is the tensor); None: none
 
     def __init__(self, config: MethodConfig, backbone: Backbone, slots: list[SoftSlot], init_context: dict):
         super().__init__()
@@ -89,12 +91,52 @@ class SoftPromptMethod(nn.Module):
                 ]
         return cache[key]
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of trainable parameters; the Trainer gives each its own learning rate (``lr_scales``)."""
+        return {"prompt": [p for p in self.parameters() if p.requires_grad]}
+
+    @property
+    def lr_scales(self) -> dict[str, float]:
+        """{group: factor}: that group trains at factor x the learning rate (default: every group at 1x)."""
+        return {}
+
+    def table(self) -> Tensor | None:
+        """The (n_virtual, width) tensor another library reads (PEFT's prompt embeddings); None when there is none."""
+        return None
+
     def trainable_state(self) -> dict[str, Tensor]:
         """Tensors to save (and to restore to resume training)."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
         self.load_state_dict(state)
+
+
+def init_token_ids(config, backbone: Backbone, total: int, ctx: dict) -> Tensor | None:
+    """Token ids whose embeddings start ``total`` virtual tokens (``config.init``); None for random init.
+
+    labels: the label words' tokens, then frequent words; vocab: frequent words (the 5,000 first ids);
+    text: ``config.init_text`` repeated. Shared by every method that starts from real token embeddings.
+    """
+    gen = ctx.get("generator")
+    vocab = min(5000, backbone.embedding_matrix.shape[0])
+    sampled = torch.randint(0, vocab, (total,), generator=gen)
+    if config.init == "random":
+        return None
+    if config.init == "vocab":
+        return sampled
+    if config.init == "text":
+        words = backbone.tokenize(config.init_text)
+    else:  # labels
+        words = [t for w in ctx.get("label_words", []) for t in backbone.tokenize(" " + w)]
+    if not words:
+        return sampled
+    words = torch.tensor(words)
+    if config.init == "text":
+        return words.repeat((total + len(words) - 1) // len(words))[:total]
+    out = sampled.clone()
+    out[: min(total, len(words))] = words[:total]
+    return out
 
 
 def build_method(name: str, config: dict, backbone: Backbone, slots: list[SoftSlot], init_context: dict):

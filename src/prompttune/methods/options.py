@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import fields
 
 from prompttune.core.errors import PromptTuneError
@@ -44,6 +45,19 @@ def parse_method_options(method: str, options: list[str] | None) -> dict:
             )
         out[key] = _convert(key, raw.strip(), known[key])
     return out
+
+
+def settings_for(method: str, shared: dict | None, own: dict | Sequence[str] | None) -> dict:
+    """A method's config: the shared settings it has (others dropped), then its own (``KEY=VALUE`` strings or a
+    dict; an unknown key is an error naming it)."""
+    known = config_fields(method)
+    config = {k: v for k, v in (shared or {}).items() if k in known}
+    if isinstance(own, dict):
+        unknown = sorted(set(own) - set(known))
+        if unknown:
+            raise PromptTuneError(f"method {method}: unknown setting(s) {unknown}; known: {', '.join(sorted(known))}.")
+        return config | own
+    return config | parse_method_options(method, list(own or []))
 
 
 def _convert(key: str, raw: str, kind):

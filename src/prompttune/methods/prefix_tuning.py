@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.errors import PromptTuneError
 from prompttune.core.template import SoftSlot
-from prompttune.methods.base import MethodConfig, SoftPromptMethod, register
+from prompttune.methods.base import MethodConfig, SoftPromptMethod, init_token_ids, register
 from prompttune.methods.lookup_table import CollapsedTable
-from prompttune.methods.prompt_tuning import INITS, PromptTuning
+from prompttune.methods.prompt_tuning import INITS
 
 
 @dataclass
@@ -90,7 +90,7 @@ class PrefixTuning(CollapsedTable, SoftPromptMethod):
                 "from real activations and keeps them.",
                 stacklevel=2,
             )
-        ids = PromptTuning._init_ids(config, backbone, n, init_context)
+        ids = init_token_ids(config, backbone, n, init_context)
         start, token_emb = self._real_activations(backbone, ids, n, init_context)
         self.mlp = None
         if config.prefix_hidden:

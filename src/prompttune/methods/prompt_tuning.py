@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from prompttune.core.errors import PromptTuneError
 from prompttune.core.template import SoftSlot
-from prompttune.methods.base import MethodConfig, SoftPromptMethod, register
+from prompttune.methods.base import MethodConfig, SoftPromptMethod, init_token_ids, register
 
 INITS = ("vocab", "text", "labels", "random")
 
@@ -46,7 +46,7 @@ class PromptTuning(SoftPromptMethod):
         if total == 0:
             raise PromptTuneError("prompt tuning: the template has no [soft] slot to train.")
         emb = backbone.embedding_matrix.detach()
-        ids = self._init_ids(config, backbone, total, init_context)
+        ids = init_token_ids(config, backbone, total, init_context)
         if ids is None:
             init = torch.randn(total, emb.shape[1], generator=init_context.get("generator")) * float(emb.std())
         else:
@@ -65,28 +65,6 @@ class PromptTuning(SoftPromptMethod):
         for s in slots:
             self._offsets[s.index] = (start, start + s.size)
             start += s.size
-
-    @staticmethod
-    def _init_ids(config, backbone, total: int, ctx: dict) -> Tensor | None:
-        gen = ctx.get("generator")
-        vocab = min(5000, backbone.embedding_matrix.shape[0])
-        sampled = torch.randint(0, vocab, (total,), generator=gen)
-        if config.init == "random":
-            return None
-        if config.init == "vocab":
-            return sampled
-        if config.init == "text":
-            words = backbone.tokenize(config.init_text)
-        else:  # labels
-            words = [t for w in ctx.get("label_words", []) for t in backbone.tokenize(" " + w)]
-        if not words:
-            return sampled
-        words = torch.tensor(words)
-        if config.init == "text":
-            return words.repeat((total + len(words) - 1) // len(words))[:total]
-        out = sampled.clone()
-        out[: min(total, len(words))] = words[:total]
-        return out
 
     def table(self) -> Tensor:
         """The (n_virtual, d) virtual-token embeddings inference uses."""

@@ -1,0 +1,59 @@
+"""Progress display: a rich bar, and the training callback that draws it (one line per validation in logs)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from prompttune.train import Callback
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+class TrainingProgress(Callback):
+    """A bar with step, loss, examples/s and the best validation so far; in logs (no terminal), one line per
+    validation instead."""
+
+    def __init__(self, console: Console, bar: Progress | None = None):
+        super().__init__()
+        self.console, self.bar, self.task = console, None, None
+        self.best: float | None = None
+        self.speed = ""
+        if bar is not None:
+            self.attach(bar)
+
+    def attach(self, bar: Progress) -> None:
+        self.bar, self.task = bar, bar.add_task("training", total=None, info="")
+
+    def on_step(self, ev: dict) -> None:
+        self.speed = f"{ev['examples_per_s']:.1f} ex/s, loss {ev['loss']:.3f}"
+        if self.bar is None:
+            return
+        best = f" best val {self.best:.3f}" if self.best is not None else ""
+        self.bar.update(
+            self.task,
+            completed=ev["step"],
+            total=ev["total"],
+            info=f"loss {ev['loss']:.3f} {ev['examples_per_s']:.1f} ex/s{best}",
+        )
+
+    def on_validation(self, ev: dict) -> None:
+        self.best = ev["best_val"]
+        if self.bar is None or not self.console.is_terminal:
+            self.console.print(
+                f"step {ev['step']}/{ev['total']} val {ev['metric']} {ev['val']:.4f} "
+                f"(best {ev['best_val']:.4f}) {self.speed}",
+                highlight=False,
+            )

@@ -1,0 +1,176 @@
+"""`prompttune train`: flags in, one library call (``prompttune.api.train``), the result out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
+from prompttune.core.errors import PromptTuneError
+
+
+def train(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Training rows (.jsonl or .csv): text + label, or text_a + text_b + label; "
+            "tokens + tags (tagging) or context + question + answers (QA) train a head."
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")] = Path("runs/prompt"),
+    val: Annotated[Path | None, typer.Option(help="Validation rows; default: a seeded 10% of DATA.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N rows of DATA.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Method: prompt-tuning, p-tuning, prefix-tuning, p-tuning-v2, or zero-shot (hard prompt only; "
+            "with a head: a linear probe). Default: prompt-tuning; p-tuning-v2 with a head."
+        ),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="Read out with a trained head instead of a verbalizer: classification, tokens (tagging, IOB2) or "
+            "span (extractive QA). Default: tokens / span when the data has their fields. Default model: minilm."
+        ),
+    ] = None,
+    head_lr: Annotated[float | None, typer.Option(help="The head's learning rate (default: --lr).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Head tasks: tokens per row or QA window at most (default 256 / 384).")
+    ] = None,
+    backbone_dropout: Annotated[
+        bool,
+        typer.Option(
+            help="Head tasks: keep the frozen backbone's own dropout on during training steps (as P-tuning v2 "
+            "does); validation and inference run without it."
+        ),
+    ] = False,
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-option",
+            "-o",
+            help="A setting of the method's config, KEY=VALUE, repeatable (e.g. -o prefix_hidden=256 -o encoder=lstm).",
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 5,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (AdamW, warmup, decay); "
+            "default: the method's (0.01; p-tuning-v2 3e-3, prefix 5e-4)."
+        ),
+    ] = None,
+    num_virtual_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Soft tokens at the template's [soft] slot (the built-in templates add [soft:4] before the answer)."
+        ),
+    ] = 16,
+    init: Annotated[str, typer.Option(help="Soft-token init: labels, vocab, text, random.")] = "labels",
+    init_text: Annotated[str | None, typer.Option(help="The text for --init text.")] = None,
+    reparam_hidden: Annotated[
+        int, typer.Option(help="Prompt tuning: train the soft tokens through a residual MLP of this width (0: off).")
+    ] = 0,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Built-in name (classify, classify-pair), a .json template, or a string like "
+            "'[soft] Review: {{ text }} Sentiment: [label]'."
+        ),
+    ] = None,
+    verbalizer: Annotated[
+        str | None,
+        typer.Option(help="Label words: 'positive=great|good;negative=bad' or a .json file. Default: the labels."),
+    ] = None,
+    calibrate: Annotated[bool, typer.Option(help="Fit contextual calibration after training.")] = False,
+    demos: Annotated[
+        int, typer.Option(help="Few-shot demos from the training rows, shown before each input (cached: free per row).")
+    ] = 0,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
+    patience: Annotated[int, typer.Option(help="Stop after this many validations without improvement.")] = 4,
+    ema: Annotated[
+        float,
+        typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
+    ] = 0.9,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a soft prompt on labelled rows and save it as an artifact."""
+    from prompttune.api import train as train_task
+    from prompttune.cli.progress import TrainingProgress, progress_bar
+    from prompttune.core.backbone import set_threads
+    from prompttune.train import TrainConfig
+
+    if num_virtual_tokens < 1:
+        raise PromptTuneError(f"--num-virtual-tokens {num_virtual_tokens}: must be at least 1.")
+    set_threads()
+    shared = {"num_virtual_tokens": num_virtual_tokens, "init": init, "init_text": init_text}
+    shared["reparam_hidden"] = reparam_hidden
+    config = TrainConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        backbone_dropout=backbone_dropout,
+        eval_every=eval_every,
+        patience=patience,
+        seed=seed,
+        ema=ema,
+    )
+    bar = progress_bar(err)
+    progress = TrainingProgress(err, None)
+
+    def started(task, info: dict) -> None:
+        labels = f"{len(info['labels'])} labels, " if info["kind"] else f"labels {info['labels']}, "
+        what = f"{info['kind']} head: " if info["kind"] else ""
+        err.print(
+            f"{what}train {info['n_train']} rows, validation {info['n_val']} rows, {labels}method "
+            f"{task.method_name} on {task.backbone.model_id}, {info['trainable_params']:,} trainable parameters",
+            highlight=False,
+        )
+        if info["trainable_params"]:
+            bar.start()
+            progress.attach(bar)
+
+    try:
+        _, _, result = train_task(
+            data,
+            out_dir,
+            val=val,
+            limit=limit,
+            head=head,
+            method=method,
+            method_config=method_option or [],
+            shared_settings=shared,
+            template=template,
+            verbalizer=verbalizer,
+            demos=demos,
+            calibrate=calibrate,
+            max_length=max_length,
+            config=config,
+            model=model,
+            resume=resume,
+            callbacks=[progress],
+            on_start=started,
+            **Settings.backbone_args(),
+        )
+    finally:
+        if progress.bar is not None:  # drawn only once training started
+            bar.stop()
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(
+            f"saved {result['artifact']}: best validation {result['metric']} "
+            f"{result['best_val_accuracy']:.4f} "
+            f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
+            f"{result['train_examples_per_s']:.1f} examples/s)"
+        )

@@ -1,0 +1,134 @@
+"""`prompttune eval | predict | generate | models`: use a prompt (each command one library call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
+from prompttune.core.errors import PromptTuneError
+
+
+def evaluate(
+    prompt: Annotated[
+        str,
+        typer.Argument(
+            metavar="PROMPT",
+            help="An artifact directory, a registry reference (name@production, name@v3, name@<hash>), "
+            "a template file (.yaml/.json) or a built-in template name (see `prompttune templates list`).",
+        ),
+    ],
+    data: Annotated[Path, typer.Argument(help="Labelled rows (.jsonl or .csv).")],
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 32,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Artifact: apply its calibration, if it has one (default on). "
+            "Hard prompt: fit contextual calibration first (default off).",
+        ),
+    ] = None,
+    demos: Annotated[int, typer.Option(help="Hard prompt: few-shot demos shown before each input.")] = 0,
+    demo_selector: Annotated[
+        str, typer.Option(help="Hard prompt: fixed (first rows), random (seeded) or knn (nearest by MiniLM).")
+    ] = "random",
+    demos_from: Annotated[Path | None, typer.Option(help="Hard prompt: labelled rows to draw demos from.")] = None,
+    verbalizer: Annotated[
+        str | None, typer.Option(help="Hard prompt: label words, as for train. Default: the labels.")
+    ] = None,
+    db: Annotated[str | None, typer.Option(help="Registry database (path or URL) for a registry reference.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random demos.")] = 0,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and speed of a soft or hard prompt on labelled rows."""
+    from prompttune.api import evaluate as evaluate_prompt
+    from prompttune.cli.progress import progress_bar
+    from prompttune.cli.reports import show_report
+    from prompttune.core.backbone import set_threads
+
+    set_threads()
+    with progress_bar(err) as bar:
+        task = bar.add_task("evaluating", total=None, info="")
+        report = evaluate_prompt(
+            prompt,
+            data,
+            batch_size=batch_size,
+            calibrate=calibrate,
+            demos=demos,
+            demo_selector=demo_selector,
+            demos_from=demos_from,
+            verbalizer=verbalizer,
+            db=db,
+            seed=seed,
+            model=model,
+            progress=lambda n: bar.advance(task, n),
+            **Settings.backbone_args(),
+        )
+    if as_json:
+        emit_json(report)
+    else:
+        show_report(out, report)
+
+
+def predict(
+    artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to label.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A .jsonl/.csv file of rows to label.")] = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label texts (arguments) or a file's rows, with per-label probabilities (heads: tags/entities, answers)."""
+    from prompttune.api import predict as predict_rows
+    from prompttune.cli.reports import format_prediction
+    from prompttune.core.backbone import set_threads
+
+    if not texts and not file:
+        raise PromptTuneError("predict: give texts as arguments or --file rows.jsonl.")
+    set_threads()
+    rows = predict_rows(artifact_dir, file or texts, model, **Settings.backbone_args())
+    for r in rows:
+        if as_json:
+            emit_json(r)
+        else:
+            out.print(format_prediction(r), markup=False, highlight=False, soft_wrap=True)
+
+
+def generate(
+    text: Annotated[str, typer.Argument(help="The input text (the template's text field).")],
+    artifact_dir: Annotated[Path | None, typer.Option("--artifact", help="Use this artifact's prompt.")] = None,
+    system: Annotated[
+        str, typer.Option(help="System text when no artifact is given.")
+    ] = "You are a helpful assistant.",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    model: ModelOpt = None,
+) -> None:
+    """Generate free text, with an artifact's prompt or a plain chat prompt."""
+    from prompttune.api import generate as generate_text
+    from prompttune.core.backbone import set_threads
+    from prompttune.core.generate import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    set_threads()
+    out.print(generate_text(text, artifact_dir, system, config, model, **Settings.backbone_args()))
+
+
+def models() -> None:
+    """Show the embedded default models and prepare their cache (dequantizes the decoder once)."""
+    from rich.table import Table
+
+    from prompttune.core import defaults
+
+    table = Table("alias", "model", "where")
+    for name in (defaults.DEFAULT_DECODER, defaults.DEFAULT_ENCODER):
+        try:
+            _, where = defaults.resolve(name)
+        except PromptTuneError as e:
+            where = f"[red]{e}[/]"
+        table.add_row(", ".join(a for a, n in defaults.ALIASES.items() if n == name), name, str(where))
+    out.print(table)
+    out.print(f"cache: {defaults.cache_dir()}  (set PROMPTTUNE_CACHE to move it)")
