@@ -57,21 +57,8 @@ def parse_vars(items: list[str] | None, flag: str = "--var") -> dict[str, str]:
     return values
 
 
-def load_tokenizer(model: str | None):
-    """The backbone's tokenizer only (its chat template), without loading the weights."""
-    from transformers import AutoTokenizer
-
-    from prompttune.core import defaults
-
-    _, location = defaults.resolve(model)
-    try:
-        return AutoTokenizer.from_pretrained(location, local_files_only=isinstance(location, Path))
-    except OSError as e:
-        raise PromptTuneError(f"--model {model}: cannot load its tokenizer ({e}).") from None
-
-
 def resolve_template(spec: str, db: str | None):
-    from prompttune.hard.evaluate import resolve_prompt
+    from prompttune.registry.resolve import resolve_prompt
 
     kind, target, _ = resolve_prompt(spec, db)
     if kind != "template":
@@ -128,7 +115,7 @@ def templates_render(
         msgs, answer = template.render_messages(values, label_words)
         sys.stdout.write(json.dumps({"messages": msgs, "answer_prefix": answer}, ensure_ascii=False, indent=1) + "\n")
         return
-    sys.stdout.write(template.render(values, load_tokenizer(model), label_words) + "\n")
+    sys.stdout.write(template.render(values, defaults.load_tokenizer(model), label_words) + "\n")
 
 
 # --- registry -----------------------------------------------------------------------------------------
@@ -154,6 +141,13 @@ def registry_add(
         list[str] | None, typer.Option("--metric", help="A measured figure, NAME=NUMBER; repeatable.")
     ] = None,
     message: Annotated[str | None, typer.Option("--message", "-m", help="A note on this version.")] = None,
+    verbalizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Templates: the label words to keep with it, 'positive=great|good;negative=bad' or a .json file; "
+            "`prompttune eval NAME@LABEL DATA` uses them unless given --verbalizer.",
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -173,7 +167,7 @@ def registry_add(
         data_hash = load_rows(data).fingerprint()
     prov = {"author": author, "model": model, "data_hash": data_hash, "metrics": metrics, "message": message}
     registry = _registry(db)
-    version, created = add_source(registry, name, source, prov)
+    version, created = add_source(registry, name, source, prov, verbalizer)
     for lab in label or []:
         version = registry.set_label(version.ref, lab)
     if as_json:
@@ -181,7 +175,7 @@ def registry_add(
         return
     state = "added" if created else "already there as"
     labels = f" [{', '.join(version.labels)}]" if version.labels else ""
-    out.print(f"{state} {version.ref} ({version.kind}, {version.hash[:12]}){labels}", highlight=False)
+    out.print(f"{state} {version.ref} ({version.kind}, {version.hash[:12]}){labels}", highlight=False, markup=False)
 
 
 def _summary(v) -> dict:
@@ -233,8 +227,9 @@ def registry_show(
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One version: hash, labels, provenance and content."""
-    from prompttune.core.template import Template, dump_yaml
+    """One version: hash, labels, provenance and content (a template's stored label words included)."""
+    from prompttune.core.template import dump_yaml
+    from prompttune.registry.content import describe
 
     v = _registry(db).get(ref, payload=False)
     if as_json:
@@ -244,11 +239,7 @@ def registry_show(
     if v.labels:
         out.print(f"labels: {', '.join(v.labels)}", highlight=False)
     out.print(dump_yaml({"provenance": v.provenance}), markup=False, highlight=False, end="")
-    if v.kind == "template":
-        body = Template.from_dict(v.content).to_yaml()
-    else:
-        body = json.dumps(v.content, indent=2, ensure_ascii=False)
-    out.print(body, markup=False, highlight=False)
+    out.print(describe(v), markup=False, highlight=False)
 
 
 @registry_app.command("diff")
@@ -303,21 +294,39 @@ def registry_import(
     name: Annotated[str | None, typer.Option("--name", help="Import under this name instead.")] = None,
     db: DbOpt = None,
 ) -> None:
-    """Add the versions and labels of an exported file (hashes are checked; duplicates are skipped)."""
-    from prompttune.registry.share import import_
+    """Add the versions and labels of an exported file (content, provenance and labels are checked against the
+    file's hashes; duplicates are skipped). A hash is not a signature: trust provenance as far as the file's source.
+    """
+    from prompttune.registry.share import import_doc, read_export
 
-    for v, created in import_(_registry(db), file, name):
+    doc = read_export(file)
+    for v, created in import_doc(_registry(db), doc, file, name):
         out.print(f"{'added' if created else 'already there as'} {v.ref} ({v.hash[:12]})", highlight=False)
+    if not doc["provenance_checked"]:
+        err.print(
+            f"note: {file} is an older export (format 1): its content hashes were checked, but nothing covers its "
+            "provenance (author, metrics, data hash) or labels; it is recorded with provenance_checked: false.",
+            highlight=False,
+            markup=False,
+        )
 
 
 @registry_app.command("rm")
 def registry_rm(
     ref: Annotated[str, typer.Argument(help="name@v3 removes one version; name removes the prompt entirely.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove even when labels point at it (the labels are dropped).")
+    ] = False,
     db: DbOpt = None,
 ) -> None:
-    """Remove a version, or a prompt with all its versions and labels."""
-    removed = _registry(db).remove(ref)
-    out.print(f"removed {', '.join(removed) or 'nothing'}", highlight=False)
+    """Remove a version, or a prompt with all its versions and labels; version numbers are never reused.
+
+    A labelled version is removed only with --force, and the dropped labels are named.
+    """
+    removal = _registry(db).remove(ref, force=force)
+    out.print(f"removed {', '.join(removal.versions)}", highlight=False)
+    for label, at in removal.labels.items():
+        out.print(f"dropped label {label} (it pointed at {at})", highlight=False)
 
 
 # --- chains -------------------------------------------------------------------------------------------

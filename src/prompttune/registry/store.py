@@ -5,145 +5,74 @@ psycopg). A version is identified by the SHA-256 of its content, so adding the s
 gives back the existing version. Version numbers are given out one writer at a time: SQLite takes
 its write lock at BEGIN (``BEGIN IMMEDIATE``), PostgreSQL locks the prompt's row (``FOR UPDATE``); a
 writer that still collides retries, so concurrent writers never lose or duplicate a version.
+
+A version number is never given out twice for one name, even after versions (or the whole prompt) are
+removed: ``pt_numbering`` keeps each name's highest number, so a pin to ``name@v2`` can never come to
+mean other content. Removing a version that a label points at is refused unless forced, and then says
+which labels were dropped. ``pt_numbering`` is the only table added since the first schema; opening an
+older database creates it (nothing else changes), and an older read-only database still reads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from contextlib import contextmanager
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from prompttune.registry.names import VERSION_RE, Ref, RegistryError, check_label, check_name, parse_ref
-
-KINDS = ("template", "soft-prompt")
-
-metadata = sa.MetaData()
-prompts = sa.Table(
-    "pt_prompts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(128), nullable=False, unique=True),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("created", sa.String(40), nullable=False),
+from prompttune.registry.database import default_location, explain, is_read_only, locate, make_engine
+from prompttune.registry.names import (
+    HASH_PREFIX_RE,
+    MAX_VERSION,
+    VERSION_RE,
+    Ref,
+    RegistryError,
+    check_label,
+    check_name,
+    parse_ref,
 )
-versions = sa.Table(
-    "pt_versions",
+from prompttune.registry.schema import (
+    FIRST_SCHEMA,
+    KINDS,
+    Removal,
+    Version,
+    content_hash,
+    labels,
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("pt_prompts.id"), nullable=False),
-    sa.Column("number", sa.Integer, nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False, index=True),
-    sa.Column("content", sa.Text, nullable=False),  # JSON: a template spec, or an artifact's manifest
-    sa.Column("payload", sa.LargeBinary, nullable=True),  # an artifact's weights.safetensors bytes
-    sa.Column("provenance", sa.Text, nullable=False),  # JSON: author, time, model, data hash, metrics, ...
-    sa.Column("created", sa.String(40), nullable=False),
-    sa.UniqueConstraint("prompt_id", "number"),
-    sa.UniqueConstraint("prompt_id", "hash"),
-)
-labels = sa.Table(
-    "pt_labels",
-    metadata,
-    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("pt_prompts.id"), primary_key=True),
-    sa.Column("label", sa.String(128), primary_key=True),
-    sa.Column("version_id", sa.Integer, sa.ForeignKey("pt_versions.id"), nullable=False),
+    now,
+    numbering,
+    prompts,
+    versions,
 )
 
-
-@dataclass
-class Version:
-    name: str
-    kind: str
-    number: int
-    hash: str
-    content: dict
-    provenance: dict
-    created: str
-    labels: list[str] = field(default_factory=list)
-    payload: bytes | None = None
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@v{self.number}"
-
-
-def content_hash(kind: str, content: dict, payload: bytes | None) -> str:
-    body = {
-        "kind": kind,
-        "content": content,
-        "payload_sha256": hashlib.sha256(payload).hexdigest() if payload is not None else None,
-    }
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def default_location() -> str:
-    """$PROMPTTUNE_REGISTRY (a path or database URL), else registry.db in the user data dir."""
-    env = os.environ.get("PROMPTTUNE_REGISTRY")
-    if env:
-        return env
-    from platformdirs import user_data_dir
-
-    return str(Path(user_data_dir("prompttune")) / "registry.db")
-
-
-def database_url(location: str) -> str:
-    if location.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + location.split("://", 1)[1]
-    if "://" in location:
-        return location
-    path = Path(location).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
-
-
-def _make_engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn, _record):
-            dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, says when a transaction begins
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA busy_timeout=60000")
-            # WAL + NORMAL: a crash cannot corrupt the file; only the OS losing power can undo the last commits.
-            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn):
-            # Writers take the write lock at BEGIN, not at their first write, so two writers never both read
-            # the same "next version number"; readers do not block each other.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+__all__ = ["KINDS", "Registry", "Removal", "Version", "content_hash", "default_location"]
 
 
 class Registry:
     """Templates and soft-prompt artifacts, each with numbered, content-addressed versions and labels."""
 
     def __init__(self, location: str | None = None):
-        self.location = location or default_location()
-        self.url = database_url(self.location)
+        self.where = locate(location)  # refuses unsupported databases and unusable paths, naming the flag
+        self.location = self.where.text
+        self.url = self.where.url
         try:
-            self.engine = _make_engine(self.url)
-            self._retry(self._create_tables)
-        except (OperationalError, DBAPIError) as e:
-            shown = sa.make_url(self.url).render_as_string(hide_password=True)
-            raise RegistryError(
-                f"registry {shown}: cannot open the database ({e.orig}). Check --db / $PROMPTTUNE_REGISTRY."
-            ) from None
+            self.engine = make_engine(self.where)
+            with self.engine.connect() as conn:
+                missing = {t.name for t in metadata.sorted_tables} - set(sa.inspect(conn).get_table_names())
+        except DBAPIError as e:
+            raise explain(self.where, e, "open") from None
+        self._writes_refused: RegistryError | None = None
+        if missing:
+            try:
+                self._retry(self._create_tables)
+            except RegistryError as e:
+                # A read-only database made before pt_numbering existed still reads; a write says why not.
+                if missing & FIRST_SCHEMA:
+                    raise
+                self._writes_refused = e
 
     @staticmethod
     def _create_tables(conn) -> None:
@@ -159,16 +88,39 @@ class Registry:
 
     def _retry(self, work, attempts: int = 60):
         """Run ``work(conn)`` in one transaction; retry when a concurrent writer got there first."""
+        if self._writes_refused is not None:
+            raise self._writes_refused
         for attempt in range(attempts):
             try:
                 with self.engine.connect().execution_options(write=True) as conn, conn.begin():
                     return work(conn)
-            except (IntegrityError, OperationalError) as e:
-                transient = isinstance(e, IntegrityError) or "locked" in str(e) or "deadlock" in str(e).lower()
-                if not transient or attempt == attempts - 1:
-                    raise
+            except DBAPIError as e:
+                transient = isinstance(e, IntegrityError) or (
+                    isinstance(e, OperationalError) and ("locked" in str(e) or "deadlock" in str(e).lower())
+                )
+                if not transient or is_read_only(e) or attempt == attempts - 1:
+                    raise explain(self.where, e) from None
                 time.sleep(random.uniform(0.005, 0.05) * (1 + attempt))
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _reading(self):
+        """A connection for reads; a driver error becomes a RegistryError naming the database."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as e:
+            raise explain(self.where, e) from None
+
+    @staticmethod
+    def _raise_high_water(conn, name: str, pid: int) -> None:
+        """Record the highest number ``name`` has had before any of its versions go."""
+        top = conn.execute(sa.select(sa.func.max(versions.c.number)).where(versions.c.prompt_id == pid)).scalar()
+        kept = conn.execute(sa.select(numbering.c.last_number).where(numbering.c.name == name)).scalar()
+        if kept is None:
+            conn.execute(numbering.insert().values(name=name, last_number=top or 0))
+        elif (top or 0) > kept:
+            conn.execute(numbering.update().where(numbering.c.name == name).values(last_number=top))
 
     # --- writing --------------------------------------------------------------------------------------
     def add(
@@ -198,7 +150,8 @@ class Registry:
             if same is not None:
                 return same, False
             last = conn.execute(sa.select(sa.func.max(versions.c.number)).where(versions.c.prompt_id == pid)).scalar()
-            number = (last or 0) + 1
+            kept = conn.execute(sa.select(numbering.c.last_number).where(numbering.c.name == name)).scalar()
+            number = max(last or 0, kept or 0) + 1  # never a number this name has had before
             conn.execute(
                 versions.insert().values(
                     prompt_id=pid,
@@ -239,25 +192,48 @@ class Registry:
 
         self._retry(work)
 
-    def remove(self, ref: str | Ref) -> list[str]:
-        """Remove one version (``name@v3``), or a whole prompt (``name``) with all its versions and labels."""
+    def remove(self, ref: str | Ref, force: bool = False) -> Removal:
+        """Remove one version (``name@v3``), or a whole prompt (``name``) with all its versions and labels.
+
+        Labels that point at what goes are dropped only with ``force``; without it the removal is refused
+        and the message names them. The removed numbers are never given out again for this name.
+        """
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         whole = ref.selector is None
         target = None if whole else self.get(ref, payload=False)
 
-        def work(conn) -> list[str]:
+        def work(conn) -> Removal:
             pid = self._prompt_id(conn, ref.name)
+            conn.execute(sa.select(prompts.c.id).where(prompts.c.id == pid).with_for_update())
             if whole:
-                numbers = conn.execute(sa.select(versions.c.number).where(versions.c.prompt_id == pid)).scalars()
-                removed = [f"{ref.name}@v{n}" for n in numbers]
+                q = sa.select(versions.c.id, versions.c.number).where(versions.c.prompt_id == pid)
+                numbers = dict(conn.execute(q).all())
+            else:
+                numbers = {self._ids(conn, ref.name, target.number)[1]: target.number}
+            dropped = {
+                label: f"{ref.name}@v{numbers[vid]}"
+                for vid, label in conn.execute(
+                    sa.select(labels.c.version_id, labels.c.label)
+                    .where(labels.c.version_id.in_(list(numbers)))
+                    .order_by(labels.c.label)
+                )
+            }
+            if dropped and not force:
+                pointing = ", ".join(f"{label} -> {at}" for label, at in dropped.items())
+                raise RegistryError(
+                    f"registry: {ref} is labelled ({pointing}); removing it would leave "
+                    + ", ".join(f"{ref.name}@{label}" for label in dropped)
+                    + f" naming nothing. Point the label elsewhere first (prompttune registry label "
+                    f"{ref.name}@vN LABEL), or remove anyway with --force (the labels are dropped)."
+                )
+            self._raise_high_water(conn, ref.name, pid)
+            conn.execute(labels.delete().where(labels.c.version_id.in_(list(numbers))))
+            conn.execute(versions.delete().where(versions.c.id.in_(list(numbers))))
+            left = conn.execute(sa.select(sa.func.count()).where(versions.c.prompt_id == pid)).scalar()
+            if not left:  # the last version went: the name is free (its numbers stay used)
                 conn.execute(labels.delete().where(labels.c.prompt_id == pid))
-                conn.execute(versions.delete().where(versions.c.prompt_id == pid))
                 conn.execute(prompts.delete().where(prompts.c.id == pid))
-                return removed
-            _, vid = self._ids(conn, ref.name, target.number)
-            conn.execute(labels.delete().where(labels.c.version_id == vid))
-            conn.execute(versions.delete().where(versions.c.id == vid))
-            return [target.ref]
+            return Removal([f"{ref.name}@v{n}" for n in sorted(numbers.values())], dropped)
 
         return self._retry(work)
 
@@ -317,20 +293,23 @@ class Registry:
     def get(self, ref: str | Ref, payload: bool = True) -> Version:
         """The version a reference names: name (latest), name@vN, name@label or name@<hash prefix>."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             pid = self._prompt_id(conn, ref.name)
             q = self._select(payload).where(versions.c.prompt_id == pid)
             sel = ref.selector
             if sel is None:
                 rows = conn.execute(q.order_by(versions.c.number.desc()).limit(1)).all()
-            elif m := VERSION_RE.match(sel):
-                rows = conn.execute(q.where(versions.c.number == int(m.group(1)))).all()
+            elif m := VERSION_RE.fullmatch(sel):
+                number = int(m.group(1))
+                rows = conn.execute(q.where(versions.c.number == number)).all() if number <= MAX_VERSION else []
             else:
                 vid = conn.execute(
                     sa.select(labels.c.version_id).where(labels.c.prompt_id == pid, labels.c.label == sel)
                 ).scalar()
                 if vid is not None:
                     rows = conn.execute(q.where(versions.c.id == vid)).all()
+                elif not HASH_PREFIX_RE.fullmatch(sel.lower()):
+                    rows = []
                 else:
                     rows = conn.execute(q.where(versions.c.hash.startswith(sel.lower(), autoescape=True))).all()
                     if len(rows) > 1:
@@ -344,7 +323,7 @@ class Registry:
 
     def versions(self, name: str | None = None) -> list[Version]:
         """Every version (of one prompt, or of all), without payloads, by name then number."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             q = self._select(payload=False).order_by(prompts.c.name, versions.c.number)
             if name is not None:
                 q = q.where(versions.c.prompt_id == self._prompt_id(conn, name))
@@ -354,7 +333,7 @@ class Registry:
 
     def names(self) -> list[tuple[str, str, int, dict[str, int]]]:
         """(name, kind, number of versions, {label: version number}) per prompt."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             counts = conn.execute(
                 sa.select(prompts.c.name, prompts.c.kind, sa.func.count(versions.c.id), sa.func.max(versions.c.number))
                 .select_from(prompts.outerjoin(versions, versions.c.prompt_id == prompts.c.id))
