@@ -86,7 +86,8 @@ def test_index_save_reload_and_query_returns_the_right_chunk(docs_dir, tmp_path,
         assert top[0].score >= top[1].score
     many = loaded.search(["rome is the capital of italy", "paris is the capital of france"], k=1)
     assert [h[0].chunk.doc_id for h in many] == ["rome.md", "paris.txt"]
-    assert len(loaded.search("rain", k=50)) == 5  # k larger than the index: every chunk, once
+    assert len(loaded.search("rain", k=50, collapse=False)) == 5  # k larger than the index: every chunk, once
+    assert len(loaded.search("rain", k=50)) == 3  # by default, the best chunk of each document
 
 
 def test_reload_uses_the_recorded_encoder_without_being_told(docs_dir, tmp_path, tiny_encoder):
@@ -117,14 +118,22 @@ def test_an_index_refuses_another_encoder(docs_dir, tmp_path, tiny_encoder, tiny
 
 
 def test_keyword_ranking_and_fusion(docs_dir, tmp_path, tiny_encoder):
-    from prompttune.rag.index import _fuse
+    from prompttune.rag.fusion import Fusion
 
     index = VectorIndex.build(read_documents(docs_dir), tiny_encoder)
     assert [h.chunk.doc_id for h in index.search("Where is Berlin?", k=1, mode="bm25")] == ["berlin.txt"]
     assert index.search("zzz unknown words", k=3, mode="bm25") == []  # no shared word: nothing
     assert len(index.search("zzz unknown words", k=3)) == 3  # hybrid still has the dense ranking
-    fused = _fuse([(1, 0.9), (2, 0.8), (3, 0.1)], [(3, 9.0), (1, 5.0)], k=2)
-    assert [row for row, _ in fused] == [1, 3]  # 1: ranks 1 + 2; 3: ranks 3 + 1; 2: rank 2 alone
+    dense, bm25 = [(1, 0.9), (2, 0.8), (3, 0.1)], [(3, 9.0), (1, 5.0)]
+    fused = Fusion("rrf", 0.5, 60).fuse(dense, bm25)
+    assert [row for row, _ in fused] == [1, 3, 2]  # 1: ranks 1 + 2; 3: ranks 3 + 1; 2: rank 2 alone
+    assert fused[0][1] == pytest.approx(0.5 / 61 + 0.5 / 62)
+    assert [row for row, _ in Fusion("rrf", 0.1, 60).fuse(dense, bm25)][:2] == [3, 1]  # BM25 weighs more
+    assert [row for row, _ in Fusion("rrf", 1.0, 60).fuse(dense, bm25)] == [1, 2, 3]  # dense alone
+    convex = Fusion("convex", 0.5).fuse(dense, bm25)  # min-max: dense 1, .875, 0; bm25 1, 0
+    assert [(r, round(s, 4)) for r, s in convex] == [(1, 0.5), (3, 0.5), (2, 0.4375)]
+    with pytest.raises(DataError, match="--dense-weight 1.5"):
+        Fusion("rrf", 1.5)
     with pytest.raises(DataError, match="--mode fuzzy"):
         index.search("x", mode="fuzzy")
 

@@ -1,6 +1,6 @@
-"""`prompttune rag index | ask` and `prompttune agent`: retrieval and agents from the command line.
+"""`prompttune rag index | search | ask` and `prompttune agent`: retrieval and agents from the command line.
 
-Registered in cli.py; the bodies are in rag_agent_commands.py (heavy imports stay inside the commands).
+Registered in cli/app.py; the bodies are in rag_commands.py (heavy imports stay inside the commands).
 """
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ import typer
 
 from prompttune.cli.options import JsonOpt, ModelOpt, emit_json, err, out
 
-rag_app = typer.Typer(no_args_is_help=True, help="Retrieval: index documents, then answer questions from them.")
+rag_app = typer.Typer(
+    no_args_is_help=True, help="Retrieval: index documents, then search them or answer questions from them."
+)
 IndexOpt = Annotated[Path, typer.Option("--index", help="The vector index directory.")]
+KOpt = Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve (1-1000).")]
+ModeOpt = Annotated[
+    str,
+    typer.Option(help="Ranking: hybrid (0.45 dense + 0.55 BM25, min-max normalised; see README), dense, or bm25."),
+]
 
 
 @rag_app.command("index")
@@ -26,12 +33,21 @@ def rag_index(
     overlap: Annotated[int, typer.Option(help="Words shared by consecutive windows of a long paragraph.")] = 40,
     batch_size: Annotated[int, typer.Option(help="Chunks per encoder batch.")] = 64,
     encoder: Annotated[str, typer.Option(help="Sentence encoder: minilm (default) or a local HF encoder.")] = "minilm",
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an index already at --index (atomic swap); other folders never."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Chunk documents, embed them with the default encoder and save a vector index."""
+    """Chunk documents, embed them with the default encoder and save a vector index.
+
+    Document ids (--id-field) must be unique. --index must be new, empty, or an earlier index (with --overwrite).
+    """
     from prompttune.cli.rag_commands import run_rag_index
 
-    result = run_rag_index(docs, index_dir, text_field, id_field, chunk_words, overlap, batch_size, encoder, err)
+    result = run_rag_index(
+        docs, index_dir, text_field, id_field, chunk_words, overlap, batch_size, encoder, err, overwrite=overwrite
+    )
     if as_json:
         emit_json(result)
     else:
@@ -42,16 +58,46 @@ def rag_index(
         )
 
 
+@rag_app.command("search")
+def rag_search(
+    question: Annotated[str | None, typer.Argument(help="The question (or give --file).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Questions: a .txt file (one a line) or .jsonl (a question field per row)."),
+    ] = None,
+    question_field: Annotated[str, typer.Option(help="The JSONL field holding the question.")] = "question",
+    index_dir: IndexOpt = Path("runs/index"),
+    k: KOpt = 5,
+    mode: ModeOpt = "hybrid",
+    collapse: Annotated[
+        bool, typer.Option(help="Keep the best window of each document (--no-collapse: every window).")
+    ] = True,
+    batch_size: Annotated[int, typer.Option(help="Questions per encoder batch (1-1024).")] = 64,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieve the passages nearest each question, without generating (loads the encoder, not the decoder)."""
+    from prompttune.cli.rag_commands import run_rag_search, show_rag_search
+    from prompttune.core.errors import DataError
+    from prompttune.rag.documents import read_questions
+
+    if (question is None) == (file is None):
+        raise DataError("rag search: give one question as an argument, or --file with questions (not both).")
+    questions = read_questions(file, question_field) if file is not None else [question]
+    result = run_rag_search(questions, index_dir, k, mode, collapse, batch_size, err)
+    if as_json:
+        emit_json(result)
+    else:
+        show_rag_search(out, result)
+
+
 @rag_app.command("ask")
 def rag_ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     index_dir: IndexOpt = Path("runs/index"),
-    k: Annotated[int, typer.Option("-k", "--k", help="Passages to retrieve.")] = 5,
+    k: KOpt = 5,
     max_new_tokens: Annotated[int, typer.Option(help="Answer tokens at most.")] = 96,
     template: Annotated[str, typer.Option(help="Template with question and context variables.")] = "rag",
-    mode: Annotated[
-        str, typer.Option(help="Ranking: hybrid (dense + BM25, fused by reciprocal rank), dense, or bm25.")
-    ] = "hybrid",
+    mode: ModeOpt = "hybrid",
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

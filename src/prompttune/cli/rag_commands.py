@@ -1,4 +1,4 @@
-"""What `prompttune rag index|ask` and `prompttune agent` do, apart from flag parsing."""
+"""What `prompttune rag index|ask|search` and `prompttune agent` do, apart from flag parsing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from prompttune.cli.commands import load_backbone, progress_bar
+from prompttune.cli.options import load_backbone
+from prompttune.cli.progress import progress_bar
 from prompttune.core.backbone import set_threads
 
 
@@ -21,13 +22,15 @@ def run_rag_index(
     batch_size: int = 64,
     encoder: str = "minilm",
     console: Console | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Chunk and embed documents into a vector index directory; returns a summary."""
     from prompttune.core.embeddings import load_encoder
-    from prompttune.rag.index import VectorIndex, read_documents
+    from prompttune.rag.index import VectorIndex, check_index_path, read_documents
 
     console = console or Console(stderr=True)
     set_threads()
+    check_index_path(index_dir, overwrite)  # before the slow work, and again when saving
     documents = read_documents(docs, text_field=text_field, id_field=id_field)
     with console.status(f"loading encoder {encoder}"):
         backbone = load_encoder(encoder)
@@ -44,7 +47,7 @@ def run_rag_index(
             on_chunks=lambda n: bar.update(task, total=n),
         )
     seconds = time.perf_counter() - t0
-    index.save(index_dir)
+    index.save(index_dir, overwrite=overwrite)
     return {
         "index": str(index_dir),
         "documents": len(documents),
@@ -65,17 +68,71 @@ def run_rag_ask(
     mode: str = "hybrid",
 ) -> dict:
     """Retrieve the k nearest chunks and answer from them with the decoder; returns answer + sources."""
-    from prompttune.core.errors import DataError
-    from prompttune.rag.index import MODES, VectorIndex, answer
+    from prompttune.rag.index import VectorIndex, answer, check_search
 
     console = console or Console(stderr=True)
     set_threads()
     index = VectorIndex.load(index_dir)
-    if mode not in MODES:
-        raise DataError(f"--mode {mode}: not a retrieval mode; use one of {', '.join(MODES)}.")
+    check_search([question], k, mode)  # before the decoder loads
     decoder = load_backbone(model, console)
     with console.status("retrieving and answering"):
         return answer(question, index, decoder, k, template, max_new_tokens, mode).to_dict()
+
+
+def run_rag_search(
+    questions: list[str],
+    index_dir: Path,
+    k: int = 5,
+    mode: str = "hybrid",
+    collapse: bool = True,
+    batch_size: int = 64,
+    console: Console | None = None,
+) -> dict:
+    """Retrieve the k best passages per question (questions embedded in batches); loads the index and
+    its encoder only, never a decoder."""
+    from prompttune.core.errors import DataError
+    from prompttune.rag.index import VectorIndex, check_search
+
+    console = console or Console(stderr=True)
+    if not 1 <= batch_size <= 1024:
+        raise DataError(f"--batch-size {batch_size}: give between 1 and 1024 questions per encoder batch.")
+    check_search(questions, k, mode)
+    set_threads()
+    index = VectorIndex.load(index_dir)
+    with console.status(f"searching {len(questions)} question(s)"):
+        hits = index.search(questions, k=k, mode=mode, batch_size=batch_size, collapse=collapse)
+    results = [
+        {"question": q, "hits": [_hit_dict(rank, h) for rank, h in enumerate(hs, 1)]}
+        for q, hs in zip(questions, hits, strict=True)
+    ]
+    return {"index": str(index_dir), "mode": mode, "k": k, "collapse": collapse, "results": results}
+
+
+def _hit_dict(rank: int, hit) -> dict:
+    c = hit.chunk
+    return {
+        "rank": rank,
+        "score": round(hit.score, 4),
+        "id": c.id,
+        "doc_id": c.doc_id,
+        "source": c.source,
+        "text": c.text,
+    }
+
+
+def show_rag_search(console: Console, result: dict, width: int = 160) -> None:
+    for r in result["results"]:
+        console.print(f"Q: {r['question']}", markup=False, highlight=False)
+        if not r["hits"]:
+            console.print("  (no passage shares a word with it)", markup=False)
+        show_sources(console, r["hits"], width)
+
+
+def show_sources(console: Console, sources: list[dict], width: int = 160) -> None:
+    for s in sources:
+        text = " ".join(s["text"].split())
+        text = text if len(text) <= width else text[: width - 3] + "..."
+        console.print(f"  [{s['rank']}] {s['score']:.3f} {s['source']} ({s['id']}): {text}", markup=False)
 
 
 def show_rag_answer(console: Console, result: dict, width: int = 160) -> None:

@@ -1,9 +1,10 @@
 """Retrieval: documents -> overlapping chunks -> sentence embeddings -> a faiss vector index on disk.
 
 Search is hybrid by default: the dense ranking (cosine similarity of MiniLM embeddings) and a BM25
-keyword ranking are fused by reciprocal rank (each chunk scores sum 1 / (60 + rank)); ``mode="dense"``
-or ``"bm25"`` use one alone. On SQuAD dev the fusion finds the gold paragraph in the top 5 more often
-than either (benchmarks/bench_rag_squad.py).
+keyword ranking are fused (rag/fusion.py: the fusion and its weight were tuned on one half of SQuAD and
+chosen on the other, benchmarks/bench_rag_squad.py); ``mode="dense"`` or ``"bm25"`` use one alone.
+Hits are collapsed per document by default: the best window of a document stands for it, so
+overlapping windows of one long document do not fill the top k.
 
 An index directory is written whole (a crash never leaves half an index):
 - ``index.faiss``: faiss's own binary format (no pickle), an exact inner-product index over
@@ -11,13 +12,15 @@ An index directory is written whole (a crash never leaves half an index):
 - ``bm25/``: the keyword index (bm25s: JSON + .npy, no pickle);
 - ``chunks.jsonl``: one JSON object per chunk (id, doc_id, source, text), in index order;
 - ``manifest.json``: format version, the encoder (id + fingerprint), dimensions and chunking settings.
+
+Saving over a path that holds something else is refused (the folder is not this tool's to delete);
+an earlier index is replaced only with ``overwrite=True``, by an atomic swap.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,134 +30,21 @@ from prompttune.core import atomic
 from prompttune.core.backbone import Backbone
 from prompttune.core.embeddings import embed_texts, load_encoder
 from prompttune.core.errors import ArtifactError, DataError
+from prompttune.rag.documents import MAX_QUERY_CHARS, Chunk, Document, chunk_text, make_chunks, read_documents
+from prompttune.rag.fusion import DEFAULT_FUSION, Fusion, Ranking, best_per_document
 from prompttune.rag.lexical import LexicalIndex
+
+__all__ = ["Chunk", "Document", "Fusion", "Hit", "VectorIndex", "chunk_text", "make_chunks", "read_documents"]
 
 FORMAT = "prompttune-rag-index/1"
 MODES = ("hybrid", "dense", "bm25")
-RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al., 2009)
-DOC_SUFFIXES = (".txt", ".md")
-_BLANK_LINES = re.compile(r"\n\s*\n")
-
-
-@dataclass(frozen=True)
-class Document:
-    id: str
-    source: str  # the file (and line) it came from
-    text: str
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str  # "<doc id>#<n>"
-    doc_id: str
-    source: str
-    text: str
+MAX_K = 1000  # passages per question at most
 
 
 @dataclass(frozen=True)
 class Hit:
-    score: float  # hybrid: fused reciprocal-rank score; dense: cosine similarity; bm25: BM25 score
+    score: float  # hybrid: fused score (rag/fusion.py); dense: cosine similarity; bm25: BM25 score
     chunk: Chunk
-
-
-# --- reading documents --------------------------------------------------------------------------
-def read_documents(path: str | Path, text_field: str = "text", id_field: str = "id") -> list[Document]:
-    """Documents from a .jsonl file (one object per line), a .txt/.md file, or a folder of them.
-
-    Exact duplicate texts are kept once (a QA file repeats its context for every question).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder; give a .jsonl file, a .txt/.md file, or a folder of them.")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES + (".jsonl",))
-        if not files:
-            raise DataError(f"{path}: the folder has no .txt, .md or .jsonl files.")
-        docs = [d for f in files for d in _read_file(f, text_field, id_field, base=path)]
-    else:
-        docs = _read_file(path, text_field, id_field, base=path.parent)
-    seen: set[str] = set()
-    unique = [d for d in docs if d.text not in seen and not seen.add(d.text)]
-    if not unique:
-        raise DataError(f"{path}: no document has any text; nothing to index.")
-    return unique
-
-
-def _read_file(path: Path, text_field: str, id_field: str, base: Path) -> list[Document]:
-    name = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-    if path.suffix.lower() == ".jsonl":
-        return _read_jsonl(path, name, text_field, id_field)
-    if path.suffix.lower() not in DOC_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; give .jsonl, .txt or .md.")
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
-    return [Document(name, name, text)] if text else []
-
-
-def _read_jsonl(path: Path, name: str, text_field: str, id_field: str) -> list[Document]:
-    docs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
-            if not isinstance(row, dict) or text_field not in row:
-                fields = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise DataError(
-                    f"{path}:{n}: no {text_field!r} field (has {fields}); name the text field with --text-field."
-                )
-            text = str(row[text_field]).strip()
-            if text:
-                doc_id = str(row.get(id_field, f"{name}:{n}"))
-                docs.append(Document(doc_id, f"{name}:{n}", text))
-    return docs
-
-
-# --- chunking -----------------------------------------------------------------------------------
-def chunk_text(text: str, max_words: int = 200, overlap: int = 40) -> list[str]:
-    """Pack whole paragraphs into chunks of at most ``max_words`` words; split longer paragraphs into
-    windows of ``max_words`` words that overlap by ``overlap`` words."""
-    if max_words < 1 or not 0 <= overlap < max_words:
-        raise DataError(
-            f"chunking: need --chunk-words >= 1 and 0 <= --overlap < --chunk-words (got {max_words}, {overlap})."
-        )
-    chunks: list[str] = []
-    current: list[str] = []
-    for para in _BLANK_LINES.split(text):
-        words = para.split()
-        if not words:
-            continue
-        if len(current) + len(words) <= max_words:
-            current += words if not current else ["\n\n", *words]
-            continue
-        if current:
-            chunks.append(_join(current))
-            current = []
-        if len(words) <= max_words:
-            current = words
-            continue
-        step = max_words - overlap
-        for start in range(0, len(words), step):
-            chunks.append(" ".join(words[start : start + max_words]))
-            if start + max_words >= len(words):
-                break
-    if current:
-        chunks.append(_join(current))
-    return chunks
-
-
-def _join(words: list[str]) -> str:
-    return " ".join(words).replace(" \n\n ", "\n\n")
-
-
-def make_chunks(docs: Iterable[Document], max_words: int = 200, overlap: int = 40) -> list[Chunk]:
-    return [
-        Chunk(f"{d.id}#{i}", d.id, d.source, text)
-        for d in docs
-        for i, text in enumerate(chunk_text(d.text, max_words, overlap))
-    ]
 
 
 # --- the index ----------------------------------------------------------------------------------
@@ -211,8 +101,11 @@ class VectorIndex:
         }
         return cls(index, chunks, manifest, lexical, encoder)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the index directory atomically; see ``check_index_path`` for what may be replaced."""
         import faiss
+
+        check_index_path(path, overwrite)
 
         def fill(tmp: Path) -> None:
             (tmp / "index.faiss").write_bytes(faiss.serialize_index(self.index).tobytes())
@@ -277,44 +170,104 @@ class VectorIndex:
         mode: str = "hybrid",
         batch_size: int = 64,
         query_vectors: np.ndarray | None = None,
+        fusion: Fusion = DEFAULT_FUSION,
+        collapse: bool = True,
     ) -> list[Hit] | list[list[Hit]]:
         """The ``k`` best chunks per query, best first (one list for a string, a list of lists for a list).
 
+        ``collapse``: keep the best chunk of each document (k distinct documents when there are k).
         ``query_vectors``: the queries' embeddings, if already computed (a benchmark comparing modes).
         """
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries)
-        if k < 1:
-            raise DataError(f"-k {k}: ask for at least one passage.")
-        if mode not in MODES:
-            raise DataError(f"--mode {mode}: not a retrieval mode; use one of {', '.join(MODES)}.")
-        depth = min(len(self.chunks), k if mode != "hybrid" else max(50, 4 * k))
-        dense: list[list[tuple[int, float]]] = [[] for _ in texts]
-        lexical: list[list[tuple[int, float]]] = [[] for _ in texts]
+        check_search(texts, k, mode)
+        vectors = None
         if mode != "bm25":
             vectors = query_vectors if query_vectors is not None else self.embed_queries(texts, batch_size)
-            scores, rows = self.index.search(vectors, depth)
+        n = len(self.chunks)
+        depth = min(n, max(100, 10 * k) if mode == "hybrid" or collapse else k)
+        ranked: list[Ranking] = [[] for _ in texts]
+        todo = list(range(len(texts)))
+        while todo:  # deepen for the queries whose candidates held fewer than k documents
+            rankings = self.rankings([texts[i] for i in todo], depth, mode, None if vectors is None else vectors[todo])
+            again = []
+            for i, (dense, lexical) in zip(todo, rankings, strict=True):
+                full = fusion.fuse(dense, lexical) if mode == "hybrid" else dense or lexical
+                ranked[i] = best_per_document(full, lambda row: self.chunks[row].doc_id, k) if collapse else full[:k]
+                if collapse and len(ranked[i]) < k and depth < n:
+                    again.append(i)
+            todo, depth = again, min(n, 4 * depth)
+        hits = [[Hit(score, self.chunks[row]) for row, score in ranking] for ranking in ranked]
+        return hits[0] if single else hits
+
+    def rankings(
+        self, texts: list[str], depth: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None
+    ) -> list[tuple[Ranking, Ranking]]:
+        """(dense ranking, BM25 ranking) of the best ``depth`` chunks per query, before fusion; the one
+        ``mode`` does not use is empty. BM25 leaves out chunks that share no word with the query."""
+        dense: list[Ranking] = [[] for _ in texts]
+        lexical: list[Ranking] = [[] for _ in texts]
+        if mode != "bm25":
+            vectors = query_vectors if query_vectors is not None else self.embed_queries(texts)
+            scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), depth)
             dense = [
                 [(int(r), float(s)) for r, s in zip(rrow, srow, strict=True) if r >= 0]
                 for rrow, srow in zip(rows, scores, strict=True)
             ]
         if mode != "dense":
             lexical = self.lexical.search(texts, depth)
-        ranked = [_fuse(d, x, k=k) if mode == "hybrid" else (d or x)[:k] for d, x in zip(dense, lexical, strict=True)]
-        hits = [[Hit(score, self.chunks[row]) for row, score in ranking] for ranking in ranked]
-        return hits[0] if single else hits
+        return list(zip(dense, lexical, strict=True))
 
     def embed_queries(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return embed_texts(texts, self.encoder, batch_size=batch_size)
 
 
-def _fuse(*rankings: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: each ranking gives a row 1 / (RRF_K + rank); the best ``k`` rows by the sum."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, (row, _) in enumerate(ranking, 1):
-            fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank)
-    return sorted(fused.items(), key=lambda item: -item[1])[:k]
+def check_search(texts: list[str], k: int, mode: str) -> None:
+    """Refuse a search the index cannot answer, before any model is loaded."""
+    if not 1 <= k <= MAX_K:
+        raise DataError(f"-k {k}: ask for between 1 and {MAX_K} passages.")
+    if mode not in MODES:
+        raise DataError(f"--mode {mode}: not a retrieval mode; use one of {', '.join(MODES)}.")
+    for n, text in enumerate(texts, 1):
+        if not text.strip():
+            raise DataError(f"question {n}: empty; give some words to search for.")
+        if len(text) > MAX_QUERY_CHARS:
+            raise DataError(f"question {n}: {len(text)} characters, over the limit of {MAX_QUERY_CHARS}; shorten it.")
+
+
+def is_index_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory this tool wrote as an index (its manifest names the format)."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("prompttune-rag-index/")
+
+
+def check_index_path(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse to write an index where something else would be lost; call it before the slow work.
+
+    New or empty folder: fine. An earlier index: replaced only with ``overwrite``. A file, or a folder
+    holding anything else: refused, even with ``overwrite`` (it is not this tool's to delete).
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DataError(f"--index {path}: a file is there, not an index folder; choose another --index path.")
+    if is_index_dir(path):
+        if not overwrite:
+            raise DataError(
+                f"--index {path}: an index is already there; add --overwrite to replace it, or choose another path."
+            )
+        return
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise DataError(
+            f"--index {path}: the folder holds other files ({shown}) and is not a prompttune index; it is "
+            "left alone (--overwrite replaces only an index). Choose a new or empty folder for the index."
+        )
 
 
 # --- answering ----------------------------------------------------------------------------------
