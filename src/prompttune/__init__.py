@@ -17,7 +17,7 @@ _EXPORTS = {
     "PromptTask": "prompttune.api",
     "Task": "prompttune.api",
     "load": "prompttune.api",
-    "train": "prompttune.api",
+    "train_from_file": "prompttune.api",
     "Backbone": "prompttune.core.backbone",
     "ArtifactError": "prompttune.core.errors",
     "DataError": "prompttune.core.errors",

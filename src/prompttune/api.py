@@ -23,7 +23,7 @@ from prompttune.prompt_task import Prediction, PromptTask
 from prompttune.task import Task, load, split_validation
 from prompttune.train import Callback, TrainConfig, TrainResult
 
-__all__ = ["Prediction", "PromptTask", "HeadTask", "Task", "load", "train", "evaluate", "predict", "generate"]
+__all__ = ["Prediction", "PromptTask", "HeadTask", "Task", "load", "train_from_file", "evaluate", "predict", "generate"]
 
 
 def checkpoint_dir_for(out_dir: Path) -> Path:
@@ -31,7 +31,7 @@ def checkpoint_dir_for(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".checkpoint")
 
 
-def train(
+def train_from_file(
     data: str | Path,
     out_dir: str | Path | None = None,
     *,

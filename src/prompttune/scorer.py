@@ -25,6 +25,7 @@ from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
 from prompttune.methods import SoftPromptMethod
+from prompttune.prefix import PrefixModel
 
 
 class VerbalizerObjective:
@@ -61,7 +62,7 @@ class Encoded:
     ids: list[list[int]]
 
 
-class PromptModel(torch.nn.Module):
+class PromptModel(PrefixModel):
     def __init__(
         self,
         backbone: Backbone,
@@ -102,7 +103,6 @@ class PromptModel(torch.nn.Module):
             self._row_soft += [(slot, j) for j in range(width)]
         self.segments = self._tokenize_prefix()
         self._build_label_tokens()
-        self._cached_prefix: KV | None = None
 
     # --- setup ------------------------------------------------------------------------------
     def _tokenize_prefix(self) -> list[Tensor | SoftSlot]:
@@ -188,23 +188,6 @@ class PromptModel(torch.nn.Module):
     def trainable(self) -> SoftPromptMethod:
         """What the Trainer trains and saves: the method's parameters."""
         return self.method
-
-    # --- the prefix ---------------------------------------------------------------------------
-    def prefix_kv(self) -> KV:
-        """The constant prefix's keys/values, recomputed (with gradients) on every call."""
-        if not self.segments:
-            return []
-        return self.method.prefix_kv(self.backbone, self.segments)
-
-    def cached_prefix(self) -> KV:
-        """The prefix's keys/values for inference: computed once, reused for every batch."""
-        if self._cached_prefix is None:
-            with torch.no_grad():
-                self._cached_prefix = [(k.detach(), v.detach()) for k, v in self.prefix_kv()]
-        return self._cached_prefix
-
-    def clear_cache(self) -> None:
-        self._cached_prefix = None
 
     # --- scoring ------------------------------------------------------------------------------
     def _pad_left(self, batch: list[list[int]], prefix_len: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -27,7 +27,7 @@ SENTENCES = [
 
 
 def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Console, err: Console) -> dict:
-    from prompttune.api import PromptTask, load, train
+    from prompttune.api import PromptTask, load, train_from_file
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
     from prompttune.core.data import load_rows, shipped_data
@@ -55,7 +55,7 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
     t0 = time.perf_counter()
     config = TrainConfig(epochs=4, max_steps=max_steps, batch_size=16, lr=0.01, patience=4, seed=0)
     with progress_bar(err) as bar:
-        _, _, result = train(
+        _, _, result = train_from_file(
             data_dir / "train.jsonl",
             out_dir,
             method="prompt-tuning",

@@ -57,19 +57,6 @@ def parse_vars(items: list[str] | None, flag: str = "--var") -> dict[str, str]:
     return values
 
 
-def load_tokenizer(model: str | None):
-    """The backbone's tokenizer only (its chat template), without loading the weights."""
-    from transformers import AutoTokenizer
-
-    from prompttune.core import defaults
-
-    _, location = defaults.resolve(model)
-    try:
-        return AutoTokenizer.from_pretrained(location, local_files_only=isinstance(location, Path))
-    except OSError as e:
-        raise PromptTuneError(f"--model {model}: cannot load its tokenizer ({e}).") from None
-
-
 def resolve_template(spec: str, db: str | None):
     from prompttune.registry.resolve import resolve_prompt
 
@@ -128,6 +115,8 @@ def templates_render(
         msgs, answer = template.render_messages(values, label_words)
         sys.stdout.write(json.dumps({"messages": msgs, "answer_prefix": answer}, ensure_ascii=False, indent=1) + "\n")
         return
+    from prompttune.core.defaults import load_tokenizer
+
     sys.stdout.write(template.render(values, load_tokenizer(model), label_words) + "\n")
 
 

@@ -103,7 +103,7 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a soft prompt on labelled rows and save it as an artifact."""
-    from prompttune.api import train as train_task
+    from prompttune.api import train_from_file
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
     from prompttune.train import TrainConfig
@@ -141,7 +141,7 @@ def train(
             progress.attach(bar)
 
     try:
-        _, _, result = train_task(
+        _, _, result = train_from_file(
             data,
             out_dir,
             val=val,

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from prompttune.compare.baselines import BASELINES
 from prompttune.core.errors import PromptTuneError
 from prompttune.methods import METHODS
+from prompttune.methods.options import config_fields, convert, split_option
 
 # Steer the harness, not the method: every arm accepts them.
 HARNESS_KEYS = frozenset({"lr", "max_steps", "batch_size", "demos", "calibrate", "ema", "patience", "eval_every"})
@@ -99,19 +100,38 @@ def parse_methods(spec: str) -> list[str]:
     return names
 
 
+HARNESS_TYPES = {
+    "lr": float,
+    "max_steps": int,
+    "batch_size": int,
+    "demos": int,
+    "calibrate": bool,
+    "ema": float,
+    "patience": int,
+    "eval_every": int,
+}
+assert set(HARNESS_TYPES) == HARNESS_KEYS
+
+
 def parse_options(items: list[str]) -> dict[str, dict]:
-    """``METHOD.KEY=VALUE`` items -> {method: {key: value}}; values are read as JSON when they parse."""
+    """``METHOD.KEY=VALUE`` items -> {method: {key: value}}, typed like `train`'s ``-o``: harness keys and a soft
+    method's own settings by their declared types; a baseline's settings (lora.r ...) read as JSON when they parse."""
     out: dict[str, dict] = {}
+    expected = "METHOD.KEY=VALUE, e.g. lora.r=16 or few-shot.demos=8."
     for item in items:
-        head, sep, raw = item.partition("=")
+        head, raw = split_option(item, expected)
         method, dot, key = head.partition(".")
-        if not sep or not dot or not method.strip() or not key.strip():
-            raise PromptTuneError(
-                f"--method-option {item!r}: write METHOD.KEY=VALUE, e.g. lora.r=16 or few-shot.demos=8."
-            )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method.strip(), {})[key.strip()] = value
+        method, key = method.strip(), key.strip()
+        if not dot or not method or not key:
+            raise PromptTuneError(f"--method-option {item!r}: write {expected}")
+        if key in HARNESS_TYPES:
+            value = convert(f"{method}.{key}", raw, HARNESS_TYPES[key])
+        elif method in METHODS and key in (fields := config_fields(method)):
+            value = convert(f"{method}.{key}", raw, fields[key])
+        else:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        out.setdefault(method, {})[key] = value
     return out

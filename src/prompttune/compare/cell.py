@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-from prompttune.prompt_task import PromptTask
-from prompttune.hard.fewshot import select_random
 from prompttune.compare.arms import Arm
 from prompttune.compare.baselines import BASELINES, create_model
 from prompttune.compare.split import make_split
@@ -30,6 +28,8 @@ from prompttune.core.backbone import Backbone, set_threads
 from prompttune.core.errors import PromptTuneError
 from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
+from prompttune.hard.fewshot import select_random
+from prompttune.prompt_task import PromptTask
 from prompttune.scorer import PromptModel
 from prompttune.train import Callback, TrainConfig
 

@@ -117,3 +117,14 @@ def _build_decoder_cache(package: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_tokenizer(model: str | None):
+    """The backbone's tokenizer only (its chat template), without loading the weights."""
+    from transformers import AutoTokenizer
+
+    _, location = resolve(model)
+    try:
+        return AutoTokenizer.from_pretrained(location, local_files_only=isinstance(location, Path))
+    except OSError as e:
+        raise ModelError(f"--model {model}: cannot load its tokenizer ({e}).") from None

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.template import SoftSlot
 from prompttune.methods import SoftPromptMethod
+from prompttune.prefix import PrefixModel
 
 
 class TrainableParts(nn.Module):
@@ -56,7 +57,7 @@ def input_token_count(method: SoftPromptMethod, slot: SoftSlot) -> int:
         return 0
 
 
-class HeadModel(nn.Module):
+class HeadModel(PrefixModel):
     def __init__(
         self,
         backbone: Backbone,
@@ -77,32 +78,17 @@ class HeadModel(nn.Module):
         segments: list[Tensor | SoftSlot] = [] if self.inline_soft else [self.slot]
         if not encoder and backbone.bos_ids:
             segments.insert(0, torch.tensor(backbone.bos_ids))
-        self._segments = segments
-        self._cached: KV | None = None
+        self.segments = segments
         tok = backbone.tokenizer
         self.open_ids = [tok.cls_token_id] if encoder and tok.cls_token_id is not None else []
         self.sep_ids = [tok.sep_token_id] if encoder and tok.sep_token_id is not None else []
-
-    # --- the prefix ---------------------------------------------------------------------------
-    def prefix_kv(self) -> KV:
-        """The constant prefix's keys/values, recomputed (with gradients) on every call."""
-        return self.method.prefix_kv(self.backbone, self._segments) if self._segments else []
-
-    def cached_prefix(self) -> KV:
-        if self._cached is None:
-            with torch.no_grad():
-                self._cached = [(k.detach(), v.detach()) for k, v in self.prefix_kv()]
-        return self._cached
-
-    def clear_cache(self) -> None:
-        self._cached = None
 
     @property
     def max_row_length(self) -> int:
         """Tokens a row may have (specials included): the model's positions less the inline soft tokens."""
         limit = self.backbone.max_length - self.inline_soft
         if self.backbone.kind == "decoder":
-            limit -= sum(s.size if isinstance(s, SoftSlot) else len(s) for s in self._segments)
+            limit -= sum(s.size if isinstance(s, SoftSlot) else len(s) for s in self.segments)
         return limit
 
     # --- running rows -------------------------------------------------------------------------

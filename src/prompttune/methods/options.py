@@ -35,16 +35,25 @@ def parse_method_options(method: str, options: list[str] | None) -> dict:
     known = config_fields(method)
     out: dict = {}
     for opt in options or []:
-        key, sep, raw = opt.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise PromptTuneError(f"--method-option {opt!r}: expected KEY=VALUE, e.g. -o {next(iter(known))}=...")
+        key, raw = split_option(opt, f"KEY=VALUE, e.g. -o {next(iter(known))}=...")
+        key = key.replace("-", "_")
         if key not in known:
             raise PromptTuneError(
                 f"--method-option {key}: not a setting of method {method}; known: {', '.join(sorted(known))}."
             )
-        out[key] = _convert(key, raw.strip(), known[key])
+        out[key] = convert(key, raw, known[key])
     return out
+
+
+def split_option(item: str, expected: str) -> tuple[str, str]:
+    """'KEY=VALUE' -> ('KEY', 'VALUE'), stripped; an error saying what was ``expected`` otherwise.
+
+    The one parser of ``-o`` / ``--method-option`` items: `train` (KEY=VALUE) and `compare` (METHOD.KEY=VALUE).
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise PromptTuneError(f"--method-option {item!r}: expected {expected}")
+    return key.strip(), raw.strip()
 
 
 def settings_for(method: str, shared: dict | None, own: dict | Sequence[str] | None) -> dict:
@@ -60,7 +69,8 @@ def settings_for(method: str, shared: dict | None, own: dict | Sequence[str] | N
     return config | parse_method_options(method, list(own or []))
 
 
-def _convert(key: str, raw: str, kind):
+def convert(key: str, raw: str, kind):
+    """A flag's text as ``kind`` (int, float, bool, str, or Optional of one); an error naming the flag."""
     args = typing.get_args(kind)
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args
     if optional:
