@@ -3,7 +3,8 @@
 Syntax (shared by soft-prompt training and the hard-prompt tools: registry, chains, agents, RAG):
 - ``{{ name }}`` inserts a variable (a row's field, a ``--var``, a chain step's output); templates are
   Jinja2 rendered in an immutable sandbox, so a template cannot reach Python objects, files or the
-  environment. ``{{ labels }}`` is the list of label words (``{{ labels | join(', ') }}``). Single braces
+  environment, and every render is bounded in size, time and depth (template_limits.py names the
+  limits). ``{{ labels }}`` is the list of label words (``{{ labels | join(', ') }}``). Single braces
   and JSON are literal text.
 - ``[soft]`` (the method's number of virtual tokens) or ``[soft:N]`` marks where trainable soft
   tokens stand (P-tuning style when after a variable); hard-prompt rendering leaves them out.
@@ -15,31 +16,31 @@ Syntax (shared by soft-prompt training and the hard-prompt tools: registry, chai
 
 A template is rendered once with placeholder values to find its *constant prefix*: everything before the
 first row field (system text, soft tokens, instructions). That prefix is the same for every row, so
-its keys/values are computed once per step in training and once per artifact at inference.
+its keys/values are computed once per step in training and once per artifact at inference. The
+compiled form and the chat layout are in compiled_template.py (importable from here).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 from jinja2 import meta
 
+from prompttune.core.compiled_template import SENTINELS as _SENTINELS
+from prompttune.core.compiled_template import SOFT_RE, CompiledTemplate, SoftSlot, layout
+from prompttune.core.compiled_template import SOFT_SENTINEL_RE as _SOFT_SENTINEL_RE
 from prompttune.core.errors import TemplateError
 from prompttune.core.template_sandbox import parse as _parse
 from prompttune.core.template_sandbox import render_string
 
-SOFT_RE = re.compile(r"\[soft(?::(\d+))?\]")
+__all__ = ["BUILTIN", "NAME_RE", "CompiledTemplate", "SoftSlot", "Template", "dump_yaml", "layout"]
+
 LABEL_MARK = "[label]"
-# Private-use characters stand in for soft slots and fields while a template is rendered; row values
-# are stripped of them so data can never forge a soft slot.
-_SOFT_OPEN, _SOFT_CLOSE, _VAR_OPEN, _VAR_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
-_SENTINELS = re.compile("[\ue000-\ue003]")
-_SOFT_SENTINEL_RE = re.compile(f"{_SOFT_OPEN}(\\d+){_SOFT_CLOSE}")
 AUTO_VARIABLES = frozenset({"labels"})
 ROLES = ("user", "assistant")
 SPEC_KEYS = ("user", "system", "answer", "chat", "demos", "messages", "variables", "partial", "description")
@@ -341,135 +342,3 @@ def dump_yaml(obj) -> str:
 
     _Dumper.add_representer(str, text)
     return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
-
-
-def layout(system: str | None, turns: list, user: str, answer: str, tokenizer, chat: bool) -> str:
-    """The turns as one text: the backbone's chat template, or a plain layout when it has none."""
-    if chat and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}] if system else []
-        messages += [{"role": r, "content": c} for r, c in turns] + [{"role": "user", "content": user}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer
-    head = f"{system}\n\n" if system else ""
-    if chat:  # chat asked for but the backbone has no chat template: plain layout with an answer cue
-        shots = "".join(f"{c}\n" if r == "user" else f"Answer: {c}\n\n" for r, c in turns)
-        if not _SOFT_SENTINEL_RE.sub("", answer).strip():  # no answer text of its own: a plain cue
-            answer = "Answer: " + answer
-        return f"{head}{shots}{user}\n{answer}"
-    shots = "".join(c if r == "user" else f"{c}\n\n" for r, c in turns)
-    return head + shots + user + answer
-
-
-SOFT_LIKE_RE = re.compile(r"\[soft(?![A-Za-z_])[^\]\n]*\]?")  # anything that starts like a soft slot
-
-
-def check_soft_slots(part: str, text: str | None) -> None:
-    """A soft slot written wrong ('[soft:x]', '[soft 4]', '[soft:0]', unclosed) is an error at its position."""
-    for m in SOFT_LIKE_RE.finditer(text or ""):
-        ok = SOFT_RE.fullmatch(m.group(0))
-        if ok and (ok.group(1) is None or int(ok.group(1)) > 0):
-            continue
-        line = text.count("\n", 0, m.start()) + 1
-        column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-        raise TemplateError(
-            f"template {part}, line {line}, column {column}: {m.group(0)!r} is not a soft slot; "
-            "write [soft] (the method's number of tokens) or [soft:N] with a positive size N."
-        )
-
-
-@dataclass
-class SoftSlot:
-    index: int
-    size: int
-
-
-@dataclass
-class CompiledTemplate:
-    """A template bound to a tokenizer and label words: constant prefix segments + per-row text."""
-
-    template: Template
-    tokenizer: object
-    labels: list[str]
-    num_virtual_tokens: int
-    words: dict = field(default_factory=dict)  # label -> the word a demo's answer shows
-    prefix: list[str | SoftSlot] = field(init=False)
-    label_space: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.slot_sizes: list[int] = []
-
-        def mark(match: re.Match) -> str:
-            size = int(match.group(1)) if match.group(1) else self.num_virtual_tokens
-            if size <= 0:
-                raise TemplateError(f"template: soft slot {match.group(0)!r} needs a positive size")
-            self.slot_sizes.append(size)
-            return f"{_SOFT_OPEN}{len(self.slot_sizes) - 1}{_SOFT_CLOSE}"
-
-        t = self.template
-        for name, text in (("system", t.system), *((f"message {i + 1}", c) for i, (_, c) in enumerate(t.messages))):
-            check_soft_slots(name, text)
-        check_soft_slots("user", t.user)
-        check_soft_slots("answer", t.answer)
-        # The same template with soft slots turned into sentinels, rendered as a "soft" (not hard) prompt.
-        self._marked = t._replace(
-            system=SOFT_RE.sub(mark, t.system) if t.system else None,
-            messages=tuple((r, SOFT_RE.sub(mark, c)) for r, c in t.messages),
-            user=SOFT_RE.sub(mark, t.user),
-            answer=SOFT_RE.sub(mark, t.answer),
-        )
-        placeholder = {v: f"{_VAR_OPEN}{v}{_VAR_CLOSE}" for v in t.variables}
-        composed = self._compose(placeholder)
-        first = composed.find(_VAR_OPEN)
-        if first < 0:
-            raise TemplateError("template: uses no row field; add e.g. {{ text }}.")
-        prefix_text = composed[:first]
-        # Soft slots after the first field (P-tuning style: between hard text, next to the answer) are
-        # part of every row's input instead of the cached prefix.
-        self.row_slots = [
-            SoftSlot(int(i), self.slot_sizes[int(i)]) for i in _SOFT_SENTINEL_RE.findall(composed[first:])
-        ]
-        # Spaces at the end of the prefix belong to the row text, so a word keeps its leading space.
-        stripped = prefix_text.rstrip(" ")
-        self._moved_space = prefix_text[len(stripped) :]
-        self.prefix_text = stripped
-        self.prefix = [
-            SoftSlot(int(p), self.slot_sizes[int(p)]) if i % 2 else p
-            for i, p in enumerate(_SOFT_SENTINEL_RE.split(stripped))
-            if i % 2 or p
-        ]
-        tail = composed.rstrip(" ")
-        self.label_space = composed[len(tail) :]
-
-    def _compose(self, values: dict) -> str:
-        # Sentinels in `values` are the placeholders' own; row values were cleaned by render_row.
-        t = self._marked
-        ctx = {**t.context(values), "labels": self.labels}
-
-        def render(source):
-            return None if source is None else render_string(source, ctx)
-
-        turns = [(r, render(c)) for r, c in t.messages] + t.demo_turns(ctx, self.words)
-        return layout(render(t.system), turns, render(t.user), render(t.answer), self.tokenizer, t.chat)
-
-    @property
-    def soft_token_count(self) -> int:
-        return sum(self.slot_sizes)
-
-    def render_row(self, fields: dict) -> str:
-        """The row's part of the text: everything after the constant prefix, up to the label."""
-        values = {k: _SENTINELS.sub("", str(fields[k])) for k in self.template.variables}
-        full = self._compose(values)
-        if not full.startswith(self.prefix_text):
-            raise TemplateError(
-                "template: the text before the first row field changes from row to row; keep "
-                "conditionals on row fields after the first {{ field }}."
-            )
-        return full[len(self.prefix_text) :].rstrip(" ")
-
-    def split_row(self, text: str) -> list[str | SoftSlot]:
-        """A rendered row as hard-text pieces and the soft slots between them."""
-        parts = _SOFT_SENTINEL_RE.split(text)
-        return [SoftSlot(int(p), self.slot_sizes[int(p)]) if i % 2 else p for i, p in enumerate(parts) if i % 2 or p]
-
-    def label_text(self, word: str) -> str:
-        """The text of a label word as it follows the prompt (with the space the template puts before it)."""
-        return self.label_space + word
