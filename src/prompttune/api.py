@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.core.data import from_records, load_rows
 from prompttune.core.errors import DataError
@@ -52,6 +53,7 @@ def train_from_file(
     dtype: str | None = None,
     device: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     on_start: Callable[[Task, dict], None] | None = None,
 ) -> tuple[Task, TrainResult, dict]:
@@ -67,6 +69,12 @@ def train_from_file(
     Returns (task, result, summary); the summary is what `prompttune train --json` prints.
     """
     config = config or TrainConfig()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:  # before anything loads: never after an hour of training
+        artifact.check_output(out, overwrite or resume, "--out")
+        atomic.check_output_dir(
+            checkpoint_dir_for(out), "--out", lambda p: (p / "state.json").exists(), "training checkpoint", True
+        )
     if method is not None:
         method_class(method)  # an unknown method is an error before anything loads
     if head is not None and head not in HEAD_KINDS:
@@ -91,7 +99,6 @@ def train_from_file(
     info["trainable_params"] = task.trainable_params
     if on_start:
         on_start(task, info)
-    out = Path(out_dir) if out_dir is not None else None
     result = task.fit(
         train_ds, val_ds, config, callbacks, checkpoint_dir=checkpoint_dir_for(out) if out else None, resume=resume
     )
@@ -100,7 +107,14 @@ def train_from_file(
     if calibrate and isinstance(task, PromptTask):
         task.calibrate()
     if out is not None:
-        task.save(out)
+        task.save(out, overwrite=overwrite or resume)
+    warnings = []
+    if result.steps and result.best_step == 0:
+        warnings.append(
+            f"no validation after step 0 beat the untrained prompt ({result.metric} {result.best_val:.4f}), so the "
+            f"saved prompt is the initial one: {result.steps} steps ran, {config.warmup_steps} of them warm-up. "
+            "Train longer (--max-steps / --epochs), or try another --lr."
+        )
     summary = {
         "artifact": str(out) if out is not None else None,
         **({"head": kind} if kind else {}),
@@ -116,6 +130,7 @@ def train_from_file(
         "stopped_early": result.stopped_early,
         "n_train": len(train_ds),
         "n_val": len(val_ds),
+        "warnings": warnings,
     }
     return task, result, summary
 

@@ -85,6 +85,11 @@ class PromptTask(Task):
         tmpl = Template.from_spec(template, shape)
         check_fields(train, sorted(tmpl.variables), need_label=True)
         labels = sorted(train.labels())
+        if len(labels) < 2:
+            raise DataError(
+                f"{train.source}: every training row has the label {labels[0]!r}; a classifier needs rows of at "
+                "least two labels (check the label field, or --limit, which takes the first rows)."
+            )
         if demos:
             tmpl = tmpl.with_demos(select_random(train, sorted(tmpl.variables), demos, seed))
         return cls.create(

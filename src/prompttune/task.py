@@ -147,8 +147,11 @@ class Task:
         """What this kind of task adds to the manifest (template and verbalizer, or head)."""
         raise NotImplementedError
 
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write the artifact (manifest + safetensors weights) atomically; returns its path."""
+    def save(self, path: str | Path, extra: dict | None = None, overwrite: bool = True) -> Path:
+        """Write the artifact (manifest + safetensors weights) atomically; returns its path.
+
+        A folder holding anything but an artifact is never replaced; an earlier artifact only with ``overwrite``.
+        """
         b = self.backbone
         manifest = {
             "method": self.method_name,
@@ -161,7 +164,7 @@ class Task:
             **(extra or {}),
         }
         self.manifest = manifest
-        return artifact.save(path, manifest, self.model.trainable.trainable_state())
+        return artifact.save(path, manifest, self.model.trainable.trainable_state(), overwrite=overwrite)
 
     @classmethod
     def reads(cls, manifest: dict) -> bool:

@@ -62,6 +62,7 @@ def run_demo(out_dir: Path, max_steps: int | None, model: str | None, out: Conso
             method_config={"num_virtual_tokens": 16, "init": "labels"},
             config=config,
             backbone=backbone,
+            overwrite=True,  # the demo's own artifact: rerunning the demo replaces it
             callbacks=[TrainingProgress(err, bar)],
         )
     train_wall = time.perf_counter() - t0

@@ -16,6 +16,9 @@ def export(
     out_dir: Annotated[Path, typer.Argument(metavar="DIR", help="The adapter directory to write.")],
     fmt: Annotated[str, typer.Option("--format", help="Output format: peft (adapter_config.json + safetensors).")],
     model: ModelOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an adapter already in DIR (a folder holding anything else never is).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a soft prompt for another library: --format peft writes an adapter PeftModel.from_pretrained loads."""
@@ -23,7 +26,7 @@ def export(
 
     if fmt != "peft":
         raise PromptTuneError(f"--format {fmt}: unknown; the one format is peft.")
-    result = export_peft(artifact_dir, out_dir, model)
+    result = export_peft(artifact_dir, out_dir, model, overwrite)
     if as_json:
         emit_json(result)
     else:
@@ -42,12 +45,15 @@ def import_adapter(
     ] = None,
     verbalizer: Annotated[str | None, typer.Option(help="Label words, as for train.")] = None,
     model: ModelOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an artifact already at --out (a folder holding anything else never is).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Read a PEFT PROMPT_TUNING, P_TUNING or PREFIX_TUNING adapter into an artifact."""
     from prompttune.interop.peft import import_peft
 
-    result = import_peft(adapter_dir, labels.split(","), out_dir, template, verbalizer, model)
+    result = import_peft(adapter_dir, labels.split(","), out_dir, template, verbalizer, model, overwrite)
     if as_json:
         emit_json(result)
     else:

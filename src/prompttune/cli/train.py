@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
 from prompttune.core.errors import PromptTuneError
@@ -98,6 +99,9 @@ def train(
         typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
     ] = 0.9,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an artifact already at --out (a folder holding anything else never is).")
+    ] = False,
     model: ModelOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,
     as_json: JsonOpt = False,
@@ -158,6 +162,7 @@ def train(
             config=config,
             model=model,
             resume=resume,
+            overwrite=overwrite,
             callbacks=[progress],
             on_start=started,
             **Settings.backbone_args(),
@@ -165,6 +170,8 @@ def train(
     finally:
         if progress.bar is not None:  # drawn only once training started
             bar.stop()
+    for warning in result["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if as_json:
         emit_json(result)
     else:

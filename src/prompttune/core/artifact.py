@@ -6,6 +6,7 @@ that replaces the old one in one rename, so a crash never leaves a half-written 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from datetime import UTC, datetime
@@ -35,8 +36,32 @@ def versions() -> dict:
     }
 
 
-def save(path: str | Path, manifest: dict, weights: dict[str, torch.Tensor]) -> Path:
+def is_artifact(path: Path) -> bool:
+    """Whether a folder is a prompttune artifact (its manifest says so)."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output(path: str | Path, overwrite: bool, flag: str = "--out") -> None:
+    """Before any training: refuse a path holding anything but an earlier artifact (replaced with ``overwrite``)."""
+    atomic.check_output_dir(Path(path), flag, is_artifact, "prompttune artifact", overwrite)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def save(path: str | Path, manifest: dict, weights: dict[str, torch.Tensor], overwrite: bool = True) -> Path:
+    """Write the artifact atomically. A folder holding anything but an artifact is never replaced; an earlier
+    artifact is replaced only with ``overwrite``. The manifest records the weights file's SHA-256."""
     path = Path(path)
+    check_output(path, overwrite)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -51,6 +76,7 @@ def save(path: str | Path, manifest: dict, weights: dict[str, torch.Tensor]) -> 
             tmp / WEIGHTS,
             metadata={"format": "pt", "method": manifest.get("method", "")},
         )
+        manifest["weights_sha256"] = file_digest(tmp / WEIGHTS)
         atomic.write_json(tmp / MANIFEST, manifest)
 
     atomic.write_dir(path, fill)
@@ -76,6 +102,12 @@ def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ArtifactError(
             f"{path / MANIFEST}: damaged (missing {', '.join(missing) or 'backbone.fingerprint'}); "
             "train the artifact again."
+        )
+    digest = manifest.get("weights_sha256")
+    if digest and (not (path / WEIGHTS).exists() or file_digest(path / WEIGHTS) != digest):
+        raise ArtifactError(
+            f"{path / WEIGHTS}: damaged or changed since it was saved (its SHA-256 is not the manifest's); "
+            "train the artifact again or restore it from a copy."
         )
     try:
         weights = load_file(path / WEIGHTS) if (path / WEIGHTS).exists() else {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,11 @@ class Row:
     @property
     def label(self) -> str | None:
         value = self.fields.get("label")
+        if isinstance(value, list | dict):
+            raise DataError(
+                f"{self.where()}: the label is a {type(value).__name__} ({json.dumps(value)[:60]}); give one label "
+                'per row as text, e.g. "label": "positive".'
+            )
         return None if value is None else str(value)
 
     def where(self) -> str:
@@ -87,7 +93,7 @@ def from_records(records: Iterable[dict | str], source: str = "<memory>") -> Dat
             rec = {"text": rec}
         if not isinstance(rec, dict):
             raise DataError(f"{source}, item {i}: expected a dict or a string, got {type(rec).__name__}")
-        rows.append(Row(dict(rec), line=0, source=f"{source} item {i}"))
+        rows.append(Row(check_text(dict(rec), f"{source} item {i}"), line=0, source=f"{source} item {i}"))
     return Dataset(rows, source)
 
 
@@ -110,28 +116,53 @@ def load_rows(path: str | Path) -> Dataset:
     return Dataset(rows, str(path))
 
 
+def check_text(fields: dict, where: str) -> dict:
+    """Refuse text that is not valid Unicode (lone surrogates, e.g. from undecodable command-line bytes)."""
+    for name, value in fields.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(
+                    f"{where}: field {name!r} is not valid Unicode text (a lone surrogate); pass UTF-8 text."
+                ) from None
+    return fields
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}). Save the file "
+            f"as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > fixed{path.suffix}"
+        ) from None
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}). "
-                    'Each line must be one JSON object, e.g. {"text": "...", "label": "..."}.'
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}.")
-            rows.append(Row(obj, n, str(path)))
+    for n, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}). "
+                'Each line must be one JSON object, e.g. {"text": "...", "label": "..."}.'
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}.")
+        rows.append(Row(check_text(obj, f"{path}, line {n}"), n, str(path)))
     return rows
 
 
 def _read_csv(path: Path, delimiter: str) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
@@ -146,7 +177,7 @@ def _read_csv(path: Path, delimiter: str) -> list[Row]:
                     f"{path}, line {n}: {len(values)} values but the header has {len(header)} columns "
                     f"({', '.join(header)}). Quote values that contain '{delimiter}'."
                 )
-            rows.append(Row(dict(zip(header, values, strict=True)), n, str(path)))
+            rows.append(Row(check_text(dict(zip(header, values, strict=True)), f"{path}, line {n}"), n, str(path)))
     return rows
 
 

@@ -48,7 +48,10 @@ class ClassificationKind(HeadKind):
 
     @classmethod
     def labels_from(cls, dataset: Dataset) -> list[str]:
-        return dataset.labels()
+        labels = dataset.labels()
+        if len(labels) < 2:
+            raise DataError(f"{dataset.source}: the rows have {len(labels)} label(s); a classifier needs two or more.")
+        return labels
 
     def make_head(self, hidden_size: int) -> nn.Module:
         return PooledClassifier(hidden_size, len(self.labels), self.settings.get("pool", "first"))

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prompttune.api import PromptTask, load
-from prompttune.core import atomic
+from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.core.errors import ArtifactError, PromptTuneError
 from prompttune.core.template import SoftSlot, Template
@@ -51,8 +51,13 @@ def soft_tokens_lead(task: PromptTask) -> bool:
     return soft == [0] and not pm.compiled.row_slots
 
 
-def export_peft(artifact_dir: Path, out_dir: Path, model: str | Backbone | None = None) -> dict:
-    """Write ``out_dir/adapter_config.json`` + ``adapter_model.safetensors`` for PeftModel.from_pretrained."""
+def export_peft(
+    artifact_dir: Path, out_dir: Path, model: str | Backbone | None = None, overwrite: bool = False
+) -> dict:
+    """Write ``out_dir/adapter_config.json`` + ``adapter_model.safetensors`` for PeftModel.from_pretrained.
+
+    A folder holding anything but an adapter is never replaced; an earlier adapter only with ``overwrite``."""
+    atomic.check_output_dir(Path(out_dir), "DIR", lambda p: (p / CONFIG).is_file(), "PEFT adapter", overwrite)
     peft = _require_peft()
     task = load(artifact_dir, model)
     method = task.model.method
@@ -149,8 +154,10 @@ def import_peft(
     template: str | None = None,
     verbalizer: str | None = None,
     model: str | Backbone | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """A PEFT prompt-learning adapter as a prompttune artifact (prompt-tuning or prefix-tuning)."""
+    artifact.check_output(out_dir, overwrite)
     config, table = read_adapter(adapter_dir)
     peft_type = config["peft_type"]
     n = table.shape[0]
@@ -189,5 +196,9 @@ def import_peft(
             )
     task.model.method.load_table(table)
     task.model.clear_cache()
-    task.save(out_dir, {"imported_from": {"format": "peft", "peft_type": peft_type, "path": str(adapter_dir)}})
+    task.save(
+        out_dir,
+        {"imported_from": {"format": "peft", "peft_type": peft_type, "path": str(adapter_dir)}},
+        overwrite=overwrite,
+    )
     return {"artifact": str(out_dir), "method": method, "peft_type": peft_type, "num_virtual_tokens": n}
