@@ -6,15 +6,30 @@ import pytest
 
 
 def test_generation_stops_before_a_stop_string(tiny_backbone):
-    from prompttune.api import PromptTask
+    from prompttune.core.generate import GenerationConfig, Generator
 
-    task = PromptTask.create(tiny_backbone, labels=["x"], method="zero-shot", template="Q: {{ text }}\nA: [label]")
-    free = task.generate("the cat", max_new_tokens=12)
+    gen, config = Generator(tiny_backbone), GenerationConfig(max_new_tokens=12)
+    template = "Q: {{ text }}\nA: [label]"
+    free = gen.complete(template, {"text": "the cat"}, config)
     assert len(free) > 4
     stop = free[3:5]
-    cut = task.generate("the cat", max_new_tokens=12, stop=[stop, "never appears"])
+    cut = gen.complete(template, {"text": "the cat"}, config.replace(stop=(stop, "never appears")))
     assert cut == free[: free.find(stop)]
-    assert task.generate("the cat", max_new_tokens=12, stop=["never appears"]) == free
+    assert gen.complete(template, {"text": "the cat"}, config.replace(stop=("never appears",))) == free
+
+
+@pytest.fixture(scope="module")
+def long_model_dir(tmp_path_factory):
+    """The tiny decoder with a 4,096-position context (rotary positions: nothing learned per position),
+    which the react prompt with its worked example needs (~600 tokens of the tiny tokenizer)."""
+    import json
+
+    from tiny import make_decoder
+
+    path = make_decoder(tmp_path_factory.mktemp("long") / "decoder")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return path
 
 
 # --- the loop, over a scripted model ---------------------------------------------------------------
@@ -69,11 +84,49 @@ def test_an_invented_observation_is_cut_off_and_the_real_one_used():
 
 
 def test_step_limit_gives_a_clear_result():
-    agent, model = make_agent("Action: calculator\nAction Input: 1 + 1", max_steps=3)
+    agent, model = make_agent(*(f"Action: calculator\nAction Input: 1 + {i}" for i in range(5)), max_steps=3)
     result = agent.run("loop forever")
     assert result.answer is None and result.stopped == "max_steps" and len(model.calls) == 3
     assert "no final answer within 3 steps" in result.message
     assert result.trace().endswith("Stopped: no final answer within 3 steps (the step limit); see the trace.")
+
+
+def test_a_repeated_action_stops_the_run_without_running_it_again():
+    calls = []
+    agent, model = make_agent("Action: calculator\nAction Input: 2 +", "Action: calculator\nAction Input:  2  +")
+    tool = agent.tools["calculator"]
+    agent.add_tool(lambda text: calls.append(text) or tool(text), name="calculator", description=tool.description)
+    result = agent.run("2 + 2?")
+    assert result.stopped == "repeated_action" and result.answer is None and result.repeated == 1
+    assert len(model.calls) == 2 and calls == ["2 +"]  # the repeat is not run again
+    assert result.steps[1].observation is None
+    assert result.message.startswith("no final answer: step 2 repeated step 1 (calculator with input '2  +')")
+    assert result.trace().count("Stopped:") == 1 and result.trace().endswith("see the trace.")
+    assert result.to_dict()["message"] == result.message
+    # the same unparsable reply twice stops too; different replies go on
+    agent, model = make_agent("I think it is four", "I think it is four", "Final Answer: 4")
+    assert agent.run("2 + 2?").stopped == "repeated_action" and len(model.calls) == 2
+    agent, _ = make_agent(
+        "Action: calculator\nAction Input: 2 +", "Action: calculator\nAction Input: 2 + 2", "Final Answer: 4"
+    )
+    assert agent.run("2 + 2?").answer == "4"
+
+
+def test_tool_errors_show_no_expression_to_copy():
+    """The default decoder copied the example expression of an error message into its next calls."""
+    import re
+
+    agent, _ = make_agent(
+        "Action: calculator\nAction Input: 2 +",
+        "Action: calculator\nAction Input: ''",
+        "Action: calculator\nAction Input: x + 1",
+        "Final Answer: 4",
+    )
+    result = agent.run("2 + 2?")
+    errors = [s.observation for s in result.steps[:3]]
+    assert all(e.startswith("Error: calculator:") for e in errors)
+    for error in errors:  # no arithmetic except the model's own input, quoted
+        assert not re.search(r"\d\s*[-+*/]\s*[(\d]", error.replace("'2 +'", "")), error
 
 
 def test_unparsable_output_is_answered_with_the_format_and_counts_as_a_step():
@@ -99,24 +152,27 @@ def test_the_model_sees_a_worked_example_with_the_tools_real_result():
     assert model.calls[0]["examples"] == []
 
 
-def test_examples_reach_the_prompt_as_earlier_turns(tiny_backbone, monkeypatch):
-    from prompttune.api import PromptTask
+def test_examples_reach_the_prompt_as_earlier_turns(long_model_dir, monkeypatch):
+    from prompttune import Backbone
+    from prompttune.core.generate import Generator
     from prompttune.hard.agent import TemplateModel
 
+    backbone = Backbone.load(str(long_model_dir))
     seen = []
-    generate = PromptTask.generate
+    complete = Generator.complete
 
-    def spy(task, row, **kw):
-        seen.append(task.model.compiled.prefix_text + task.model.compiled.render_row(row))
-        return generate(task, row, **kw)
+    def spy(gen, template, values, config=None):
+        seen.append((template.render(values, backbone.tokenizer), config))
+        return complete(gen, template, values, config)
 
-    monkeypatch.setattr(PromptTask, "generate", spy)
+    monkeypatch.setattr(Generator, "complete", spy)
     fields = {"question": "2 + 2?", "tools": "calculator: math", "scratchpad": "Thought: x\nObservation: 4\n"}
     example = {"question": "What is 1 + 1?", "trace": " Final Answer: 2"}
-    TemplateModel(tiny_backbone, max_new_tokens=2).complete(fields, ["Observation:"], [example])
-    prompt = seen[0]
+    TemplateModel(backbone, max_new_tokens=2).complete(fields, ["Observation:"], [example])
+    prompt, config = seen[0]
     assert prompt.index("What is 1 + 1?") < prompt.index("Thought: Final Answer: 2") < prompt.index("2 + 2?")
     assert prompt.endswith("Thought: x\nObservation: 4\nThought:")
+    assert config.stop == ("Observation:",) and config.max_new_tokens == 2
 
 
 def test_a_tool_written_as_a_call_is_run():
@@ -217,6 +273,11 @@ def test_calculator_computes_arithmetic(expr, want):
         ("2 +", "not arithmetic"),
         ("", "empty"),
         ("1 + " * 300 + "1", "longer than"),
+        ("round(1, -10**18)", "round to -1000000000000000000 digits is out of range"),
+        ("round(1, -10**7)", "out of range"),
+        ("round(1.5, 10**18)", "out of range"),
+        ("round(2, 0.5)", "must be a whole number"),
+        ("sqrt(1, 2)", "takes exactly one argument"),
     ],
 )
 def test_calculator_refuses_everything_else(expr, why):
@@ -227,23 +288,51 @@ def test_calculator_refuses_everything_else(expr, why):
 
 
 # --- the runtime over a real (tiny, random) decoder and the command line ------------------------------
-def test_cli_agent_over_a_random_model_ends_cleanly_at_the_step_limit(tiny_model_dir):
+def test_cli_agent_over_a_random_model_ends_cleanly_at_the_step_limit(long_model_dir):
     import json
 
     from typer.testing import CliRunner
 
     from prompttune import cli
 
-    args = ["agent", "What is 2 + 2?", "--tool", "calculator", "--model", str(tiny_model_dir)]
+    args = ["agent", "What is 2 + 2?", "--tool", "calculator", "--model", str(long_model_dir)]
     result = CliRunner().invoke(cli.app, [*args, "--max-steps", "2", "--max-new-tokens", "4", "--json"])
-    assert result.exit_code == 0, result.output
     trace = json.loads(result.stdout.strip().splitlines()[-1])
-    assert trace["stopped"] in ("max_steps", "final_answer") and 1 <= len(trace["steps"]) <= 2
+    assert trace["stopped"] in ("max_steps", "final_answer", "repeated_action") and 1 <= len(trace["steps"]) <= 2
+    assert result.exit_code == (0 if trace["stopped"] == "final_answer" else 1), result.output
     if trace["stopped"] == "max_steps":
         assert trace["answer"] is None and all(s["observation"] for s in trace["steps"])
     result = CliRunner().invoke(cli.app, [*args, "--max-steps", "1", "--max-new-tokens", "4"])
-    assert result.exit_code == 0 and result.stdout.startswith("Question: What is 2 + 2?")
-    assert "Answer: " in result.stdout
+    assert result.stdout.startswith("Question: What is 2 + 2?")
+    assert result.exit_code == 1 and result.stdout.count("no final answer") == 1  # said once, in the trace
+    assert "\nAnswer: " not in result.stdout
+
+
+def test_cli_agent_stops_a_repeated_call_and_exits_1(long_model_dir, monkeypatch):
+    """The user report: the same failing calculator call six times, exit 0, the no-answer message twice."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prompttune import cli
+    from prompttune.hard.agent import TemplateModel
+
+    replies = []
+
+    def stuck(self, fields, stop, examples=()):
+        replies.append(fields["scratchpad"])
+        return " I should compute it.\nAction: calculator\nAction Input: 17 x 23"
+
+    monkeypatch.setattr(TemplateModel, "complete", stuck)
+    args = ["agent", "What is 17 * 23?", "--tool", "calculator", "--model", str(long_model_dir)]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 1 and len(replies) == 2, result.output
+    assert result.stdout.count("no final answer") == 1 and "\nAnswer: " not in result.stdout
+    assert "Stopped: no final answer: step 2 repeated step 1 (calculator with input '17 x 23')" in result.stdout
+    assert "Observation: Error: calculator:" in replies[1] and "12 * (3 + 4)" not in replies[1]
+    result = CliRunner().invoke(cli.app, [*args, "--json"])
+    trace = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.exit_code == 1 and trace["stopped"] == "repeated_action" and len(trace["steps"]) == 2
 
 
 def test_cli_agent_refuses_search_without_an_index(monkeypatch, capsys):

@@ -139,3 +139,99 @@ def test_chain_run_on_a_backbone(tmp_path, tiny_model_dir):
     gen = backbone_generator(str(tiny_model_dir), 2)
     chain = Chain.load(path)
     assert chain.run({"article": "x", "question": "y"}, gen) == chain.run({"article": "x", "question": "y"}, gen)
+
+
+# --- findings of the new-user report (issue 18) -------------------------------------------------------
+def test_unquoted_numbers_in_with_are_text(tmp_path, tiny_model_dir):
+    """`with: {sentences: 2}` was refused with a message that did not say what to do."""
+    path = write(
+        tmp_path, CHAIN.replace('with: {text: "{{ article }}"}', 'with: {text: "{{ article }}", sentences: 2}')
+    )
+    seen = []
+
+    def render(step, values):
+        seen.append(step.template.hard().render(values))
+        return "S."
+
+    Chain.load(path).run({"article": "A", "question": "Q"}, render)
+    assert "at most 2 sentences" in seen[0]
+    res = CliRunner().invoke(
+        app,
+        ["chain", "run", str(path), "--var", "article=a great movie", "--var", "question=why?"]
+        + ["--model", str(tiny_model_dir), "--max-new-tokens", "2", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    bad = write(tmp_path, "steps:\n  - {name: a, template: summarize, with: {text: [1, 2]}}\n", "bad.yaml")
+    with pytest.raises(ChainError, match=r"'with' text: give text or a number, not a list \(quote it: text: \"...\"\)"):
+        Chain.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("max_new_tokens: -3", r"step 1 \(a\): max_new_tokens is -3: give a whole number from 1 to"),
+        ("max_new_tokens: 100000", "max_new_tokens is 100000"),
+        ("temperature: -1", r"temperature is -1: give 0 \(greedy\) or more"),
+        ("temperature: .nan", "temperature is nan"),
+        ("stop: [1]", "'stop' must be a string or a list of strings"),
+    ],
+)
+def test_bad_generation_settings_name_the_step(tmp_path, setting, message):
+    path = write(tmp_path, f"steps:\n  - name: a\n    template: summarize\n    {setting}\n")
+    with pytest.raises(ChainError, match=message) as e:
+        Chain.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_steps_end_at_a_sentence_end(tmp_path, tiny_model_dir, monkeypatch):
+    """An answer step was cut mid-sentence at its 20-token limit: chain steps generate with finish_sentence
+    (up to SENTENCE_GRACE_TOKENS more tokens to end the sentence, else cut back to the last sentence end)."""
+    from prompttune.core.generate import Generator
+
+    configs = []
+    complete = Generator.complete
+
+    def spy(gen, template, values, config=None):
+        configs.append(config)
+        return complete(gen, template, values, config)
+
+    monkeypatch.setattr(Generator, "complete", spy)
+    path = write(tmp_path, CHAIN)
+    res = CliRunner().invoke(
+        app,
+        ["chain", "run", str(path), "--var", "article=a great movie", "--var", "question=why?"]
+        + ["--model", str(tiny_model_dir), "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    assert [(c.max_new_tokens, c.finish_sentence) for c in configs] == [(20, True), (128, True)]
+    code, message = cli_error(monkeypatch, ["chain", "run", str(path), "--max-new-tokens", "-3"] + VARS)
+    assert code == 2 and "error: max_new_tokens (--max-new-tokens) is -3: give a whole number from 1 to" in message
+
+
+VARS = ["--var", "article=a", "--var", "question=q"]
+
+
+def cli_error(monkeypatch, args: list[str]) -> tuple[int, str]:
+    """Run the CLI as a user does (errors printed as `error: ...`, exit code 2): (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from prompttune.cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["prompttune", *args])
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, " ".join(stderr.getvalue().split())
+
+
+def test_an_empty_value_runs_or_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
+    """`--var article=` gave "cannot reshape tensor of 0 elements" when the row's text was empty."""
+    args = ["--model", str(tiny_model_dir), "--max-new-tokens", "2", "--json"]
+    spec = "{system: Summarize., user: '{{ article }}', chat: false}"
+    path = write(tmp_path, f"steps:\n  - name: out\n    template: {spec}\n")
+    res = CliRunner().invoke(app, ["chain", "run", str(path), "--var", "article=", *args])
+    assert res.exit_code == 0, res.output
+    path = write(tmp_path, "steps:\n  - name: out\n    template: {user: '{{ article }}', chat: false}\n", "empty.yaml")
+    code, message = cli_error(monkeypatch, ["chain", "run", str(path), "--var", "article=", *args])
+    assert code == 2 and f"error: {path}, step 1 (out): generate: the prompt is empty" in message

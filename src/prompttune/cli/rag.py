@@ -127,7 +127,10 @@ def agent(
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer with a ReAct agent that calls tools; prints the Thought/Action/Observation trace."""
+    """Answer with a ReAct agent that calls tools; prints the Thought/Action/Observation trace.
+
+    Exits 1 when no answer is reached (the step limit, or the model repeating a step word for word).
+    """
     from prompttune.cli.rag_commands import run_agent
 
     result = run_agent(
@@ -135,6 +138,9 @@ def agent(
     )
     if as_json:
         emit_json(result.to_dict())
-    else:
+    else:  # without an answer the trace ends with "Stopped: <why>", said once
         out.print(result.trace(), markup=False, highlight=False)
-        out.print(f"Answer: {result.message}", markup=False, highlight=False)
+        if result.answer is not None:
+            out.print(f"Answer: {result.answer}", markup=False, highlight=False)
+    if result.answer is None:  # no answer reached: exit code 1 (2 is for bad input)
+        raise typer.Exit(1)

@@ -134,6 +134,26 @@ class Backbone:
         tok = self.tokenizer
         return [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
 
+    @functools.cached_property
+    def end_token_ids(self) -> frozenset[int]:
+        """Tokens that end generation: eos (the tokenizer's and the generation config's) and the chat
+        template's end-of-turn token, read from what the template writes after an assistant reply."""
+        tok = self.tokenizer
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ends = {tok.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])}
+        if getattr(tok, "chat_template", None):
+            marker = "\u2063reply\u2063"
+            try:
+                chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+                text = tok.apply_chat_template(chat, tokenize=False)
+            except Exception:  # a template that refuses this layout: eos alone
+                text = ""
+            after = self.tokenize(text[text.find(marker) + len(marker) :]) if marker in text else []
+            special = set(getattr(tok, "all_special_ids", [])) | set(getattr(tok, "added_tokens_decoder", {}))
+            if after and after[0] in special:  # e.g. <|im_end|>, <|eot_id|>, <end_of_turn>
+                ends.add(after[0])
+        return frozenset(t for t in ends if isinstance(t, int))
+
     # --- running over a KV prefix --------------------------------------------------------------
     def prefix_kv(self, inputs_embeds: Tensor, past: KV | None = None) -> KV:
         """Run a (1, n, d) sequence (after ``past``, if given) and return the per-layer keys/values of all."""

@@ -7,7 +7,10 @@ Each step the model continues the ``react`` template after "Thought:" and genera
     ... Final Answer: <answer>                           -> the run ends with that answer
 
 Anything else is fed back as an Observation that restates the expected format, and counts as a step.
-A run ends with a final answer or after ``max_steps`` model calls.
+A run ends with a final answer, after ``max_steps`` model calls, or when the model repeats an earlier
+step word for word (the same tool and input, or the same unparsable reply): a small model that
+repeats itself once goes on repeating (the default decoder made one failing calculator call six times),
+so the run stops there instead of spending the remaining steps.
 
     from prompttune.hard.agent import Agent, TemplateModel
     agent = Agent(TemplateModel(Backbone.load()), tools=["calculator"])
@@ -50,18 +53,21 @@ class LanguageModel(Protocol):
 
 
 class TemplateModel:
-    """A decoder backbone reading a template (``react`` by default) through PromptTask.generate."""
+    """A decoder backbone reading a template (``react`` by default) through the Generator.
+
+    No repetition control: a ReAct step repeats its own format words (Action, Action Input) by design,
+    and its outputs are short and cut at "Observation:".
+    """
 
     def __init__(self, backbone, template: str = "react", max_new_tokens: int = 128):
+        from prompttune.core.generate import GenerationConfig, Generator
         from prompttune.core.template import Template
 
-        self.backbone = backbone
+        self.generator = Generator(backbone)
         self.template = Template.from_spec(template)
-        self.max_new_tokens = max_new_tokens
+        self.config = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.0, no_repeat_ngram_size=0)
 
     def complete(self, fields: dict[str, str], stop: Sequence[str], examples: Sequence[dict] = ()) -> str:
-        from prompttune.api import PromptTask
-
         # Variables with a default (the scratchpad) are bound, not passed as row fields.
         bound = {k: v for k, v in fields.items() if k not in self.template.variables}
         row = {k: v for k, v in fields.items() if k in self.template.variables}
@@ -69,8 +75,7 @@ class TemplateModel:
         if examples:  # earlier user/assistant turns, through the template's few-shot demos
             demos = [{**fields, "scratchpad": "", "question": e["question"], "label": e["trace"]} for e in examples]
             template = template.with_demos(demos)
-        task = PromptTask.create(self.backbone, labels=["answer"], method="zero-shot", template=template)
-        return task.generate(row, max_new_tokens=self.max_new_tokens, stop=stop)
+        return self.generator.complete(template, row, self.config.replace(stop=tuple(stop)))
 
 
 @dataclass
@@ -86,14 +91,22 @@ class Step:
 @dataclass
 class AgentResult:
     question: str
-    answer: str | None  # None: no final answer within the step limit
-    stopped: str  # "final_answer" | "max_steps"
+    answer: str | None  # None: no final answer (the step limit, or a repeated step)
+    stopped: str  # "final_answer" | "max_steps" | "repeated_action"
     steps: list[Step] = field(default_factory=list)
+    repeated: int | None = None  # stopped="repeated_action": the 1-based step the last step repeated
 
     @property
     def message(self) -> str:
         if self.answer is not None:
             return self.answer
+        if self.stopped == "repeated_action":
+            last = self.steps[-1]
+            what = f"{last.action} with input {last.action_input!r}" if last.kind == "action" else "the same reply"
+            return (
+                f"no final answer: step {len(self.steps)} repeated step {self.repeated} ({what}), so the run "
+                "stopped; see the trace."
+            )
         return f"no final answer within {len(self.steps)} steps (the step limit); see the trace."
 
     def trace(self) -> str:
@@ -101,7 +114,9 @@ class AgentResult:
         lines = [f"Question: {self.question}"]
         for s in self.steps:
             lines += [f"Thought: {s.thought}"] if s.thought else []
-            if s.kind == "final":
+            if s.observation is None and s.kind != "final":  # the repeated step: not run again
+                lines += [f"Action: {s.action}", f"Action Input: {s.action_input}"] if s.kind == "action" else []
+            elif s.kind == "final":
                 lines.append(f"Final Answer: {self.answer}")
             elif s.kind == "action":
                 lines += [f"Action: {s.action}", f"Action Input: {s.action_input}", f"Observation: {s.observation}"]
@@ -116,6 +131,7 @@ class AgentResult:
             "question": self.question,
             "answer": self.answer,
             "stopped": self.stopped,
+            "message": self.message,
             "steps": [asdict(s) for s in self.steps],
         }
 
@@ -183,16 +199,22 @@ class Agent:
         examples = self.examples() if self.use_examples else []
         scratchpad = ""
         result = AgentResult(question, None, "max_steps")
-        for _ in range(self.max_steps):
+        seen: dict[tuple, int] = {}  # what each step did -> its 1-based number
+        for n in range(1, self.max_steps + 1):
             fields = {"question": question, "tools": tools_text, "scratchpad": scratchpad}
             raw = self.model.complete(fields, STOP, examples) if examples else self.model.complete(fields, STOP)
-            step = self._step(_cut_at_stop(raw))
+            step = self._step(_cut_at_stop(raw), run=lambda key: key not in seen)
             result.steps.append(step)
             if progress:
                 progress(step)
             if step.kind == "final":
                 result.answer, result.stopped = step.action_input or "", "final_answer"
                 return result
+            key = _step_key(step)
+            if key in seen:
+                result.stopped, result.repeated = "repeated_action", seen[key]
+                return result
+            seen[key] = n
             scratchpad += f"Thought: {step.output.strip()}\nObservation: {step.observation}\n"
         return result
 
@@ -211,7 +233,8 @@ class Agent:
             out.append({"question": question, "trace": trace})
         return out
 
-    def _step(self, output: str) -> Step:
+    def _step(self, output: str, run: Callable[[tuple], bool] = lambda key: True) -> Step:
+        """Parse one reply; a tool runs unless ``run`` says no (a repeated action is not run again)."""
         final, action = _FINAL.search(output), _ACTION.search(output)
         if final and (not action or final.start() < action.start()):
             thought = output[: final.start()].strip()
@@ -224,7 +247,7 @@ class Agent:
             arg = block.strip("`").strip()
             arg = arg[1:-1] if len(arg) > 1 and arg[0] == arg[-1] and arg[0] in "'\"" else arg
             step = Step(output, "action", output[: action.start()].strip(), name, arg)
-            step.observation = self._call(name, arg)
+            step.observation = self._call(name, arg) if run(_step_key(step)) else None
             return step
         names = ", ".join(self.tools)
         first = next(iter(self.tools))
@@ -233,7 +256,8 @@ class Agent:
         call = _CALL_FORM.match(only.group(1).strip()) if only else None
         if call and call.group(1) in self.tools:  # "Action: calculator[2 + 2]" or "calculator(2 + 2)"
             step = Step(output[: only.end()], "action", output[: only.start()].strip(), call.group(1), call.group(2))
-            step.observation = self._call(call.group(1), call.group(2).strip())
+            step.action_input = step.action_input.strip()
+            step.observation = self._call(step.action, step.action_input) if run(_step_key(step)) else None
             return step
         if only:
             named = only.group(1).strip()
@@ -257,6 +281,13 @@ class Agent:
             return f"Error: tool {tool.name} failed ({type(e).__name__}: {e})."
         text = " ".join(text.split()) if "\n" not in text else text.strip()
         return text if len(text) <= MAX_OBSERVATION_CHARS else text[:MAX_OBSERVATION_CHARS] + " ..."
+
+
+def _step_key(step: Step) -> tuple:
+    """What makes two steps the same: the tool and its input (spacing aside), or the same unparsed reply."""
+    if step.kind == "action":
+        return ("action", (step.action or "").lower(), " ".join((step.action_input or "").split()))
+    return (step.kind, " ".join(step.output.split()))
 
 
 def _cut_at_stop(text: str) -> str:

@@ -20,14 +20,17 @@ errors name the file, the step and the variable.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompttune.core.errors import PromptTuneError
+from prompttune.core.errors import DataError, PromptTuneError
+from prompttune.core.generate import GenerationConfig
 from prompttune.core.template import NAME_RE, Template
 from prompttune.core.template_sandbox import parse, render_string
 
+DEFAULT_MAX_NEW_TOKENS = 128  # a step's token limit when neither the step nor --max-new-tokens gives one
 STEP_KEYS = {"name", "template", "with", "max_new_tokens", "temperature", "stop"}
 
 
@@ -161,28 +164,50 @@ def _step(spec, where: str, base: Path | None, db: str | None) -> Step:
     if unknown:
         raise ChainError(f"{where}: unknown keys {sorted(unknown)}; expected {', '.join(sorted(STEP_KEYS))}.")
     name = spec["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ChainError(f"{where}: step name {name!r} must be an identifier (it becomes a variable).")
     where = f"{where} ({name})"
     try:
         template = _template(spec["template"], base, db)
     except PromptTuneError as e:
         raise ChainError(f"{where}: {e}") from None
-    inputs = spec.get("with") or {}
-    if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
-        raise ChainError(f"{where}: 'with' must map template variables to text expressions.")
+    inputs = _with(spec.get("with") or {}, where)
     for var in inputs:
         if var not in template.used_variables:
             raise ChainError(f"{where}: 'with' sets variable {var!r}, which the template does not use.")
+    max_new, temperature, stop = spec.get("max_new_tokens"), spec.get("temperature", 0.0), spec.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ChainError(f"{where}: 'stop' must be a string or a list of strings, e.g. stop: [\"\\n\"].")
+    max_new = int(max_new) if isinstance(max_new, str) and max_new.strip().isdigit() else max_new
     try:
-        max_new = int(spec["max_new_tokens"]) if spec.get("max_new_tokens") is not None else None
-        temperature = float(spec.get("temperature", 0.0))
-    except (TypeError, ValueError):
-        raise ChainError(f"{where}: max_new_tokens must be an integer and temperature a number.") from None
-    stop = spec.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
+        temperature = float(temperature) if isinstance(temperature, str) else temperature
+    except ValueError:
+        pass  # GenerationConfig names it
+    try:  # the settings checked now, before any model loads
+        GenerationConfig(max_new_tokens=1 if max_new is None else max_new, temperature=temperature, stop=tuple(stop))
+    except DataError as e:
+        raise ChainError(f"{where}: {re.sub(r' [(]--[a-z-]+[)]', '', str(e))}") from None
     return Step(name, template, dict(inputs), max_new, temperature, list(stop))
+
+
+def _with(inputs, where: str) -> dict[str, str]:
+    """'with': template variable -> expression. Numbers and booleans are taken as their text (2 -> "2")."""
+    if not isinstance(inputs, dict):
+        raise ChainError(
+            f"{where}: 'with' must map template variables to text, e.g. with: {{text: \"{{{{ article }}}}\"}}."
+        )
+    out = {}
+    for var, value in inputs.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int | float):
+            value = str(value)
+        if not isinstance(value, str):
+            what = "nothing" if value is None else f"a {type(value).__name__}"
+            raise ChainError(f"{where}: 'with' {var}: give text or a number, not {what} (quote it: {var}: \"...\").")
+        out[str(var)] = value
+    return out
 
 
 def _template(spec, base: Path | None, db: str | None) -> Template:
@@ -192,8 +217,8 @@ def _template(spec, base: Path | None, db: str | None) -> Template:
         raise ChainError(f"template must be a name, a file or a mapping, not {type(spec).__name__}")
     if base is not None and (base / spec).is_file():
         return Template.from_spec(str(base / spec))
-    from prompttune.hard.evaluate import resolve_prompt
     from prompttune.registry.names import looks_like_ref
+    from prompttune.registry.resolve import resolve_prompt
 
     if not looks_like_ref(spec):
         return Template.from_spec(spec)  # a built-in name or a template file (or an error naming the built-ins)
@@ -204,18 +229,24 @@ def _template(spec, base: Path | None, db: str | None) -> Template:
 
 
 def backbone_generator(model: str | None = None, max_new_tokens: int | None = None) -> Generator:
-    """Generation over the backbone with the zero-shot method (the template's soft slots left out)."""
-    from prompttune.api import PromptTask
-    from prompttune.core.backbone import Backbone, set_threads
+    """Generation over the backbone from each step's hard template (its soft slots left out).
 
+    A step that reaches its token limit mid-sentence ends the sentence (GenerationConfig.finish_sentence).
+    """
+    from prompttune.core.backbone import Backbone, set_threads
+    from prompttune.core.generate import GenerationConfig
+    from prompttune.core.generate import Generator as TextGenerator
+
+    if max_new_tokens is not None:  # --max-new-tokens checked before the model loads
+        GenerationConfig(max_new_tokens=max_new_tokens)
     set_threads()
     state: dict = {}
 
     def generate(step: Step, values: dict) -> str:
-        if "backbone" not in state:
-            state["backbone"] = Backbone.load(model)
-        task = PromptTask.create(state["backbone"], ["text"], "zero-shot", {}, step.template.hard())
-        n = max_new_tokens or step.max_new_tokens or 128
-        return task.generate(values, max_new_tokens=n, temperature=step.temperature, stop=step.stop)
+        if "generator" not in state:
+            state["generator"] = TextGenerator(Backbone.load(model))
+        n = max_new_tokens or step.max_new_tokens or DEFAULT_MAX_NEW_TOKENS  # None: the next one
+        config = GenerationConfig(max_new_tokens=n, temperature=step.temperature, stop=step.stop, finish_sentence=True)
+        return state["generator"].complete(step.template, values, config)
 
     return generate

@@ -85,6 +85,10 @@ _CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 10_000
 MAX_RESULT_BITS = 4096  # integers past ~1,200 digits are refused, so no expression can eat memory or time
+MAX_ROUND_DIGITS = 1300  # round(x, n): |n| at most this (10 ** |n| is computed; every bounded int fits)
+# Errors describe what is allowed without a literal expression: a small model copies an example it is
+# shown into its next call (the default decoder called the calculator with the error's example).
+ALLOWED = "numbers, + - * / // % **, parentheses, pi, e and the functions {functions}"
 
 
 def calculate(expression: str) -> int | float:
@@ -95,19 +99,23 @@ def calculate(expression: str) -> int | float:
     """
     text = _normalise(expression)
     if not text:
-        raise ToolError("calculator: the expression is empty; give arithmetic such as 12 * (3 + 4).")
+        raise ToolError("calculator: the expression is empty; give the arithmetic to compute.")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ToolError(f"calculator: the expression is longer than {MAX_EXPRESSION_CHARS} characters.")
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
-        raise ToolError(f"calculator: {text!r} is not arithmetic; give an expression such as 12 * (3 + 4).") from None
+        raise ToolError(f"calculator: {text!r} is not arithmetic; write it with {_allowed()}.") from None
     try:
         return _eval(tree.body)
     except ZeroDivisionError:
         raise ToolError("calculator: division by zero.") from None
-    except (OverflowError, ValueError) as e:
+    except (OverflowError, ValueError, TypeError) as e:  # math range/domain errors, wrong argument counts
         raise ToolError(f"calculator: {e}.") from None
+
+
+def _allowed() -> str:
+    return ALLOWED.format(functions=", ".join(_FUNCTIONS))
 
 
 def _normalise(expression: str) -> str:
@@ -137,12 +145,22 @@ def _eval(node: ast.AST) -> int | float:
         and not node.keywords
         and node.args
     ):
-        return _bounded(_FUNCTIONS[node.func.id](*(_eval(a) for a in node.args)))
+        args = [_eval(a) for a in node.args]
+        if node.func.id == "round":
+            _check_round(args)
+        return _bounded(_FUNCTIONS[node.func.id](*args))
     what = ast.unparse(node) if hasattr(ast, "unparse") else type(node).__name__
-    raise ToolError(
-        f"calculator: {what!r} is not allowed; use numbers, + - * / // % **, parentheses, pi, e and "
-        f"{', '.join(_FUNCTIONS)}."
-    )
+    raise ToolError(f"calculator: {what!r} is not allowed; use {_allowed()}.")
+
+
+def _check_round(args: list) -> None:
+    """round(x, n) computes 10 ** |n|: round(1, -10**18) would run for hours."""
+    if len(args) == 2:
+        digits = args[1]
+        if not isinstance(digits, int):
+            raise ToolError("calculator: round's second argument (the digits) must be a whole number.")
+        if abs(digits) > MAX_ROUND_DIGITS:
+            raise ToolError(f"calculator: round to {digits} digits is out of range (at most {MAX_ROUND_DIGITS}).")
 
 
 def _check_power(base: float, exponent: float) -> None:

@@ -308,12 +308,15 @@ def answer(
     max_new_tokens: int = 96,
     mode: str = "hybrid",
 ) -> RagAnswer:
-    """Retrieve the ``k`` nearest chunks and answer from them through the retrieval template."""
-    from prompttune.api import PromptTask
+    """Retrieve the ``k`` nearest chunks and answer from them through the retrieval template.
+
+    Generation uses the default repetition control (GenerationConfig) and ends at a sentence end.
+    """
+    from prompttune.core.generate import GenerationConfig, Generator
 
     if not question.strip():
         raise DataError("rag ask: the question is empty.")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, finish_sentence=True)  # bad values fail before search
     hits = index.search(question, k=k, mode=mode)
-    task = PromptTask.create(decoder, labels=["answer"], method="zero-shot", template=template)
-    text = task.generate({"question": question, "context": format_context(hits)}, max_new_tokens=max_new_tokens)
-    return RagAnswer(question, text.strip(), hits)
+    values = {"question": question, "context": format_context(hits)}
+    return RagAnswer(question, Generator(decoder).complete(template, values, config).strip(), hits)
