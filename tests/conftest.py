@@ -26,6 +26,16 @@ def tiny_backbone(tiny_model_dir):
     return Backbone.load(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="session")
+def long_model_dir(tmp_path_factory) -> Path:
+    """The tiny decoder with a 4,096-position context (rotary positions: nothing learned per position), for
+    prompts longer than 256 tokens of the tiny tokenizer (the react example, retrieved passages)."""
+    path = make_decoder(tmp_path_factory.mktemp("long") / "decoder")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return path
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

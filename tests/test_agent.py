@@ -18,20 +18,6 @@ def test_generation_stops_before_a_stop_string(tiny_backbone):
     assert gen.complete(template, {"text": "the cat"}, config.replace(stop=("never appears",))) == free
 
 
-@pytest.fixture(scope="module")
-def long_model_dir(tmp_path_factory):
-    """The tiny decoder with a 4,096-position context (rotary positions: nothing learned per position),
-    which the react prompt with its worked example needs (~600 tokens of the tiny tokenizer)."""
-    import json
-
-    from tiny import make_decoder
-
-    path = make_decoder(tmp_path_factory.mktemp("long") / "decoder")
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
-    return path
-
-
 # --- the loop, over a scripted model ---------------------------------------------------------------
 class ScriptedModel:
     """Replies with the given outputs in turn and records what it was shown."""

@@ -139,7 +139,7 @@ def test_keyword_ranking_and_fusion(docs_dir, tmp_path, tiny_encoder):
 
 
 # --- the command line ------------------------------------------------------------------------------
-def test_cli_index_then_ask_shows_the_answer_and_sources(docs_dir, tmp_path, tiny_encoder, tiny_model_dir):
+def test_cli_index_then_ask_shows_the_answer_and_sources(docs_dir, tmp_path, tiny_encoder, long_model_dir):
     from typer.testing import CliRunner
 
     from prompttune import cli
@@ -151,7 +151,7 @@ def test_cli_index_then_ask_shows_the_answer_and_sources(docs_dir, tmp_path, tin
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["documents"] == 3 and summary["chunks"] == 3 and (index_dir / "index.faiss").is_file()
-    ask = ["rag", "ask", "Where is Berlin?", "--index", str(index_dir), "--model", str(tiny_model_dir)]
+    ask = ["rag", "ask", "Where is Berlin?", "--index", str(index_dir), "--model", str(long_model_dir)]
     result = runner.invoke(cli.app, [*ask, "-k", "2", "--max-new-tokens", "3", "--mode", "bm25", "--json"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout.strip().splitlines()[-1])

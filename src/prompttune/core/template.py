@@ -44,7 +44,7 @@ LABEL_MARK = "[label]"
 AUTO_VARIABLES = frozenset({"labels"})
 ROLES = ("user", "assistant")
 SPEC_KEYS = ("user", "system", "answer", "chat", "demos", "messages", "variables", "partial", "description")
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # used with fullmatch: "$" would accept a trailing newline
 
 
 def _load_builtin() -> dict[str, dict]:
@@ -67,7 +67,7 @@ def _variables_spec(raw, where: str) -> tuple:
         raise TemplateError(f"{where}: 'variables' must map each name to a description or {{description, default}}.")
     out = []
     for name, spec in raw.items():
-        if not isinstance(name, str) or not NAME_RE.match(name) or name in AUTO_VARIABLES:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in AUTO_VARIABLES:
             raise TemplateError(f"{where}: variable name {name!r} must be a plain identifier other than 'labels'.")
         if isinstance(spec, dict):
             unknown = set(spec) - {"description", "default"}
@@ -133,7 +133,7 @@ class Template:
         if isinstance(spec, Template):
             return spec
         if spec is None:
-            spec = "classify-pair" if fields == ("text_a", "text_b") else "classify"
+            spec = {("text_a", "text_b"): "classify-pair", ("question", "passage"): "qa-yes-no"}.get(fields, "classify")
         if isinstance(spec, dict):
             return cls.from_dict(spec)
         if spec in BUILTIN:
