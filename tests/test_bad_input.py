@@ -141,3 +141,18 @@ def test_a_run_that_never_beat_step_zero_warns(run_main, data, tiny_model_dir, t
         assert summary["warnings"]
     else:
         assert not summary["warnings"]
+
+
+# --- generation settings through the CLI ---------------------------------------------------------------------
+def test_generate_refuses_bad_settings_and_honours_stop(run_main, tiny_model_dir):  # noqa: F811
+    assert_user_error(run_main("generate", "hi", "--model", tiny_model_dir, "--max-new-tokens", "-3"), "max-new-tokens")
+    assert_user_error(run_main("generate", "hi", "--model", tiny_model_dir, "--top-p", "0"), "top-p")
+    plain = run_main("generate", "hi", "--model", tiny_model_dir, "--max-new-tokens", "8", "--repetition-penalty", "1")
+    assert plain.code == 0, plain.err
+    text = plain.out.rstrip("\n")
+    if len(text) > 2:
+        cut = run_main(
+            "generate", "hi", "--model", tiny_model_dir, "--max-new-tokens", "8", "--repetition-penalty", "1",
+            "--stop", text[1:3],
+        )  # fmt: skip
+        assert cut.code == 0 and cut.out.rstrip("\n") == text[: text.find(text[1:3])]
