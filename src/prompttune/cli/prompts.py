@@ -349,7 +349,9 @@ def chain_run(
     chain = Chain.load(file, db)
     values = parse_vars(var)
     chain.check(values)  # every variable of every step accounted for, before the model loads
-    result = chain.run(values, backbone_generator(model, max_new_tokens))
+    from prompttune.cli.options import Settings
+
+    result = chain.run(values, backbone_generator(model, max_new_tokens, **Settings.backbone_args()))
     if as_json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         return

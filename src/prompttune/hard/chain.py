@@ -228,8 +228,11 @@ def _template(spec, base: Path | None, db: str | None) -> Template:
     return target
 
 
-def backbone_generator(model: str | None = None, max_new_tokens: int | None = None) -> Generator:
-    """Generation over the backbone from each step's hard template (its soft slots left out).
+def backbone_generator(
+    model: str | None = None, max_new_tokens: int | None = None, dtype: str | None = None, device: str | None = None
+) -> Generator:
+    """Generation over the backbone from each step's hard template (its soft slots left out); the backbone
+    (``model``, ``dtype``, ``device``) loads at the first step.
 
     A step that reaches its token limit mid-sentence ends the sentence (GenerationConfig.finish_sentence).
     """
@@ -244,7 +247,7 @@ def backbone_generator(model: str | None = None, max_new_tokens: int | None = No
 
     def generate(step: Step, values: dict) -> str:
         if "generator" not in state:
-            state["generator"] = TextGenerator(Backbone.load(model))
+            state["generator"] = TextGenerator(Backbone.load(model, dtype=dtype, device=device))
         n = max_new_tokens or step.max_new_tokens or DEFAULT_MAX_NEW_TOKENS  # None: the next one
         config = GenerationConfig(max_new_tokens=n, temperature=step.temperature, stop=step.stop, finish_sentence=True)
         return state["generator"].complete(step.template, values, config)
