@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 from prompttune.core.backbone import KV, Backbone
@@ -53,6 +54,53 @@ class VerbalizerObjective:
 
     def clear_cache(self) -> None:
         self.model.clear_cache()
+
+
+MAX_VIRTUAL_TOKENS = 256  # soft tokens in a template at most: attention over them grows with their square
+MAX_LABEL_FORMS = 4096  # label words (over all labels) at most
+CONTINUATION_CHUNK = 256  # label-form tokens scored together in one tree-masked pass over the rows' cache
+
+
+@dataclass
+class ContinuationChunk:
+    """Some label forms' 2nd.. tokens as one sequence: each token sees the row and its own form's earlier tokens."""
+
+    ids: Tensor  # (1, n) the input token of each step (the form's previous token)
+    depth: Tensor  # (n,) steps after the row's last token, from 0
+    target: Tensor  # (1, n) candidate index of the token predicted there
+    visible: Tensor  # (n, n) bool: step i sees step j
+    assign: Tensor  # (n, n_forms) 1 where step i belongs to form f
+
+
+def continuation_chunks(token_ids: list[list[int]], cand_ids: list[list[int]]) -> list[ContinuationChunk]:
+    """The multi-token forms in chunks of at most CONTINUATION_CHUNK steps (a longer form: a chunk of its own)."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for f, toks in enumerate(token_ids):
+        steps = len(toks) - 1
+        if steps == 0:
+            continue
+        if size and size + steps > CONTINUATION_CHUNK:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += steps
+    chunks = []
+    for group in (g for g in groups if g):
+        ids, depth, target, owner = [], [], [], []
+        for f in group:
+            steps = len(token_ids[f]) - 1
+            ids += token_ids[f][:-1]
+            depth += range(steps)
+            target += cand_ids[f][1:]
+            owner += [f] * steps
+        own = torch.tensor(owner)
+        d = torch.tensor(depth)
+        visible = (own[:, None] == own[None, :]) & (d[None, :] <= d[:, None])
+        assign = torch.zeros(len(owner), len(token_ids))
+        assign[torch.arange(len(owner)), own] = 1.0
+        chunks.append(ContinuationChunk(torch.tensor([ids]), d, torch.tensor([target]), visible, assign))
+    return chunks
 
 
 @dataclass
@@ -93,6 +141,13 @@ class PromptModel(PrefixModel):
             dict(zip(verbalizer.labels, verbalizer.display_words, strict=True)),
         )
         slots = [s for s in self.compiled.prefix if isinstance(s, SoftSlot)] + self.compiled.row_slots
+        n_soft = sum(s.size for s in slots)
+        if n_soft > MAX_VIRTUAL_TOKENS:
+            raise ModelError(
+                f"--num-virtual-tokens {num_virtual_tokens}: the template then has {n_soft} soft tokens, more than "
+                f"the limit of {MAX_VIRTUAL_TOKENS} (each step's memory grows with their square). Use fewer "
+                "virtual tokens, or smaller [soft:N] slots."
+            )
         self.method = method_factory(slots, {"generator": generator, "label_words": verbalizer.display_words})
         # Row-part soft tokens are written into token ids as -(1 + k): entry k of self._row_soft.
         self._row_soft: list[tuple[SoftSlot, int]] = []
@@ -124,6 +179,12 @@ class PromptModel(PrefixModel):
 
     def _build_label_tokens(self) -> None:
         forms = self.verbalizer.forms()
+        if len(forms) > MAX_LABEL_FORMS:
+            raise DataError(
+                f"verbalizer: {len(self.verbalizer.labels)} labels with {len(forms)} label words in all, more than "
+                f"the limit of {MAX_LABEL_FORMS}; use fewer labels or words per label (or train a head: --head "
+                "classification)."
+            )
         tokens = [self.backbone.tokenize(self.compiled.label_text(w)) for _, w in forms]
         for (li, w), t in zip(forms, tokens, strict=True):
             if not t:
@@ -134,7 +195,9 @@ class PromptModel(PrefixModel):
         self.form_label = torch.tensor([li for li, _ in forms])
         self.form_tokens = [[pos[t] for t in ts] for ts in tokens]  # candidate indices per form
         self.form_token_ids = tokens
+        self.form_first = torch.tensor([t[0] for t in self.form_tokens])
         self.max_form_len = max(len(t) for t in tokens)
+        self._cont_chunks = continuation_chunks(tokens, self.form_tokens)
 
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, dataset: Dataset | Sequence[Row]) -> Encoded:
@@ -206,38 +269,92 @@ class PromptModel(PrefixModel):
     def label_scores(self, batch: list[list[int]], prefix: KV) -> Tensor:
         """(b, n_labels) log-likelihood of each label, normalized over the label tokens."""
         prefix_len = prefix[0][0].shape[2] if prefix else 0
-        ids, attention, positions = self._pad_left(batch, prefix_len)
         need_more = self.max_form_len > 1
-        input_ids, embeds = self._row_inputs(ids)
-        out = self.backbone.run(input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more)
+        split = self._late_split(batch, prefix)
+        if split is None:
+            ids, attention, positions = self._pad_left(batch, prefix_len)
+            input_ids, embeds = self._row_inputs(ids)
+            out = self.backbone.run(
+                input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more
+            )
+        else:
+            out, attention, positions = self._run_late(batch, split, prefix, prefix_len, need_more)
         hidden, cache = out if need_more else (out, None)
         rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
         first = F.log_softmax(hidden[:, -1].float() @ rows_w.float().T, dim=-1)  # (b, C)
-        form_scores = torch.stack([first[:, toks[0]] for toks in self.form_tokens], dim=1)  # (b, F)
+        form_scores = first[:, self.form_first]  # (b, F)
         if need_more:
-            form_scores = form_scores + self._continuations(cache, attention, positions, rows_w, len(batch))
+            form_scores = form_scores + self._continuations(cache, attention, positions, rows_w)
         return self._forms_to_labels(form_scores)
 
-    def _continuations(self, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor, b: int) -> Tensor:
-        """Log-likelihood of the 2nd.. tokens of every multi-token label word, from the rows' cache."""
-        n_forms, width = len(self.form_tokens), self.max_form_len - 1
-        cont = torch.zeros(n_forms, width, dtype=torch.long)
-        cont_mask = torch.zeros(n_forms, width, dtype=torch.long)
-        for f, toks in enumerate(self.form_token_ids):
-            cont[f, : len(toks) - 1] = torch.tensor(toks[:-1][:width]) if len(toks) > 1 else 0
-            cont_mask[f, : len(toks) - 1] = 1
-        # rows repeated per form: (b * F, ...)
-        cache_rep = [(k.repeat_interleave(n_forms, 0), v.repeat_interleave(n_forms, 0)) for k, v in cache]
-        ids = cont.repeat(b, 1)
-        att = torch.cat([attention.repeat_interleave(n_forms, 0), cont_mask.repeat(b, 1)], dim=1)
-        pos = positions[:, -1:].repeat_interleave(n_forms, 0) + 1 + torch.arange(width)
-        hidden = self.backbone.run(ids, att, pos, cache_rep)  # (b*F, width, d)
-        logp = F.log_softmax(hidden.float() @ rows_w.float().T, dim=-1)  # (b*F, width, C)
-        target = torch.zeros(n_forms, width, dtype=torch.long)
-        for f, toks in enumerate(self.form_tokens):
-            target[f, : len(toks) - 1] = torch.tensor(toks[1:]) if len(toks) > 1 else 0
-        picked = logp.gather(2, target.repeat(b, 1)[..., None])[..., 0] * cont_mask.repeat(b, 1)
-        return picked.sum(1).view(b, n_forms)
+    def _late_split(self, batch: list[list[int]], prefix: KV) -> list[int] | None:
+        """Where each row's first soft token is, when the text before it can run without gradients.
+
+        Training only: the prefix carries no gradient (no soft token before the input) and the rows end in
+        soft tokens ("late" prompts, as the built-in templates place them). The text before them then runs
+        once under no_grad and only the soft tokens and the answer keep activations for the backward pass:
+        memory and time of a step follow the soft tokens, not the rows' length. None: one pass.
+        """
+        if not torch.is_grad_enabled() or any(t.requires_grad for kv in prefix for t in kv):
+            return None
+        split = [next((i for i, t in enumerate(x) if t < 0), len(x)) for x in batch]
+        if all(s == len(x) for s, x in zip(split, batch, strict=True)) or not any(split):
+            return None
+        return split
+
+    def _run_late(self, batch, split, prefix, prefix_len, need_more):
+        """The rows' text before their soft tokens under no_grad, then the rest over its keys/values."""
+        heads = [x[:s] for x, s in zip(batch, split, strict=True)]
+        tails = [x[s:] for x, s in zip(batch, split, strict=True)]
+        ids_h, att_h, pos_h = self._pad_left(heads, prefix_len)
+        with torch.no_grad():
+            _, cache = self.backbone.run(ids_h, att_h, pos_h, prefix, return_cache=True)
+        width = max(len(t) for t in tails)
+        ids_t = torch.full((len(batch), width), self.backbone.tokenizer.pad_token_id, dtype=torch.long)
+        mask_t = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, t in enumerate(tails):
+            if t:
+                ids_t[i, width - len(t) :] = torch.tensor(t)
+                mask_t[i, width - len(t) :] = 1
+        pos_t = (pos_h[:, -1:] + (att_h[:, -1:] > 0).long() + mask_t.cumsum(1) - 1).clamp(min=prefix_len)
+        attention = torch.cat([att_h, mask_t], dim=1)
+        input_ids, embeds = self._row_inputs(ids_t)
+        out = self.backbone.run(input_ids, attention, pos_t, cache, inputs_embeds=embeds, return_cache=need_more)
+        return out, attention, pos_t
+
+    def _continuations(self, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor) -> Tensor:
+        """Log-likelihood of the 2nd.. tokens of every multi-token label word, from the rows' cache.
+
+        All forms continue one shared copy of each row's cache: their tokens run as one sequence per row
+        whose attention mask lets each token see the row and the earlier tokens of its own form only (a
+        tree). Forms are taken in chunks of at most ``CONTINUATION_CHUNK`` tokens, so what a batch holds
+        grows with its rows, not with rows x label forms.
+        """
+        b = attention.shape[0]
+        out = torch.zeros(b, len(self.form_tokens))
+        dtype = cache[0][0].dtype
+        row_mask = torch.zeros(b, 1, 1, attention.shape[1], dtype=dtype)
+        row_mask.masked_fill_(attention[:, None, None, :] == 0, torch.finfo(dtype).min)
+        last = positions[:, -1:]
+
+        def run(chunk: ContinuationChunk, cache: KV, rows_w: Tensor) -> Tensor:
+            n = chunk.ids.shape[1]
+            tree = torch.zeros(n, n, dtype=dtype).masked_fill_(~chunk.visible, torch.finfo(dtype).min)
+            mask = torch.cat([row_mask.expand(b, 1, n, -1), tree.expand(b, 1, n, n)], dim=-1)
+            hidden = self.backbone.run(chunk.ids.expand(b, n), mask, last + 1 + chunk.depth, cache)  # (b, n, d)
+            logp = F.log_softmax(hidden.float() @ rows_w.float().T, dim=-1)  # (b, n, C)
+            picked = logp.gather(2, chunk.target.expand(b, n)[..., None])[..., 0]  # (b, n)
+            return picked @ chunk.assign  # (b, F): summed per form
+
+        # Training with several chunks: each chunk's activations are recomputed in the backward pass rather than
+        # held, so a step holds one chunk's at a time.
+        recompute = torch.is_grad_enabled() and len(self._cont_chunks) > 1
+        for chunk in self._cont_chunks:
+            if recompute:
+                out = out + torch.utils.checkpoint.checkpoint(run, chunk, cache, rows_w, use_reentrant=False)
+            else:
+                out = out + run(chunk, cache, rows_w)
+        return out
 
     def _forms_to_labels(self, form_scores: Tensor) -> Tensor:
         n = len(self.verbalizer.labels)

@@ -1,0 +1,139 @@
+"""Label scoring and soft tokens stay bounded (issue 18, 1 and 6.2): many multi-token label words share one
+copy of each row's keys/values, "late" soft tokens train without holding the input's activations, and an
+over-large number of virtual tokens or label words is an error naming the limit."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import write_jsonl
+from reference import reference_scores
+from test_cli import assert_user_error, rows, run_main  # noqa: F401, F811 (run_main: a fixture)
+
+from prompttune import scorer
+from prompttune.api import PromptTask
+from prompttune.core.data import from_records
+from prompttune.core.errors import DataError, ModelError
+
+ROWS = from_records(["a great movie", "a terrible film , boring and bad , what a waste", "the cat", "I loved it"])
+MANY = [f"label number {i}" for i in range(40)]  # 40 labels of several tokens each
+
+
+def record_runs(monkeypatch, backbone):
+    """Every backbone.run call: (batch, query length, keys held per row in the cache it continues, grad on)."""
+    calls = []
+    original = backbone.run
+
+    def run(input_ids, attention_mask, position_ids, prefix, inputs_embeds=None, return_cache=False):
+        x = input_ids if input_ids is not None else inputs_embeds
+        keys = prefix[0][0].shape[0] if prefix else 0
+        calls.append((x.shape[0], x.shape[1], keys, torch.is_grad_enabled()))
+        return original(input_ids, attention_mask, position_ids, prefix, inputs_embeds, return_cache)
+
+    monkeypatch.setattr(backbone, "run", run)
+    return calls
+
+
+def many_label_task(backbone, template=None):
+    return PromptTask.create(
+        backbone,
+        MANY,
+        "prompt-tuning",
+        {"num_virtual_tokens": 2, "init": "random"},
+        template or {"system": "Classify.", "user": "[soft]{{ text }}"},
+        seed=5,
+    )
+
+
+@torch.no_grad()
+def test_many_multi_token_labels_share_each_rows_cache_and_score_exactly(tiny_backbone, monkeypatch):
+    task = many_label_task(tiny_backbone)
+    pm = task.model
+    assert pm.max_form_len > 2 and len(pm.form_tokens) == 40
+    expected = reference_scores(pm, ROWS.rows)
+    calls = record_runs(monkeypatch, tiny_backbone)
+    fast = pm.score(pm.encode(ROWS), batch_size=4, calibrate=False)
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-5)
+    # the rows' pass and the label words' pass(es): never more sequences than rows (before: rows x 40 forms)
+    assert calls and max(batch for batch, *_ in calls) == 4
+    assert all(keys <= 4 for _, _, keys, _ in calls)
+
+
+def test_label_words_are_scored_in_chunks_that_recompute_in_training(tiny_backbone, monkeypatch):
+    monkeypatch.setattr(scorer, "CONTINUATION_CHUNK", 8)
+    pm = many_label_task(tiny_backbone).model
+    assert len(pm._cont_chunks) > 3
+    enc = pm.encode(ROWS)
+    calls = record_runs(monkeypatch, tiny_backbone)
+    train = F.log_softmax(pm.label_scores(enc.ids, pm.prefix_kv()), -1)
+    label_passes = calls[-len(pm._cont_chunks) :]  # after the prefix's and the rows' passes
+    # each label-word pass holds one chunk (a longer word: a chunk of its own)
+    assert max(length for _, length, _, _ in label_passes) <= max(8, pm.max_form_len - 1)
+    train.sum().backward()
+    assert pm.method.embeddings.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(train.detach(), pm.score(enc, batch_size=2, calibrate=False), atol=1e-5, rtol=1e-5)
+        expected = reference_scores(pm, ROWS.rows)
+        torch.testing.assert_close(pm.score(enc, calibrate=False), expected, atol=1e-5, rtol=1e-5)
+
+
+LATE = {"system": "Classify.", "user": "{{ text }}", "answer": "[soft:3]"}  # soft tokens after the input only
+
+
+def late_task(backbone):
+    return PromptTask.create(
+        backbone,
+        ["not_entailment", "entailment"],
+        "prompt-tuning",
+        {"num_virtual_tokens": 3, "init": "random"},
+        LATE,
+        seed=6,
+    )
+
+
+def test_late_soft_tokens_train_with_the_input_run_without_gradients(tiny_backbone, monkeypatch):
+    pm = late_task(tiny_backbone).model
+    enc = pm.encode(ROWS)
+    with torch.no_grad():
+        expected = reference_scores(pm, ROWS.rows)
+        torch.testing.assert_close(pm.score(enc, calibrate=False), expected, atol=1e-5, rtol=1e-5)
+    calls = record_runs(monkeypatch, tiny_backbone)
+    scores = F.log_softmax(pm.label_scores(enc.ids, pm.prefix_kv()), -1)
+    torch.testing.assert_close(scores.detach(), pm.score(enc, calibrate=False), atol=1e-5, rtol=1e-5)
+    scores.sum().backward()
+    assert pm.method.embeddings.grad.abs().sum() > 0
+    # with gradients on, no pass runs over the rows' text: only the soft tokens and what follows them
+    longest_row = max(len(x) for x in enc.ids)
+    grad_lengths = [length for _, length, _, grad in calls if grad]
+    assert grad_lengths and max(grad_lengths) < longest_row
+    assert any(not grad and length >= longest_row - 10 for _, length, _, grad in calls)
+
+
+def test_late_soft_tokens_train_through_fit(tiny_backbone, sentiment_rows):
+    task = PromptTask.create(
+        tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 3}, LATE, seed=1
+    )
+    from prompttune.train import Callback, TrainConfig
+
+    ds = from_records(sentiment_rows)
+    losses = []
+    config = TrainConfig(max_steps=12, batch_size=8, lr=0.1, warmup_steps=1, eval_every=100, ema=0)
+    task.fit(ds, ds, config, callbacks=[Callback(on_step=lambda ev: losses.append(ev["loss"]))])
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_too_many_virtual_tokens_is_an_error_naming_the_limit(tiny_backbone):
+    with pytest.raises(ModelError, match=r"--num-virtual-tokens 300: .*limit of 256"):
+        PromptTask.create(tiny_backbone, ["a", "b"], "prompt-tuning", {"num_virtual_tokens": 300})
+
+
+def test_too_many_label_words_is_an_error_naming_the_limit(tiny_backbone, monkeypatch):
+    monkeypatch.setattr(scorer, "MAX_LABEL_FORMS", 10)
+    with pytest.raises(DataError, match=r"40 labels .* limit of 10"):
+        many_label_task(tiny_backbone)
+
+
+def test_cli_refuses_a_huge_num_virtual_tokens_before_training(run_main, tmp_path, tiny_model_dir):  # noqa: F811
+    write_jsonl(tmp_path / "train.jsonl", rows(4))
+    run = run_main("train", "train.jsonl", "--model", tiny_model_dir, "--num-virtual-tokens", "8100", "--out", "o")
+    assert_user_error(run, "--num-virtual-tokens 8100", "limit of 256")
+    assert not (tmp_path / "o").exists()
