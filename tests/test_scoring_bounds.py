@@ -9,7 +9,7 @@ from conftest import write_jsonl
 from reference import reference_scores
 from test_cli import assert_user_error, rows, run_main  # noqa: F401, F811 (run_main: a fixture)
 
-from prompttune import scorer
+from prompttune import label_forms, scorer
 from prompttune.api import PromptTask
 from prompttune.core.data import from_records
 from prompttune.core.errors import DataError, ModelError
@@ -59,7 +59,7 @@ def test_many_multi_token_labels_share_each_rows_cache_and_score_exactly(tiny_ba
 
 
 def test_label_words_are_scored_in_chunks_that_recompute_in_training(tiny_backbone, monkeypatch):
-    monkeypatch.setattr(scorer, "CONTINUATION_CHUNK", 8)
+    monkeypatch.setattr(label_forms, "CONTINUATION_CHUNK", 8)
     pm = many_label_task(tiny_backbone).model
     assert len(pm._cont_chunks) > 3
     enc = pm.encode(ROWS)

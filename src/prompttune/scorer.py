@@ -25,6 +25,7 @@ from prompttune.core.errors import DataError, ModelError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
+from prompttune.label_forms import ContinuationChunk, continuation_chunks
 from prompttune.methods import SoftPromptMethod
 from prompttune.prefix import PrefixModel
 
@@ -58,49 +59,6 @@ class VerbalizerObjective:
 
 MAX_VIRTUAL_TOKENS = 256  # soft tokens in a template at most: attention over them grows with their square
 MAX_LABEL_FORMS = 4096  # label words (over all labels) at most
-CONTINUATION_CHUNK = 256  # label-form tokens scored together in one tree-masked pass over the rows' cache
-
-
-@dataclass
-class ContinuationChunk:
-    """Some label forms' 2nd.. tokens as one sequence: each token sees the row and its own form's earlier tokens."""
-
-    ids: Tensor  # (1, n) the input token of each step (the form's previous token)
-    depth: Tensor  # (n,) steps after the row's last token, from 0
-    target: Tensor  # (1, n) candidate index of the token predicted there
-    visible: Tensor  # (n, n) bool: step i sees step j
-    assign: Tensor  # (n, n_forms) 1 where step i belongs to form f
-
-
-def continuation_chunks(token_ids: list[list[int]], cand_ids: list[list[int]]) -> list[ContinuationChunk]:
-    """The multi-token forms in chunks of at most CONTINUATION_CHUNK steps (a longer form: a chunk of its own)."""
-    groups: list[list[int]] = [[]]
-    size = 0
-    for f, toks in enumerate(token_ids):
-        steps = len(toks) - 1
-        if steps == 0:
-            continue
-        if size and size + steps > CONTINUATION_CHUNK:
-            groups.append([])
-            size = 0
-        groups[-1].append(f)
-        size += steps
-    chunks = []
-    for group in (g for g in groups if g):
-        ids, depth, target, owner = [], [], [], []
-        for f in group:
-            steps = len(token_ids[f]) - 1
-            ids += token_ids[f][:-1]
-            depth += range(steps)
-            target += cand_ids[f][1:]
-            owner += [f] * steps
-        own = torch.tensor(owner)
-        d = torch.tensor(depth)
-        visible = (own[:, None] == own[None, :]) & (d[None, :] <= d[:, None])
-        assign = torch.zeros(len(owner), len(token_ids))
-        assign[torch.arange(len(owner)), own] = 1.0
-        chunks.append(ContinuationChunk(torch.tensor([ids]), d, torch.tensor([target]), visible, assign))
-    return chunks
 
 
 @dataclass
