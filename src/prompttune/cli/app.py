@@ -45,6 +45,7 @@ from prompttune.cli.demo import demo  # noqa: E402
 from prompttune.cli.interop import export, import_adapter  # noqa: E402
 from prompttune.cli.prompts import chain_app, registry_app, templates_app  # noqa: E402
 from prompttune.cli.rag import agent, rag_app  # noqa: E402
+from prompttune.cli.serve import serve  # noqa: E402
 from prompttune.cli.train import train  # noqa: E402
 from prompttune.cli.use import evaluate, generate, models, predict  # noqa: E402
 
@@ -62,6 +63,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(chain_app, name="chain")
 app.command("export")(export)
 app.command("import")(import_adapter)
+app.command()(serve)
 
 
 def main() -> None:

@@ -1,0 +1,208 @@
+"""The scheduler: one bounded queue for every task's requests, one worker thread that runs the model.
+
+A batch closes at ``max_batch`` rows or ``max_wait_ms`` after its first job, whichever comes first. Rows of
+label-word tasks on one backbone go through ONE forward pass whatever their tasks (``mixed.score_mixed``,
+in chunks of ``max_batch`` rows); head tasks' rows are batched per task (``Task.predictions``); generation
+jobs run one after another, after the batch's scoring. A job whose caller gave up (timeout) is skipped.
+Results are handed to the caller's event loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prompttune.core.errors import PromptTuneError
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` rows: answer 429 with Retry-After."""
+
+
+@dataclass
+class Job:
+    """Work for one request: ``rows`` (label-word token ids, head rows, or None) or a ``call`` to run."""
+
+    served: object  # a ServedTask
+    kind: str  # "labels" | "head" | "call"
+    payload: object  # a Dataset (labels, head) | a zero-argument callable (call)
+    size: int  # rows counted against the batch and the queue
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+    def finish(self, result=None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting
+            pass
+
+
+class Batcher:
+    """One queue, one worker. ``submit`` from the event loop; ``stop`` drains what is queued, then ends."""
+
+    def __init__(
+        self,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch  # (rows, tasks) of each batch: metrics
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._rows = 0  # rows queued and not yet taken
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="prompttune-batcher", daemon=True)
+        self._stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Rows waiting in the queue."""
+        return self._rows
+
+    def submit(self, served, kind: str, payload, size: int) -> Job:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if self._rows + size > self.max_queue:
+                raise QueueFull(f"the queue holds {self._rows} rows; its limit is {self.max_queue} (--max-queue)")
+            self._rows += size
+        job = Job(served, kind, payload, size, loop, loop.create_future())
+        self._queue.put(job)
+        return job
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs, finish the queued ones, end the worker (bounded by ``timeout``)."""
+        with self._lock:
+            self._stopping = True
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # --- the worker --------------------------------------------------------------------------------
+    def _take(self) -> tuple[list[Job], bool]:
+        """The next batch (blocks for its first job); True once the stop marker is reached."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        jobs, rows = [first], first.size
+        deadline = time.perf_counter() + self.max_wait
+        while rows < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # seen again after this batch
+                break
+            jobs.append(job)
+            rows += job.size
+        with self._lock:
+            self._rows -= rows
+        return jobs, False
+
+    def _work(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            while True:
+                jobs, stop = self._take()
+                if stop:
+                    return
+                live = [j for j in jobs if not j.cancelled]
+                if live and self.on_batch:
+                    self.on_batch(sum(j.size for j in live), len({id(j.served) for j in live}))
+                self._run(live)
+
+    def _run(self, jobs: list[Job]) -> None:
+        labels = [j for j in jobs if j.kind == "labels"]
+        if labels:
+            self._score_labels(labels)
+        heads: dict[int, list[Job]] = {}
+        for j in jobs:
+            if j.kind == "head":
+                heads.setdefault(id(j.served), []).append(j)
+        for group in heads.values():
+            try:
+                self._predict_head(group)
+            except Exception:  # noqa: BLE001 - one bad request: each request alone, so the others still succeed
+                for j in group:
+                    self._guard([j], lambda j=j: self._predict_head([j]))
+        for j in jobs:
+            if j.kind == "call" and not j.cancelled:
+                self._guard([j], lambda j=j: j.finish(j.payload()))
+
+    def _guard(self, jobs: list[Job], work: Callable[[], None]) -> None:
+        """Run ``work``; an error fails these jobs only, and the worker goes on."""
+        try:
+            work()
+        except PromptTuneError as e:
+            for j in jobs:
+                j.finish(error=e)
+        except Exception as e:  # noqa: BLE001 - a bug must not stop the worker: the request gets a 500
+            for j in jobs:
+                j.finish(error=RuntimeError(f"{type(e).__name__}: {e}"))
+
+    def _score_labels(self, jobs: list[Job]) -> None:
+        from prompttune.serve.mixed import score_mixed
+
+        encoded: dict[int, list[list[int]]] = {}
+        for j in jobs:  # a row that does not fit its task fails its own request only
+            self._guard([j], lambda j=j: encoded.__setitem__(id(j), self._encode(j)))
+        by_backbone: dict[int, list[Job]] = {}
+        for j in jobs:
+            if id(j) in encoded:
+                by_backbone.setdefault(id(j.served.backbone), []).append(j)
+        for group in by_backbone.values():
+            items = [(j, k, j.served.task.model, ids) for j in group for k, ids in enumerate(encoded[id(j)])]
+            items.sort(key=lambda x: len(x[3]))  # similar lengths together: less padding
+            scores: dict[int, list] = {id(j): [None] * j.size for j in group}
+
+            def run(items=items, scores=scores, group=group) -> None:
+                for s in range(0, len(items), self.max_batch):
+                    chunk = items[s : s + self.max_batch]
+                    for (j, k, _, _), out in zip(chunk, score_mixed([(m, ids) for _, _, m, ids in chunk]), strict=True):
+                        scores[id(j)][k] = out
+                for j in group:
+                    j.finish(scores[id(j)])
+
+            self._guard(group, run)
+
+    @staticmethod
+    def _encode(job: Job) -> list[list[int]]:
+        from prompttune.core.data import check_fields
+
+        model = job.served.task.model
+        check_fields(job.payload, sorted(model.template.variables), need_label=False)
+        return model.encode(job.payload).ids
+
+    def _predict_head(self, jobs: list[Job]) -> None:
+        from prompttune.core.data import Dataset
+
+        task = jobs[0].served.task
+        rows = [r for j in jobs for r in j.payload.rows]
+        out = task.predictions(Dataset(rows, "request"))
+        start = 0
+        for j in jobs:
+            j.finish(out[start : start + j.size])
+            start += j.size

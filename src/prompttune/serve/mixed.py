@@ -1,0 +1,158 @@
+"""Rows of different label-word tasks scored in ONE forward pass over the shared frozen backbone.
+
+Each task's constant prefix (soft tokens, prefix keys/values, system text, demos) is cached as keys/values
+when it loads (``PrefixModel.cached_prefix``). A mixed batch lays every row out as
+
+    [pad to the longest prefix][its task's prefix][left padding][its row's tokens]
+
+with the padding masked, and numbers each row's tokens from the end of ITS task's prefix (the cached keys
+already carry their rotary positions), so every row sees exactly what it sees in a one-task batch
+(``PromptModel.label_scores``). The read-out is per row's task: the LM head's rows of that task's label
+tokens at the last position, multi-token label words continued from the rows' cache, calibration applied as
+``PromptModel.score`` applies it. A batch of one task passes its prefix unexpanded, not copied per row.
+
+This module reads PromptModel's attributes (``candidates``, ``form_tokens``, ``form_token_ids``,
+``form_label``, ``max_form_len``, ``_row_inputs``) and writes the padding and read-out itself, so
+``scorer.py`` stays the single-task path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompttune.core.backbone import KV
+
+
+@torch.no_grad()
+def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
+    """Label log-probabilities (normalized, calibrated) for each (PromptModel, row token ids) pair.
+
+    Every model must share one backbone. Returns one (n_labels,) tensor per item, in order.
+    """
+    if not items:
+        return []
+    models = [m for m, _ in items]
+    backbone = models[0].backbone
+    if any(m.backbone is not backbone for m in models):
+        raise ValueError("score_mixed: every task in a batch must share one backbone")
+    distinct = list({id(m): m for m in models}.values())
+    prefixes = {id(m): m.cached_prefix() for m in distinct}
+    plen = [_length(prefixes[id(m)]) for m in models]
+    rows = [ids for _, ids in items]
+    b, width, top = len(items), max(len(r) for r in rows), max(plen)
+
+    # rows left-padded to `width`; each row's positions continue from its own prefix's end
+    pad = backbone.tokenizer.pad_token_id
+    ids = torch.full((b, width), pad, dtype=torch.long)
+    mask = torch.zeros(b, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+    start = torch.tensor(plen)[:, None]
+    positions = (start + mask.cumsum(1) - 1).clamp(min=start)  # (b, width)
+    prefix_mask = torch.zeros(b, top, dtype=torch.long)
+    for i, p in enumerate(plen):
+        prefix_mask[i, top - p :] = 1
+    attention = torch.cat([prefix_mask, mask], dim=1)  # (b, top + width)
+
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(models):
+        groups.setdefault(id(m), []).append(i)
+    prefix = prefixes[id(models[0])] if len(distinct) == 1 else _stack_prefixes(models, prefixes, plen, top)
+    input_ids, embeds = _inputs(distinct, groups, ids, backbone)
+    need_cache = any(m.max_form_len > 1 for m in distinct)
+    out = backbone.run(input_ids, attention, positions, prefix or None, inputs_embeds=embeds, return_cache=need_cache)
+    hidden, cache = out if need_cache else (out, None)
+
+    result: list[Tensor | None] = [None] * b
+    for m in distinct:
+        idx = groups[id(m)]
+        sel = torch.tensor(idx)
+        rows_w = backbone.lm_rows(m.candidates)  # (C, d)
+        first = F.log_softmax(hidden[sel, -1].float() @ rows_w.float().T, dim=-1)  # (g, C)
+        forms = first[:, torch.tensor([t[0] for t in m.form_tokens])]  # (g, F)
+        if m.max_form_len > 1:
+            sub = [(k[sel], v[sel]) for k, v in cache]
+            forms = forms + _continuations(m, sub, attention[sel], positions[sel], rows_w)
+        scores = F.log_softmax(_forms_to_labels(m, forms), dim=-1)
+        calibration = m.verbalizer.calibration
+        if calibration is not None:
+            scores = F.log_softmax(scores - torch.tensor(calibration), dim=-1)
+        for j, i in enumerate(idx):
+            result[i] = scores[j]
+    return result
+
+
+def _length(prefix: KV) -> int:
+    return prefix[0][0].shape[2] if prefix else 0
+
+
+def _stack_prefixes(models, prefixes: dict, plen: list[int], top: int) -> KV:
+    """Per-layer (b, kv_heads, top, head_dim) keys/values: each row's prefix right-aligned, zeros before it."""
+    any_prefix = next((p for p in prefixes.values() if p), None)
+    if any_prefix is None:
+        return []
+    out = []
+    for layer in range(len(any_prefix)):
+        k0, v0 = any_prefix[layer]
+        keys = k0.new_zeros(len(models), k0.shape[1], top, k0.shape[3])
+        values = v0.new_zeros(len(models), v0.shape[1], top, v0.shape[3])
+        for i, m in enumerate(models):
+            if plen[i]:
+                k, v = prefixes[id(m)][layer]
+                keys[i, :, top - plen[i] :] = k[0]
+                values[i, :, top - plen[i] :] = v[0]
+        out.append((keys, values))
+    return out
+
+
+def _inputs(distinct, groups, ids: Tensor, backbone) -> tuple[Tensor | None, Tensor | None]:
+    """(input_ids, None) when no row carries soft tokens, else (None, embeddings) built per row's task."""
+    parts = {id(m): m._row_inputs(ids[torch.tensor(groups[id(m)])]) for m in distinct}
+    if all(e is None for _, e in parts.values()):
+        return ids, None
+    embeds = None
+    for m in distinct:
+        idx = torch.tensor(groups[id(m)])
+        part_ids, part_embeds = parts[id(m)]
+        e = part_embeds if part_embeds is not None else backbone.embed(part_ids)
+        if embeds is None:
+            embeds = e.new_zeros(ids.shape[0], ids.shape[1], e.shape[-1])
+        embeds[idx] = e.to(embeds.dtype)
+    return None, embeds
+
+
+def _continuations(m, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor) -> Tensor:
+    """Log-likelihood of the 2nd.. tokens of each multi-token label word, continuing the rows' cache. (g, F)"""
+    g = attention.shape[0]
+    n_forms, width = len(m.form_token_ids), m.max_form_len - 1
+    cont = torch.zeros(n_forms, width, dtype=torch.long)
+    cont_mask = torch.zeros(n_forms, width, dtype=torch.long)
+    target = torch.zeros(n_forms, width, dtype=torch.long)
+    for f, (toks, cand) in enumerate(zip(m.form_token_ids, m.form_tokens, strict=True)):
+        if len(toks) > 1:
+            cont[f, : len(toks) - 1] = torch.tensor(toks[:-1])
+            cont_mask[f, : len(toks) - 1] = 1
+            target[f, : len(toks) - 1] = torch.tensor(cand[1:])
+    cache_rep = [(k.repeat_interleave(n_forms, 0), v.repeat_interleave(n_forms, 0)) for k, v in cache]
+    att = torch.cat([attention.repeat_interleave(n_forms, 0), cont_mask.repeat(g, 1)], dim=1)
+    pos = positions[:, -1:].repeat_interleave(n_forms, 0) + 1 + torch.arange(width)
+    hidden = m.backbone.run(cont.repeat(g, 1), att, pos, cache_rep)  # (g * F, width, d)
+    logp = F.log_softmax(hidden.float() @ rows_w.float().T, dim=-1)  # (g * F, width, C)
+    picked = logp.gather(2, target.repeat(g, 1)[..., None])[..., 0] * cont_mask.repeat(g, 1)
+    return picked.sum(1).view(g, n_forms)
+
+
+def _forms_to_labels(m, forms: Tensor) -> Tensor:
+    """A label's score: the log of the mean probability of its words. (g, n_labels)"""
+    n = len(m.verbalizer.labels)
+    out = torch.full((forms.shape[0], n), float("-inf"))
+    for li in range(n):
+        cols = (m.form_label == li).nonzero()[:, 0]
+        out[:, li] = torch.logsumexp(forms[:, cols], dim=1) - torch.log(torch.tensor(float(len(cols))))
+    return out

@@ -1,0 +1,192 @@
+"""OpenAI-compatible routes: ``model`` names the task whose prompt (soft or hard) the text continues.
+
+    GET  /v1/models                  one entry per task
+    POST /v1/completions             {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed"}
+    POST /v1/chat/completions        {"model", "messages", ...}: the last user message fills the task's field
+
+A label-word task (an artifact or a hard prompt with labels) continues its own prompt with free text
+(``PromptTask.generate``); a generation template renders the text into its field (``Generator.complete``).
+Decoding is greedy unless ``temperature`` > 0 (then sampled, with ``top_p``). With ``stream`` the answer
+comes as server-sent events in the OpenAI chunk format; the text is sent once it is generated (one content
+chunk), not token by token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from prompttune.core.errors import PromptTuneError
+from prompttune.core.generate import GenerationConfig
+from prompttune.serve.http import ApiError, Server, text_size
+from prompttune.serve.tasks import ServedTask
+
+COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n", "user"}
+CHAT_FIELDS = (COMPLETION_FIELDS - {"prompt"}) | {"messages", "max_completion_tokens", "stream_options"}
+IGNORED = {"user", "stream_options"}  # accepted and not used
+DEFAULT_MAX_TOKENS = 64
+
+
+def register(app: FastAPI, server: Server) -> None:
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        return {"object": "list", "data": [model_entry(t) for t in server.visible(request)]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str, request: Request) -> dict:
+        return model_entry(server.task_for(request, name))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await server.body(request)
+        served, config, stream = _common(server, request, body, COMPLETION_FIELDS)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(422, "'prompt' must be a string (one prompt per request).")
+        text = await _generate(server, served, prompt, config)
+        done = _finish(served, text, config)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
+        if stream:
+            events = [
+                {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]},
+                {**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": done}]},
+            ]
+            return _sse(events)
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done}
+        return {**head, "choices": [choice], "usage": _usage(served, prompt, text)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await server.body(request)
+        if "max_completion_tokens" in body and "max_tokens" not in body:
+            body["max_tokens"] = body.pop("max_completion_tokens")
+        served, config, stream = _common(server, request, body, CHAT_FIELDS)
+        prompt = _last_user_message(body.get("messages"))
+        text = await _generate(server, served, prompt, config)
+        done = _finish(served, text, config)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name}
+        if stream:
+            events = [
+                {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]},
+                {**head, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
+                {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": done}]},
+            ]
+            return _sse(events)
+        message = {"role": "assistant", "content": text}
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": done, "logprobs": None}],
+            "usage": _usage(served, prompt, text),
+        }
+
+
+def model_entry(t: ServedTask) -> dict:
+    return {"id": t.name, "object": "model", "created": 0, "owned_by": "prompttune", "kind": t.kind}
+
+
+def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple[ServedTask, GenerationConfig, bool]:
+    """The task, the generation settings (each checked, naming the field) and whether to stream."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(422, f"unsupported field(s) {unknown}; supported: {', '.join(sorted(allowed - IGNORED))}.")
+    name = body.get("model")
+    if not isinstance(name, str):
+        raise ApiError(422, "'model' must name a task (GET /v1/models lists them).")
+    served = server.task_for(request, name)
+    if not served.can_generate:
+        raise ApiError(422, f"task {name!r} is a {served.kind} task: it does not generate text; use "
+                            f"POST /v1/tasks/{name}/predict.")  # fmt: skip
+    if body.get("n", 1) != 1:
+        raise ApiError(422, "'n' must be 1 (one completion per request).")
+    limit = server.config.max_tokens
+    max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
+        raise ApiError(422, f"'max_tokens' is {max_tokens!r}: give a whole number from 1 to {limit} (--max-tokens).")
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stop, list | tuple):
+        raise ApiError(422, "'stop' must be a string or a list of strings.")
+    temperature = body.get("temperature", 0.0)
+    top_p = body.get("top_p", 1.0)
+    try:
+        config = GenerationConfig(
+            max_new_tokens=max_tokens,
+            temperature=0.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=body.get("seed") or 0,
+            stop=tuple(stop),
+        )
+    except PromptTuneError as e:  # names the setting; the request field has the same name
+        raise ApiError(422, str(e).replace(" (--", " (field of the request; flag --", 1)) from None
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(422, "'stream' must be true or false.")
+    return served, config, stream
+
+
+def _last_user_message(messages) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(422, "'messages' must be a non-empty list of {role, content}.")
+    for m in reversed(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise ApiError(422, "each message must be an object with 'role' and 'content'.")
+        if m["role"] == "user":
+            content = m.get("content")
+            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
+                    raise ApiError(422, "message content parts must be text parts ({'type': 'text', 'text': ...}).")
+                content = "".join(parts)
+            if not isinstance(content, str):
+                raise ApiError(422, "a user message's 'content' must be text.")
+            return content
+    raise ApiError(422, "'messages' has no user message; the last one fills the task's template.")
+
+
+async def _generate(server: Server, served: ServedTask, prompt: str, config: GenerationConfig) -> str:
+    limit = server.config.max_input_chars
+    if text_size(prompt) > limit:
+        raise ApiError(413, f"the prompt is {len(prompt):,} characters; the limit is {limit:,} (--max-input-chars).")
+    fields = served.fields
+    if len(fields) > 1:
+        raise ApiError(
+            422, f"task {served.name!r} takes the fields {', '.join(fields)}; a completion fills one. Use "
+            f"POST /v1/tasks/{served.name}/predict with objects of these fields.",
+        )  # fmt: skip
+    values = {fields[0]: prompt} if fields else {}
+
+    def run() -> str:
+        if served.kind == "labels":
+            return served.task.generate(values, config)
+        return served.generator.complete(served.template, values, config)
+
+    return await server.run(served, "call", run, 1)
+
+
+def _finish(served: ServedTask, text: str, config: GenerationConfig) -> str:
+    return "length" if len(served.backbone.tokenize(text)) >= config.max_new_tokens else "stop"
+
+
+def _usage(served: ServedTask, prompt: str, text: str) -> dict:
+    p, c = len(served.backbone.tokenize(prompt)), len(served.backbone.tokenize(text))
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _sse(events: list[dict]) -> StreamingResponse:
+    def lines():
+        for e in events:
+            yield f"data: {json.dumps(e, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,239 @@
+"""The task table: task name -> a loaded task on a shared frozen backbone (one Backbone per model id).
+
+A SOURCE is what ``prompttune eval`` accepts as a PROMPT (``registry.resolve.resolve_prompt``):
+- an artifact directory (a soft prompt with label words, or a head task), loaded with ``task.load`` onto
+  the backbone its manifest names (shared with every other task on that model);
+- a registry reference (``sst2@production``): a soft-prompt version is an artifact, a template version a
+  hard prompt (with the label words it was stored with, if any);
+- a template file or a built-in template name: with label words (given, or stored) a zero-shot label-word
+  task (``PromptTask.create(backbone, labels, "zero-shot", {}, template)``); without, a generation task served
+  by ``Generator.complete``.
+
+Every task's constant prefix is computed when it loads (``cached_prefix``), not on its first request.
+Adding or removing a task swaps one dict entry under a lock: requests already holding a task finish with it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prompttune.core.backbone import Backbone
+from prompttune.core.errors import DataError
+from prompttune.core.generate import Generator
+from prompttune.core.template import Template
+from prompttune.core.verbalizer import Verbalizer
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_TASKS = 1024  # tasks in one server at most (each holds its prefix's keys/values)
+MAX_LABELS = 256  # label words given for one hard-prompt task
+
+
+class TaskConflict(DataError):
+    """A task name already in use (HTTP 409)."""
+
+
+class TaskNotFound(DataError):
+    """No task by that name (HTTP 404)."""
+
+
+def check_name(name: str, where: str = "task name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise DataError(
+            f"{where} {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit."
+        )
+    return name
+
+
+def parse_task_spec(spec: str) -> tuple[str, str]:
+    """``NAME=SOURCE`` (a TASK argument) -> (name, source)."""
+    name, sep, source = spec.partition("=")
+    if not sep or not source:
+        raise DataError(
+            f"TASK {spec!r}: write NAME=SOURCE, e.g. sentiment=runs/sst2 or topics=classify (a template name)."
+        )
+    return check_name(name, "TASK"), source
+
+
+def parse_labels(spec: str, flag: str = "--labels") -> list[str]:
+    labels = [x.strip() for x in spec.split(",") if x.strip()]
+    if len(labels) < 2 or len(labels) > MAX_LABELS or len(set(labels)) != len(labels):
+        raise DataError(f"{flag} {spec!r}: give 2 to {MAX_LABELS} distinct labels separated by commas.")
+    return labels
+
+
+@dataclass
+class ServedTask:
+    """One task of the server: a label-word task, a head task, or a generation template."""
+
+    name: str
+    source: str
+    shown: str  # what the source resolved to (registry version and hash)
+    kind: str  # "labels" | "head" | "generation"
+    backbone: Backbone
+    task: object | None = None  # a PromptTask or a HeadTask
+    template: Template | None = None  # generation tasks
+    generator: Generator | None = field(default=None, repr=False)
+
+    @property
+    def fields(self) -> list[str]:
+        if self.kind == "labels":
+            return sorted(self.task.model.template.variables)
+        if self.kind == "generation":
+            return sorted(self.template.variables)
+        return list(self.task.head_kind.fields)  # with the training target (tags, answers)
+
+    @property
+    def can_generate(self) -> bool:
+        return self.kind in ("labels", "generation")
+
+    def prefix_bytes(self) -> int:
+        """Bytes of the cached constant prefix's keys/values."""
+        model = getattr(self.task, "model", None)
+        kv = getattr(model, "_cached_prefix", None) or []
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "source": self.source, "resolved": self.shown, "kind": self.kind}
+        out["model"] = self.backbone.model_id
+        if self.kind != "head":  # a head kind's fields include its training target
+            out["fields"] = self.fields
+        if self.task is not None:
+            out["method"] = self.task.method_name
+            out["labels"] = list(self.task.labels)
+        if self.kind == "head":
+            out["head"] = self.task.kind
+        return out
+
+
+def model_key(model: str | None) -> str:
+    """The model id an artifact records for a --model value (aliases and folders resolved), without loading it."""
+    from prompttune.core import defaults
+
+    name = defaults.ALIASES.get(model or defaults.DEFAULT_DECODER, model or defaults.DEFAULT_DECODER)
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+class TaskTable:
+    """Tasks by name, on backbones shared per model id. Thread-safe; loading happens outside the lock."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        registry: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        max_tasks: int = MAX_TASKS,
+    ):
+        self.model, self.registry, self.dtype, self.device = model, registry, dtype, device
+        self.max_tasks = max_tasks
+        self._tasks: dict[str, ServedTask] = {}
+        self._backbones: dict[str, Backbone] = {}
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time: two loads of one model share it
+
+    # --- reading ---------------------------------------------------------------------------------
+    def get(self, name: str) -> ServedTask:
+        with self._lock:
+            found = self._tasks.get(name)
+        if found is None:
+            raise TaskNotFound(f"task {name!r}: no such task; the server has: {', '.join(self.names()) or 'none'}.")
+        return found
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._tasks)
+
+    def all(self) -> list[ServedTask]:
+        with self._lock:
+            return [self._tasks[n] for n in sorted(self._tasks)]
+
+    def backbones(self) -> list[Backbone]:
+        with self._lock:
+            return list({id(b): b for b in self._backbones.values()}.values())
+
+    # --- changing --------------------------------------------------------------------------------
+    def add(self, name: str, source: str, labels: list[str] | None = None, verbalizer: str | None = None) -> ServedTask:
+        """Load ``source`` as task ``name`` (an error, naming the reason, leaves the table as it was)."""
+        check_name(name)
+        with self._lock:
+            if name in self._tasks:
+                raise TaskConflict(f"task {name!r}: already served; DELETE /v1/tasks/{name} first.")
+            if len(self._tasks) >= self.max_tasks:
+                raise DataError(f"task {name!r}: the server holds {self.max_tasks} tasks, its limit; remove one.")
+        with self._load_lock:
+            served = self._load(name, source, labels, verbalizer)
+        with self._lock:
+            if name in self._tasks:
+                raise TaskConflict(f"task {name!r}: already served; DELETE /v1/tasks/{name} first.")
+            self._tasks[name] = served
+        return served
+
+    def remove(self, name: str) -> ServedTask:
+        with self._lock:
+            found = self._tasks.pop(name, None)
+        if found is None:
+            raise TaskNotFound(f"task {name!r}: no such task; the server has: {', '.join(self.names()) or 'none'}.")
+        return found
+
+    # --- loading ---------------------------------------------------------------------------------
+    def backbone(self, model: str | None) -> Backbone:
+        """The backbone for a model id, alias or folder: loaded once, shared by every task on it."""
+        key = model_key(model or self.model)
+        with self._lock:
+            found = self._backbones.get(key)
+        if found is None:
+            found = Backbone.load(model or self.model, dtype=self.dtype, device=self.device)
+            with self._lock:
+                found = self._backbones.setdefault(found.model_id, found)
+                self._backbones[key] = found
+        return found
+
+    def _load(self, name: str, source: str, labels: list[str] | None, verbalizer: str | None) -> ServedTask:
+        from prompttune.registry.resolve import resolve_prompt
+
+        if not isinstance(source, str) or not source.strip():
+            raise DataError(f"task {name!r}: source must be an artifact directory, registry reference or template.")
+        kind, target, shown = resolve_prompt(source, self.registry)
+        if kind == "artifact":
+            if labels or verbalizer:
+                raise DataError(f"task {name!r}: labels / verbalizer apply to hard prompts; an artifact has its own.")
+            return self._load_artifact(name, source, Path(target), shown)
+        return self._load_template(name, source, target, shown, labels, verbalizer)
+
+    def _load_artifact(self, name: str, source: str, path: Path, shown: str) -> ServedTask:
+        from prompttune.core import artifact
+        from prompttune.task import load
+
+        manifest, _ = artifact.read(path)  # a damaged or foreign folder is an error naming it
+        backbone = self.backbone(manifest["backbone"]["id"])  # the artifact's own model, shared per id
+        task = load(path, backbone)  # another backbone's artifact: an error naming both
+        kind = "head" if manifest.get("head") else "labels"
+        if kind == "head":
+            task.model.trainable.eval()
+        task.model.cached_prefix()
+        return ServedTask(name, source, shown, kind, backbone, task=task)
+
+    def _load_template(self, name, source, template, shown, labels, verbalizer) -> ServedTask:
+        from prompttune.prompt_task import PromptTask
+
+        backbone = self.backbone(self.model)
+        stored = getattr(template, "label_words", ())  # a registry template's stored words
+        if not labels and stored:
+            labels = [label for label, _ in stored]
+        if not labels:
+            if verbalizer:
+                raise DataError(f"task {name!r}: a verbalizer needs labels (--labels {name}=LABEL,LABEL).")
+            template = template.hard()
+            return ServedTask(name, source, shown, "generation", backbone, template=template,
+                              generator=Generator(backbone))  # fmt: skip
+        if stored and not verbalizer:
+            verb = template.stored_verbalizer(labels)
+        else:
+            verb = Verbalizer.parse(labels, verbalizer)
+        task = PromptTask.create(backbone, labels, "zero-shot", {}, template.hard(), verbalizer=verb)
+        task.model.cached_prefix()
+        return ServedTask(name, source, shown, "labels", backbone, task=task)
