@@ -103,16 +103,16 @@ def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{path / MANIFEST}: damaged (missing {', '.join(missing) or 'backbone.fingerprint'}); "
             "train the artifact again."
         )
+    try:
+        weights = load_file(path / WEIGHTS) if (path / WEIGHTS).exists() else {}
+    except Exception as e:  # safetensors raises its own error types
+        raise ArtifactError(f"{path / WEIGHTS}: cannot be read as safetensors ({e}).") from None
     digest = manifest.get("weights_sha256")
     if digest and (not (path / WEIGHTS).exists() or file_digest(path / WEIGHTS) != digest):
         raise ArtifactError(
             f"{path / WEIGHTS}: damaged or changed since it was saved (its SHA-256 is not the manifest's); "
             "train the artifact again or restore it from a copy."
         )
-    try:
-        weights = load_file(path / WEIGHTS) if (path / WEIGHTS).exists() else {}
-    except Exception as e:  # safetensors raises its own error types
-        raise ArtifactError(f"{path / WEIGHTS}: cannot be read as safetensors ({e}).") from None
     return manifest, weights
 
 
