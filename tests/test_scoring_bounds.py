@@ -137,3 +137,30 @@ def test_cli_refuses_a_huge_num_virtual_tokens_before_training(run_main, tmp_pat
     run = run_main("train", "train.jsonl", "--model", tiny_model_dir, "--num-virtual-tokens", "8100", "--out", "o")
     assert_user_error(run, "--num-virtual-tokens 8100", "limit of 256")
     assert not (tmp_path / "o").exists()
+
+
+def test_validation_keeps_the_rows_text_and_still_follows_the_parameters(tiny_backbone, sentiment_rows, monkeypatch):
+    from prompttune.scorer import VerbalizerObjective
+
+    task = PromptTask.create(tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 3}, LATE)
+    pm = task.model
+    ds = from_records(sentiment_rows)
+    objective = VerbalizerObjective(pm, ds, ds)
+
+    def plain_accuracy() -> float:
+        pred = pm.score(pm.encode(ds), calibrate=False).argmax(-1)
+        return float((pred == objective.y_val).float().mean())
+
+    accuracies = []
+    for seed in range(3):
+        with torch.no_grad():
+            pm.method.embeddings.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+        pm.clear_cache()
+        calls = record_runs(monkeypatch, tiny_backbone)
+        accuracies.append(objective.validate())
+        # a pass over the rows' text continues the prefix (one row, expanded); later passes continue the rows
+        text_passes = [c for c in calls if c[2] == 1]
+        monkeypatch.undo()
+        assert accuracies[-1] == plain_accuracy()
+        assert len(text_passes) == (0 if seed else 1)  # after the first validation, the text is never run again
+    assert objective._val_batches and all(heads is not None for _, heads in objective._val_batches)

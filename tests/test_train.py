@@ -97,3 +97,29 @@ def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):
     assert result.stopped_early and result.steps < 200
     if result.best_step == 0:  # nothing beat the initial prompt: the initial prompt is what we keep
         torch.testing.assert_close(task.model.method.embeddings.detach(), start)
+
+
+def test_time_budget_validates_once_more_and_stops(tiny_backbone, sentiment_rows):
+    """A run past its time budget (here: any time at all) validates the state it reached and stops there."""
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    result = task.fit(ds, ds, TrainConfig(max_steps=50, batch_size=8, eval_every=100, time_budget_s=1e-9))
+    assert result.steps == 1 and result.stopped_early and result.stopped_by == "time budget"
+    assert [h["step"] for h in result.history] == [0, 1]
+    assert task.record["metrics"]["stopped_by"] == "time budget"
+
+
+def test_the_default_recipe_has_a_time_budget_and_bad_budgets_are_refused():
+    assert TrainConfig().time_budget_s == 600.0
+    assert TrainConfig(time_budget_s=None).time_budget_s is None
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(PromptTuneError, match="time_budget_s"):
+            TrainConfig(time_budget_s=bad)
+
+
+def test_patience_is_named_as_what_stopped_a_run(tiny_backbone, sentiment_rows):
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    cfg = TrainConfig(max_steps=200, batch_size=8, lr=1e-6, warmup_steps=1, eval_every=2, patience=2)
+    result = task.fit(ds, ds, cfg)
+    assert result.stopped_by == "patience"

@@ -29,36 +29,23 @@ from prompttune.label_forms import ContinuationChunk, continuation_chunks
 from prompttune.methods import SoftPromptMethod
 from prompttune.prefix import PrefixModel
 
-
-class VerbalizerObjective:
-    """Training a PromptModel's verbalizer read-out: cross-entropy over the labels' scores, validated by accuracy.
-
-    Rows are checked, rendered and tokenized here, once, before the first step (errors name the row).
-    """
-
-    metric = "accuracy"
-
-    def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
-        self.model, self.trainable = model, model.method
-        self.y_val = model.label_indices(val)  # a validation label the verbalizer does not know: an error first
-        self.y_train = model.label_indices(train)
-        self.train, self.val = model.encode(train), model.encode(val)
-        self.lengths = [len(x) for x in self.train.ids]
-
-    def batch_loss(self, batch: list[int]) -> Tensor:
-        scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
-        return F.cross_entropy(scores, self.y_train[batch])
-
-    def validate(self) -> float:
-        pred = self.model.score(self.val, batch_size=64, calibrate=False).argmax(-1)
-        return float((pred == self.y_val).float().mean())
-
-    def clear_cache(self) -> None:
-        self.model.clear_cache()
-
-
 MAX_VIRTUAL_TOKENS = 256  # soft tokens in a template at most: attention over them grows with their square
 MAX_LABEL_FORMS = 4096  # label words (over all labels) at most
+
+
+@dataclass
+class RowHeads:
+    """Rows' text before their soft tokens, already run: its keys/values (after the prefix's) and layout."""
+
+    cache: KV
+    attention: Tensor  # (b, prefix + text) 1 where a token is real
+    positions: Tensor  # (b, text)
+    tails: list[list[int]]  # each row's soft tokens and what follows them
+    prefix_len: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cache)
 
 
 @dataclass
@@ -224,19 +211,23 @@ class PromptModel(PrefixModel):
         attention = torch.cat([torch.ones(len(batch), prefix_len, dtype=torch.long), mask], dim=1)
         return ids, attention, positions
 
-    def label_scores(self, batch: list[list[int]], prefix: KV) -> Tensor:
-        """(b, n_labels) log-likelihood of each label, normalized over the label tokens."""
+    def label_scores(self, batch: list[list[int]], prefix: KV, heads: RowHeads | None = None) -> Tensor:
+        """(b, n_labels) log-likelihood of each label, normalized over the label tokens.
+
+        heads: the rows' text already run (``row_heads``); only their soft tokens and the answer run here.
+        """
         prefix_len = prefix[0][0].shape[2] if prefix else 0
         need_more = self.max_form_len > 1
-        split = self._late_split(batch, prefix)
-        if split is None:
+        if heads is None and self.late_split(batch, prefix) is not None:
+            heads = self.row_heads(batch, prefix)
+        if heads is None:
             ids, attention, positions = self._pad_left(batch, prefix_len)
             input_ids, embeds = self._row_inputs(ids)
             out = self.backbone.run(
                 input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more
             )
         else:
-            out, attention, positions = self._run_late(batch, split, prefix, prefix_len, need_more)
+            out, attention, positions = self._run_tails(heads, need_more)
         hidden, cache = out if need_more else (out, None)
         rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
         first = F.log_softmax(hidden[:, -1].float() @ rows_w.float().T, dim=-1)  # (b, C)
@@ -245,7 +236,7 @@ class PromptModel(PrefixModel):
             form_scores = form_scores + self._continuations(cache, attention, positions, rows_w)
         return self._forms_to_labels(form_scores)
 
-    def _late_split(self, batch: list[list[int]], prefix: KV) -> list[int] | None:
+    def late_split(self, batch: list[list[int]], prefix: KV) -> list[int] | None:
         """Where each row's first soft token is, when the text before it can run without gradients.
 
         Training only: the prefix carries no gradient (no soft token before the input) and the rows end in
@@ -260,24 +251,30 @@ class PromptModel(PrefixModel):
             return None
         return split
 
-    def _run_late(self, batch, split, prefix, prefix_len, need_more):
-        """The rows' text before their soft tokens under no_grad, then the rest over its keys/values."""
-        heads = [x[:s] for x, s in zip(batch, split, strict=True)]
+    @torch.no_grad()
+    def row_heads(self, batch: list[list[int]], prefix: KV) -> RowHeads:
+        """Run the rows' text before their first soft token (no gradients): the keys/values the rest continues."""
+        prefix_len = prefix[0][0].shape[2] if prefix else 0
+        split = [next((i for i, t in enumerate(x) if t < 0), len(x)) for x in batch]
+        ids, att, pos = self._pad_left([x[:s] for x, s in zip(batch, split, strict=True)], prefix_len)
+        _, cache = self.backbone.run(ids, att, pos, prefix, return_cache=True)
         tails = [x[s:] for x, s in zip(batch, split, strict=True)]
-        ids_h, att_h, pos_h = self._pad_left(heads, prefix_len)
-        with torch.no_grad():
-            _, cache = self.backbone.run(ids_h, att_h, pos_h, prefix, return_cache=True)
+        return RowHeads(cache, att, pos, tails, prefix_len)
+
+    def _run_tails(self, heads: RowHeads, need_more: bool):
+        """The rows' soft tokens and what follows them, over the keys/values of their text."""
+        tails, att_h, pos_h = heads.tails, heads.attention, heads.positions
         width = max(len(t) for t in tails)
-        ids_t = torch.full((len(batch), width), self.backbone.tokenizer.pad_token_id, dtype=torch.long)
-        mask_t = torch.zeros(len(batch), width, dtype=torch.long)
+        ids_t = torch.full((len(tails), width), self.backbone.tokenizer.pad_token_id, dtype=torch.long)
+        mask_t = torch.zeros(len(tails), width, dtype=torch.long)
         for i, t in enumerate(tails):
             if t:
                 ids_t[i, width - len(t) :] = torch.tensor(t)
                 mask_t[i, width - len(t) :] = 1
-        pos_t = (pos_h[:, -1:] + (att_h[:, -1:] > 0).long() + mask_t.cumsum(1) - 1).clamp(min=prefix_len)
+        pos_t = (pos_h[:, -1:] + (att_h[:, -1:] > 0).long() + mask_t.cumsum(1) - 1).clamp(min=heads.prefix_len)
         attention = torch.cat([att_h, mask_t], dim=1)
         input_ids, embeds = self._row_inputs(ids_t)
-        out = self.backbone.run(input_ids, attention, pos_t, cache, inputs_embeds=embeds, return_cache=need_more)
+        out = self.backbone.run(input_ids, attention, pos_t, heads.cache, inputs_embeds=embeds, return_cache=need_more)
         return out, attention, pos_t
 
     def _continuations(self, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor) -> Tensor:
@@ -360,3 +357,8 @@ class PromptModel(PrefixModel):
         return Generator(self.backbone).generate(
             row, prefix=self.cached_prefix(), embed=self._row_inputs, config=config
         )
+
+
+from prompttune.verbalizer_objective import VerbalizerObjective  # noqa: E402 (it reads PromptModel)
+
+__all__ = ["Encoded", "PromptModel", "RowHeads", "VerbalizerObjective"]

@@ -31,6 +31,9 @@ class TrainConfig:
     ema: float = 0.9  # validate and keep an exponential moving average of the prompt (0: off)
     seed: int = 0
     backbone_dropout: bool = False  # head tasks: the frozen backbone's own dropout stays on in training steps
+    # Seconds of training (steps + validation) after which the run validates once more and stops, keeping the
+    # best state: the default recipe ends in bounded time on long rows and busy machines (None: no limit).
+    time_budget_s: float | None = 600.0
 
     def __post_init__(self) -> None:
         """Every setting checked before anything loads; errors name the CLI flag."""
@@ -48,6 +51,8 @@ class TrainConfig:
             raise PromptTuneError(f"--eval-every {self.eval_every}: must be at least 1.")
         if self.patience < 1:
             raise PromptTuneError(f"--patience {self.patience}: must be at least 1.")
+        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            raise PromptTuneError(f"time_budget_s {self.time_budget_s}: must be a positive number of seconds or None.")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise PromptTuneError("warmup_steps / weight_decay: must be 0 or more.")
 
@@ -70,6 +75,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # {"step", "val", "loss"} per validation
     stopped_early: bool = False
     eval_seconds: float = 0.0  # time spent validating, excluded from train_seconds
+    stopped_by: str | None = None  # "patience", "time budget", or None (the planned steps ran)
 
     @property
     def train_examples_per_s(self) -> float:
@@ -91,6 +97,7 @@ class TrainResult:
             "train_seconds": self.train_seconds,
             "train_examples_per_s": self.train_examples_per_s,
             "stopped_early": self.stopped_early,
+            "stopped_by": self.stopped_by,
             "history": self.history,
         }
 
@@ -238,7 +245,8 @@ class Trainer:
                 event = {"step": step, "total": total, "loss": loss, "examples_per_s": result.train_examples / elapsed}
                 for cb in self.callbacks:
                     cb.on_step(event)
-                if step % eval_every == 0 or step == total:
+                over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
+                if step % eval_every == 0 or step == total or over_time:
                     t_eval = time.perf_counter()
                     val = self._evaluate_averaged()
                     result.eval_seconds += time.perf_counter() - t_eval
@@ -256,8 +264,9 @@ class Trainer:
                     event = {"step": step, "total": total, "metric": result.metric, "val": val}
                     for cb in self.callbacks:
                         cb.on_validation(event | {"best_val": result.best_val})
-                    if bad_evals >= cfg.patience:
+                    if bad_evals >= cfg.patience or (over_time and step < total):
                         result.stopped_early = True
+                        result.stopped_by = "patience" if bad_evals >= cfg.patience else "time budget"
                         break
                 if step >= total:
                     break

@@ -1,0 +1,73 @@
+"""Training a PromptModel's verbalizer read-out: cross-entropy over the labels' scores, validated by accuracy."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompttune.core.data import Dataset
+
+if TYPE_CHECKING:
+    from prompttune.scorer import PromptModel, RowHeads
+
+VAL_CACHE_BYTES = 512 * 2**20  # keys/values of validation rows' text kept between validations, at most
+
+
+class VerbalizerObjective:
+    """Rows are checked, rendered and tokenized here, once, before the first step (errors name the row).
+
+    With late soft tokens (none before the input, the built-in templates' layout) the validation rows' text
+    does not depend on the parameters: its keys/values are computed at the first validation and reused by
+    every later one (up to ``VAL_CACHE_BYTES``), so a validation runs only the soft tokens and the answer.
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
+        self.model, self.trainable = model, model.method
+        self.y_val = model.label_indices(val)  # a validation label the verbalizer does not know: an error first
+        self.y_train = model.label_indices(train)
+        self.train, self.val = model.encode(train), model.encode(val)
+        self.lengths = [len(x) for x in self.train.ids]
+        self._val_batches: list[tuple[list[int], RowHeads | None]] | None = None
+
+    def batch_loss(self, batch: list[int]) -> Tensor:
+        scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
+        return F.cross_entropy(scores, self.y_train[batch])
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        pm = self.model
+        prefix = pm.cached_prefix()
+        if self._val_batches is None:
+            self._val_batches = self._plan_validation(prefix)
+        scores = torch.empty(len(self.val.ids), len(pm.verbalizer.labels))
+        for idx, heads in self._val_batches:
+            scores[idx] = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads)
+        return float((scores.argmax(-1) == self.y_val).float().mean())
+
+    def _plan_validation(self, prefix, batch_size: int = 64) -> list[tuple[list[int], RowHeads | None]]:
+        """Length-sorted batches of validation rows, each with its text's keys/values when they can be kept."""
+        ids = self.val.ids
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        keep = self._text_is_constant() and all(any(t < 0 for t in x) for x in ids)
+        plan, held = [], 0
+        for idx in batches:
+            heads = None
+            if keep and held < VAL_CACHE_BYTES:
+                heads = self.model.row_heads([ids[i] for i in idx], prefix)
+                held += heads.nbytes
+            plan.append((idx, heads))
+        return plan
+
+    def _text_is_constant(self) -> bool:
+        """Whether the prefix (and so the rows' text before their soft tokens) is free of trainable parameters."""
+        with torch.enable_grad():
+            return not any(t.requires_grad for kv in self.model.prefix_kv() for t in kv)
+
+    def clear_cache(self) -> None:
+        self.model.clear_cache()
