@@ -17,6 +17,7 @@ from prompttune.core.data import from_records, load_rows
 from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
+from prompttune.generation.task import GenerationTask, is_generation_data, split_by_input
 from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
 from prompttune.methods.options import method_class, settings_for
@@ -24,7 +25,18 @@ from prompttune.prompt_task import Prediction, PromptTask
 from prompttune.task import Task, load, split_validation
 from prompttune.train import Callback, TrainConfig, TrainResult
 
-__all__ = ["Prediction", "PromptTask", "HeadTask", "Task", "load", "train_from_file", "evaluate", "predict", "generate"]
+__all__ = [
+    "Prediction",
+    "PromptTask",
+    "HeadTask",
+    "GenerationTask",
+    "Task",
+    "load",
+    "train_from_file",
+    "evaluate",
+    "predict",
+    "generate",
+]
 
 
 def checkpoint_dir_for(out_dir: Path) -> Path:
@@ -39,6 +51,7 @@ def train_from_file(
     val: str | Path | None = None,
     limit: int | None = None,
     head: str | None = None,
+    task_type: str | None = None,
     method: str | None = None,
     method_config: dict | Sequence[str] | None = None,
     shared_settings: dict | None = None,
@@ -81,18 +94,27 @@ def train_from_file(
         raise DataError(f"--head {head}: unknown; choose one of {', '.join(sorted(HEAD_KINDS))}.")
     if limit is not None and limit < 1:
         raise DataError(f"--limit {limit}: must be at least 1 (or leave it out for every row).")
+    if task_type not in (None, "generate"):
+        raise DataError(f"--task {task_type}: unknown; 'generate' is the one to name (others follow the data).")
     rows = load_rows(data)
-    kind = head or detect_kind(rows)
+    writes = task_type == "generate" or (head is None and is_generation_data(rows))  # rows with a target
+    if writes and (head or verbalizer or demos or calibrate):
+        raise DataError("--head / --verbalizer / --demos / --calibrate: not for generation tasks (--task generate).")
+    kind = None if writes else head or detect_kind(rows)
     train_ds = rows.limit(limit)
     val_ds = load_rows(val) if val else None
     if val_ds is None:
-        train_ds, val_ds = split_validation(train_ds, 0.1, config.seed)
-    method = method or (HeadTask.default_method if kind else PromptTask.default_method)
+        split = split_by_input if writes else split_validation  # generation: an input's rows stay on one side
+        train_ds, val_ds = split(train_ds, 0.1, config.seed)
+    default = GenerationTask.default_method if writes else PromptTask.default_method
+    method = method or (HeadTask.default_method if kind else default)
     method_config = settings_for(method, shared_settings, method_config)
     if backbone is None:
         backbone = Backbone.load(model or (HeadTask.default_model if kind else None), dtype=dtype, device=device)
     if kind:
         task: Task = HeadTask.for_data(backbone, train_ds, kind, method, method_config, config.seed, max_length)
+    elif writes:
+        task = GenerationTask.for_data(backbone, train_ds, method, method_config, config.seed, template)
     else:
         task = PromptTask.for_data(backbone, train_ds, method, method_config, config.seed, template, verbalizer, demos)
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
@@ -118,6 +140,7 @@ def train_from_file(
     summary = {
         "artifact": str(out) if out is not None else None,
         **({"head": kind} if kind else {}),
+        **({"task": "generate"} if writes else {}),
         "method": task.method_name,
         "metric": result.metric,
         "trainable_params": info["trainable_params"],

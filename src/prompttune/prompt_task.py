@@ -168,7 +168,7 @@ class PromptTask(Task):
 
     @classmethod
     def reads(cls, manifest: dict) -> bool:
-        return not manifest.get("head")
+        return not manifest.get("head") and not manifest.get("generation")
 
     @classmethod
     def from_artifact(cls, path: Path, manifest: dict, weights: dict, backbone: Backbone) -> PromptTask:

@@ -37,6 +37,13 @@ def train(
             "span (extractive QA). Default: tokens / span when the data has their fields. Default model: minilm."
         ),
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="generate: train a prompt that writes each row's 'target' text (LM loss on the target, validated "
+            "by ROUGE-L; default method prefix-tuning). Default: generate when the rows have a 'target' field."
+        ),
+    ] = None,
     head_lr: Annotated[float | None, typer.Option(help="The head's learning rate (default: --lr).")] = None,
     max_length: Annotated[
         int | None, typer.Option(help="Head tasks: tokens per row or QA window at most (default 256 / 384).")
@@ -151,6 +158,7 @@ def train(
             val=val,
             limit=limit,
             head=head,
+            task_type=task,
             method=method,
             method_config=method_option or [],
             shared_settings=shared,
