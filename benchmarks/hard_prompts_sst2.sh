@@ -17,12 +17,12 @@ run() {  # name, then eval flags
   .venv/bin/python -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"{sys.argv[2]:<34} accuracy {r['accuracy']:.3f}  macro F1 {r['macro_f1']:.3f}  {r['eval_seconds']:.0f} s\")" "$OUT/$name.json" "$name"
 }
 for t in classify classify-instruct; do
-  run "$t-0shot" "$t"
+  run "$t-0shot" "$t" --no-calibrate
   run "$t-0shot-calibrated" "$t" --calibrate
-  run "$t-8shot" "$t" --demos 8 --demo-selector random --demos-from "$OUT/pool.jsonl"
+  run "$t-8shot" "$t" --demos 8 --demo-selector random --demos-from "$OUT/pool.jsonl" --no-calibrate
   run "$t-8shot-calibrated" "$t" --demos 8 --demo-selector random --demos-from "$OUT/pool.jsonl" --calibrate
 done
 for sel in fixed ${KNN:+knn}; do  # KNN=1 adds nearest-neighbour demos (slow: every row has its own prefix)
-  run "classify-8shot-$sel" classify --demos 8 --demo-selector "$sel" --demos-from "$OUT/pool.jsonl"
+  run "classify-8shot-$sel" classify --demos 8 --demo-selector "$sel" --demos-from "$OUT/pool.jsonl" --no-calibrate
   run "classify-8shot-$sel-calibrated" classify --demos 8 --demo-selector "$sel" --demos-from "$OUT/pool.jsonl" --calibrate
 done

@@ -41,7 +41,7 @@ def labelled(n_each: int = 4) -> list[dict]:
 def test_list_names_every_builtin():
     rows = json.loads(invoke("templates", "list", "--json"))
     assert [r["name"] for r in rows] == list(BUILTIN)
-    for name in ("classify", "classify-pair", "qa", "qa-extractive", "summarize", "cot", "react", "rag"):
+    for name in ("classify", "classify-pair", "qa-yes-no", "qa", "qa-extractive", "summarize", "cot", "react", "rag"):
         assert name in BUILTIN
     react = next(r for r in rows if r["name"] == "react")
     assert react["variables"][:2] == ["question", "tools"] and react["description"]

@@ -163,12 +163,13 @@ def evaluate(
     data: str | Path,
     *,
     batch_size: int = 32,
-    calibrate: bool | None = None,
+    calibrate: bool | str | None = None,
     demos: int = 0,
     demo_selector: str = "random",
     demos_from: str | Path | None = None,
     verbalizer: str | None = None,
     db: str | None = None,
+    calibration_rows: str | Path | None = None,
     seed: int = 0,
     model: str | None = None,
     dtype: str | None = None,
@@ -180,7 +181,10 @@ def evaluate(
 
     ``prompt``: an artifact directory, a registry reference (``name@production``), a template file or a built-in
     template name. An artifact applies its own calibration (``calibrate`` None or True); a hard prompt is scored
-    through the zero-shot method, with optional demos and contextual calibration (``calibrate=True``).
+    through the zero-shot method, with optional demos and contextual calibration: ``calibrate`` None or "auto"
+    (default) applies it only where it raises accuracy on check rows (``calibration_rows``, else the demo pool's
+    unshown rows, else a seeded part of ``data`` left out of the report; see ``hard.calibration_check``), True
+    always, False never.
     """
     from prompttune.hard.evaluate import evaluate_template
     from prompttune.registry.resolve import resolve_prompt
@@ -188,8 +192,11 @@ def evaluate(
     kind, target, shown = resolve_prompt(str(prompt), db)
     rows = load_rows(data)
     if kind == "artifact":
-        if demos or demos_from or verbalizer:
-            raise DataError("--demos / --demos-from / --verbalizer apply to hard prompts; an artifact has its own.")
+        if demos or demos_from or verbalizer or calibration_rows:
+            raise DataError(
+                "--demos / --demos-from / --verbalizer / --calibration-rows apply to hard prompts; "
+                "an artifact has its own."
+            )
         if on_load:
             on_load(str(target))
         task = load(target, model, dtype=dtype, device=device)
@@ -197,6 +204,7 @@ def evaluate(
         return report | {"artifact": str(target), "data": str(data), "prompt": shown}
     pool = load_rows(demos_from) if demos_from else None
     if on_load:
+    check = load_rows(calibration_rows) if calibration_rows else None
         on_load(model or "smollm2 (default)")
     backbone = Backbone.load(model, dtype=dtype, device=device)
     report = evaluate_template(
@@ -204,13 +212,14 @@ def evaluate(
         rows,
         backbone,
         batch_size=batch_size,
-        calibrate=bool(calibrate),
+        calibrate="auto" if calibrate is None else calibrate,
         demos=demos,
         demo_selector=demo_selector,
         demos_from=pool,
         verbalizer=verbalizer,
         seed=seed,
     )
+        calibration_rows=check,
     return report | {"prompt": shown, "data": str(data)}
 
 

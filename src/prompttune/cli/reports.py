@@ -31,6 +31,34 @@ def show_report(console: Console, report: dict) -> None:
     for label, m in report["per_class"].items():
         table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
+    line = calibration_line(report.get("calibration"))
+    if line:
+        console.print(line, markup=False, highlight=False)
+
+
+def calibration_line(cal: dict | None) -> str | None:
+    """How a hard prompt's calibration was chosen, and on which rows (None for artifacts)."""
+    if not cal:
+        return None
+    if cal["mode"] != "auto":
+        return f"calibration: {cal['mode']} (--calibrate / --no-calibrate)"
+    verdict = "applied" if cal["applied"] else "not applied"
+    if "check_accuracy_calibrated" not in cal:
+        return f"calibration (auto): {verdict}; no check rows: {cal['check_source']}"
+    return (
+        f"calibration (auto): {verdict}: on {cal['check_rows']} check rows, accuracy "
+        f"{cal['check_accuracy_calibrated']:.3f} calibrated vs {cal['check_accuracy_uncalibrated']:.3f} without. "
+        f"Check rows: {cal['check_source']}."
+    )
+
+
+def show_warnings(console: Console, report: dict) -> None:
+    """Warnings about a report (on stderr): predictions that are nearly all one label."""
+    from prompttune.core.metrics import one_label_warning
+
+    text = one_label_warning(report)
+    if text:
+        console.print(f"warning: {text}", markup=False, highlight=False)
 
 
 def format_prediction(record: dict) -> str:

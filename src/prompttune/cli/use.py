@@ -26,8 +26,17 @@ def evaluate(
         bool | None,
         typer.Option(
             "--calibrate/--no-calibrate",
-            help="Artifact: apply its calibration, if it has one (default on). "
-            "Hard prompt: fit contextual calibration first (default off).",
+            help="Artifact: apply its calibration, if it has one (default on). Hard prompt: --calibrate always "
+            "applies contextual calibration, --no-calibrate never; by default (auto) it is applied only if it "
+            "raises accuracy on check rows: --calibration-rows, else --demos-from rows not shown as demos, else a "
+            "seeded 20% (20-100 rows) of DATA, left out of the reported figures. The report names the rows.",
+        ),
+    ] = None,
+    calibration_rows: Annotated[
+        Path | None,
+        typer.Option(
+            help="Hard prompt: labelled rows (.jsonl/.csv, at least 20; a seeded 100 are used) on which the "
+            "default (auto) calibration is checked, so every row of DATA is reported on."
         ),
     ] = None,
     demos: Annotated[int, typer.Option(help="Hard prompt: few-shot demos shown before each input.")] = 0,
@@ -39,14 +48,14 @@ def evaluate(
         str | None, typer.Option(help="Hard prompt: label words, as for train. Default: the labels.")
     ] = None,
     db: Annotated[str | None, typer.Option(help="Registry database (path or URL) for a registry reference.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for random demos.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for random demos and the calibration check rows.")] = 0,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and speed of a soft or hard prompt on labelled rows."""
     from prompttune.api import evaluate as evaluate_prompt
     from prompttune.cli.progress import progress_bar
-    from prompttune.cli.reports import show_report
+    from prompttune.cli.reports import show_report, show_warnings
     from prompttune.core.backbone import set_threads
 
     set_threads()
@@ -61,12 +70,14 @@ def evaluate(
             demo_selector=demo_selector,
             demos_from=demos_from,
             verbalizer=verbalizer,
+            calibration_rows=calibration_rows,
             db=db,
             seed=seed,
             model=model,
             progress=lambda n: bar.advance(task, n),
             **Settings.backbone_args(),
         )
+    show_warnings(err, report)
     if as_json:
         emit_json(report)
     else:

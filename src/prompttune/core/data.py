@@ -18,6 +18,7 @@ from prompttune.core.errors import DataError
 
 SINGLE_FIELDS = ("text",)
 PAIR_FIELDS = ("text_a", "text_b")
+QUESTION_PASSAGE_FIELDS = ("question", "passage")
 
 
 @dataclass
@@ -182,16 +183,19 @@ def _read_csv(path: Path, delimiter: str) -> list[Row]:
 
 
 def infer_fields(dataset: Dataset) -> tuple[str, ...]:
-    """The input fields of a task shape the data fits: pair (text_a, text_b) or single (text)."""
+    """The input fields of a task shape the data fits: pair (text_a, text_b), question + passage (BoolQ-style
+    yes/no questions about a passage: built-in template ``qa-yes-no``) or single (text)."""
     first = dataset.rows[0].fields
     if all(f in first for f in PAIR_FIELDS):
         return PAIR_FIELDS
+    if all(f in first for f in QUESTION_PASSAGE_FIELDS):
+        return QUESTION_PASSAGE_FIELDS
     if "text" in first:
         return SINGLE_FIELDS
     raise DataError(
-        f"{dataset.rows[0].where()}: no 'text' field (single-text task) and no 'text_a'/'text_b' fields "
-        f"(pair task); found {', '.join(sorted(first)) or 'no fields'}. Rename the fields, or pass "
-        "--template with your own field names."
+        f"{dataset.rows[0].where()}: no 'text' field (single-text task), no 'text_a'/'text_b' fields "
+        f"(pair task) and no 'question'/'passage' fields (yes/no questions about a passage); found "
+        f"{', '.join(sorted(first)) or 'no fields'}. Rename the fields, or pass --template with your own field names."
     )
 
 

@@ -67,10 +67,16 @@ class NearestDemos:
         self.embed = embed or _default_embed
         self.pool_vectors = self.embed([row_text(r.fields, self.fields) for r in pool.rows])
 
-    def indices(self, rows: Sequence[Row]) -> list[list[int]]:
+    def indices(self, rows: Sequence[Row], skip: Sequence[int | None] | None = None) -> list[list[int]]:
+        """Per row, the k nearest pool rows, nearest last; ``skip[i]``: a pool row row i must not get (itself)."""
         queries = self.embed([row_text(r.fields, self.fields) for r in rows])
-        sims = queries @ self.pool_vectors.T  # (n_rows, n_pool)
+        sims = np.array(queries @ self.pool_vectors.T, dtype=np.float64)  # (n_rows, n_pool)
         k = min(self.k, len(self.pool.rows))
+        if skip is not None:
+            for i, j in enumerate(skip):
+                if j is not None:
+                    sims[i, j] = -np.inf
+            k = min(k, len(self.pool.rows) - 1) if any(j is not None for j in skip) else k
         top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return [list(reversed(t.tolist())) for t in top]  # nearest last: right before the input
 
