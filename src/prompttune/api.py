@@ -168,8 +168,8 @@ def evaluate(
     demo_selector: str = "random",
     demos_from: str | Path | None = None,
     verbalizer: str | None = None,
-    db: str | None = None,
     calibration_rows: str | Path | None = None,
+    db: str | None = None,
     seed: int = 0,
     model: str | None = None,
     dtype: str | None = None,
@@ -203,8 +203,8 @@ def evaluate(
         report = task.evaluate(rows, batch_size=batch_size, calibrate=calibrate is not False, progress=progress)
         return report | {"artifact": str(target), "data": str(data), "prompt": shown}
     pool = load_rows(demos_from) if demos_from else None
-    if on_load:
     check = load_rows(calibration_rows) if calibration_rows else None
+    if on_load:
         on_load(model or "smollm2 (default)")
     backbone = Backbone.load(model, dtype=dtype, device=device)
     report = evaluate_template(
@@ -218,8 +218,8 @@ def evaluate(
         demos_from=pool,
         verbalizer=verbalizer,
         seed=seed,
-    )
         calibration_rows=check,
+    )
     return report | {"prompt": shown, "data": str(data)}
 
 
