@@ -1,0 +1,169 @@
+"""Programs as files: a YAML list of steps in, a JSON program (instructions + demos) out. Never pickled.
+
+A program file (YAML or JSON)::
+
+    steps:
+      - name: classify                          # optional; step1, step2, ... by default
+        signature: "text -> label: one of positive, negative"
+        module: predict                         # or chain_of_thought
+        instruction: "Classify the review's sentiment."
+        max_retries: 1                          # optional
+        max_tokens: 64                          # optional
+
+Each step reads its inputs from the row and the outputs of the steps before it. A signature string
+alone (``'text -> label'``) is a one-step program. A saved program (``program.json`` in an optimize
+output folder) holds the same steps with their demos, plus the optimizer's score and history.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prompttune.core import atomic
+from prompttune.core.errors import DataError
+from prompttune.programs.modules import MODULES, Predict, Prediction, Program
+from prompttune.programs.signature import Signature
+
+FORMAT = "prompttune-program"
+VERSION = 1
+PROGRAM_FILE = "program.json"
+MAX_STEPS = 16
+MAX_FILE_BYTES = 20_000_000
+STEP_KEYS = {"name", "signature", "module", "instruction", "max_retries", "max_tokens", "demos"}
+
+
+class Pipeline(Program):
+    """Steps run in order over one namespace: the row's fields, then each step's outputs."""
+
+    def __init__(self, steps: list[tuple[str, Predict]]):
+        if not steps or len(steps) > MAX_STEPS:
+            raise DataError(f"a program needs 1 to {MAX_STEPS} steps (got {len(steps)}).")
+        names = [n for n, _ in steps]
+        if len(set(names)) != len(names):
+            raise DataError(f"program: step names {names} repeat; give each step its own name.")
+        self.steps = [p for _, p in steps]
+        self.step_names = names
+
+    def forward(self, **row) -> Prediction:
+        namespace, out = dict(row), Prediction()
+        for name, step in zip(self.step_names, self.steps, strict=True):
+            missing = [f for f in step.signature.input_names if f not in namespace]
+            if missing:
+                raise DataError(
+                    f"program step {name!r} reads {missing}, which neither the row nor an earlier step gives "
+                    f"(the row has {sorted(row)})."
+                )
+            result = step(**{f: namespace[f] for f in step.signature.input_names})
+            namespace.update(result)
+            out.update(result)
+        return out
+
+    @property
+    def signature(self) -> Signature:
+        """The program seen from outside: the first step's inputs, the last step's outputs."""
+        return Signature(self.steps[0].signature.inputs, self.steps[-1].signature.outputs)
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": [
+                {
+                    "name": name,
+                    "module": step.module_name,
+                    "signature": step.signature.to_dict(),
+                    "max_retries": step.max_retries,
+                    "max_tokens": step.max_tokens,
+                    "demos": step.demos,
+                }
+                for name, step in zip(self.step_names, self.steps, strict=True)
+            ]
+        }
+
+    @classmethod
+    def from_dict(cls, raw, where: str) -> Pipeline:
+        steps = raw.get("steps") if isinstance(raw, dict) else None
+        if not isinstance(steps, list) or not steps:
+            raise DataError(f"{where}: expected 'steps:', a list of {{signature, module, instruction}} entries.")
+        if len(steps) > MAX_STEPS:
+            raise DataError(f"{where}: {len(steps)} steps; at most {MAX_STEPS}.")
+        return cls([_step(s, i, where) for i, s in enumerate(steps, start=1)])
+
+
+def _step(raw, i: int, where: str) -> tuple[str, Predict]:
+    at = f"{where}, step {i}"
+    if not isinstance(raw, dict):
+        raise DataError(f"{at}: a step is a mapping with at least 'signature'.")
+    unknown = sorted(set(raw) - STEP_KEYS)
+    if unknown:
+        raise DataError(f"{at}: unknown key(s) {unknown}; a step has {sorted(STEP_KEYS)}.")
+    if "signature" not in raw:
+        raise DataError(f"{at}: no 'signature' (e.g. signature: 'text -> label').")
+    kind = raw.get("module", "predict")
+    if kind not in MODULES:
+        raise DataError(f"{at}: module {kind!r} is not one of {', '.join(MODULES)}.")
+    try:
+        step = MODULES[kind](
+            Signature.coerce(raw["signature"]),
+            raw.get("instruction"),
+            **{k: raw[k] for k in ("max_retries", "max_tokens") if k in raw},
+        )
+        if "demos" in raw:
+            step.set_state({"instruction": step.instruction, "demos": raw["demos"]})
+    except DataError as e:
+        raise DataError(f"{at}: {e}") from None
+    return str(raw.get("name", f"step{i}")), step
+
+
+def load_program(spec: str | Path) -> tuple[Pipeline, dict]:
+    """A program from a YAML/JSON file, a saved program (file or its folder), or a signature string.
+
+    Returns the program and the saved record's other keys (score, history; empty for a new program).
+    """
+    text = str(spec)
+    path = Path(text)
+    if "->" in text and not path.exists():
+        return Pipeline([("step1", Predict(Signature.parse(text)))]), {}
+    if path.is_dir():
+        path = path / PROGRAM_FILE
+    if not path.is_file():
+        raise DataError(
+            f"program {text!r}: not a file, a folder holding {PROGRAM_FILE}, or a signature such as 'text -> label'."
+        )
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes; a program file holds steps and demos only.")
+    raw = _read(path)
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        if raw.get("version") != VERSION:
+            raise DataError(f"{path}: program format version {raw.get('version')!r}; this prompttune reads {VERSION}.")
+        program = Pipeline.from_dict(raw.get("program"), str(path))
+        return program, {k: v for k, v in raw.items() if k not in ("format", "version", "program")}
+    return Pipeline.from_dict(raw, str(path)), {}
+
+
+def _read(path: Path):
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e}).") from None
+
+
+def save_program(program: Pipeline, out: Path, **record) -> Path:
+    """Write ``out/program.json`` atomically: the steps with instructions and demos, plus ``record``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file; give a folder for the program.")
+    path = out / PROGRAM_FILE
+    atomic.write_json(path, {"format": FORMAT, "version": VERSION, "program": program.to_dict(), **record})
+    return path
+
+
+def is_program_dir(path: Path) -> bool:
+    return (Path(path) / PROGRAM_FILE).is_file()

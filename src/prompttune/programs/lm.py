@@ -1,0 +1,167 @@
+"""The language model a program runs on: one small interface, three implementations.
+
+    BackboneLM(Backbone.load())                         the in-process decoder (core.generate.Generator)
+    OpenAILM("http://127.0.0.1:8000/v1", model="lm")   any OpenAI-compatible server (lm_http.py)
+    FakeLM(lambda prompt: "sentiment: positive")        deterministic and offline, for tests
+
+A module hands the LM a ``Prompt`` (system text, demo turns, the row's user turn, and the start of the
+answer) and gets back the reply **from the start of the answer** (``answer`` included), which it parses.
+``choose`` picks one of a label set's options by the model's scores where the LM can score text (the
+in-process backbone: the log-probability of each option after the prompt, the constant part of which
+is a cached key/value prefix); an LM that cannot returns None and the module generates and parses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prompttune.core.errors import DataError
+
+MAX_CHOOSE_OPTIONS = 64
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a module asks: constant text (system, demos) first, the row's part (user, answer) last."""
+
+    system: str
+    demos: tuple[tuple[str, str], ...]  # (user turn, assistant turn) per demonstration
+    user: str
+    answer: str = ""  # the reply's start, e.g. "sentiment:"
+    stop: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """The prompt as one plain text (completion endpoints, the fake LM's view)."""
+        turns = [self.system, ""] if self.system else []
+        for user, assistant in self.demos:
+            turns += [user, assistant, ""]
+        return "\n".join([*turns, self.user, self.answer])
+
+
+class LM:
+    """A language model seen by programs. ``name`` is recorded in saved programs' history."""
+
+    name = "lm"
+    can_choose = False  # True where ``choose`` scores options
+
+    def complete(self, prompt: Prompt, max_tokens: int) -> str:
+        raise NotImplementedError
+
+    def choose(self, prompt: Prompt, options: Sequence[str]) -> str | None:
+        """The option the model scores highest after ``prompt`` (its answer start); None: cannot score."""
+        return None
+
+
+class FakeLM(LM):
+    """Replies computed by a Python function of the prompt: deterministic, offline. ``calls`` counts them."""
+
+    name = "fake"
+
+    def __init__(self, respond: Callable[[Prompt], str], choose: Callable[[Prompt, Sequence[str]], str] | None = None):
+        self.respond, self._choose, self.calls = respond, choose, 0
+        self.can_choose = choose is not None
+
+    def complete(self, prompt: Prompt, max_tokens: int) -> str:
+        self.calls += 1
+        reply = str(self.respond(prompt))
+        return reply if prompt.answer and reply.lstrip().startswith(prompt.answer) else prompt.answer + " " + reply
+
+    def choose(self, prompt: Prompt, options: Sequence[str]) -> str | None:
+        if self._choose is None:
+            return None
+        self.calls += 1
+        return self._choose(prompt, options)
+
+
+def _raw(text: str) -> str:
+    """Literal text inside a Jinja2 template (a demo or instruction may hold braces)."""
+    if "endraw" in text:
+        raise DataError("a prompt text contains 'endraw', which cannot be shown literally; remove it from the data.")
+    return "{% raw %}" + text + "{% endraw %}" if text else ""
+
+
+class BackboneLM(LM):
+    """The in-process decoder: ``Generator.complete`` for text, label scores over a cached prefix for choices.
+
+    The prompt is a chat template: system, demo turns, then the row's user turn as the one variable, so
+    the system text and demos form the constant prefix the Generator caches between rows.
+    """
+
+    PREFIX_CACHE_SIZE = 4
+    can_choose = True
+
+    def __init__(self, backbone, config=None):
+        from prompttune.core.generate import GenerationConfig, Generator
+
+        self.generator = Generator(backbone)
+        self.backbone = backbone
+        self.name = backbone.model_id
+        # plain greedy: the defaults' repetition controls would push a label away from one already seen
+        self.config = config or GenerationConfig(repetition_penalty=1.0, no_repeat_ngram_size=0)
+        self._prefixes: dict[tuple[int, ...], list] = {}
+
+    def _spec(self, prompt: Prompt) -> dict:
+        messages = []
+        for user, assistant in prompt.demos:
+            messages += [{"role": "user", "content": _raw(user)}, {"role": "assistant", "content": _raw(assistant)}]
+        spec = {"user": "{{ row }}", "answer": _raw(prompt.answer), "messages": messages}
+        if prompt.system:
+            spec["system"] = _raw(prompt.system)
+        return spec
+
+    def complete(self, prompt: Prompt, max_tokens: int) -> str:
+        config = self.config.replace(max_new_tokens=max_tokens, stop=prompt.stop)
+        return prompt.answer + self.generator.complete(self._spec(prompt), {"row": prompt.user}, config)
+
+    def choose(self, prompt: Prompt, options: Sequence[str]) -> str:
+        """The option with the highest summed log-probability after the prompt's answer start."""
+        scores = self.option_scores(prompt, options)
+        return options[max(range(len(options)), key=scores.__getitem__)]
+
+    def option_scores(self, prompt: Prompt, options: Sequence[str]) -> list[float]:
+        """Each option's summed token log-probability after the prompt (" option", after the answer start)."""
+        import torch
+
+        from prompttune.core.template import Template
+
+        if not options or len(options) > MAX_CHOOSE_OPTIONS:
+            raise DataError(f"choose: give 1 to {MAX_CHOOSE_OPTIONS} options (got {len(options)}).")
+        bb = self.backbone
+        compiled = Template.from_spec(self._spec(prompt)).hard().compile(bb.tokenizer, [], 1)
+        prefix_ids = bb.bos_ids + (bb.tokenize(compiled.prefix_text) if compiled.prefix else [])
+        row = bb.tokenize(compiled.render_row({"row": prompt.user}))
+        prefix = self._prefix(prefix_ids)
+        start = len(prefix_ids)
+        head = bb.model.get_output_embeddings()
+        scores = []
+        with torch.no_grad():
+            for option in options:
+                ids = bb.tokenize(" " + option) or bb.tokenize(option)
+                seq = row + ids
+                if start + len(seq) > bb.max_length:
+                    raise DataError(
+                        f"choose: the prompt is {start + len(seq)} tokens and the model's context holds "
+                        f"{bb.max_length}; use fewer demos or shorter rows."
+                    )
+                attention = torch.ones(1, start + len(seq), dtype=torch.long)
+                positions = torch.arange(start, start + len(seq))[None]
+                hidden = bb.run(torch.tensor([seq]), attention, positions, prefix)
+                logp = torch.log_softmax(head(hidden[0, len(row) - 1 : -1]).float(), -1)  # (len(ids), vocab)
+                scores.append(float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()))
+        return scores
+
+    def _prefix(self, ids: list[int]):
+        if not ids:
+            return None
+        key = tuple(ids)
+        if key not in self._prefixes:
+            import torch
+
+            with torch.no_grad():
+                kv = self.backbone.prefix_kv(self.backbone.embed(torch.tensor(ids))[None])
+                kv = [(k.detach(), v.detach()) for k, v in kv]
+            while len(self._prefixes) >= self.PREFIX_CACHE_SIZE:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[key] = kv
+        return self._prefixes[key]

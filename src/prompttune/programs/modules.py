@@ -1,0 +1,254 @@
+"""Modules: a signature made into a prompt, run on an LM, its reply parsed; programs compose them.
+
+    classify = Predict("review -> sentiment: one of positive, negative")
+    with using(BackboneLM(backbone)):
+        classify(review="a joy to watch").sentiment          # 'positive'
+
+    class QA(Program):                                       # composed like a torch nn.Module
+        def __init__(self):
+            self.answer = ChainOfThought("context, question -> answer")
+        def forward(self, context, question):
+            return self.answer(context=context, question=question)
+
+The LM is taken from ``using(lm)`` (a context variable, so threads and nested runs stay apart). A
+predictor's learnable state is its instruction and its demos (rows of input and output values); the
+optimizers change only that, on a copy. While ``tracing()`` is active every predictor call is recorded
+(predictor, inputs, outputs): bootstrap turns passing traces into demos.
+
+A reply that does not parse is asked again, up to ``max_retries`` times, with the parse error as
+feedback in the user turn; after that the OutputParseError is raised.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prompttune.core.errors import DataError
+from prompttune.programs.lm import LM, Prompt
+from prompttune.programs.parse import OutputParseError, parse_reply
+from prompttune.programs.signature import Field, Signature
+
+MAX_RETRIES = 5
+MAX_DEMOS = 64  # per predictor
+MAX_TOKENS = 2048  # per reply
+REASONING = Field("reasoning", "think step by step, in a few sentences, before the answer")
+
+_LM: contextvars.ContextVar[LM | None] = contextvars.ContextVar("prompttune_program_lm", default=None)
+_TRACE: contextvars.ContextVar[list | None] = contextvars.ContextVar("prompttune_program_trace", default=None)
+
+
+@contextmanager
+def using(lm: LM) -> Iterator[LM]:
+    """Run programs on ``lm`` inside the block."""
+    token = _LM.set(lm)
+    try:
+        yield lm
+    finally:
+        _LM.reset(token)
+
+
+def current_lm() -> LM:
+    lm = _LM.get()
+    if lm is None:
+        raise DataError("a program ran without a language model; run it inside `with using(lm):`.")
+    return lm
+
+
+@contextmanager
+def tracing() -> Iterator[list]:
+    """Collect (predictor, inputs, outputs) for every predictor call in the block."""
+    trace: list = []
+    token = _TRACE.set(trace)
+    try:
+        yield trace
+    finally:
+        _TRACE.reset(token)
+
+
+class Prediction(dict):
+    """Output values by field name, also readable as attributes (``pred.sentiment``)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the prediction has no field {name!r} (it has {sorted(self)})") from None
+
+
+class Module:
+    """A part of a program. Sub-modules are found among its attributes, like a torch nn.Module's."""
+
+    def forward(self, **inputs) -> Prediction:
+        raise NotImplementedError
+
+    def __call__(self, **inputs) -> Prediction:
+        return self.forward(**inputs)
+
+    def named_predictors(self, prefix: str = "") -> list[tuple[str, Predict]]:
+        if isinstance(self, Predict):
+            return [(prefix or "self", self)]
+        out = []
+        for name, value in vars(self).items():
+            items = enumerate(value) if isinstance(value, list | tuple) else [(None, value)]
+            for i, item in items:
+                if isinstance(item, Module):
+                    path = f"{prefix}{name}" + (f".{i}" if i is not None else "")
+                    out += item.named_predictors(path + ".") if not isinstance(item, Predict) else [(path, item)]
+        return out
+
+    def copy(self) -> Module:
+        """A deep copy: optimizers change copies, never the program they were given."""
+        return copy.deepcopy(self)
+
+    def state(self) -> dict:
+        return {name: p.dump_state() for name, p in self.named_predictors()}
+
+    def load_state(self, state: dict) -> None:
+        for name, predictor in self.named_predictors():
+            if name not in state:
+                raise DataError(f"saved program: no state for predictor {name!r} (it has {sorted(state)}).")
+            predictor.set_state(state[name])
+
+
+class Program(Module):
+    """The base of a user's program: set modules as attributes in ``__init__``, compose them in ``forward``."""
+
+
+class Predict(Module):
+    """One step: the signature's inputs in, its outputs out, through one prompt."""
+
+    module_name = "predict"
+
+    def __init__(self, signature, instruction: str | None = None, max_retries: int = 1, max_tokens: int = 64):
+        self.signature = Signature.coerce(signature)
+        if instruction is not None:
+            self.signature = self.signature.with_instruction(instruction)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
+            raise DataError(f"max_retries {max_retries!r}: give a whole number from 0 to {MAX_RETRIES}.")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
+            raise DataError(f"max_tokens {max_tokens!r}: give a whole number from 1 to {MAX_TOKENS}.")
+        self.max_retries, self.max_tokens = max_retries, max_tokens
+        self.demos: list[dict] = []
+
+    # --- state --------------------------------------------------------------------------------------
+    @property
+    def instruction(self) -> str:
+        return self.signature.instruction
+
+    def dump_state(self) -> dict:
+        return {"instruction": self.instruction, "demos": [dict(d) for d in self.demos]}
+
+    def set_state(self, state: dict) -> None:
+        demos = state.get("demos", [])
+        if not isinstance(demos, list) or len(demos) > MAX_DEMOS or not all(isinstance(d, dict) for d in demos):
+            raise DataError(f"saved program: 'demos' must be a list of at most {MAX_DEMOS} objects.")
+        self.signature = self.signature.with_instruction(str(state.get("instruction", "")))
+        self.demos = [dict(d) for d in demos]
+
+    # --- the prompt ---------------------------------------------------------------------------------
+    @property
+    def outputs(self) -> tuple[Field, ...]:
+        return self.signature.outputs
+
+    def system_text(self) -> str:
+        sig, outs = self.signature, self.outputs
+        head = sig.instruction or (
+            f"Given the fields {', '.join(sig.input_names)}, produce the fields {', '.join(f.name for f in outs)}."
+        )
+        lines = [head, "", "Input fields:"]
+        lines += [f"- {f.describe()}" for f in sig.inputs]
+        lines += ["Output fields:"] + [f"- {f.describe()}" for f in outs]
+        order = ", ".join(f"'{f.name}: ...'" for f in outs)
+        lines += ["", f"Reply with one line per output field, in this order: {order}."]
+        return "\n".join(lines)
+
+    def user_text(self, values: dict, feedback: str = "") -> str:
+        text = "\n".join(f"{f.name}: {_show(values[f.name])}" for f in self.signature.inputs)
+        return f"{text}\n\n(Your previous reply could not be read: {feedback})" if feedback else text
+
+    def demo_turns(self) -> tuple[tuple[str, str], ...]:
+        turns = []
+        for demo in self.demos:
+            if all(f.name in demo for f in self.signature.inputs):
+                shown = [f"{f.name}: {_show(demo[f.name])}" for f in self.outputs if f.name in demo]
+                turns.append((self.user_text(demo), "\n".join(shown)))
+        return tuple(turns)
+
+    def prompt(self, values: dict, feedback: str = "", answer: str | None = None) -> Prompt:
+        single = len(self.outputs) == 1 and self.outputs[0].kind != "text"
+        return Prompt(
+            system=self.system_text(),
+            demos=self.demo_turns(),
+            user=self.user_text(values, feedback),
+            answer=f"{self.outputs[0].name}:" if answer is None else answer,
+            stop=("\n",) if single else ("\n\n",),
+        )
+
+    # --- running ------------------------------------------------------------------------------------
+    def forward(self, **inputs) -> Prediction:
+        missing = [n for n in self.signature.input_names if n not in inputs]
+        if missing:
+            reads = self.signature.input_names
+            raise DataError(f"{self.signature}: input(s) {missing} not given; the step reads {reads}.")
+        values = {n: inputs[n] for n in self.signature.input_names}
+        outputs = self._run(current_lm(), values)
+        trace = _TRACE.get()
+        if trace is not None:
+            trace.append((self, values, dict(outputs)))
+        return Prediction(outputs)
+
+    def _run(self, lm: LM, values: dict) -> dict:
+        last = self.outputs[-1]
+        if len(self.outputs) == 1 and last.kind == "label" and lm.can_choose:
+            return {last.name: lm.choose(self.prompt(values), last.options)}
+        return self._complete(lm, values, self.prompt)
+
+    def _complete(self, lm: LM, values: dict, make_prompt) -> dict:
+        feedback = ""
+        for attempt in range(self.max_retries + 1):
+            reply = lm.complete(make_prompt(values, feedback), self.max_tokens)
+            try:
+                return parse_reply(self.outputs, reply)
+            except OutputParseError as e:
+                if attempt == self.max_retries:
+                    raise OutputParseError(e.field, f"{e.expected} (after {attempt + 1} tries)", e.reply) from None
+                feedback = f"{e} Reply again with '{e.field}: ...' as asked."
+        raise AssertionError("unreachable")
+
+
+class ChainOfThought(Predict):
+    """Predict with a ``reasoning`` output before the signature's outputs.
+
+    With a label-set answer and an LM that scores options, the reasoning is generated first and the label
+    is then chosen by score after it.
+    """
+
+    module_name = "chain_of_thought"
+
+    def __init__(self, signature, instruction: str | None = None, max_retries: int = 1, max_tokens: int = 256):
+        super().__init__(signature, instruction, max_retries, max_tokens)
+
+    @property
+    def outputs(self) -> tuple[Field, ...]:
+        return (REASONING, *self.signature.outputs)
+
+    def _run(self, lm: LM, values: dict) -> dict:
+        last = self.signature.outputs[-1]
+        if len(self.signature.outputs) == 1 and last.kind == "label" and lm.can_choose:
+            start = self.prompt(values)
+            probe = Prompt(start.system, start.demos, start.user, "reasoning:", stop=(f"\n{last.name}:", "\n\n"))
+            reasoning = lm.complete(probe, self.max_tokens)[len("reasoning:") :].strip()
+            answer = f"reasoning: {reasoning}\n{last.name}:"
+            return {"reasoning": reasoning, last.name: lm.choose(self.prompt(values, answer=answer), last.options)}
+        return self._complete(lm, values, self.prompt)
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+MODULES = {cls.module_name: cls for cls in (Predict, ChainOfThought)}
