@@ -220,7 +220,9 @@ class Trainer:
             raise PromptTuneError("this method has no trainable parameters; nothing to train.")
         if start_step == 0:
             self.ema = self.parts.trainable_state() if cfg.ema else None
+            t_eval = time.perf_counter()
             result.best_val = self.validate()
+            result.eval_seconds += time.perf_counter() - t_eval  # counts toward the time budget
             result.history.append({"step": 0, "val": result.best_val})
         bad_evals = 0  # validations since the best one
         for h in result.history[::-1]:
