@@ -43,6 +43,7 @@ def _options(
 from prompttune.cli.compare import compare  # noqa: E402
 from prompttune.cli.demo import demo  # noqa: E402
 from prompttune.cli.interop import export, import_adapter  # noqa: E402
+from prompttune.cli.optimize import optimize, run  # noqa: E402
 from prompttune.cli.prompts import chain_app, registry_app, templates_app  # noqa: E402
 from prompttune.cli.rag import agent, rag_app  # noqa: E402
 from prompttune.cli.serve import serve  # noqa: E402
@@ -64,6 +65,8 @@ app.add_typer(chain_app, name="chain")
 app.command("export")(export)
 app.command("import")(import_adapter)
 app.command()(serve)
+app.command()(optimize)
+app.command()(run)
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ class Pipeline(Program):
         self.steps = [p for _, p in steps]
         self.step_names = names
 
+    def named_predictors(self, prefix: str = "") -> list[tuple[str, Predict]]:
+        return [(prefix + n, p) for n, p in zip(self.step_names, self.steps, strict=True)]
+
     def forward(self, **row) -> Prediction:
         namespace, out = dict(row), Prediction()
         for name, step in zip(self.step_names, self.steps, strict=True):

@@ -1,0 +1,244 @@
+"""Optimizers: ``optimize(program, train, val, metric, lm, config) -> Result`` with a NEW program.
+
+- ``bootstrap``: run the program on training rows; every run whose output passes the metric gives each
+  predictor it went through one demo (its inputs and its own outputs), up to ``max_demos``. Scored on
+  validation beside the program as given; the better of the two is returned.
+- ``random-search``: the program as given, a labeled set (``max_labeled_demos`` training rows as they
+  are), and bootstrapped sets over seeded shuffles of the training rows with a seeded number of demos
+  from 1 to ``max_demos``; each scored on validation, the best kept.
+- ``mipro`` (after MIPROv2, simplified): instructions proposed by the LM from a grounded summary of the
+  data (fields, label counts, lengths and a few rows, computed, not written by the LM) and the program's
+  signature, one per "tip" (MIPROv2's prompting tips), plus the program's own; demo sets as in random
+  search. Trials draw (instruction, demo set) pairs seeded at random without repeats (MIPROv2 uses
+  Optuna's TPE: a documented simplification) and score each on a minibatch of validation rows; the
+  best three are then scored on the whole validation set.
+
+The input program is never changed: every candidate is a copy (``with_demos``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from prompttune.core.errors import DataError
+from prompttune.programs.lm import LM
+from prompttune.programs.metrics import Metric
+from prompttune.programs.modules import Module, Predict, using
+from prompttune.programs.search import (
+    BudgetExhausted,
+    MeteredLM,
+    Progress,
+    Result,
+    SearchConfig,
+    bootstrap_demos,
+    candidate_entry,
+    labeled_demos,
+    score,
+    shuffled,
+    with_demos,
+)
+
+TIPS = (
+    "",
+    "Keep the instruction short and direct.",
+    "Say exactly which words the answer may use.",
+    "Describe what a careful expert would look for in the input.",
+    "Mention the most common mistakes to avoid.",
+    "Write it as a friendly request.",
+)
+MAX_INSTRUCTION_CHARS = 400
+MIPRO_FULL_SCORED = 3
+
+
+class _Search:
+    """Bookkeeping of one search: the metered LM, the candidates scored, the best so far."""
+
+    def __init__(self, program: Module, val: Sequence[dict], metric: Metric, lm: LM, config: SearchConfig, progress):
+        self.lm = MeteredLM(lm, config)
+        self.program, self.val, self.metric, self.config = program, list(val), metric, config
+        self.progress = progress
+        self.history: list[dict] = []
+        self.best: tuple[float, Module] | None = None
+        self.baseline = float("nan")
+        self.stopped: str | None = None
+
+    def full_limit(self) -> bool:
+        return len(self.history) >= self.config.max_candidates
+
+    def evaluate(self, kind: str, candidate: Module, rows: Sequence[dict] | None = None) -> float:
+        before = self.lm.calls
+        value = score(candidate, rows or self.val, self.metric, self.lm)
+        entry = candidate_entry(len(self.history), kind, candidate, value, self.lm.calls - before)
+        if rows is not None:
+            entry["rows"] = len(rows)
+        self.history.append(entry)
+        if rows is None and (self.best is None or value > self.best[0]):
+            self.best = (value, candidate)
+        if self.progress:
+            self.progress(entry, self.best[0] if self.best else value)
+        return value
+
+    def result(self) -> Result:
+        if self.best is None:
+            raise DataError(
+                f"the search stopped ({self.stopped}) before any candidate was scored on the whole validation set; "
+                "raise the limit or give fewer validation rows."
+            )
+        return Result(
+            program=self.best[1],
+            best_val_score=self.best[0],
+            baseline_val_score=self.baseline,
+            candidates_evaluated=len(self.history),
+            model_calls=self.lm.calls,
+            seconds=round(self.lm.seconds(), 3),
+            history=self.history,
+            stopped=self.stopped,
+        )
+
+
+def _run(search: _Search, body: Callable[[], None]) -> Result:
+    try:
+        search.baseline = search.evaluate("as-given", search.program.copy())
+        body()
+    except BudgetExhausted as e:
+        search.stopped = str(e)
+    return search.result()
+
+
+def bootstrap(program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None) -> Result:
+    search = _Search(program, val, metric, lm, config, progress)
+
+    def body() -> None:
+        if search.full_limit():
+            return
+        demos = bootstrap_demos(program, train, metric, search.lm, config, config.max_demos)
+        search.evaluate("bootstrap", with_demos(program, demos))
+
+    return _run(search, body)
+
+
+def demo_sets(program: Module, train, metric, lm: LM, config: SearchConfig, n: int) -> Callable[[int], tuple]:
+    """The i-th candidate demo set, built when asked: 0 labeled rows, then seeded bootstraps."""
+    rng = random.Random(config.seed)
+    sizes = [rng.randint(1, max(1, config.max_demos)) for _ in range(n)]
+
+    def make(i: int) -> tuple[str, dict]:
+        if i == 0:
+            return "labeled", labeled_demos(program, shuffled(train, config.seed), config.max_labeled_demos)
+        rows = shuffled(train, config.seed + i)
+        return "bootstrap", bootstrap_demos(program, rows, metric, lm, config, sizes[i % n])
+
+    return make
+
+
+def random_search(program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None) -> Result:
+    search = _Search(program, val, metric, lm, config, progress)
+    make = demo_sets(program, train, metric, search.lm, config, config.max_candidates)
+
+    def body() -> None:
+        i = 0
+        while not search.full_limit():
+            kind, demos = make(i)
+            search.evaluate(kind, with_demos(program, demos))
+            i += 1
+
+    return _run(search, body)
+
+
+def mipro(
+    program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, instructions=()
+) -> Result:
+    search = _Search(program, val, metric, lm, config, progress)
+    n_sets = max(2, config.max_candidates // 2)
+    make = demo_sets(program, train, metric, search.lm, config, n_sets)
+
+    def body() -> None:
+        proposed = {
+            name: propose_instructions(p, train, search.lm, config, list(instructions))
+            for name, p in program.named_predictors()
+        }
+        n_instr = min(len(v) for v in proposed.values())
+        sets: dict[int, dict] = {}
+        rng = random.Random(config.seed)
+        grid = [(i, j) for i in range(n_instr) for j in range(n_sets)]
+        rng.shuffle(grid)
+        mini = shuffled(search.val, config.seed)[: config.minibatch_size]
+        use_mini = len(mini) < len(search.val)
+        trials: list[tuple[float, Module, str]] = []
+        budget = config.max_candidates - 1 - (MIPRO_FULL_SCORED if use_mini else 0)
+        for i, j in grid[: max(1, budget)]:
+            if search.full_limit():
+                return
+            if j not in sets:
+                sets[j] = make(j)[1]
+            candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()})
+            kind = f"instruction {i} x demos {j}"
+            trials.append((search.evaluate(kind, candidate, mini if use_mini else None), candidate, kind))
+        if use_mini:
+            for _, candidate, kind in sorted(trials, key=lambda t: -t[0])[:MIPRO_FULL_SCORED]:
+                if search.full_limit():
+                    return
+                search.evaluate(kind + " (full)", candidate)
+
+    return _run(search, body)
+
+
+def data_summary(rows: Sequence[dict], predictor: Predict, k: int = 3) -> str:
+    """A factual summary of the training rows (computed, so it cannot invent anything)."""
+    lines = [f"{len(rows)} rows."]
+    for f in predictor.signature.inputs:
+        lengths = [len(str(r[f.name]).split()) for r in rows if f.name in r]
+        if lengths:
+            lines.append(f"Field '{f.name}': about {sum(lengths) // len(lengths)} words on average.")
+    for f in predictor.signature.outputs:
+        counts = Counter(str(r[f.name]) for r in rows if f.name in r)
+        if counts and len(counts) <= 20:
+            shown = ", ".join(f"{v} ({c})" for v, c in counts.most_common())
+            lines.append(f"Field '{f.name}' takes the values: {shown}.")
+    need = predictor.signature.input_names + predictor.signature.output_names
+    for r in [r for r in rows if all(n in r for n in need)][:k]:
+        lines.append("Example: " + "; ".join(f"{n}: {str(r[n])[:200]}" for n in need))
+    return "\n".join(lines)
+
+
+PROPOSER = Predict(
+    "task_fields, data_summary, current_instruction, tip -> instruction: a one- or two-sentence instruction",
+    instruction="You write the instruction of a prompt for a language model. Read the task's fields and a "
+    "summary of its data, and write a better instruction for the task.",
+    max_retries=0,
+    max_tokens=96,
+)
+
+
+def propose_instructions(predictor: Predict, train, lm: LM, config: SearchConfig, given: list[str]) -> list[str]:
+    """The predictor's own instruction, those given, then up to ``num_instructions`` proposed by the LM."""
+    own = predictor.instruction or ""
+    out = [own, *[g for g in given if g and g != own]]
+    summary = data_summary(shuffled(train, config.seed)[:200], predictor)
+    fields = f"{predictor.signature}; " + "; ".join(f.describe() for f in predictor.signature.outputs)
+    proposer = PROPOSER.copy()
+    with using(lm):
+        for tip in TIPS[: config.num_instructions]:
+            try:
+                text = proposer(task_fields=fields, data_summary=summary, current_instruction=own or "(none)", tip=tip)
+            except DataError:
+                continue
+            text = " ".join(str(text.instruction).split())[:MAX_INSTRUCTION_CHARS]
+            if text and text not in out:
+                out.append(text)
+    return out
+
+
+OPTIMIZERS = {"bootstrap": bootstrap, "random-search": random_search, "mipro": mipro}
+
+
+def optimize(name: str, program, train, val, metric, lm, config=SearchConfig(), progress=None, **kw) -> Result:
+    if name not in OPTIMIZERS:
+        raise DataError(f"--optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}.")
+    start = time.monotonic()
+    result = OPTIMIZERS[name](program, train, val, metric, lm, config, progress, **kw)
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
