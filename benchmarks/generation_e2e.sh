@@ -3,7 +3,7 @@
 # zero-shot hard prompt vs prompt tuning vs prefix tuning on the default decoder, split by meaning
 # representation (benchmarks/generation_e2e_split.py), BLEU / ROUGE-L on held-out inputs.
 # Bounded for a shared 2-core CPU: STEPS training steps, VAL_INPUTS validation inputs (carved from train),
-# TEST_INPUTS test inputs. Usage: benchmarks/generation_e2e.sh [OUT=/tmp/e2e_bench]
+# TEST_INPUTS test inputs; ARMS picks the methods. Usage: benchmarks/generation_e2e.sh [OUT=/tmp/e2e_bench]
 set -euo pipefail
 OUT=${1:-/tmp/e2e_bench}
 STEPS=${STEPS:-20}
@@ -31,7 +31,7 @@ val, held = first_inputs(train, n_val)
 )
 PY
 export OMP_NUM_THREADS=$THREADS
-for method in zero-shot prompt-tuning prefix-tuning; do
+for method in ${ARMS:-zero-shot prompt-tuning prefix-tuning}; do
   echo "== $method  (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
   $PT train "$OUT/train.jsonl" --val "$OUT/val.jsonl" --template "$OUT/template.yaml" --method "$method" \
     --max-steps "$STEPS" --eval-every "$STEPS" --out "$OUT/$method" --overwrite --json > "$OUT/$method.train.json"

@@ -201,7 +201,10 @@ def test_train_save_load_eval_predict_through_the_cli(tmp_path, tiny_model_dir, 
     import prompttune
 
     task = prompttune.load(out)
+    assert isinstance(task, GenerationTask)  # not read as a label-word task
     expected = task.predict(["the cat sat"])[0]
+    r = invoke("generate", "the cat sat", "--artifact", out, "--max-new-tokens", "5")
+    assert r.exit_code == 0, r.output
     r = invoke("predict", out, "the cat sat", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1]) == {
         "input": "the cat sat",
