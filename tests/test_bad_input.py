@@ -156,3 +156,12 @@ def test_generate_refuses_bad_settings_and_honours_stop(run_main, tiny_model_dir
             "--stop", text[1:3],
         )  # fmt: skip
         assert cut.code == 0 and cut.out.rstrip("\n") == text[: text.find(text[1:3])]
+
+
+def test_eval_limit_takes_the_first_rows(run_main, data, tiny_model_dir, tmp_path):  # noqa: F811
+    art = tmp_path / "art"
+    assert train(run_main, data, art, tiny_model_dir).code == 0
+    run = run_main("eval", art, data, "--model", tiny_model_dir, "--limit", "5", "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out.strip().splitlines()[-1])["n"] == 5
+    assert_user_error(run_main("eval", art, data, "--model", tiny_model_dir, "--limit", "0"), "--limit")

@@ -151,6 +151,7 @@ def train_from_file(
         "initial_val_accuracy": result.initial_val,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
+        "stopped_by": result.stopped_by,  # "patience", "time budget" (TrainConfig.time_budget_s) or None
         "n_train": len(train_ds),
         "n_val": len(val_ds),
         "warnings": warnings,
@@ -163,6 +164,7 @@ def evaluate(
     data: str | Path,
     *,
     batch_size: int = 32,
+    limit: int | None = None,
     calibrate: bool | str | None = None,
     demos: int = 0,
     demo_selector: str = "random",
@@ -190,7 +192,9 @@ def evaluate(
     from prompttune.registry.resolve import resolve_prompt
 
     kind, target, shown = resolve_prompt(str(prompt), db)
-    rows = load_rows(data)
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit {limit}: must be at least 1 (or leave it out for every row).")
+    rows = load_rows(data).limit(limit)
     if kind == "artifact":
         if demos or demos_from or verbalizer or calibration_rows:
             raise DataError(
