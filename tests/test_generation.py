@@ -103,6 +103,19 @@ def test_cached_prefix_generation_equals_uncached(tiny_backbone, method):
         assert cached == greedy_uncached(task.model, ids, PLAIN.max_new_tokens)
 
 
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning", "prefix-tuning"])
+@pytest.mark.parametrize("settings", [{}, {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}, {"stop": (" t",)}])
+def test_batched_greedy_equals_one_row_at_a_time(tiny_backbone, method, settings):
+    """write() decodes rows of different lengths together (left-padded); each equals Generator's output alone."""
+    template = {"user": "[soft]{{ input }} [soft:2]"} if method == "p-tuning" else None
+    task = make(tiny_backbone, method, template)
+    config = GenerationConfig(max_new_tokens=12, **settings)
+    rows = from_records([{"input": w} for w in [*WORDS, "a great movie , truly wonderful and fun"]]).rows
+    batched = task.write(rows, config)
+    alone = [task.model.generate(x.ids, config).strip() for x in task.model.encode(rows, targets=False)]
+    assert batched == alone
+
+
 def test_stop_strings_and_bounded_length(tiny_backbone):
     task = make(tiny_backbone)
     full = task.predict(["the cat sat"], config=PLAIN)[0]

@@ -21,6 +21,7 @@ from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import ArtifactError, DataError, ModelError
 from prompttune.core.generate import MAX_NEW_TOKENS, GenerationConfig, Generator
 from prompttune.core.template import Template
+from prompttune.generation.decode import greedy_batch
 from prompttune.generation.metrics import generation_report
 from prompttune.generation.model import TARGET_FIELDS, GenerationModel, references
 from prompttune.methods import build_method
@@ -28,6 +29,7 @@ from prompttune.task import Data, Task, as_dataset
 from prompttune.train import TrainConfig
 
 DEFAULT_TEMPLATE = {"user": "[soft]{{ input }}"}  # a chat turn; the answer (the target) is the assistant's
+DECODE_BATCH = 16  # rows decoded together (greedy)
 VALIDATION_INPUTS = 64  # distinct inputs generated for at each validation, at most (a seeded sample)
 
 
@@ -172,9 +174,19 @@ class GenerationTask(Task):
         """The generated text for each row (its prompt fields; targets are not read)."""
         config = config or self.decoding
         examples = self.model.encode(rows, targets=False)
-        gen = Generator(self.backbone)
-        self.model.cached_prefix()
-        return [self.model.generate(x.ids, config, gen).strip() for x in examples]
+        prefix = self.model.cached_prefix()
+        if config.temperature > 0 or config.finish_sentence:  # row by row through the generation verb
+            gen = Generator(self.backbone)
+            return [self.model.generate(x.ids, config, gen).strip() for x in examples]
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))  # similar lengths share a batch
+        texts = [""] * len(examples)
+        for start in range(0, len(order), DECODE_BATCH):
+            idx = order[start : start + DECODE_BATCH]
+            ids = [examples[i].ids for i in idx]
+            batch = greedy_batch(self.backbone, ids, prefix or None, self.model.row_inputs, config)
+            for i, t in zip(idx, batch, strict=True):
+                texts[i] = t.strip()
+        return texts
 
     def predict(self, inputs: Data, batch_size: int = 32, config: GenerationConfig | None = None) -> list[str]:
         ds = self._inputs(inputs)
@@ -212,11 +224,9 @@ class GenerationTask(Task):
                 raise DataError(f"{row.where()}: missing field 'target' (the reference text to score against).")
         self.model.cached_prefix()  # computed once, not counted as per-example time
         t0 = time.perf_counter()
-        outputs = []
-        for row, _ in groups:
-            outputs += self.write([row])
-            if progress:
-                progress(1)
+        outputs = self.write([row for row, _ in groups])
+        if progress:
+            progress(len(groups))
         seconds = time.perf_counter() - t0
         tokens = sum(len(self.backbone.tokenize(o)) for o in outputs)
         report = generation_report(outputs, [refs for _, refs in groups])
