@@ -16,8 +16,8 @@ from prompttune.core.errors import PromptTuneError, TemplateError
 from prompttune.core.template import SoftSlot, Template
 from prompttune.methods import METHODS, build_method
 from prompttune.methods.options import parse_method_options
-from prompttune.scorer import VerbalizerObjective
 from prompttune.train import Callback, TrainConfig, Trainer
+from prompttune.verbalizer_objective import VerbalizerObjective
 
 ALL = sorted(METHODS)
 TRAINABLE = [m for m in ALL if m != "zero-shot"]

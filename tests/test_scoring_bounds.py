@@ -140,7 +140,7 @@ def test_cli_refuses_a_huge_num_virtual_tokens_before_training(run_main, tmp_pat
 
 
 def test_validation_keeps_the_rows_text_and_still_follows_the_parameters(tiny_backbone, sentiment_rows, monkeypatch):
-    from prompttune.scorer import VerbalizerObjective
+    from prompttune.verbalizer_objective import VerbalizerObjective
 
     task = PromptTask.create(tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 3}, LATE)
     pm = task.model

@@ -25,9 +25,10 @@ from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.hard.fewshot import select_random
 from prompttune.methods import build_method
-from prompttune.scorer import PromptModel, VerbalizerObjective
+from prompttune.scorer import PromptModel
 from prompttune.task import Data, Task, as_dataset
 from prompttune.train import TrainConfig
+from prompttune.verbalizer_objective import VerbalizerObjective
 
 
 @dataclass

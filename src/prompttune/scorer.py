@@ -359,6 +359,5 @@ class PromptModel(PrefixModel):
         )
 
 
-from prompttune.verbalizer_objective import VerbalizerObjective  # noqa: E402 (it reads PromptModel)
 
-__all__ = ["Encoded", "PromptModel", "RowHeads", "VerbalizerObjective"]
+__all__ = ["Encoded", "PromptModel", "RowHeads"]  # the loss: verbalizer_objective.VerbalizerObjective
