@@ -164,3 +164,27 @@ def test_validation_keeps_the_rows_text_and_still_follows_the_parameters(tiny_ba
         assert accuracies[-1] == plain_accuracy()
         assert len(text_passes) == (0 if seed else 1)  # after the first validation, the text is never run again
     assert objective._val_batches and all(heads is not None for _, heads in objective._val_batches)
+
+
+def test_long_rows_train_in_parts_of_a_token_budget_with_the_same_scores_and_gradients(tiny_backbone, monkeypatch):
+    """Rows that run with gradients (soft tokens before them) are taken in parts of at most ROW_TOKEN_BUDGET
+    padded tokens, each recomputed in the backward pass: what a step holds follows the budget, not the batch."""
+    task = many_label_task(tiny_backbone)  # soft tokens in the prefix: the rows carry gradients
+    pm = task.model
+    enc = pm.encode(ROWS)
+
+    def scores_and_grad():
+        pm.method.zero_grad()
+        scores = F.log_softmax(pm.label_scores(enc.ids, pm.prefix_kv()), -1)
+        scores[:, 0].sum().backward()
+        return scores.detach(), pm.method.embeddings.grad.clone()
+
+    whole, whole_grad = scores_and_grad()
+    monkeypatch.setattr(scorer, "ROW_TOKEN_BUDGET", 12)
+    assert len(scorer.token_budget_parts(enc.ids, 12)) > 1
+    calls = record_runs(monkeypatch, tiny_backbone)
+    parts, parts_grad = scores_and_grad()
+    row_passes = [(b, n) for b, n, keys, _ in calls if keys == 1]  # passes over rows, after the prefix
+    assert row_passes and all(b * n <= 12 or b == 1 for b, n in row_passes)
+    torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parts_grad, whole_grad, atol=1e-5, rtol=1e-4)

@@ -33,6 +33,20 @@ MAX_VIRTUAL_TOKENS = 256  # soft tokens in a template at most: attention over th
 MAX_LABEL_FORMS = 4096  # label words (over all labels) at most
 
 
+ROW_TOKEN_BUDGET = 1024  # padded row tokens whose activations a training step holds at once
+
+
+def token_budget_parts(batch: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """Consecutive parts of a batch, each at most ``budget`` padded tokens (a longer row: a part of its own)."""
+    parts: list[list[list[int]]] = [[]]
+    for x in batch:
+        width = max([len(x)] + [len(y) for y in parts[-1]])
+        if parts[-1] and width * (len(parts[-1]) + 1) > budget:
+            parts.append([])
+        parts[-1].append(x)
+    return parts
+
+
 @dataclass
 class RowHeads:
     """Rows' text before their soft tokens, already run: its keys/values (after the prefix's) and layout."""
@@ -220,6 +234,14 @@ class PromptModel(PrefixModel):
         need_more = self.max_form_len > 1
         if heads is None and self.late_split(batch, prefix) is not None:
             heads = self.row_heads(batch, prefix)
+        if heads is None and torch.is_grad_enabled() and len(batch) > 1:
+            parts = token_budget_parts(batch, ROW_TOKEN_BUDGET)
+            if len(parts) > 1:  # long rows: each part's activations are recomputed in backward, not held
+                scores = [
+                    torch.utils.checkpoint.checkpoint(self.label_scores, part, prefix, use_reentrant=False)
+                    for part in parts
+                ]
+                return torch.cat(scores)
         if heads is None:
             ids, attention, positions = self._pad_left(batch, prefix_len)
             input_ids, embeds = self._row_inputs(ids)
@@ -357,7 +379,6 @@ class PromptModel(PrefixModel):
         return Generator(self.backbone).generate(
             row, prefix=self.cached_prefix(), embed=self._row_inputs, config=config
         )
-
 
 
 __all__ = ["Encoded", "PromptModel", "RowHeads"]  # the loss: verbalizer_objective.VerbalizerObjective
