@@ -6,7 +6,11 @@ The fast path (what PEFT does not do):
   cached;
 - rows are left-padded after the prefix, so every row's answer position is the last one;
 - only the answer positions are read out, and only through the LM head's rows of the label tokens;
-- multi-token labels continue from the rows' cached keys/values (no second pass over the row).
+- multi-token labels continue from the rows' cached keys/values (no second pass over the row), all label
+  words over one shared copy of them (label_forms.py);
+- bounded training memory: soft tokens placed after the input ("late") train with the input's text run
+  under no_grad; rows that carry gradients are taken in parts of ROW_TOKEN_BUDGET padded tokens, each
+  recomputed in the backward pass.
 """
 
 from __future__ import annotations
