@@ -135,7 +135,11 @@ def train_from_file(
         warnings.append(
             f"no validation after step 0 beat the untrained prompt ({result.metric} {result.best_val:.4f}), so the "
             f"saved prompt is the initial one: {result.steps} steps ran, {config.warmup_steps} of them warm-up. "
-            "Train longer (--max-steps / --epochs), or try another --lr."
+            + (
+                f"The time budget ({config.time_budget_s:.0f} s) stopped it: raise --time-budget. "
+                if result.stopped_by == "time budget"
+                else "Train longer (--max-steps / --epochs), or try another --lr."
+            )
         )
     summary = {
         "artifact": str(out) if out is not None else None,

@@ -105,6 +105,12 @@ def train(
         float,
         typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
     ] = 0.9,
+    time_budget: Annotated[
+        float,
+        typer.Option(
+            help="Seconds of training (steps + validation) at most; then validate, keep the best, stop (0: none)."
+        ),
+    ] = 600.0,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an artifact already at --out (a folder holding anything else never is).")
@@ -135,6 +141,7 @@ def train(
         patience=patience,
         seed=seed,
         ema=ema,
+        time_budget_s=time_budget if time_budget > 0 else None,
     )
     bar = progress_bar(err)
     progress = TrainingProgress(err, None)

@@ -87,6 +87,7 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
             warmup_steps=min(20, max(1, max_steps // 10)),
             ema=float(arm.harness("ema", 0.0) or 0.0),
             seed=seed,
+            time_budget_s=None,  # every arm gets the same steps, whatever the machine's load
         )
         progress = Callback(on_step=lambda ev: emit({"event": "step", **ev}))
         fit = task.fit(train, split.val, config, callbacks=[progress])
