@@ -24,6 +24,55 @@ class PrefixModel(nn.Module):
         super().__init__()
         self._cached_prefix: KV | None = None
 
+    # --- templates with soft slots (label-word and generation read-outs) ---------------------------------------
+    def index_row_soft_tokens(self) -> None:
+        """Soft tokens in the row part (after the first field) are written into token ids as -(1 + k): entry k
+        of ``self._row_soft`` (slot, position in the slot). Needs ``self.compiled`` and ``self.method``."""
+        self._row_soft: list[tuple[SoftSlot, int]] = []
+        self._row_code: dict[int, int] = {}
+        for slot in self.compiled.row_slots:
+            width = self.method.slot_embeddings(slot).shape[0]  # 0 for methods without soft tokens
+            self._row_code[slot.index] = len(self._row_soft)
+            self._row_soft += [(slot, j) for j in range(width)]
+
+    def tokenize_prefix(self) -> list[Tensor | SoftSlot]:
+        """The compiled template's constant prefix as token ids and soft slots (bos first where the model has one)."""
+        segments: list[Tensor | SoftSlot] = []
+        bos = self.backbone.bos_ids
+        for i, seg in enumerate(self.compiled.prefix):
+            if isinstance(seg, SoftSlot):
+                segments.append(seg)
+            else:
+                segments.append(torch.tensor((bos if i == 0 else []) + self.backbone.tokenize(seg)))
+        if not segments or isinstance(segments[0], SoftSlot) and bos:
+            segments.insert(0, torch.tensor(bos))
+        return [s for s in segments if isinstance(s, SoftSlot) or len(s)]
+
+    def row_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered row, soft slots written as negative codes."""
+        if not self._row_soft and not self.compiled.row_slots:
+            return self.backbone.tokenize(text)
+        ids: list[int] = []
+        for part in self.compiled.split_row(text):
+            if isinstance(part, SoftSlot):
+                start = self._row_code[part.index]
+                width = sum(1 for s, _ in self._row_soft if s.index == part.index)
+                ids += [-(1 + start + j) for j in range(width)]
+            else:
+                ids += self.backbone.tokenize(part)
+        return ids
+
+    def row_inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(input_ids, None), or (None, inputs_embeds) when rows carry soft tokens (negative ids)."""
+        soft = ids < 0
+        if not soft.any():
+            return ids, None
+        embeds = self.backbone.embed(ids.clamp(min=0))
+        table = torch.cat([self.method.slot_embeddings(s)[j : j + 1] for s, j in self._row_soft]).to(embeds.dtype)
+        embeds = torch.where(soft[..., None], table[(-ids - 1).clamp(min=0, max=len(table) - 1)], embeds)
+        return None, embeds
+
+    # --- the constant prefix's keys/values ---------------------------------------------------------------------
     def prefix_kv(self) -> KV:
         """The constant prefix's keys/values, recomputed (with gradients) on every call."""
         if not self.segments:

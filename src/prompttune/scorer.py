@@ -112,29 +112,11 @@ class PromptModel(PrefixModel):
                 "virtual tokens, or smaller [soft:N] slots."
             )
         self.method = method_factory(slots, {"generator": generator, "label_words": verbalizer.display_words})
-        # Row-part soft tokens are written into token ids as -(1 + k): entry k of self._row_soft.
-        self._row_soft: list[tuple[SoftSlot, int]] = []
-        self._row_code: dict[int, int] = {}
-        for slot in self.compiled.row_slots:
-            width = self.method.slot_embeddings(slot).shape[0]  # 0 for methods without soft tokens
-            self._row_code[slot.index] = len(self._row_soft)
-            self._row_soft += [(slot, j) for j in range(width)]
-        self.segments = self._tokenize_prefix()
+        self.index_row_soft_tokens()
+        self.segments = self.tokenize_prefix()
         self._build_label_tokens()
 
     # --- setup ------------------------------------------------------------------------------
-    def _tokenize_prefix(self) -> list[Tensor | SoftSlot]:
-        segments: list[Tensor | SoftSlot] = []
-        bos = self.backbone.bos_ids
-        for i, seg in enumerate(self.compiled.prefix):
-            if isinstance(seg, SoftSlot):
-                segments.append(seg)
-            else:
-                segments.append(torch.tensor((bos if i == 0 else []) + self.backbone.tokenize(seg)))
-        if not segments or isinstance(segments[0], SoftSlot) and bos:
-            segments.insert(0, torch.tensor(bos))
-        return [s for s in segments if isinstance(s, SoftSlot) or len(s)]
-
     @property
     def prefix_length(self) -> int:
         hard = sum(len(s) for s in self.segments if not isinstance(s, SoftSlot))
@@ -172,7 +154,7 @@ class PromptModel(PrefixModel):
             missing = [v for v in self.template.variables if v not in row.fields]
             if missing:
                 raise DataError(f"{row.where()}: missing field {missing[0]!r} (the template uses it).")
-            t = self._row_ids(self.compiled.render_row(row.fields))
+            t = self.row_ids(self.compiled.render_row(row.fields))
             if len(t) > budget:
                 raise DataError(
                     f"{row.where()}: the prompt is {len(t) + self.prefix_length + self.max_form_len} tokens, "
@@ -181,30 +163,6 @@ class PromptModel(PrefixModel):
                 )
             ids.append(t)
         return Encoded(ids)
-
-    def _row_ids(self, text: str) -> list[int]:
-        """Token ids of a rendered row, soft slots written as negative codes."""
-        if not self._row_soft and not self.compiled.row_slots:
-            return self.backbone.tokenize(text)
-        ids: list[int] = []
-        for part in self.compiled.split_row(text):
-            if isinstance(part, SoftSlot):
-                start = self._row_code[part.index]
-                width = sum(1 for s, _ in self._row_soft if s.index == part.index)
-                ids += [-(1 + start + j) for j in range(width)]
-            else:
-                ids += self.backbone.tokenize(part)
-        return ids
-
-    def _row_inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(input_ids, None), or (None, inputs_embeds) when rows carry soft tokens."""
-        soft = ids < 0
-        if not soft.any():
-            return ids, None
-        embeds = self.backbone.embed(ids.clamp(min=0))
-        table = torch.cat([self.method.slot_embeddings(s)[j : j + 1] for s, j in self._row_soft]).to(embeds.dtype)
-        embeds = torch.where(soft[..., None], table[(-ids - 1).clamp(min=0, max=len(table) - 1)], embeds)
-        return None, embeds
 
     def label_indices(self, dataset: Dataset | Sequence[Row]) -> Tensor:
         rows = dataset.rows if isinstance(dataset, Dataset) else list(dataset)
@@ -248,7 +206,7 @@ class PromptModel(PrefixModel):
                 return torch.cat(scores)
         if heads is None:
             ids, attention, positions = self._pad_left(batch, prefix_len)
-            input_ids, embeds = self._row_inputs(ids)
+            input_ids, embeds = self.row_inputs(ids)
             out = self.backbone.run(
                 input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more
             )
@@ -299,7 +257,7 @@ class PromptModel(PrefixModel):
                 mask_t[i, width - len(t) :] = 1
         pos_t = (pos_h[:, -1:] + (att_h[:, -1:] > 0).long() + mask_t.cumsum(1) - 1).clamp(min=heads.prefix_len)
         attention = torch.cat([att_h, mask_t], dim=1)
-        input_ids, embeds = self._row_inputs(ids_t)
+        input_ids, embeds = self.row_inputs(ids_t)
         out = self.backbone.run(input_ids, attention, pos_t, heads.cache, inputs_embeds=embeds, return_cache=need_more)
         return out, attention, pos_t
 
@@ -379,10 +337,8 @@ class PromptModel(PrefixModel):
     @torch.no_grad()
     def generate(self, fields: dict, config: GenerationConfig | None = None) -> str:
         """Free text after the prompt and a row's fields, over the cached prefix (see ``core.generate``)."""
-        row = self._row_ids(self.compiled.render_row(fields))
-        return Generator(self.backbone).generate(
-            row, prefix=self.cached_prefix(), embed=self._row_inputs, config=config
-        )
+        row = self.row_ids(self.compiled.render_row(fields))
+        return Generator(self.backbone).generate(row, prefix=self.cached_prefix(), embed=self.row_inputs, config=config)
 
 
 __all__ = ["Encoded", "PromptModel", "RowHeads"]  # the loss: verbalizer_objective.VerbalizerObjective

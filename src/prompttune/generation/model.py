@@ -76,13 +76,8 @@ class GenerationModel(PrefixModel):
             )
         self.method = method_factory(slots, {"generator": generator, "label_words": []})
         self.method.to(backbone.device)
-        self._row_soft: list[tuple[SoftSlot, int]] = []  # row soft tokens, written as ids -(1 + k)
-        self._row_code: dict[int, int] = {}
-        for slot in self.compiled.row_slots:
-            width = self.method.slot_embeddings(slot).shape[0]
-            self._row_code[slot.index] = len(self._row_soft)
-            self._row_soft += [(slot, j) for j in range(width)]
-        self.segments = self._tokenize_prefix()
+        self.index_row_soft_tokens()
+        self.segments = self.tokenize_prefix()
         self.end_id = end_of_answer(backbone, template.chat)
 
     @property
@@ -90,37 +85,12 @@ class GenerationModel(PrefixModel):
         return self.method
 
     # --- encoding -----------------------------------------------------------------------------
-    def _tokenize_prefix(self) -> list[Tensor | SoftSlot]:
-        bos = self.backbone.bos_ids
-        segments: list[Tensor | SoftSlot] = [
-            s if isinstance(s, SoftSlot) else torch.tensor((bos if i == 0 else []) + self.backbone.tokenize(s))
-            for i, s in enumerate(self.compiled.prefix)
-        ]
-        if bos and (not segments or isinstance(segments[0], SoftSlot)):
-            segments.insert(0, torch.tensor(bos))
-        return [s for s in segments if isinstance(s, SoftSlot) or len(s)]
-
     @property
     def prefix_length(self) -> int:
         if not self.segments:
             return 0
         kv = self.cached_prefix()
         return kv[0][0].shape[2] if kv else 0
-
-    def row_ids(self, fields: dict) -> list[int]:
-        """Token ids of a row's prompt part (everything after the constant prefix, up to the answer)."""
-        text = self.compiled.render_row(fields)
-        if not self._row_soft and not self.compiled.row_slots:
-            return self.backbone.tokenize(text)
-        ids: list[int] = []
-        for part in self.compiled.split_row(text):
-            if isinstance(part, SoftSlot):
-                start = self._row_code[part.index]
-                width = sum(1 for s, _ in self._row_soft if s.index == part.index)
-                ids += [-(1 + start + j) for j in range(width)]
-            else:
-                ids += self.backbone.tokenize(part)
-        return ids
 
     def target_ids(self, text: str) -> list[int]:
         return self.backbone.tokenize(self.compiled.label_text(text)) + [self.end_id]
@@ -133,7 +103,7 @@ class GenerationModel(PrefixModel):
             missing = [v for v in sorted(self.template.variables) if v not in row.fields]
             if missing:
                 raise DataError(f"{row.where()}: missing field {missing[0]!r} (the template uses it).")
-            ids = self.row_ids(row.fields)
+            ids = self.row_ids(self.compiled.render_row(row.fields))
             if not ids:
                 raise DataError(f"{row.where()}: the prompt's row part has no tokens; give the field some text.")
             refs = references(row) if targets else []
@@ -152,16 +122,6 @@ class GenerationModel(PrefixModel):
                 )
             out += [Example(ids, t) for t in encoded]
         return out
-
-    def row_inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(input_ids, None), or (None, inputs_embeds) when rows carry soft tokens (negative ids)."""
-        soft = ids < 0
-        if not soft.any():
-            return ids, None
-        embeds = self.backbone.embed(ids.clamp(min=0))
-        table = torch.cat([self.method.slot_embeddings(s)[j : j + 1] for s, j in self._row_soft]).to(embeds.dtype)
-        embeds = torch.where(soft[..., None], table[(-ids - 1).clamp(min=0, max=len(table) - 1)], embeds)
-        return None, embeds
 
     # --- the loss -----------------------------------------------------------------------------
     def target_loss(self, batch: list[Example], prefix: KV) -> Tensor:

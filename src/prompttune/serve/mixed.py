@@ -12,7 +12,7 @@ tokens at the last position, multi-token label words continued from the rows' ca
 ``PromptModel.score`` applies it. A batch of one task passes its prefix unexpanded, not copied per row.
 
 This module reads PromptModel's attributes (``candidates``, ``form_tokens``, ``form_token_ids``,
-``form_label``, ``max_form_len``, ``_row_inputs``) and writes the padding and read-out itself, so
+``form_label``, ``max_form_len``, ``row_inputs``) and writes the padding and read-out itself, so
 ``scorer.py`` stays the single-task path.
 """
 
@@ -113,7 +113,7 @@ def _stack_prefixes(models, prefixes: dict, plen: list[int], top: int) -> KV:
 
 def _inputs(distinct, groups, ids: Tensor, backbone) -> tuple[Tensor | None, Tensor | None]:
     """(input_ids, None) when no row carries soft tokens, else (None, embeddings) built per row's task."""
-    parts = {id(m): m._row_inputs(ids[torch.tensor(groups[id(m)])]) for m in distinct}
+    parts = {id(m): m.row_inputs(ids[torch.tensor(groups[id(m)])]) for m in distinct}
     if all(e is None for _, e in parts.values()):
         return ids, None
     embeds = None
