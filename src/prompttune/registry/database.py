@@ -114,6 +114,9 @@ def make_engine(loc: Location) -> sa.Engine:
         except sqlite3.OperationalError as e:  # a read-only file not in WAL mode yet: it still reads
             if "readonly" not in str(e):
                 raise
+        if loc.path is not None and loc.path.exists() and not os.access(loc.path, os.W_OK):
+            # a read-only file (chmod, or immutable for root): writes would otherwise land in a writable -wal file
+            dbapi_conn.execute("PRAGMA query_only=ON")
         dbapi_conn.execute("PRAGMA busy_timeout=60000")
         # WAL + NORMAL: a crash cannot corrupt the file; only the OS losing power can undo the last commits.
         dbapi_conn.execute("PRAGMA synchronous=NORMAL")
