@@ -1,6 +1,10 @@
 import json
 import os
 import random
+import shutil
+import subprocess
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,47 @@ def sentiment_rows() -> list[dict]:
 @pytest.fixture
 def sentiment_file(tmp_path, sentiment_rows) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", sentiment_rows)
+
+
+# --- registry databases: SQLite, and PostgreSQL ($PROMPTTUNE_TEST_POSTGRES or a throwaway server) -----------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    url = os.environ.get("PROMPTTUNE_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    required = os.environ.get("PROMPTTUNE_REQUIRE_POSTGRES") == "1"
+    folder = tempfile.mkdtemp(prefix="prompttune-pg-")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postgres.sh"), "start", folder], capture_output=True, text=True, timeout=180
+    )
+    if proc.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = f"PostgreSQL could not be started by scripts/postgres.sh: {proc.stderr.strip()[-400:]}"
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", folder], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> str:
+    """A fresh, empty registry database: a SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.db")
+    server = request.getfixturevalue("postgres_server")
+    name = "t_" + uuid.uuid4().hex[:12]
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return server.rsplit("/", 1)[0] + "/" + name
