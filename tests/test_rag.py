@@ -138,6 +138,19 @@ def test_keyword_ranking_and_fusion(docs_dir, tmp_path, tiny_encoder):
         index.search("x", mode="fuzzy")
 
 
+def test_rag_answer_carries_the_citations(monkeypatch, docs_dir, tiny_encoder, long_model_dir):
+    from prompttune import Backbone
+    from prompttune.core.generate import Generator
+    from prompttune.rag.index import answer
+
+    index = VectorIndex.build(read_documents(docs_dir), tiny_encoder)
+    monkeypatch.setattr(Generator, "complete", lambda self, template, values, config: "Berlin is in Germany.")
+    result = answer("Where is Berlin?", index, Backbone.load(str(long_model_dir)), k=2, mode="bm25").to_dict()
+    berlin = next(s["rank"] for s in result["sources"] if s["id"].startswith("berlin"))
+    assert result["citations"] == [berlin] and result["cited_by"] == "overlap"
+    assert result["answer"] == f"Berlin is in Germany. [{berlin}]"
+
+
 # --- the command line ------------------------------------------------------------------------------
 def test_cli_index_then_ask_shows_the_answer_and_sources(docs_dir, tmp_path, tiny_encoder, long_model_dir):
     from typer.testing import CliRunner
@@ -157,7 +170,10 @@ def test_cli_index_then_ask_shows_the_answer_and_sources(docs_dir, tmp_path, tin
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert [s["id"] for s in answer["sources"]] == ["berlin.txt#0"] and isinstance(answer["answer"], str)
     result = runner.invoke(cli.app, [*ask, "-k", "2", "--max-new-tokens", "3"])
-    assert result.exit_code == 0 and "Sources:\n  [1]" in result.stdout and "[2]" in result.stdout
+    assert (
+        result.exit_code == 0 and "Sources (" in result.stdout and "\n  [1]" in result.stdout and "[2]" in result.stdout
+    )
+    assert set(answer) >= {"citations", "cited_by"}
 
 
 def test_cli_errors_name_the_flag(tmp_path, monkeypatch, capsys):

@@ -123,3 +123,36 @@ def test_patience_is_named_as_what_stopped_a_run(tiny_backbone, sentiment_rows):
     cfg = TrainConfig(max_steps=200, batch_size=8, lr=1e-6, warmup_steps=1, eval_every=2, patience=2)
     result = task.fit(ds, ds, cfg)
     assert result.stopped_by == "patience"
+
+
+def test_a_binding_time_budget_brings_the_schedule_forward_so_the_rate_anneals(
+    tiny_backbone, sentiment_rows, monkeypatch
+):
+    """Every step "takes" 10 s on a fake clock and the budget is 100 s: at the validation after step 4 (40 s in)
+    the run replans to end at step 10, the learning rate decays to 0 there, and the run stops by its budget."""
+    import prompttune.train as train_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock[0])
+    lrs = []
+
+    def tick(ev):
+        clock[0] += 10.0
+        lrs.append(ev["lr"])
+
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    cfg = TrainConfig(max_steps=50, batch_size=8, lr=0.1, warmup_steps=2, eval_every=4, patience=100, time_budget_s=100)
+    result = task.fit(ds, ds, cfg, callbacks=[Callback(on_step=tick)])
+    assert result.planned_steps == 10 and result.steps == 10
+    assert result.stopped_by == "time budget"
+    assert lrs[:4] == pytest.approx([0.05, 0.1, 0.1, 0.1 * 47 / 48])  # planned for 50 steps until step 4
+    assert lrs[4:] == pytest.approx([0.1 * (10 - s) / 8 for s in range(4, 10)])  # then for 10: 0.0125 at the end
+    assert task.record["metrics"]["planned_steps"] == 10
+
+
+def test_a_budget_that_does_not_bind_keeps_the_configured_schedule(tiny_backbone, sentiment_rows):
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    result = task.fit(ds, ds, TrainConfig(max_steps=8, batch_size=8, warmup_steps=2, eval_every=4, patience=100))
+    assert result.planned_steps == 8 and result.steps == 8 and result.stopped_by is None

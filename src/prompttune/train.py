@@ -76,6 +76,9 @@ class TrainResult:
     stopped_early: bool = False
     eval_seconds: float = 0.0  # time spent validating, excluded from train_seconds
     stopped_by: str | None = None  # "patience", "time budget", or None (the planned steps ran)
+    # The step the learning rate decays to 0 at: the configured total, brought forward at a validation when the
+    # time budget will stop the run sooner (0: not planned yet)
+    planned_steps: int = 0
 
     @property
     def train_examples_per_s(self) -> float:
@@ -98,6 +101,7 @@ class TrainResult:
             "train_examples_per_s": self.train_examples_per_s,
             "stopped_early": self.stopped_early,
             "stopped_by": self.stopped_by,
+            "planned_steps": self.planned_steps,
             "history": self.history,
         }
 
@@ -105,7 +109,8 @@ class TrainResult:
 class Callback:
     """Hooks the Trainer calls: subclass and override (a progress bar, a logger), or pass functions.
 
-    on_step: {"step", "total", "loss", "examples_per_s"} after every optimizer step;
+    on_step: {"step", "total", "loss", "lr", "examples_per_s"} after every optimizer step ("total" is the step
+    the learning rate decays to 0 at: under a time budget it can come forward at a validation);
     on_validation: {"step", "total", "metric", "val", "best_val"} after every validation.
     """
 
@@ -231,12 +236,13 @@ class Trainer:
             bad_evals += 1
         step = start_step
         t0 = time.perf_counter() - result.train_seconds - result.eval_seconds
+        result.planned_steps = min(result.planned_steps or total, total)
         self.parts.train()
-        while step < total:
+        while step < result.planned_steps:
             epoch, offset = divmod(step, per_epoch)
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
             for batch in batches[offset:]:
-                loss = self._step(step, total, batch)
+                loss = self._step(step, result.planned_steps, batch)
                 self._update_ema()
                 step += 1
                 if step % 10 == 0:
@@ -244,11 +250,17 @@ class Trainer:
                 result.train_examples += len(batch)
                 result.steps = step
                 elapsed = time.perf_counter() - t0 - result.eval_seconds
-                event = {"step": step, "total": total, "loss": loss, "examples_per_s": result.train_examples / elapsed}
+                event = {
+                    "step": step,
+                    "total": result.planned_steps,
+                    "loss": loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "examples_per_s": result.train_examples / max(elapsed, 1e-9),
+                }
                 for cb in self.callbacks:
                     cb.on_step(event)
                 over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
-                if step % eval_every == 0 or step == total or over_time:
+                if step % eval_every == 0 or step >= result.planned_steps or over_time:
                     t_eval = time.perf_counter()
                     val = self._evaluate_averaged()
                     result.eval_seconds += time.perf_counter() - t_eval
@@ -262,15 +274,17 @@ class Trainer:
                         bad_evals = 0
                     else:
                         bad_evals += 1
+                    self._replan(result, step, time.perf_counter() - t0)
                     self._save_checkpoint(step, best_state, result)
-                    event = {"step": step, "total": total, "metric": result.metric, "val": val}
+                    event = {"step": step, "total": result.planned_steps, "metric": result.metric, "val": val}
                     for cb in self.callbacks:
                         cb.on_validation(event | {"best_val": result.best_val})
-                    if bad_evals >= cfg.patience or (over_time and step < total):
+                    cut = step < total and (over_time or step >= result.planned_steps)  # the budget ended it
+                    if bad_evals >= cfg.patience or cut:
                         result.stopped_early = True
                         result.stopped_by = "patience" if bad_evals >= cfg.patience else "time budget"
                         break
-                if step >= total:
+                if step >= result.planned_steps:
                     break
             if result.stopped_early:
                 break
@@ -279,6 +293,17 @@ class Trainer:
         self.parts.eval()
         objective.clear_cache()
         return result
+
+    def _replan(self, result: TrainResult, step: int, elapsed: float) -> None:
+        """Under a time budget, bring the learning rate's end forward to the step the budget will stop at (at the
+        pace so far, validation included), so a run the budget cuts short still anneals instead of stopping at
+        full rate. Only after warm-up, and only ever sooner; a run that fits its budget keeps its schedule (and
+        stays deterministic under its seed)."""
+        budget = self.config.time_budget_s
+        if budget is None or step <= self.config.warmup_steps or elapsed <= 0:
+            return
+        reachable = int(step + max(0.0, budget - elapsed) * step / elapsed)
+        result.planned_steps = min(result.planned_steps, max(step + 1, reachable))
 
     def _lr(self, step: int, total: int) -> float:
         """The schedule's factor times lr (each parameter group scales it by its own base rate)."""

@@ -137,11 +137,10 @@ def show_sources(console: Console, sources: list[dict], width: int = 160) -> Non
 
 def show_rag_answer(console: Console, result: dict, width: int = 160) -> None:
     console.print(f"Answer: {result['answer']}", markup=False, highlight=False)
-    console.print("Sources:", markup=False)
-    for s in result["sources"]:
-        text = " ".join(s["text"].split())
-        text = text if len(text) <= width else text[: width - 3] + "..."
-        console.print(f"  [{s['rank']}] {s['score']:.3f} {s['source']} ({s['id']}): {text}", markup=False)
+    how = {"model": "cited by the model", "overlap": "attributed by the answer's words"}.get(result.get("cited_by"))
+    cited = ", ".join(f"[{i}]" for i in result.get("citations", []))
+    console.print(f"Sources ({how}: {cited}):" if how else "Sources (none cited):", markup=False, highlight=False)
+    show_sources(console, result["sources"], width)
 
 
 def run_agent(

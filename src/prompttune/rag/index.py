@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -281,11 +281,15 @@ class RagAnswer:
     question: str
     answer: str
     hits: list[Hit]
+    citations: list[int] = field(default_factory=list)  # 1-based numbers of the hits the answer cites
+    cited_by: str | None = None  # "model" (numbers it wrote), "overlap" (attributed by its words) or None
 
     def to_dict(self) -> dict:
         return {
             "question": self.question,
             "answer": self.answer,
+            "citations": self.citations,
+            "cited_by": self.cited_by,
             "sources": [
                 {
                     "rank": i,
@@ -310,13 +314,16 @@ def answer(
 ) -> RagAnswer:
     """Retrieve the ``k`` nearest chunks and answer from them through the retrieval template.
 
-    Generation uses the default repetition control (GenerationConfig) and ends at a sentence end.
+    Generation uses the default repetition control (GenerationConfig) and ends at a sentence end. The answer
+    cites the passages it uses (rag/citations.py: the model's own [n] marks, else attribution by its words).
     """
     from prompttune.core.generate import GenerationConfig, Generator
+    from prompttune.rag.citations import cite
 
     if not question.strip():
         raise DataError("rag ask: the question is empty.")
     config = GenerationConfig(max_new_tokens=max_new_tokens, finish_sentence=True)  # bad values fail before search
     hits = index.search(question, k=k, mode=mode)
     values = {"question": question, "context": format_context(hits)}
-    return RagAnswer(question, Generator(decoder).complete(template, values, config).strip(), hits)
+    cited = cite(Generator(decoder).complete(template, values, config).strip(), [h.chunk.text for h in hits])
+    return RagAnswer(question, cited.text, hits, cited.citations, cited.cited_by)
