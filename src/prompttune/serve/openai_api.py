@@ -7,22 +7,22 @@
 A label-word task (an artifact or a hard prompt with labels) continues its own prompt with free text
 (``PromptTask.generate``); a generation template renders the text into its field (``Generator.complete``).
 Decoding is greedy unless ``temperature`` > 0 (then sampled, with ``top_p``). With ``stream`` the answer
-comes as server-sent events in the OpenAI chunk format; the text is sent once it is generated (one content
-chunk), not token by token.
+comes as server-sent events in the OpenAI chunk format, token by token as the worker decodes (``streaming.py``),
+ending with ``data: [DONE]``; the pieces add up to the text the same request without ``stream`` returns.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 
 from prompttune.core.errors import PromptTuneError
 from prompttune.core.generate import GenerationConfig
-from prompttune.serve.http import ApiError, Server, text_size
+from prompttune.serve.http import ApiError, Server, as_api_error, text_size
+from prompttune.serve.streaming import TokenStream, sse
 from prompttune.serve.tasks import ServedTask
 
 COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n", "user"}
@@ -49,16 +49,17 @@ def register(app: FastAPI, server: Server) -> None:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(422, "'prompt' must be a string (one prompt per request).")
-        text = await _generate(server, served, prompt, config)
-        done = _finish(served, text, config)
+        values = _values(server, served, prompt)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
         if stream:
-            events = [
-                {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]},
-                {**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": done}]},
-            ]
-            return _sse(events)
+
+            def chunk(text: str, done: str | None) -> dict:
+                return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": done}]}
+
+            return _stream(server, served, values, config, [], chunk)
+        text = await server.run(served, "call", _runner(served, values, config), 1)
+        done = _finish(served, text, config)
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done}
         return {**head, "choices": [choice], "usage": _usage(served, prompt, text)}
 
@@ -69,17 +70,19 @@ def register(app: FastAPI, server: Server) -> None:
             body["max_tokens"] = body.pop("max_completion_tokens")
         served, config, stream = _common(server, request, body, CHAT_FIELDS)
         prompt = _last_user_message(body.get("messages"))
-        text = await _generate(server, served, prompt, config)
-        done = _finish(served, text, config)
+        values = _values(server, served, prompt)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name}
         if stream:
-            events = [
-                {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]},
-                {**head, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
-                {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": done}]},
-            ]
-            return _sse(events)
+
+            def chunk(text: str, done: str | None) -> dict:
+                delta = {"content": text} if text else {}
+                return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": done}]}
+
+            role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+            return _stream(server, served, values, config, [role], chunk)
+        text = await server.run(served, "call", _runner(served, values, config), 1)
+        done = _finish(served, text, config)
         message = {"role": "assistant", "content": text}
         return {
             **head,
@@ -154,7 +157,8 @@ def _last_user_message(messages) -> str:
     raise ApiError(422, "'messages' has no user message; the last one fills the task's template.")
 
 
-async def _generate(server: Server, served: ServedTask, prompt: str, config: GenerationConfig) -> str:
+def _values(server: Server, served: ServedTask, prompt: str) -> dict:
+    """The task's fields filled with the prompt (checked against the size limit and the task's fields)."""
     limit = server.config.max_input_chars
     if text_size(prompt) > limit:
         raise ApiError(413, f"the prompt is {len(prompt):,} characters; the limit is {limit:,} (--max-input-chars).")
@@ -164,14 +168,55 @@ async def _generate(server: Server, served: ServedTask, prompt: str, config: Gen
             422, f"task {served.name!r} takes the fields {', '.join(fields)}; a completion fills one. Use "
             f"POST /v1/tasks/{served.name}/predict with objects of these fields.",
         )  # fmt: skip
-    values = {fields[0]: prompt} if fields else {}
+    return {fields[0]: prompt} if fields else {}
+
+
+def _runner(served: ServedTask, values: dict, config: GenerationConfig) -> Callable[[], str]:
+    """The job the worker runs: the text the task's prompt continues with."""
 
     def run() -> str:
         if served.kind == "labels":
             return served.task.generate(values, config)
         return served.generator.complete(served.template, values, config)
 
-    return await server.run(served, "call", run, 1)
+    return run
+
+
+def _stream(server: Server, served: ServedTask, values: dict, config: GenerationConfig, opening: list[dict], chunk):
+    """SSE chunks as the tokens come: ``opening``, ``chunk(piece, None)`` each, ``chunk("", finish_reason)``.
+
+    The job is queued before the response starts, so a full queue is still a 429; an error or timeout after
+    that is an ``{"error": ...}`` event (the status line is already sent).
+    """
+    tok = served.backbone.tokenizer
+    stream = TokenStream(lambda ids: tok.decode(ids, skip_special_tokens=True), config)
+    job = server.batcher.submit(served, "call", _runner(served, values, stream.config), 1)
+    stream.attach(job.future)
+
+    async def events():
+        for e in opening:
+            yield e
+        parts: list[str] = []
+        try:
+            async for piece in stream.pieces(job.future, server.config.timeout_s):
+                parts.append(piece)
+                yield chunk(piece, None)
+        except TimeoutError:
+            limit = server.config.timeout_s
+            yield _error(ApiError(504, f"the completion took longer than {limit:g} s (--timeout).", "timeout_error"))
+            return
+        except Exception as e:  # noqa: BLE001 - the status line is sent: the error is an event
+            yield _error(as_api_error(e))
+            return
+        finally:
+            job.cancelled = True  # not started yet: skipped; running: stops at its next token
+        yield chunk("", _finish(served, "".join(parts), config))
+
+    return sse(events())
+
+
+def _error(e: ApiError) -> dict:
+    return {"error": {"message": e.message, "type": e.kind, "code": e.status}}
 
 
 def _finish(served: ServedTask, text: str, config: GenerationConfig) -> str:
@@ -181,12 +226,3 @@ def _finish(served: ServedTask, text: str, config: GenerationConfig) -> str:
 def _usage(served: ServedTask, prompt: str, text: str) -> dict:
     p, c = len(served.backbone.tokenize(prompt)), len(served.backbone.tokenize(text))
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def _sse(events: list[dict]) -> StreamingResponse:
-    def lines():
-        for e in events:
-            yield f"data: {json.dumps(e, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
