@@ -10,6 +10,14 @@ import typer
 from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
 from prompttune.core.errors import PromptTuneError
 
+NumBeamsOpt = Annotated[
+    int, typer.Option(help="Beam search with N beams (1: greedy or sampling); a generation artifact's text.")
+]
+LengthPenaltyOpt = Annotated[
+    float,
+    typer.Option(help="Beam search: a text scores sum(log p) / tokens ** this (1: mean per token; 0: the sum)."),
+]
+
 
 def evaluate(
     prompt: Annotated[
@@ -124,6 +132,8 @@ def generate(
     no_repeat_ngram_size: Annotated[int, typer.Option(help="Never generate the same N-gram twice (0: off).")] = 4,
     stop: Annotated[list[str] | None, typer.Option(help="End before this text; repeatable.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    num_beams: NumBeamsOpt = 1,
+    length_penalty: LengthPenaltyOpt = 1.0,
     model: ModelOpt = None,
 ) -> None:
     """Generate free text, with an artifact's prompt or a plain chat prompt."""
@@ -139,6 +149,8 @@ def generate(
         stop=tuple(stop or ()),
         repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
     )
     set_threads()
     out.print(generate_text(text, artifact_dir, system, config, model, **Settings.backbone_args()))

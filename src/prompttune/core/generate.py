@@ -11,6 +11,11 @@ cache from step to step. Greedy, or sampled with a temperature and top-p; it end
 (``Backbone.end_token_ids``: eos and the chat template's end-of-turn token), at ``max_new_tokens``,
 or just before the first stop string.
 
+Beam search (``num_beams`` > 1, ``core/beam.py``): the ``num_beams`` likeliest continuations are kept at
+every step, all rows of a batch and all their beams in one forward pass over the cached prefix; a finished
+hypothesis scores sum(log p) / tokens ** ``length_penalty`` (1.0 by default: the mean log-prob per token;
+0: the plain sum, which favours short texts; above 1: longer ones), and the best-scoring one is returned.
+
 Repetition control: a repetition penalty of 1.1 and no repeated 4-gram by default, both over the
 tokens generated so far only, never the prompt (HF's penalty also counts the prompt, which pushes an
 answer away from the very passage it should quote). Measured with the default decoder, greedy, 96
@@ -41,6 +46,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: a chain file is checked
 
 MAX_NEW_TOKENS = 4096  # per call, whatever the model's context allows
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 200
+MAX_BEAMS = 16  # hypotheses per row at most (each carries its own copy of the prefix's keys/values)
 SENTENCE_GRACE_TOKENS = 32  # finish_sentence: tokens past max_new_tokens allowed to end the sentence
 DEFAULT_REPETITION_PENALTY = 1.1
 DEFAULT_NO_REPEAT_NGRAM = 4
@@ -66,6 +72,8 @@ class GenerationConfig:
     repetition_penalty: float = DEFAULT_REPETITION_PENALTY
     no_repeat_ngram_size: int = DEFAULT_NO_REPEAT_NGRAM
     finish_sentence: bool = False
+    num_beams: int = 1  # > 1: beam search (core/beam.py), deterministic
+    length_penalty: float = 1.0  # beam search: a hypothesis scores sum(log p) / tokens ** length_penalty
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -73,6 +81,13 @@ class GenerationConfig:
         _whole("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         _whole("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, 64)
         _whole("seed", self.seed, 0, 2**63 - 1)
+        _whole("num_beams", self.num_beams, 1, MAX_BEAMS)
+        _number("length_penalty", self.length_penalty, "a number from -10 to 10 (0: sum of log-probs)", _lp_ok)
+        if self.num_beams > 1 and (self.temperature > 0 or self.finish_sentence):
+            raise DataError(
+                f"num_beams (--num-beams) {self.num_beams}: beam search is deterministic; use it with temperature 0 "
+                "and without finish_sentence, or use --num-beams 1."
+            )
         _number("temperature", self.temperature, "0 (greedy) or more", lambda x: x >= 0)
         _number("top_p", self.top_p, "a number in (0, 1]", lambda x: 0 < x <= 1)
         _number(
@@ -99,6 +114,10 @@ class GenerationConfig:
         if self.no_repeat_ngram_size > 0:
             procs.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
         return procs
+
+
+def _lp_ok(x: float) -> bool:
+    return -10 <= x <= 10
 
 
 def _flag(name: str) -> str:
@@ -193,6 +212,10 @@ class Generator:
             raise DataError("generate: no prompt tokens after the prefix; give at least one token to continue.")
         start = prefix[0][0].shape[2] if prefix else 0
         limit = min(config.max_new_tokens, self._check_room(start, len(ids)))
+        if config.num_beams > 1:
+            from prompttune.core.beam import beam_search
+
+            return beam_search(self.backbone, [ids], prefix, embed or (lambda r: (r, None)), config)[0]
         grace = min(SENTENCE_GRACE_TOKENS, self._room(start, len(ids)) - limit) if config.finish_sentence else 0
         row = torch.tensor([ids])
         input_ids, embeds = embed(row) if embed is not None else (row, None)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from prompttune.core.backbone import Backbone
+from prompttune.core.beam import beam_search
 from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import ArtifactError, DataError, ModelError
 from prompttune.core.generate import MAX_NEW_TOKENS, GenerationConfig, Generator
@@ -183,7 +184,8 @@ class GenerationTask(Task):
         for start in range(0, len(order), DECODE_BATCH):
             idx = order[start : start + DECODE_BATCH]
             ids = [examples[i].ids for i in idx]
-            batch = greedy_batch(self.backbone, ids, prefix or None, self.model.row_inputs, config)
+            decode = beam_search if config.num_beams > 1 else greedy_batch
+            batch = decode(self.backbone, ids, prefix or None, self.model.row_inputs, config)
             for i, t in zip(idx, batch, strict=True):
                 texts[i] = t.strip()
         return texts
