@@ -17,6 +17,7 @@ from prompttune.core.data import from_records, load_rows
 from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
+from prompttune.distributed.context import init_from_env
 from prompttune.generation.task import GenerationTask, is_generation_data, split_by_input
 from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
@@ -120,6 +121,7 @@ def train_from_file(
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
     info["trainable_params"] = task.trainable_params
     if on_start:
+    dist = init_from_env(device)  # under a launcher: join the run (a GPU rank picks its GPU) before loading
         on_start(task, info)
     result = task.fit(
         train_ds, val_ds, config, callbacks, checkpoint_dir=checkpoint_dir_for(out) if out else None, resume=resume
@@ -128,7 +130,7 @@ def train_from_file(
         task.record["data"]["val"] = "seeded 10% of train"
     if calibrate and isinstance(task, PromptTask):
         task.calibrate()
-    if out is not None:
+    if out is not None and (dist is None or dist.is_main):  # one writer in a data-parallel run
         task.save(out, overwrite=overwrite or resume)
     warnings = []
     if result.steps and result.best_step == 0:

@@ -15,6 +15,8 @@ import torch
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
 from prompttune.core.backbone import release_memory
 from prompttune.core.errors import PromptTuneError
+from prompttune.distributed.context import init_from_env
+from prompttune.distributed.step import backward_shard
 
 
 @dataclass
@@ -209,6 +211,11 @@ class Trainer:
         self.optimizer = (
             torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay) if self.params else None
         )
+        # Under a launcher (torchrun, accelerate launch, --nproc): each rank steps on its part of every global
+        # batch and the gradients are summed (distributed/); rank 0 alone reports and writes checkpoints.
+        self.dist = init_from_env(str(self.params[0].device) if self.params else None)
+        if self.dist is not None and not self.dist.is_main:
+            self.callbacks = []
 
     def fit(self, resume: bool = False) -> TrainResult:
         cfg, objective = self.config, self.objective
@@ -223,6 +230,8 @@ class Trainer:
             start_step, best_state, result = self._load_checkpoint(result)
         if not self.params:
             raise PromptTuneError("this method has no trainable parameters; nothing to train.")
+        if self.dist is not None:  # every rank starts from rank 0's parameters
+            self.dist.broadcast_(self.params)
         if start_step == 0:
             self.ema = self.parts.trainable_state() if cfg.ema else None
             t_eval = time.perf_counter()
@@ -260,6 +269,8 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step(event)
                 over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
+                if self.dist is not None and cfg.time_budget_s is not None:  # every rank stops at the same step
+                    over_time = self.dist.agree(over_time)
                 if step % eval_every == 0 or step >= result.planned_steps or over_time:
                     t_eval = time.perf_counter()
                     val = self._evaluate_averaged()
@@ -300,7 +311,11 @@ class Trainer:
         full rate. Only after warm-up, and only ever sooner; a run that fits its budget keeps its schedule (and
         stays deterministic under its seed)."""
         budget = self.config.time_budget_s
-        if budget is None or step <= self.config.warmup_steps or elapsed <= 0:
+        if budget is None or step <= self.config.warmup_steps:
+            return
+        if self.dist is not None:  # every rank plans by rank 0's clock
+            elapsed = self.dist.from_main(elapsed)
+        if elapsed <= 0:
             return
         reachable = int(step + max(0.0, budget - elapsed) * step / elapsed)
         result.planned_steps = min(result.planned_steps, max(step + 1, reachable))
@@ -315,13 +330,17 @@ class Trainer:
     def _step(self, step: int, total: int, batch: list[int]) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(step, total) * group.get("base_lr", self.config.lr) / self.config.lr
-        loss = self.objective.batch_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dist is not None:  # this rank's part, then the gradients summed over the ranks
+            loss = backward_shard(self.dist, self.objective.batch_loss, self.params, batch, step)
+        else:
+            loss = self.objective.batch_loss(batch)
         if not torch.isfinite(loss):
             raise PromptTuneError(
                 f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr (now {self.config.lr})."
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.dist is None:
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.objective.clear_cache()
@@ -353,7 +372,10 @@ class Trainer:
         was_training = self.parts.training
         self.parts.eval()
         self.objective.clear_cache()
+        shard = getattr(self.objective, "validate_shard", None)  # validation split over the ranks, then reduced
         try:
+            if self.dist is not None and shard is not None:
+                return shard(self.dist.rank, self.dist.world, self.dist.all_reduce_sum)
             return self.objective.validate()
         finally:
             self.objective.clear_cache()
@@ -361,7 +383,7 @@ class Trainer:
 
     # --- checkpoints (checkpoint.py) ---------------------------------------------------------------
     def _save_checkpoint(self, step: int, best_state: dict, result: TrainResult) -> None:
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and (self.dist is None or self.dist.is_main):
             save_checkpoint(self, step, best_state, result)
 
     def _load_checkpoint(self, result: TrainResult):

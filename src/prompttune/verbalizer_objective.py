@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from prompttune.scorer import PromptModel, RowHeads
 
 VAL_CACHE_BYTES = 512 * 2**20  # keys/values of validation rows' text kept between validations, at most
+VAL_BATCH_TOKENS = 4096  # padded row tokens in one validation batch (long rows: fewer rows, bounded memory)
 
 
 class VerbalizerObjective:
@@ -33,6 +34,7 @@ class VerbalizerObjective:
         self.train, self.val = model.encode(train), model.encode(val)
         self.lengths = [len(x) for x in self.train.ids]
         self._val_batches: list[tuple[list[int], RowHeads | None]] | None = None
+        self._shard_batches: list[tuple[list[int], RowHeads | None]] | None = None  # a data-parallel rank's part
 
     def batch_loss(self, batch: list[int]) -> Tensor:
         scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
@@ -49,11 +51,39 @@ class VerbalizerObjective:
             scores[idx] = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads)
         return float((scores.argmax(-1) == self.y_val).float().mean())
 
-    def _plan_validation(self, prefix, batch_size: int = 64) -> list[tuple[list[int], RowHeads | None]]:
-        """Length-sorted batches of validation rows, each with its text's keys/values when they can be kept."""
+    @torch.no_grad()
+    def validate_shard(self, rank: int, world: int, reduce) -> float:
+        """Accuracy over every validation row, this rank scoring every ``world``-th of them by length; ``reduce``
+        sums a tensor over the ranks. Equal to ``validate()`` on one process."""
+        pm = self.model
+        prefix = pm.cached_prefix()
+        if self._shard_batches is None:
+            ids = self.val.ids
+            mine = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world]
+            self._shard_batches = self._plan_validation(prefix, rows=mine)
+        counts = torch.zeros(2, dtype=torch.float64)
+        for idx, heads in self._shard_batches:
+            scores = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads)
+            counts[0] += float((scores.argmax(-1).cpu() == self.y_val[idx]).sum())
+            counts[1] += len(idx)
+        correct, n = reduce(counts).tolist()
+        return float(torch.tensor(correct, dtype=torch.float32) / torch.tensor(n, dtype=torch.float32))
+
+    def _plan_validation(
+        self, prefix, batch_size: int = 64, rows: list[int] | None = None
+    ) -> list[tuple[list[int], RowHeads | None]]:
+        """Length-sorted batches of validation rows (default: all), each with its text's keys/values when they
+        can be kept."""
         ids = self.val.ids
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        order = sorted(range(len(ids)) if rows is None else rows, key=lambda i: len(ids[i]))
+        batches: list[list[int]] = [[]]  # at most batch_size rows and VAL_BATCH_TOKENS padded tokens each
+        for i in order:
+            if batches[-1] and (
+                len(batches[-1]) == batch_size or len(ids[i]) * (len(batches[-1]) + 1) > VAL_BATCH_TOKENS
+            ):
+                batches.append([])
+            batches[-1].append(i)
+        batches = [b for b in batches if b]
         keep = self._text_is_constant() and all(any(t < 0 for t in x) for x in ids)
         plan, held = [], 0
         for idx in batches:

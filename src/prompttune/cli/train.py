@@ -111,7 +111,16 @@ def train(
             help="Seconds of training (steps + validation) at most; then validate, keep the best, stop (0: none)."
         ),
     ] = 600.0,
-    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the checkpoint in --out (with any number of processes).")
+    ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Data-parallel training in N processes on this machine (starts torchrun, loopback only; each "
+            "process takes its part of every batch). Several machines or GPUs: see docs/distributed.md."
+        ),
+    ] = 1,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an artifact already at --out (a folder holding anything else never is).")
     ] = False,
@@ -128,6 +137,13 @@ def train(
     if num_virtual_tokens < 1:
         raise PromptTuneError(f"--num-virtual-tokens {num_virtual_tokens}: must be at least 1.")
     set_threads()
+    if nproc != 1:  # this process only starts the others (before anything heavy loads)
+        import sys
+
+        from prompttune.distributed.launch import launch_local, strip_flag
+
+        launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"))
+        return
     shared = {"num_virtual_tokens": num_virtual_tokens, "init": init, "init_text": init_text}
     shared["reparam_hidden"] = reparam_hidden
     config = TrainConfig(
@@ -151,10 +167,15 @@ def train(
         what = f"{info['kind']} head: " if info["kind"] else ""
         err.print(
             f"{what}train {info['n_train']} rows, validation {info['n_val']} rows, {labels}method "
+    from prompttune.distributed.env import is_main_process
+
+    main = is_main_process()  # under a launcher, rank 0 alone reports
             f"{task.method_name} on {task.backbone.model_id}, {info['trainable_params']:,} trainable parameters",
             highlight=False,
         )
         if info["trainable_params"]:
+        if not main:
+            return
             bar.start()
             progress.attach(bar)
 
@@ -195,4 +216,6 @@ def train(
             f"{result['best_val_accuracy']:.4f} "
             f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
             f"{result['train_examples_per_s']:.1f} examples/s)"
+    if not main:
+        return
         )

