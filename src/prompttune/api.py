@@ -110,6 +110,7 @@ def train_from_file(
     default = GenerationTask.default_method if writes else PromptTask.default_method
     method = method or (HeadTask.default_method if kind else default)
     method_config = settings_for(method, shared_settings, method_config)
+    dist = init_from_env(device)  # under a launcher: join the run (a GPU rank picks its GPU) before loading
     if backbone is None:
         backbone = Backbone.load(model or (HeadTask.default_model if kind else None), dtype=dtype, device=device)
     if kind:
@@ -121,7 +122,6 @@ def train_from_file(
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
     info["trainable_params"] = task.trainable_params
     if on_start:
-    dist = init_from_env(device)  # under a launcher: join the run (a GPU rank picks its GPU) before loading
         on_start(task, info)
     result = task.fit(
         train_ds, val_ds, config, callbacks, checkpoint_dir=checkpoint_dir_for(out) if out else None, resume=resume

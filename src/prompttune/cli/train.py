@@ -129,6 +129,13 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a soft prompt on labelled rows and save it as an artifact."""
+    if nproc != 1:  # this process only starts the others (before anything heavy loads)
+        import sys
+
+        from prompttune.distributed.launch import launch_local, strip_flag
+
+        launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"))
+        return
     from prompttune.api import train_from_file
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
@@ -137,13 +144,6 @@ def train(
     if num_virtual_tokens < 1:
         raise PromptTuneError(f"--num-virtual-tokens {num_virtual_tokens}: must be at least 1.")
     set_threads()
-    if nproc != 1:  # this process only starts the others (before anything heavy loads)
-        import sys
-
-        from prompttune.distributed.launch import launch_local, strip_flag
-
-        launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"))
-        return
     shared = {"num_virtual_tokens": num_virtual_tokens, "init": init, "init_text": init_text}
     shared["reparam_hidden"] = reparam_hidden
     config = TrainConfig(
@@ -159,23 +159,23 @@ def train(
         ema=ema,
         time_budget_s=time_budget if time_budget > 0 else None,
     )
+    from prompttune.distributed.env import is_main_process
+
+    main = is_main_process()  # under a launcher, rank 0 alone reports
     bar = progress_bar(err)
     progress = TrainingProgress(err, None)
 
     def started(task, info: dict) -> None:
+        if not main:
+            return
         labels = f"{len(info['labels'])} labels, " if info["kind"] else f"labels {info['labels']}, "
         what = f"{info['kind']} head: " if info["kind"] else ""
         err.print(
             f"{what}train {info['n_train']} rows, validation {info['n_val']} rows, {labels}method "
-    from prompttune.distributed.env import is_main_process
-
-    main = is_main_process()  # under a launcher, rank 0 alone reports
             f"{task.method_name} on {task.backbone.model_id}, {info['trainable_params']:,} trainable parameters",
             highlight=False,
         )
         if info["trainable_params"]:
-        if not main:
-            return
             bar.start()
             progress.attach(bar)
 
@@ -206,6 +206,8 @@ def train(
     finally:
         if progress.bar is not None:  # drawn only once training started
             bar.stop()
+    if not main:
+        return
     for warning in result["warnings"]:
         err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if as_json:
@@ -216,6 +218,4 @@ def train(
             f"{result['best_val_accuracy']:.4f} "
             f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
             f"{result['train_examples_per_s']:.1f} examples/s)"
-    if not main:
-        return
         )
