@@ -48,6 +48,13 @@ def compare(
         str | None, typer.Option(help="Method to measure data advantage against (default: full-ft, else lora).")
     ] = None,
     isolate: Annotated[bool, typer.Option(help="Run each cell in its own process (own peak memory).")] = True,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Generation data (rows with a 'target'): rank by bleu, rougeL or em (default bleu); default "
+            "methods then zero-shot,few-shot,prompt-tuning,prefix-tuning,lora."
+        ),
+    ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -58,7 +65,7 @@ def compare(
         result = run_compare(
             data, out_dir, methods, method_option, seeds, train_sizes, test, val, limit, val_rows, max_steps,
             batch_size, template=template, verbalizer=verbalizer, reference=reference, model=model,
-            dtype=Settings.dtype, isolate=isolate, console=err,
+            dtype=Settings.dtype, isolate=isolate, console=err, metric=metric,
         )  # fmt: skip
     except KeyboardInterrupt:
         err.print(f"interrupted; finished runs are kept in {out_dir}: rerun the same command to resume.")

@@ -6,7 +6,8 @@ split and seeds, with accuracy, cost and data efficiency, in one report.
 - ``baselines``: LoRA (PEFT) and full fine-tuning behind the same template + verbalizer read-out;
 - ``cell``: one (arm, seed, size) run, in its own process;
 - ``runner``: plans cells, skips finished ones, stores each result atomically;
-- ``worth``: Le Scao & Rush's data advantage; ``report``: JSON, Markdown, HTML.
+- ``worth``: Le Scao & Rush's data advantage; ``report``: JSON, Markdown, HTML;
+- ``generation``: the same for rows with a ``target`` (text to write), ranked by BLEU, ROUGE-L or exact match.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from prompttune.compare import arms as arms_mod
+from prompttune.compare import generation
 from prompttune.compare.report import summarize, write_reports
 from prompttune.compare.runner import plan, run_cells
 from prompttune.compare.split import make_split
@@ -35,10 +37,13 @@ def parse_ints(flag: str, spec: str | None) -> list[int]:
     return values
 
 
+DEFAULT_METHODS = "zero-shot,few-shot,calibrated,prompt-tuning,lora"
+
+
 def run_compare(
     data: Path,
     out: Path,
-    methods: str = "zero-shot,few-shot,calibrated,prompt-tuning,lora",
+    methods: str = DEFAULT_METHODS,
     method_options: list[str] | None = None,
     seeds: str = "0",
     train_sizes: str | None = None,
@@ -56,16 +61,25 @@ def run_compare(
     dtype: str | None = None,
     isolate: bool = True,
     console: Console | None = None,
+    metric: str | None = None,
 ) -> dict:
-    """Run (or resume) a comparison in ``out`` and write report.{json,md,html} there; returns the summary."""
+    """Run (or resume) a comparison in ``out`` and write report.{json,md,html} there; returns the summary.
+
+    Rows with a ``target`` are generation data (``compare.generation``): ranked by ``metric`` (bleu, rougeL, em).
+    """
     console = console or Console(stderr=True)
+    gen = generation.for_data(data, metric)
+    if gen and methods == DEFAULT_METHODS:
+        methods = generation.DEFAULT_METHODS
     names = arms_mod.parse_methods(methods)
+    if gen:
+        gen.check_arms(names)
     arm_list = arms_mod.resolve(names, arms_mod.parse_options(method_options or []))
     seed_list = parse_ints("--seeds", seeds) or [0]
     sizes = parse_ints("--train-sizes", train_sizes)
     if any(n < 1 for n in sizes) or max_steps < 1 or batch_size < 1:
         raise PromptTuneError("--train-sizes, --max-steps and --batch-size must be at least 1.")
-    split = make_split(data, val, test, limit, val_rows)
+    split = (gen.split if gen else make_split)(data, val, test, limit, val_rows)
     for n in sizes:
         split.train(n, 0)  # a size larger than the pool is an error now, not after hours
     if reference is None:
@@ -85,6 +99,7 @@ def run_compare(
         "max_steps": max_steps,
         "batch_size": batch_size,
         "eval_batch_size": eval_batch_size,
+        **(gen.settings if gen else {}),  # only for generation data: labelled rows' cells keep their keys
     }
     cells = plan(arm_list, seed_list, sizes or [None])
     out = Path(out)
@@ -102,9 +117,11 @@ def run_compare(
         f"data {data} (fingerprint {split.fingerprint}): train pool {len(split.pool)}, validation {len(split.val)}, "
         f"test {len(split.test)} rows; seeds {','.join(map(str, seed_list))}; training rows "
         f"{','.join(map(str, sizes)) or len(split.pool)}; at most {max_steps} steps of {batch_size} rows; "
-        f"model {model or 'smollm2 (default)'}"
+        f"model {model or 'smollm2 (default)'}" + (f"; ranked by {gen.label} on the test inputs" if gen else "")
     )
     summary = summarize(records, names, reference)
+    if gen:
+        summary["metric_label"] = gen.label  # the report's score column
     payload = {"settings": settings, "seeds": seed_list, "data_fingerprint": split.fingerprint, "cells": records}
     paths = write_reports(out, summary, header, payload)
     atomic.write_json(out / "last_run.json", {"cells": len(cells), "ran": ran, "reused": len(cells) - ran})

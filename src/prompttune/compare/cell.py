@@ -57,6 +57,10 @@ def stored_bytes(task: PromptTask) -> int:
 
 
 def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict:
+    if spec["settings"].get("task") == "generate":
+        from prompttune.compare.generation import run_generation_cell
+
+        return run_generation_cell(spec, emit)
     set_threads()
     t_start = time.perf_counter()
     arm = Arm.from_dict(spec["arm"])

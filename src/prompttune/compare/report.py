@@ -120,8 +120,14 @@ COLUMNS = [
 ]
 
 
+def column_names(summary: dict) -> list[str]:
+    """The columns' titles: the score column is named after the metric (generation: BLEU, ROUGE-L ...)."""
+    label = summary.get("metric_label")
+    return [label if label and c == "accuracy" else c for c, _ in COLUMNS]
+
+
 def markdown(summary: dict, header: str) -> str:
-    lines = [header, "", "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [header, "", "| " + " | ".join(column_names(summary)) + " |", "|" + "---|" * len(COLUMNS)]
     for row in summary["methods"]:
         lines.append("| " + " | ".join(f(row).replace("|", "\\|") for _, f in COLUMNS) + " |")
     sizes = summary["train_sizes"]
@@ -215,7 +221,7 @@ def plots(summary: dict) -> list[tuple[str, str]]:
 
 def html_report(summary: dict, header: str, images: list[tuple[str, str]]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c, _ in COLUMNS)
+    head = "".join(f"<th>{esc(c)}</th>" for c in column_names(summary))
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(f(row))}</td>" for _, f in COLUMNS) + "</tr>" for row in summary["methods"]
     )

@@ -116,6 +116,7 @@ class GenerationTask(Task):
     def __init__(self, model, method_name, method_config, manifest=None, decoding: dict | None = None):
         super().__init__(model, method_name, method_config, manifest)
         self.decoding = GenerationConfig(**(decoding or {}))
+        self.longest_target: int | None = None  # tokens (with the end token) of the longest training target
 
     @classmethod
     def create(
@@ -152,9 +153,16 @@ class GenerationTask(Task):
         """A task for these rows: their fields' template (or ``template``); decoding bounded by the targets' length."""
         tmpl = Template.from_spec(template if template is not None else default_template(train))
         task = cls.create(backbone, method or cls.default_method, method_config, tmpl, seed=seed)
-        longest = max((len(task.model.target_ids(t)) for r in train.rows for t in references(r)), default=32)
-        task.decoding = task.decoding.replace(max_new_tokens=min(MAX_NEW_TOKENS, longest + longest // 2 + 8))
+        task.bound_decoding(train)
         return task
+
+    def bound_decoding(self, train: Dataset) -> None:
+        """``max_new_tokens`` from the longest target of these rows (1.5x + 8), kept as ``longest_target``."""
+        self.longest_target = max(
+            (len(self.model.target_ids(t)) for r in train.rows for t in references(r)), default=32
+        )
+        n = self.longest_target
+        self.decoding = self.decoding.replace(max_new_tokens=min(MAX_NEW_TOKENS, n + n // 2 + 8))
 
     @property
     def metric(self) -> str:
