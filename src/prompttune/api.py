@@ -22,6 +22,7 @@ from prompttune.generation.task import GenerationTask, is_generation_data, split
 from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
 from prompttune.methods.options import method_class, settings_for
+from prompttune.multitask.pack import select_task  # also registers packs (PackTask) for load
 from prompttune.prompt_task import Prediction, PromptTask
 from prompttune.task import Task, load, split_validation
 from prompttune.train import Callback, TrainConfig, TrainResult
@@ -70,6 +71,8 @@ def train_from_file(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     on_start: Callable[[Task, dict], None] | None = None,
+    init_from: str | Path | None = None,
+    source_task: str | None = None,
 ) -> tuple[Task, TrainResult, dict]:
     """Train a task on a file of rows and save it: what `prompttune train` does, in one call.
 
@@ -80,6 +83,8 @@ def train_from_file(
     ``method_config``: the method's settings, as a dict or as ``KEY=VALUE`` strings (typed by the method's
     config); ``shared_settings``: settings several methods have (num_virtual_tokens, init, ...), each applied
     only where the chosen method has it. Default method: prompt-tuning (label words) or p-tuning-v2 (heads).
+    ``init_from``: a pack (``train-multi``, ``continual``) whose prompt the new one starts from: its shared
+    prompt, or ``source_task``'s (multitask/transfer.py).
     Returns (task, result, summary); the summary is what `prompttune train --json` prints.
     """
     config = config or TrainConfig()
@@ -97,6 +102,12 @@ def train_from_file(
         raise DataError(f"--limit {limit}: must be at least 1 (or leave it out for every row).")
     if task_type not in (None, "generate"):
         raise DataError(f"--task {task_type}: unknown; 'generate' is the one to name (others follow the data).")
+    if init_from is not None:
+        from prompttune.multitask.transfer import source_prompt
+
+        source_prompt(init_from, source_task)  # a missing pack or unknown source task: an error before loading
+    elif source_task is not None:
+        raise DataError(f"--source-task {source_task}: names a task of the --init-from pack; give --init-from PACK.")
     rows = load_rows(data)
     writes = task_type == "generate" or (head is None and is_generation_data(rows))  # rows with a target
     if writes and (head or verbalizer or demos or calibrate):
@@ -121,6 +132,10 @@ def train_from_file(
         task = PromptTask.for_data(backbone, train_ds, method, method_config, config.seed, template, verbalizer, demos)
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
     info["trainable_params"] = task.trainable_params
+    if init_from is not None:
+        from prompttune.multitask.transfer import init_from_pack
+
+        info["init_from"] = init_from_pack(task, init_from, source_task)
     if on_start:
         on_start(task, info)
     result = task.fit(
@@ -160,6 +175,7 @@ def train_from_file(
         "stopped_by": result.stopped_by,  # "patience", "time budget" (TrainConfig.time_budget_s) or None
         "n_train": len(train_ds),
         "n_val": len(val_ds),
+        **({"init_from": info["init_from"]} if init_from is not None else {}),
         "warnings": warnings,
     }
     return task, result, summary
@@ -184,11 +200,13 @@ def evaluate(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_load: Callable[[str], None] | None = None,
+    task_name: str | None = None,
 ) -> dict:
     """Score any prompt on labelled rows: what `prompttune eval` does, in one call.
 
     ``prompt``: an artifact directory, a registry reference (``name@production``), a template file or a built-in
-    template name. An artifact applies its own calibration (``calibrate`` None or True); a hard prompt is scored
+    template name; ``task_name`` picks a task of a pack (``train-multi``, ``continual``). An artifact applies its
+    own calibration (``calibrate`` None or True); a hard prompt is scored
     through the zero-shot method, with optional demos and contextual calibration: ``calibrate`` None or "auto"
     (default) applies it only where it raises accuracy on check rows (``calibration_rows``, else the demo pool's
     unshown rows, else a seeded part of ``data`` left out of the report; see ``hard.calibration_check``), True
@@ -209,9 +227,15 @@ def evaluate(
             )
         if on_load:
             on_load(str(target))
-        task = load(target, model, dtype=dtype, device=device)
+        task = select_task(load(target, model, dtype=dtype, device=device), task_name, str(target))
         report = task.evaluate(rows, batch_size=batch_size, calibrate=calibrate is not False, progress=progress)
-        return report | {"artifact": str(target), "data": str(data), "prompt": shown}
+        return (
+            report
+            | {"artifact": str(target), "data": str(data), "prompt": shown}
+            | ({"task": task_name} if task_name else {})
+        )
+    if task_name is not None:
+        raise DataError(f"--task {task_name}: picks a task of a pack; {shown} is not an artifact.")
     pool = load_rows(demos_from) if demos_from else None
     check = load_rows(calibration_rows) if calibration_rows else None
     if on_load:
@@ -239,10 +263,14 @@ def predict(
     model: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
+    task_name: str | None = None,
 ) -> list[dict]:
-    """One JSON-able record per input (texts, or the rows of a .jsonl/.csv file): the input and its prediction."""
+    """One JSON-able record per input (texts, or the rows of a .jsonl/.csv file): the input and its prediction.
+
+    ``task_name``: the task of a pack to predict with."""
     ds = load_rows(inputs) if isinstance(inputs, str | Path) else from_records(inputs, "arguments")
-    return load(artifact_dir, model, dtype=dtype, device=device).predictions(ds)
+    task = select_task(load(artifact_dir, model, dtype=dtype, device=device), task_name, str(artifact_dir))
+    return task.predictions(ds)
 
 
 def generate(

@@ -169,7 +169,7 @@ class PromptTask(Task):
 
     @classmethod
     def reads(cls, manifest: dict) -> bool:
-        return not manifest.get("head") and not manifest.get("generation")
+        return not manifest.get("head") and not manifest.get("generation") and not manifest.get("pack")
 
     @classmethod
     def from_artifact(cls, path: Path, manifest: dict, weights: dict, backbone: Backbone) -> PromptTask:

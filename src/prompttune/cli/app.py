@@ -43,6 +43,7 @@ def _options(
 from prompttune.cli.compare import compare  # noqa: E402
 from prompttune.cli.demo import demo  # noqa: E402
 from prompttune.cli.interop import export, import_adapter  # noqa: E402
+from prompttune.cli.multitask import continual, train_multi  # noqa: E402
 from prompttune.cli.optimize import optimize, run  # noqa: E402
 from prompttune.cli.prompts import chain_app, registry_app, templates_app  # noqa: E402
 from prompttune.cli.rag import agent, rag_app  # noqa: E402
@@ -51,6 +52,8 @@ from prompttune.cli.train import train  # noqa: E402
 from prompttune.cli.use import evaluate, generate, models, predict  # noqa: E402
 
 app.command()(train)
+app.command("train-multi")(train_multi)
+app.command()(continual)
 app.command("eval")(evaluate)
 app.command()(predict)
 app.command()(generate)

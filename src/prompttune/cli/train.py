@@ -124,6 +124,14 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an artifact already at --out (a folder holding anything else never is).")
     ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="A pack (train-multi, continual) whose prompt this one starts from (prompt tuning)."),
+    ] = None,
+    source_task: Annotated[
+        str | None,
+        typer.Option(help="With --init-from: 'shared' (the pack's shared prompt, the default) or a task's name."),
+    ] = None,
     model: ModelOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,
     as_json: JsonOpt = False,
@@ -201,6 +209,8 @@ def train(
             overwrite=overwrite,
             callbacks=[progress],
             on_start=started,
+            init_from=init_from,
+            source_task=source_task,
             **Settings.backbone_args(),
         )
     finally:

@@ -58,6 +58,9 @@ def evaluate(
     ] = None,
     db: Annotated[str | None, typer.Option(help="Registry database (path or URL) for a registry reference.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for random demos and the calibration check rows.")] = 0,
+    task_name: Annotated[
+        str | None, typer.Option("--task", help="A pack (train-multi, continual): the task to evaluate, by name.")
+    ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -85,6 +88,7 @@ def evaluate(
             seed=seed,
             model=model,
             progress=lambda n: bar.advance(task, n),
+            task_name=task_name,
             **Settings.backbone_args(),
         )
     show_warnings(err, report)
@@ -98,6 +102,9 @@ def predict(
     artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="An artifact directory.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to label.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="A .jsonl/.csv file of rows to label.")] = None,
+    task_name: Annotated[
+        str | None, typer.Option("--task", help="A pack (train-multi, continual): the task to predict with.")
+    ] = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -109,7 +116,7 @@ def predict(
     if not texts and not file:
         raise PromptTuneError("predict: give texts as arguments or --file rows.jsonl.")
     set_threads()
-    rows = predict_rows(artifact_dir, file or texts, model, **Settings.backbone_args())
+    rows = predict_rows(artifact_dir, file or texts, model, task_name=task_name, **Settings.backbone_args())
     for r in rows:
         if as_json:
             emit_json(r)

@@ -1,0 +1,81 @@
+"""The multi-task objective: task-balanced sampling (temperature-scaled), each task's loss through its own
+template and verbalizer, validation per task, and the mean of the tasks' accuracies as the Trainer's metric."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompttune.core.errors import DataError
+from prompttune.multitask.specs import TaskData
+from prompttune.multitask.view import Stage
+from prompttune.prompt_task import PromptTask
+from prompttune.verbalizer_objective import VerbalizerObjective
+
+MAX_TEMPERATURE = 100.0  # beyond this sampling is uniform over tasks to many digits
+
+
+def task_shares(sizes: list[int], temperature: float) -> list[float]:
+    """Each task's share of the sampled rows: proportional to n_k ** (1 / T) (T=1: as the rows come; large T:
+    uniform over tasks), as in T5 / mT5 temperature-scaled mixing."""
+    if not (math.isfinite(temperature) and 1.0 <= temperature <= MAX_TEMPERATURE):
+        raise DataError(f"--temperature {temperature}: must be between 1 (proportional) and {MAX_TEMPERATURE:g}.")
+    weights = [n ** (1.0 / temperature) for n in sizes]
+    return [w / sum(weights) for w in weights]
+
+
+def sample_rows(sizes: list[int], temperature: float, seed: int) -> list[tuple[int, int]]:
+    """An epoch of (task, row) pairs: as many as all tasks' rows, shared out by ``task_shares``; a task's rows
+    are taken in a seeded order, cycled when its share is larger than its rows."""
+    shares = task_shares(sizes, temperature)
+    total = sum(sizes)
+    rng = random.Random(seed)
+    out = []
+    for k, (n, share) in enumerate(zip(sizes, shares, strict=True)):
+        count = max(1, round(total * share))
+        order = list(range(n))
+        rng.shuffle(order)
+        out += [(k, order[i % n]) for i in range(count)]
+    return out
+
+
+class MixtureObjective:
+    """The Objective the Trainer trains a pack with. Its examples are the sampled (task, row) pairs, so a batch
+    mixes tasks (as T5-style mixing does); it is scored task by task (each task's prefix once per step, through
+    its own template and verbalizer), its loss the mean over its rows."""
+
+    metric = "mean accuracy"
+    # the loss is a mean over rows: the Trainer may split a step into parts of this many padded tokens
+    micro_batch_tokens = getattr(VerbalizerObjective, "micro_batch_tokens", None)
+
+    def __init__(self, tasks: list[PromptTask], data: list[TaskData], stage: Stage, temperature: float, seed: int):
+        self.tasks, self.data, self.trainable = tasks, data, stage
+        self.parts = [VerbalizerObjective(t.model, d.train, d.val) for t, d in zip(tasks, data, strict=True)]
+        self.pairs = sample_rows([len(d.train) for d in data], temperature, seed)
+        self.lengths = [len(self.parts[k].train.ids[i]) for k, i in self.pairs]
+        self.last_val: dict[str, float] = {}
+
+    def batch_loss(self, batch: list[int]) -> Tensor:
+        by_task: dict[int, list[int]] = {}
+        for j in batch:
+            k, i = self.pairs[j]
+            by_task.setdefault(k, []).append(i)
+        total = torch.zeros(())
+        for k, rows in by_task.items():
+            part, model = self.parts[k], self.tasks[k].model
+            scores = model.label_scores([part.train.ids[i] for i in rows], model.prefix_kv())
+            total = total + F.cross_entropy(scores, part.y_train[rows], reduction="sum")
+        return total / len(batch)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.last_val = {d.name: part.validate() for d, part in zip(self.data, self.parts, strict=True)}
+        return sum(self.last_val.values()) / len(self.last_val)
+
+    def clear_cache(self) -> None:
+        for t in self.tasks:
+            t.model.clear_cache()

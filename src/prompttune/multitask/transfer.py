@@ -1,0 +1,65 @@
+"""Transfer: a new task's prompt starts from a pack's (SPoT's and MPT's transfer to a target task).
+
+``--source-task shared`` (the default where the pack has one: ``spot``, ``mpt``, ``sequential``) starts from
+the shared prompt; ``--source-task NAME`` from that task's own prompt (``mpt``: P* times its factors;
+``progressive``: its own prompt, without the earlier ones stacked behind it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from prompttune.core import artifact
+from prompttune.core.errors import ArtifactError, DataError
+from prompttune.multitask.specs import task_index
+from prompttune.task import Task
+
+SHARED = "shared"
+
+
+def source_prompt(init_from: str | Path, source_task: str | None = None) -> tuple[Tensor, dict, str]:
+    """(the table to start from, the pack's manifest, a description) — read and checked before anything loads."""
+    path = Path(init_from)
+    manifest, weights = artifact.read(path)
+    pack = manifest.get("pack")
+    if not pack:
+        raise ArtifactError(
+            f"--init-from {path}: a single-task artifact, not a pack; make one with `prompttune train-multi` or "
+            "`prompttune continual`."
+        )
+    names = [t["name"] for t in pack["tasks"]]
+    which = source_task or SHARED
+    if which == SHARED:
+        if "params.shared" not in weights:
+            raise DataError(
+                f"--source-task shared: the {pack['strategy']} pack {path} has no shared prompt; name one of its "
+                f"tasks with --source-task ({', '.join(names)})."
+            )
+        return weights["params.shared"], manifest, f"the shared prompt of {path}"
+    task_index(names, which, f"pack {path}", "--source-task")
+    table = weights.get(f"params.own_{which}", weights.get(f"tasks.{which}"))
+    if table is None:
+        raise ArtifactError(f"{path}: the weights of task {which} are missing; train the pack again.")
+    return table, manifest, f"task {which} of {path}"
+
+
+def init_from_pack(task: Task, init_from: str | Path, source_task: str | None = None) -> str:
+    """Set a new task's prompt to the pack's (before any step); returns what it started from."""
+    table, manifest, what = source_prompt(init_from, source_task)
+    b = task.backbone
+    artifact.check_backbone(Path(init_from), manifest, b.model_id, b.fingerprint())
+    method = getattr(task.model, "method", None)
+    own = method.table() if method is not None and hasattr(method, "table") else None
+    if own is None or not hasattr(method, "load_table"):
+        raise DataError(f"--init-from: starts prompt tuning's soft tokens; train with --method prompt-tuning ({what}).")
+    if tuple(own.shape) != tuple(table.shape):
+        raise DataError(
+            f"--init-from: {what} is {table.shape[0]} soft tokens x {table.shape[1]}, the new task's prompt "
+            f"{own.shape[0]} x {own.shape[1]}; use the pack's --num-virtual-tokens and a template with the same "
+            "soft slots."
+        )
+    method.load_table(table.to(own.dtype))
+    task.model.clear_cache()
+    return what
