@@ -25,6 +25,11 @@ class ContinuationChunk:
     visible: Tensor  # (n, n) bool: step i sees step j
     assign: Tensor  # (n, n_forms) 1 where step i belongs to form f
 
+    def to(self, device: torch.device) -> ContinuationChunk:
+        """This chunk's tensors on ``device`` (the backbone's)."""
+        tensors = (self.ids, self.depth, self.target, self.visible, self.assign)
+        return ContinuationChunk(*(t.to(device) for t in tensors))
+
 
 def continuation_chunks(token_ids: list[list[int]], cand_ids: list[list[int]]) -> list[ContinuationChunk]:
     """The multi-token forms in chunks of at most CONTINUATION_CHUNK steps (a longer form: a chunk of its own)."""

@@ -64,6 +64,7 @@ class PrefixModel(nn.Module):
 
     def row_inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """(input_ids, None), or (None, inputs_embeds) when rows carry soft tokens (negative ids)."""
+        ids = ids.to(self.backbone.device)
         soft = ids < 0
         if not soft.any():
             return ids, None

@@ -89,11 +89,6 @@ class PromptModel(PrefixModel):
                 f"--model {backbone.model_id}: an encoder has no LM head to score label words with; "
                 "verbalizer read-outs need a decoder (e.g. the default, smollm2)."
             )
-        if backbone.device.type != "cpu":
-            raise ModelError(
-                f"--device {backbone.device}: verbalizer read-outs (label-word scoring, generation) run on the CPU "
-                "in this version; drop --device, or train a head (--head) to use the GPU."
-            )
         self.backbone = backbone
         self.template = template
         self.verbalizer = verbalizer
@@ -112,6 +107,7 @@ class PromptModel(PrefixModel):
                 "virtual tokens, or smaller [soft:N] slots."
             )
         self.method = method_factory(slots, {"generator": generator, "label_words": verbalizer.display_words})
+        self.method.to(backbone.device)  # initialised on the CPU (the same draws everywhere), then moved
         self.index_row_soft_tokens()
         self.segments = self.tokenize_prefix()
         self._build_label_tokens()
@@ -136,13 +132,14 @@ class PromptModel(PrefixModel):
                 raise DataError(f"verbalizer: the word {w!r} for label {self.verbalizer.labels[li]!r} has no tokens.")
         cand = sorted({t for ts in tokens for t in ts})
         pos = {t: i for i, t in enumerate(cand)}
-        self.register_buffer("candidates", torch.tensor(cand), persistent=False)
-        self.form_label = torch.tensor([li for li, _ in forms])
+        dev = self.backbone.device  # every read-out tensor lives beside the backbone's LM head
+        self.register_buffer("candidates", torch.tensor(cand, device=dev), persistent=False)
+        self.form_label = torch.tensor([li for li, _ in forms], device=dev)
         self.form_tokens = [[pos[t] for t in ts] for ts in tokens]  # candidate indices per form
         self.form_token_ids = tokens
-        self.form_first = torch.tensor([t[0] for t in self.form_tokens])
+        self.form_first = torch.tensor([t[0] for t in self.form_tokens], device=dev)
         self.max_form_len = max(len(t) for t in tokens)
-        self._cont_chunks = continuation_chunks(tokens, self.form_tokens)
+        self._cont_chunks = [c.to(dev) for c in continuation_chunks(tokens, self.form_tokens)]
 
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, dataset: Dataset | Sequence[Row]) -> Encoded:
@@ -269,16 +266,16 @@ class PromptModel(PrefixModel):
         tree). Forms are taken in chunks of at most ``CONTINUATION_CHUNK`` tokens, so what a batch holds
         grows with its rows, not with rows x label forms.
         """
-        b = attention.shape[0]
-        out = torch.zeros(b, len(self.form_tokens))
+        b, dev = attention.shape[0], self.backbone.device
+        out = torch.zeros(b, len(self.form_tokens), device=dev)
         dtype = cache[0][0].dtype
-        row_mask = torch.zeros(b, 1, 1, attention.shape[1], dtype=dtype)
-        row_mask.masked_fill_(attention[:, None, None, :] == 0, torch.finfo(dtype).min)
-        last = positions[:, -1:]
+        row_mask = torch.zeros(b, 1, 1, attention.shape[1], dtype=dtype, device=dev)
+        row_mask.masked_fill_(attention.to(dev)[:, None, None, :] == 0, torch.finfo(dtype).min)
+        last = positions.to(dev)[:, -1:]
 
         def run(chunk: ContinuationChunk, cache: KV, rows_w: Tensor) -> Tensor:
             n = chunk.ids.shape[1]
-            tree = torch.zeros(n, n, dtype=dtype).masked_fill_(~chunk.visible, torch.finfo(dtype).min)
+            tree = torch.zeros(n, n, dtype=dtype, device=dev).masked_fill_(~chunk.visible, torch.finfo(dtype).min)
             mask = torch.cat([row_mask.expand(b, 1, n, -1), tree.expand(b, 1, n, n)], dim=-1)
             hidden = self.backbone.run(chunk.ids.expand(b, n), mask, last + 1 + chunk.depth, cache)  # (b, n, d)
             logp = F.log_softmax(hidden.float() @ rows_w.float().T, dim=-1)  # (b, n, C)
@@ -297,7 +294,7 @@ class PromptModel(PrefixModel):
 
     def _forms_to_labels(self, form_scores: Tensor) -> Tensor:
         n = len(self.verbalizer.labels)
-        out = torch.full((form_scores.shape[0], n), float("-inf"))
+        out = torch.full((form_scores.shape[0], n), float("-inf"), device=form_scores.device)
         for li in range(n):
             cols = (self.form_label == li).nonzero()[:, 0]
             out[:, li] = torch.logsumexp(form_scores[:, cols], dim=1) - torch.log(torch.tensor(float(len(cols))))
@@ -315,7 +312,7 @@ class PromptModel(PrefixModel):
         """(n, n_labels) label log-probabilities (normalized over labels), batched by length."""
         prefix = self.cached_prefix()
         order = sorted(range(len(encoded.ids)), key=lambda i: len(encoded.ids[i]))
-        out = torch.empty(len(order), len(self.verbalizer.labels))
+        out = torch.empty(len(order), len(self.verbalizer.labels), device=self.backbone.device)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             out[idx] = self.label_scores([encoded.ids[i] for i in idx], prefix)
@@ -323,8 +320,8 @@ class PromptModel(PrefixModel):
                 progress(len(idx))
         out = F.log_softmax(out, dim=-1)
         if calibrate and self.verbalizer.calibration is not None:
-            out = F.log_softmax(out - torch.tensor(self.verbalizer.calibration), dim=-1)
-        return out
+            out = F.log_softmax(out - torch.tensor(self.verbalizer.calibration, device=out.device), dim=-1)
+        return out.cpu()
 
     def calibrate(self) -> list[float]:
         """Fit contextual calibration on content-free inputs; stores and returns log p(label | N/A)."""

@@ -38,7 +38,7 @@ class VerbalizerObjective:
 
     def batch_loss(self, batch: list[int]) -> Tensor:
         scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
-        return F.cross_entropy(scores, self.y_train[batch])
+        return F.cross_entropy(scores, self.y_train[batch].to(scores.device))
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -48,7 +48,7 @@ class VerbalizerObjective:
             self._val_batches = self._plan_validation(prefix)
         scores = torch.empty(len(self.val.ids), len(pm.verbalizer.labels))
         for idx, heads in self._val_batches:
-            scores[idx] = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads)
+            scores[idx] = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads).cpu()
         return float((scores.argmax(-1) == self.y_val).float().mean())
 
     @torch.no_grad()

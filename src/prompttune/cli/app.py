@@ -32,7 +32,7 @@ def _options(
         typer.Option(
             "--device",
             help="Where the backbone runs: cpu (default), cuda, cuda:N, or auto (a GPU if there is one). "
-            "Head tasks (--head) train and evaluate on a GPU; verbalizer tasks run on the CPU.",
+            "Every task (label words, heads, generation) trains and evaluates there.",
         ),
     ] = None,
 ) -> None:

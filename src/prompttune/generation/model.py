@@ -143,7 +143,8 @@ class GenerationModel(PrefixModel):
         attention = torch.cat([torch.ones(b, p, dtype=torch.long), mask], dim=1)
         input_ids, embeds = self.row_inputs(ids)
         hidden = self.backbone.run(input_ids, attention, positions, prefix, inputs_embeds=embeds)
-        picked = hidden[torch.tensor(rows), torch.tensor(cols)]  # (n_target_tokens, d): the rest is never read out
+        at = torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)
+        picked = hidden[at]  # (n_target_tokens, d): the rest is never read out
         logits = self.backbone.model.get_output_embeddings()(picked).float()
         return F.cross_entropy(logits, torch.tensor(labels, device=logits.device))
 
