@@ -188,3 +188,57 @@ def test_long_rows_train_in_parts_of_a_token_budget_with_the_same_scores_and_gra
     assert row_passes and all(b * n <= 12 or b == 1 for b, n in row_passes)
     torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(parts_grad, whole_grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_step_on_long_rows_accumulates_micro_batches_to_the_whole_batchs_gradient(tiny_backbone, late):
+    """The Trainer takes a label-word step in parts of at most micro_batch_tokens padded tokens (each part's
+    mean loss weighted by its rows): the loss and the gradient equal one pass over the batch."""
+    from prompttune.train import TrainConfig, Trainer, micro_batches
+
+    template = {"system": "Classify.", "user": "{{ text }}", "answer": "[soft]"} if late else None
+    rows = from_records([{"text": r.fields["text"], "label": lab} for r, lab in zip(ROWS.rows, ["a", "b", "a", "b"])])
+    results = []
+    for budget in (None, 16):
+        task = PromptTask.create(
+            tiny_backbone, ["a", "b"], "prompt-tuning", {"num_virtual_tokens": 3}, template, seed=0
+        )
+        objective = task.objective(rows, rows, TrainConfig(lr=0.1))
+        objective.micro_batch_tokens = budget
+        if budget:
+            assert len(micro_batches([0, 1, 2, 3], objective.lengths, budget)) > 1
+        trainer = Trainer(objective, TrainConfig(lr=0.1))
+        trainer.optimizer.zero_grad()
+        loss = trainer._backward_micro_batches([0, 1, 2, 3])
+        results.append((loss, task.model.method.embeddings.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batches_respect_the_token_budget():
+    from prompttune.train import micro_batches
+
+    lengths = [5, 5, 5, 20, 3]
+    assert micro_batches([0, 1, 2, 3, 4], lengths, 15) == [[0, 1, 2], [3], [4]]
+    assert micro_batches([0, 1, 2, 3, 4], lengths, 1000) == [[0, 1, 2, 3, 4]]
+
+
+def test_training_without_a_template_puts_the_soft_tokens_after_long_rows(tiny_backbone):
+    """No --template: the fields' built-in, in its "-late" form when the rows are long (the input then runs
+    without gradients); short rows keep the early form; an explicit template is used as given."""
+    from prompttune.prompt_task import LATE_ROW_TOKENS
+
+    short = from_records([{"text": "good", "label": "a"}, {"text": "bad", "label": "b"}])
+    long_text = " ".join(["word"] * (LATE_ROW_TOKENS + 8))
+    long = from_records([{"text": long_text, "label": "a"}, {"text": long_text + " more", "label": "b"}])
+    pairs = from_records(
+        [{"text_a": long_text, "text_b": "x", "label": "a"}, {"text_a": "y", "text_b": long_text, "label": "b"}]
+    )
+    early = PromptTask.for_data(tiny_backbone, short, method_config={"num_virtual_tokens": 2})
+    assert early.model.template.user.startswith("[soft]")
+    for rows, user in ((long, "{{ text }}"), (pairs, "Text A: {{ text_a }}\nText B: {{ text_b }}")):
+        late = PromptTask.for_data(tiny_backbone, rows, method_config={"num_virtual_tokens": 2})
+        assert (late.model.template.user, late.model.template.answer) == (user, "[soft]")
+        assert late.model.compiled.row_slots and not [s for s in late.model.compiled.prefix if not isinstance(s, str)]
+    given = PromptTask.for_data(tiny_backbone, long, template="classify", method_config={"num_virtual_tokens": 2})
+    assert given.model.template.user.startswith("[soft]")

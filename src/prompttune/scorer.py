@@ -38,6 +38,7 @@ MAX_LABEL_FORMS = 4096  # label words (over all labels) at most
 
 
 ROW_TOKEN_BUDGET = 1024  # padded row tokens whose activations a training step holds at once
+SCORE_TOKEN_BUDGET = 8192  # padded row tokens scored at once at inference (keys/values of long rows)
 
 
 def token_budget_parts(batch: list[list[int]], budget: int) -> list[list[list[int]]]:
@@ -314,10 +315,13 @@ class PromptModel(PrefixModel):
         order = sorted(range(len(encoded.ids)), key=lambda i: len(encoded.ids[i]))
         out = torch.empty(len(order), len(self.verbalizer.labels), device=self.backbone.device)
         for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.label_scores([encoded.ids[i] for i in idx], prefix)
-            if progress:
-                progress(len(idx))
+            batch = order[start : start + batch_size]
+            # long rows: parts of at most SCORE_TOKEN_BUDGET padded tokens (their keys/values bound the memory)
+            for part in token_budget_parts([encoded.ids[i] for i in batch], SCORE_TOKEN_BUDGET):
+                idx, batch = batch[: len(part)], batch[len(part) :]
+                out[idx] = self.label_scores(part, prefix)
+                if progress:
+                    progress(len(idx))
         out = F.log_softmax(out, dim=-1)
         if calibrate and self.verbalizer.calibration is not None:
             out = F.log_softmax(out - torch.tensor(self.verbalizer.calibration, device=out.device), dim=-1)

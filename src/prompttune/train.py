@@ -159,6 +159,20 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return [batches[i] for i in perm]
 
 
+def micro_batches(batch: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive parts of a batch, each at most ``budget`` padded tokens (rows x its longest; a longer row is a
+    part of its own). A batch within the budget is one part."""
+    parts: list[list[int]] = [[]]
+    width = 0
+    for i in batch:
+        if parts[-1] and max(width, lengths[i]) * (len(parts[-1]) + 1) > budget:
+            parts.append([])
+            width = 0
+        parts[-1].append(i)
+        width = max(width, lengths[i])
+    return parts
+
+
 class Objective(Protocol):
     """What the Trainer needs of a task: the module it trains, examples' lengths (for batching), a batch's loss,
     and a validation metric (higher is better) with its name."""
@@ -334,17 +348,30 @@ class Trainer:
         if self.dist is not None:  # this rank's part, then the gradients summed over the ranks
             loss = backward_shard(self.dist, self.objective.batch_loss, self.params, batch, step)
         else:
-            loss = self.objective.batch_loss(batch)
+            loss = self._backward_micro_batches(batch)
         if not torch.isfinite(loss):
             raise PromptTuneError(
                 f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr (now {self.config.lr})."
             )
-        if self.dist is None:
-            loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.objective.clear_cache()
         return loss.item()
+
+    def _backward_micro_batches(self, batch: list[int]) -> torch.Tensor:
+        """The batch's loss, its gradient accumulated over micro-batches of at most the objective's
+        ``micro_batch_tokens`` padded tokens (an objective whose loss is a mean over rows may declare it): a step
+        on long rows holds one part's activations at a time, with the gradient of the whole batch's mean."""
+        budget = getattr(self.objective, "micro_batch_tokens", None)
+        parts = micro_batches(batch, self.objective.lengths, budget) if budget else [batch]
+        total = torch.zeros(())
+        for part in parts:
+            loss = self.objective.batch_loss(part)
+            if not torch.isfinite(loss):
+                return loss.detach()
+            (loss * (len(part) / len(batch))).backward()
+            total = total + loss.detach().cpu().float() * (len(part) / len(batch))
+        return total
 
     def _update_ema(self) -> None:
         if not self.ema:

@@ -26,6 +26,9 @@ class VerbalizerObjective:
     """
 
     metric = "accuracy"
+    # The loss is a mean over rows: the Trainer may accumulate a step's gradient over parts of at most this many
+    # padded tokens (long rows then hold one part's activations and keys/values at a time)
+    micro_batch_tokens = 2048
 
     def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
         self.model, self.trainable = model, model.method
