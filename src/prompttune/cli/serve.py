@@ -52,6 +52,22 @@ def serve(
     max_rows: Annotated[int, typer.Option(help="Rows in one predict request at most (413).")] = 64,
     max_input_chars: Annotated[int, typer.Option(help="Characters of one row or prompt at most (413).")] = 16_384,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a completion may ask for (422).")] = 512,
+    prefix_cache_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--prefix-cache-mb",
+            help="Memory for cached task prefixes (keys/values), in MiB; the least recently used are dropped and "
+            "computed again when needed. Default: no limit.",
+        ),
+    ] = None,
+    registry_poll_s: Annotated[
+        float,
+        typer.Option(
+            "--registry-poll-s",
+            help="Seconds between checks of the registry labels tasks follow (NAME@LABEL); PostgreSQL registries "
+            "also notify at once.",
+        ),
+    ] = 2.0,
     model: ModelOpt = None,
 ) -> None:
     """Serve many tasks from one frozen model over HTTP: predict, OpenAI-compatible completions, hot add/remove."""
@@ -71,6 +87,8 @@ def serve(
         max_rows=max_rows,
         max_input_chars=max_input_chars,
         max_tokens=max_tokens,
+        prefix_cache_mb=prefix_cache_mb,
+        registry_poll_s=registry_poll_s,
         model=model,
         registry=registry,
         api_keys=api_keys,

@@ -9,8 +9,10 @@ writer that still collides retries, so concurrent writers never lose or duplicat
 A version number is never given out twice for one name, even after versions (or the whole prompt) are
 removed: ``pt_numbering`` keeps each name's highest number, so a pin to ``name@v2`` can never come to
 mean other content. Removing a version that a label points at is refused unless forced, and then says
-which labels were dropped. ``pt_numbering`` is the only table added since the first schema; opening an
-older database creates it (nothing else changes), and an older read-only database still reads.
+which labels were dropped. On PostgreSQL every label change also sends ``NOTIFY prompttune_labels, 'name'``
+(delivered at commit), so a server following ``name@label`` reloads at once instead of at its next poll.
+``pt_numbering`` is the only table added since the first schema; opening an older database creates it
+(nothing else changes), and an older read-only database still reads.
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ from prompttune.registry.schema import (
     versions,
 )
 
-__all__ = ["KINDS", "Registry", "Removal", "Version", "content_hash", "default_location"]
+__all__ = ["KINDS", "LABELS_CHANNEL", "Registry", "Removal", "Version", "content_hash", "default_location"]
+LABELS_CHANNEL = "prompttune_labels"  # PostgreSQL: NOTIFY with the prompt's name when its labels change
+
+
+def _labels_changed(conn, name: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_notify(LABELS_CHANNEL, name)))
 
 
 class Registry:
@@ -177,6 +185,7 @@ class Registry:
             pid, vid = self._ids(conn, target.name, target.number)
             conn.execute(labels.delete().where(labels.c.prompt_id == pid, labels.c.label == label))
             conn.execute(labels.insert().values(prompt_id=pid, label=label, version_id=vid))
+            _labels_changed(conn, target.name)
 
         self._retry(work)
         return self.get(target.ref, payload=False)
@@ -189,6 +198,7 @@ class Registry:
             gone = conn.execute(labels.delete().where(labels.c.prompt_id == pid, labels.c.label == label)).rowcount
             if not gone:
                 raise RegistryError(f"registry: {name!r} has no label {label!r}.")
+            _labels_changed(conn, name)
 
         self._retry(work)
 
@@ -227,6 +237,8 @@ class Registry:
                     f"{ref.name}@vN LABEL), or remove anyway with --force (the labels are dropped)."
                 )
             self._raise_high_water(conn, ref.name, pid)
+            if dropped:
+                _labels_changed(conn, ref.name)
             conn.execute(labels.delete().where(labels.c.version_id.in_(list(numbers))))
             conn.execute(versions.delete().where(versions.c.id.in_(list(numbers))))
             left = conn.execute(sa.select(sa.func.count()).where(versions.c.prompt_id == pid)).scalar()

@@ -22,6 +22,7 @@ from prompttune.core.errors import DataError, PromptTuneError
 from prompttune.serve.auth import KeyStore
 from prompttune.serve.batcher import Batcher, QueueFull
 from prompttune.serve.config import ServeConfig
+from prompttune.serve.follow import LabelFollower
 from prompttune.serve.http import ApiError, Server, as_api_error, error_response
 from prompttune.serve.metrics import Metrics
 from prompttune.serve.tasks import TaskTable, parse_labels
@@ -33,16 +34,19 @@ def create_app(config: ServeConfig, table: TaskTable, keys: KeyStore | None = No
 
     if keys is None and config.api_keys is not None:
         keys = KeyStore.from_file(config.api_keys)
-    metrics = Metrics(lambda: batcher.depth, table.all)
-    batcher = Batcher(config.max_batch, config.max_wait_ms, config.max_queue, metrics.batch)
+    metrics = Metrics(lambda: batcher.depth, table.all, table.cache)
+    batcher = Batcher(config.max_batch, config.max_wait_ms, config.max_queue, metrics.batch, table.cache)
     server = Server(config, table, batcher, keys, metrics)
+    follower = LabelFollower(table, config.registry_poll_s, metrics.reloaded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        follower.start()
         try:
             yield
         finally:  # uvicorn stops taking requests first (SIGTERM), then this drains the queue
+            follower.stop()
             await run_in_threadpool(batcher.stop, config.timeout_s)
 
     app = FastAPI(
@@ -50,7 +54,7 @@ def create_app(config: ServeConfig, table: TaskTable, keys: KeyStore | None = No
         description="One frozen backbone, many prompt tasks, chosen per request.",
         lifespan=lifespan,
     )
-    app.state.server = server
+    app.state.server, app.state.follower = server, follower
 
     async def _errors(request: Request, exc: Exception) -> JSONResponse:
         return error_response(as_api_error(exc))
@@ -122,6 +126,8 @@ def create_app(config: ServeConfig, table: TaskTable, keys: KeyStore | None = No
         if verbalizer is not None and (not isinstance(verbalizer, str) or verbalizer.endswith(".json")):
             raise DataError("'verbalizer': give 'label=word|word;label=word' (files are read from the command line).")
         served = await run_in_threadpool(server.table.add, name, source, labels, verbalizer)
+        if served.follows:
+            follower.wake()  # starts listening (PostgreSQL) now, not at the next poll
         return served.describe()
 
     @app.delete("/v1/tasks/{name}")

@@ -4,6 +4,8 @@ A batch closes at ``max_batch`` rows or ``max_wait_ms`` after its first job, whi
 label-word tasks on one backbone go through ONE forward pass whatever their tasks (``mixed.score_mixed``,
 in chunks of ``max_batch`` rows); head tasks' rows are batched per task (``Task.predictions``); generation
 jobs run one after another, after the batch's scoring. A job whose caller gave up (timeout) is skipped.
+Every forward pass holds its tasks' prefixes through the prefix cache (``prefix_cache.PrefixCache.use``);
+a batch whose tasks' prefixes do not fit the cache's budget together is scored in groups that do.
 Results are handed to the caller's event loop with ``call_soon_threadsafe``.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prompttune.core.errors import PromptTuneError
+from prompttune.serve.prefix_cache import PrefixCache
 
 
 class QueueFull(Exception):
@@ -60,7 +63,9 @@ class Batcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
         on_batch: Callable[[int, int], None] | None = None,
+        cache: PrefixCache | None = None,
     ):
+        self.cache = cache if cache is not None else PrefixCache()
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch  # (rows, tasks) of each batch: metrics
@@ -150,7 +155,12 @@ class Batcher:
                     self._guard([j], lambda j=j: self._predict_head([j]))
         for j in jobs:
             if j.kind == "call" and not j.cancelled:
-                self._guard([j], lambda j=j: j.finish(j.payload()))
+                self._guard([j], lambda j=j: self._call(j))
+
+    def _call(self, job: Job) -> None:
+        with self.cache.use([job.served.prefix_owner]):
+            result = job.payload()
+        job.finish(result)
 
     def _guard(self, jobs: list[Job], work: Callable[[], None]) -> None:
         """Run ``work``; an error fails these jobs only, and the worker goes on."""
@@ -174,15 +184,21 @@ class Batcher:
             if id(j) in encoded:
                 by_backbone.setdefault(id(j.served.backbone), []).append(j)
         for group in by_backbone.values():
-            items = [(j, k, j.served.task.model, ids) for j in group for k, ids in enumerate(encoded[id(j)])]
-            items.sort(key=lambda x: len(x[3]))  # similar lengths together: less padding
+            models = list({id(j.served.task.model): j.served.task.model for j in group}.values())
             scores: dict[int, list] = {id(j): [None] * j.size for j in group}
 
-            def run(items=items, scores=scores, group=group) -> None:
-                for s in range(0, len(items), self.max_batch):
-                    chunk = items[s : s + self.max_batch]
-                    for (j, k, _, _), out in zip(chunk, score_mixed([(m, ids) for _, _, m, ids in chunk]), strict=True):
-                        scores[id(j)][k] = out
+            def run(group=group, models=models, scores=scores) -> None:
+                for part in self.cache.groups(models):  # tasks whose prefixes fit the budget together
+                    inside = {id(m) for m in part}
+                    items = [(j, k, ids) for j in group if id(j.served.task.model) in inside
+                             for k, ids in enumerate(encoded[id(j)])]  # fmt: skip
+                    items.sort(key=lambda x: len(x[2]))  # similar lengths together: less padding
+                    for s in range(0, len(items), self.max_batch):
+                        chunk = items[s : s + self.max_batch]
+                        with self.cache.use([j.served.task.model for j, _, _ in chunk]):
+                            out = score_mixed([(j.served.task.model, ids) for j, _, ids in chunk])
+                        for (j, k, _), o in zip(chunk, out, strict=True):
+                            scores[id(j)][k] = o
                 for j in group:
                     j.finish(scores[id(j)])
 
@@ -201,7 +217,8 @@ class Batcher:
 
         task = jobs[0].served.task
         rows = [r for j in jobs for r in j.payload.rows]
-        out = task.predictions(Dataset(rows, "request"))
+        with self.cache.use([task.model]):
+            out = task.predictions(Dataset(rows, "request"))
         start = 0
         for j in jobs:
             j.finish(out[start : start + j.size])

@@ -23,6 +23,8 @@ class ServeConfig:
     max_rows: int = 64  # rows in one predict request: 413
     max_input_chars: int = 16_384  # characters of one row (all its fields): 413
     max_tokens: int = 512  # max_tokens of one completion: 422
+    prefix_cache_mb: float | None = None  # cached task prefixes' keys/values at most (None: no limit)
+    registry_poll_s: float = 2.0  # how often registry labels are checked (SQLite; PostgreSQL also listens)
     model: str | None = None  # the backbone for hard-prompt tasks (artifacts use their own)
     registry: str | None = None  # registry database for NAME@LABEL sources
     api_keys: Path | None = None
@@ -39,6 +41,9 @@ class ServeConfig:
         _whole("--max-tokens", self.max_tokens, 1, 4096)
         _number("--max-wait-ms", self.max_wait_ms, 0, 60_000)
         _number("--timeout", self.timeout_s, 0.001, 86_400)
+        if self.prefix_cache_mb is not None:
+            _number("--prefix-cache-mb", self.prefix_cache_mb, 0, 1_048_576)
+        _number("--registry-poll-s", self.registry_poll_s, 0.05, 3600)
         if self.max_queue < self.max_rows:
             raise DataError(f"--max-queue {self.max_queue}: must hold at least one full request (--max-rows).")
         if self.api_keys is None and self.host not in LOOPBACK:
@@ -46,6 +51,10 @@ class ServeConfig:
                 f"--host {self.host}: without --api-keys the server listens on 127.0.0.1 only (anyone who can "
                 "reach it could use it); give --api-keys FILE to listen on another address."
             )
+
+    @property
+    def prefix_cache_bytes(self) -> int | None:
+        return None if self.prefix_cache_mb is None else int(self.prefix_cache_mb * 1024 * 1024)
 
     @property
     def open_access(self) -> bool:

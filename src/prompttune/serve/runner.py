@@ -1,7 +1,9 @@
 """Running the app on uvicorn: in the foreground (``prompttune serve``) or in a thread (tests, benchmarks).
 
 uvicorn handles SIGINT/SIGTERM: it stops accepting connections, lets in-flight requests finish (up to
-``graceful_s``), then the app's lifespan drains the batcher's queue and the process exits.
+``graceful_s``), then the app's lifespan drains the batcher's queue and the process exits. After that drain
+uvicorn raises the signal again for the previous handler; for SIGTERM that handler is ours and does nothing,
+so a drained server exits 0 (a supervisor sees a clean stop, not a kill).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def build_table(
         name: parse_labels(v if isinstance(v, str) else ",".join(v), f"--labels {name}=")
         for name, v in (labels or {}).items()
     }
-    table = TaskTable(config.model, config.registry, config.dtype, config.device)
+    table = TaskTable(
+        config.model, config.registry, config.dtype, config.device, prefix_cache_bytes=config.prefix_cache_bytes
+    )
     for name, source in specs:
         if on_load:
             on_load(name, source)
@@ -65,12 +69,20 @@ def parse_named(values: Sequence[str], flag: str) -> dict[str, str]:
 
 def run(config: ServeConfig, table: TaskTable, graceful_s: float = 30.0) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
+    import signal
+
     import uvicorn
 
     from prompttune.serve.app import create_app
 
     app = create_app(config, table)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=int(graceful_s))
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # re-raised by uvicorn once drained: exit 0
+    try:
+        uvicorn.run(
+            app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=int(graceful_s)
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ThreadedServer:

@@ -9,13 +9,17 @@ A SOURCE is what ``prompttune eval`` accepts as a PROMPT (``registry.resolve.res
   task (``PromptTask.create(backbone, labels, "zero-shot", {}, template)``); without, a generation task served
   by ``Generator.complete``.
 
-Every task's constant prefix is computed when it loads (``cached_prefix``), not on its first request.
-Adding or removing a task swaps one dict entry under a lock: requests already holding a task finish with it.
+Every task's constant prefix is computed when it loads, not on its first request, and held within the
+``--prefix-cache-mb`` budget by ``prefix_cache.PrefixCache`` (least recently used evicted, recomputed on demand).
+Adding, removing or replacing a task swaps one dict entry under a lock: requests already holding a task finish
+with it. A task whose source is a registry reference that can move (``name@label``; not ``name@v3``) records
+the version it loaded (``version_number``); ``follow.LabelFollower`` replaces it when the label moves.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ from prompttune.core.errors import DataError
 from prompttune.core.generate import Generator
 from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
+from prompttune.serve.prefix_cache import PrefixCache
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_TASKS = 1024  # tasks in one server at most (each holds its prefix's keys/values)
@@ -76,6 +81,10 @@ class ServedTask:
     task: object | None = None  # a PromptTask or a HeadTask
     template: Template | None = None  # generation tasks
     generator: Generator | None = field(default=None, repr=False)
+    follows: str | None = None  # the registry reference it follows (name@label), if any
+    version_number: int | None = None  # the registry version it was loaded from (when it follows one)
+    version_hash: str | None = None
+    options: tuple = ()  # (labels, verbalizer) as given: a replacement is loaded with the same
 
     @property
     def fields(self) -> list[str]:
@@ -89,14 +98,15 @@ class ServedTask:
     def can_generate(self) -> bool:
         return self.kind in ("labels", "generation")
 
-    def prefix_bytes(self) -> int:
-        """Bytes of the cached constant prefix's keys/values."""
-        model = getattr(self.task, "model", None)
-        kv = getattr(model, "_cached_prefix", None) or []
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+    @property
+    def prefix_owner(self):
+        """What holds this task's cached prefix (``prefix_cache``): its PrefixModel, or its Generator."""
+        return self.task.model if self.task is not None else self.generator
 
     def describe(self) -> dict:
         out = {"name": self.name, "source": self.source, "resolved": self.shown, "kind": self.kind}
+        if self.follows:
+            out["follows"], out["version"], out["version_hash"] = self.follows, self.version_number, self.version_hash
         out["model"] = self.backbone.model_id
         if self.kind != "head":  # a head kind's fields include its training target
             out["fields"] = self.fields
@@ -106,6 +116,13 @@ class ServedTask:
         if self.kind == "head":
             out["head"] = self.task.kind
         return out
+
+
+def followed(source: str) -> bool:
+    """A registry reference that can come to name another version: name@label (not name@v3, not a path)."""
+    from prompttune.registry.names import VERSION_RE, looks_like_ref  # SQLAlchemy loads only for a reference
+
+    return looks_like_ref(source) and not Path(source).exists() and not VERSION_RE.fullmatch(source.split("@")[1])
 
 
 def model_key(model: str | None) -> str:
@@ -127,9 +144,12 @@ class TaskTable:
         dtype: str | None = None,
         device: str | None = None,
         max_tasks: int = MAX_TASKS,
+        prefix_cache_bytes: int | None = None,
     ):
         self.model, self.registry, self.dtype, self.device = model, registry, dtype, device
         self.max_tasks = max_tasks
+        self.cache = PrefixCache(prefix_cache_bytes)
+        self._registry = None
         self._tasks: dict[str, ServedTask] = {}
         self._backbones: dict[str, Backbone] = {}
         self._lock = threading.Lock()
@@ -170,6 +190,7 @@ class TaskTable:
             if name in self._tasks:
                 raise TaskConflict(f"task {name!r}: already served; DELETE /v1/tasks/{name} first.")
             self._tasks[name] = served
+        self.cache.admit(served.prefix_owner)
         return served
 
     def remove(self, name: str) -> ServedTask:
@@ -177,7 +198,33 @@ class TaskTable:
             found = self._tasks.pop(name, None)
         if found is None:
             raise TaskNotFound(f"task {name!r}: no such task; the server has: {', '.join(self.names()) or 'none'}.")
+        self.cache.forget(found.prefix_owner)
         return found
+
+    def replace(self, old: ServedTask) -> ServedTask | None:
+        """Load ``old``'s source again and swap it in, unless the task was removed or replaced meanwhile.
+
+        Requests that already hold ``old`` finish with it; later ones get the new version. A load error is
+        raised and leaves ``old`` serving.
+        """
+        with self._load_lock:
+            new = self._load(old.name, old.source, *old.options)
+        with self._lock:
+            if self._tasks.get(old.name) is not old:
+                return None
+            self._tasks[old.name] = new
+        self.cache.forget(old.prefix_owner)
+        self.cache.admit(new.prefix_owner)
+        return new
+
+    def registry_client(self):
+        """One Registry for this table's --registry (opened on first use)."""
+        from prompttune.registry import Registry
+
+        with self._lock:
+            if self._registry is None:
+                self._registry = Registry(self.registry)
+            return self._registry
 
     # --- loading ---------------------------------------------------------------------------------
     def backbone(self, model: str | None) -> Backbone:
@@ -197,12 +244,25 @@ class TaskTable:
 
         if not isinstance(source, str) or not source.strip():
             raise DataError(f"task {name!r}: source must be an artifact directory, registry reference or template.")
+        follows = source if followed(source) else None
+        # the version first, then the load: a label moving in between is seen (and loaded) at the next check
+        version = self.registry_client().get(follows, payload=False) if follows else None
         kind, target, shown = resolve_prompt(source, self.registry)
         if kind == "artifact":
             if labels or verbalizer:
                 raise DataError(f"task {name!r}: labels / verbalizer apply to hard prompts; an artifact has its own.")
-            return self._load_artifact(name, source, Path(target), shown)
-        return self._load_template(name, source, target, shown, labels, verbalizer)
+            try:
+                served = self._load_artifact(name, source, Path(target), shown)
+            finally:
+                tmp = Path(target).parent
+                if not Path(source).is_dir() and tmp.name.startswith("prompttune-registry-"):
+                    shutil.rmtree(tmp, ignore_errors=True)  # written from the registry to load
+        else:
+            served = self._load_template(name, source, target, shown, labels, verbalizer)
+        served.follows, served.options = follows, (labels, verbalizer)
+        if version is not None:
+            served.version_number, served.version_hash = version.number, version.hash
+        return served
 
     def _load_artifact(self, name: str, source: str, path: Path, shown: str) -> ServedTask:
         from prompttune.core import artifact
@@ -214,7 +274,6 @@ class TaskTable:
         kind = "head" if manifest.get("head") else "labels"
         if kind == "head":
             task.model.trainable.eval()
-        task.model.cached_prefix()
         return ServedTask(name, source, shown, kind, backbone, task=task)
 
     def _load_template(self, name, source, template, shown, labels, verbalizer) -> ServedTask:
@@ -235,5 +294,4 @@ class TaskTable:
         else:
             verb = Verbalizer.parse(labels, verbalizer)
         task = PromptTask.create(backbone, labels, "zero-shot", {}, template.hard(), verbalizer=verb)
-        task.model.cached_prefix()
         return ServedTask(name, source, shown, "labels", backbone, task=task)
