@@ -47,6 +47,7 @@ from prompttune.cli.multitask import continual, train_multi  # noqa: E402
 from prompttune.cli.optimize import optimize, run  # noqa: E402
 from prompttune.cli.prompts import chain_app, registry_app, templates_app  # noqa: E402
 from prompttune.cli.rag import agent, rag_app  # noqa: E402
+from prompttune.cli.readable import harden_prompt, inspect_prompt  # noqa: E402
 from prompttune.cli.serve import serve  # noqa: E402
 from prompttune.cli.train import train  # noqa: E402
 from prompttune.cli.use import evaluate, generate, models, predict  # noqa: E402
@@ -70,6 +71,8 @@ app.command("import")(import_adapter)
 app.command()(serve)
 app.command()(optimize)
 app.command()(run)
+app.command("inspect")(inspect_prompt)
+app.command("harden")(harden_prompt)
 
 
 def main() -> None:

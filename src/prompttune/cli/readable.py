@@ -1,0 +1,153 @@
+"""`prompttune inspect | harden`: read a soft prompt as tokens; turn it (or a task's rows) into a hard prompt."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
+
+LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N rows of --data (or of DATA).")]
+
+
+def inspect_prompt(
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A prompt-tuning or p-tuning artifact.")],
+    top: Annotated[int, typer.Option(help="Nearest vocabulary tokens shown per virtual token (1-100).")] = 5,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled rows: accuracy of the soft prompt beside its nearest-token projection."),
+    ] = None,
+    limit: LimitOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per virtual token: its nearest vocabulary tokens (cosine, distance) and its norm against the vocabulary's;
+    with --data, what the prompt scores when every token is replaced by its nearest neighbour."""
+    from prompttune.core.backbone import set_threads
+    from prompttune.readable import inspect_artifact
+
+    set_threads()
+    with err.status(f"inspecting {artifact}"):
+        report = inspect_artifact(artifact, top, data, limit, model, **Settings.backbone_args())
+    if as_json:
+        emit_json(report)
+        return
+    from rich.table import Table
+
+    v = report["vocabulary"]["norm"]
+    table = Table(title=f"{report['artifact']} ({report['method']}): {report['virtual_tokens']} virtual tokens")
+    for col in ("#", "slot", "norm (pct)", f"nearest tokens (cosine / distance), of {report['vocabulary']['tokens']}"):
+        table.add_column(col)
+    for t in report["tokens"]:
+        near = "  ".join(f"{n['text']!r} {n['cosine']:.2f}/{n['distance']:.2f}" for n in t["neighbours"])
+        table.add_row(str(t["position"]), str(t["slot"]), f"{t['norm']:.2f} ({t['norm_percentile']:.0f})", near)
+    out.print(table)
+    out.print(
+        f"vocabulary norms: mean {v['mean']:.2f}, p5 {v['p5']:.2f}, median {v['p50']:.2f}, p95 {v['p95']:.2f}; "
+        f"mean cosine to the nearest token {report['mean_nearest_cosine']:.3f}",
+        markup=False,
+        highlight=False,
+    )
+    for slot, text in report["nearest_text"].items():
+        out.print(f"slot {slot} as nearest tokens: {text!r}", markup=False, highlight=False)
+    acc = report["accuracy"]
+    if acc:
+        out.print(
+            f"accuracy on {acc['rows']} rows: soft prompt {acc['soft']:.4f}"
+            f"{' (calibrated)' if acc['soft_calibrated'] else ''}, nearest tokens {acc['nearest']:.4f}",
+            markup=False,
+            highlight=False,
+        )
+
+
+def harden_prompt(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="ARTIFACT|DATA",
+            help="A prompt-tuning/p-tuning artifact, or labelled rows (.jsonl/.csv) for pez with the default template.",
+        ),
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="The template file to write (.yaml).")],
+    method: Annotated[
+        str, typer.Option(help="nearest (project the soft prompt on tokens) or pez (learn tokens by gradients).")
+    ] = "nearest",
+    tokens: Annotated[
+        int | None, typer.Option(help="pez: tokens per [soft] slot (1-64; default 8, or the artifact's).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="pez: optimizer steps (1-10,000).")] = 200,
+    lr: Annotated[float | None, typer.Option(help="pez: learning rate (default 0.3 x the embeddings' std).")] = None,
+    batch_size: Annotated[int, typer.Option(help="pez: rows per step (1-256).")] = 16,
+    eval_every: Annotated[int, typer.Option(help="pez: score the projection on selection rows every N steps.")] = 25,
+    init: Annotated[
+        str | None,
+        typer.Option(help="pez start: soft (the artifact's soft prompt; its default), labels (DATA's default), vocab."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="With an ARTIFACT: labelled rows (pez trains on 90%, picks on 10%).")
+    ] = None,
+    val: Annotated[
+        Path | None, typer.Option(help="Held-out labelled rows the report scores on (default: rows not trained on).")
+    ] = None,
+    limit: LimitOpt = None,
+    template: Annotated[
+        str | None, typer.Option(help="With DATA: the template (name or file) whose [soft] slots pez fills.")
+    ] = None,
+    vocab: Annotated[
+        str, typer.Option(help="Candidate tokens: readable (printable ASCII that tokenizes back) or all.")
+    ] = "readable",
+    seed: Annotated[int, typer.Option(help="Seed of the split, the batches and the init.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a template harden wrote earlier at --out.")] = False,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a hard prompt (template YAML) found from a soft prompt or from rows, scored beside the soft prompt
+    and the hand-written one."""
+    from prompttune.cli.progress import TrainingProgress, progress_bar
+    from prompttune.core.backbone import set_threads
+    from prompttune.readable import PezConfig, harden
+
+    pez = PezConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed)
+    set_threads()
+    with progress_bar(err) if method == "pez" else contextlib.nullcontext() as bar:
+        callbacks = [TrainingProgress(err, bar)] if bar is not None else []
+        if callbacks:
+            bar.update(callbacks[0].task, description="pez")
+        report = harden(
+            source,
+            out_file,
+            method=method,
+            data=data,
+            val=val,
+            limit=limit,
+            tokens=tokens,
+            init=init,
+            template=template,
+            vocab=vocab,
+            pez=pez,
+            overwrite=overwrite,
+            backbone=model,
+            callbacks=callbacks,
+            **Settings.backbone_args(),
+        )
+    acc = report["accuracy"]
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    for slot, text in report["text"].items():
+        out.print(f"slot {slot}: {text!r}", markup=False, highlight=False)
+    scored = f"on {acc['rows']} rows ({acc['rows_source']})" if acc["rows"] else "(no rows given: not scored)"
+    out.print(
+        f"accuracy {scored}: hardened {fmt(acc['hardened'])}, soft prompt {fmt(acc['soft'])}, "
+        f"hand-written {fmt(acc['hand_written'])}; wrote {report['out']}",
+        markup=False,
+        highlight=False,
+    )
+    if not report["roundtrip"]:
+        err.print("note: the tokens' text tokenizes to other tokens; the figure above is the text's, as written.")
+    if as_json:
+        emit_json(report)
