@@ -18,7 +18,7 @@ from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
 from prompttune.distributed.context import init_from_env
-from prompttune.generation.task import GenerationTask, is_generation_data, split_by_input
+from prompttune.generation.task import GenerationTask, apply_decoding, is_generation_data, split_by_input
 from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
 from prompttune.methods.options import method_class, settings_for
@@ -131,6 +131,8 @@ def train_from_file(
     else:
         task = PromptTask.for_data(backbone, train_ds, method, method_config, config.seed, template, verbalizer, demos)
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
+    if writes:
+        info["max_target_tokens"] = task.longest_target  # generation: no labels; the longest target instead
     info["trainable_params"] = task.trainable_params
     if init_from is not None:
         from prompttune.multitask.transfer import init_from_pack
@@ -201,6 +203,7 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     on_load: Callable[[str], None] | None = None,
     task_name: str | None = None,
+    decoding: dict | None = None,
 ) -> dict:
     """Score any prompt on labelled rows: what `prompttune eval` does, in one call.
 
@@ -228,6 +231,7 @@ def evaluate(
         if on_load:
             on_load(str(target))
         task = select_task(load(target, model, dtype=dtype, device=device), task_name, str(target))
+        apply_decoding(task, decoding)  # a generation artifact's --num-beams / --length-penalty
         report = task.evaluate(rows, batch_size=batch_size, calibrate=calibrate is not False, progress=progress)
         return (
             report
@@ -236,6 +240,8 @@ def evaluate(
         )
     if task_name is not None:
         raise DataError(f"--task {task_name}: picks a task of a pack; {shown} is not an artifact.")
+    if decoding:
+        raise DataError(f"--num-beams / --length-penalty: for generation artifacts; {shown} is a hard prompt.")
     pool = load_rows(demos_from) if demos_from else None
     check = load_rows(calibration_rows) if calibration_rows else None
     if on_load:
@@ -264,12 +270,15 @@ def predict(
     dtype: str | None = None,
     device: str | None = None,
     task_name: str | None = None,
+    decoding: dict | None = None,
 ) -> list[dict]:
     """One JSON-able record per input (texts, or the rows of a .jsonl/.csv file): the input and its prediction.
 
-    ``task_name``: the task of a pack to predict with."""
+    ``task_name``: the task of a pack to predict with; ``decoding``: a generation artifact's settings for this
+    call (``{"num_beams": 4}``)."""
     ds = load_rows(inputs) if isinstance(inputs, str | Path) else from_records(inputs, "arguments")
     task = select_task(load(artifact_dir, model, dtype=dtype, device=device), task_name, str(artifact_dir))
+    apply_decoding(task, decoding)
     return task.predictions(ds)
 
 

@@ -1,4 +1,5 @@
-"""How reports and predictions read in a terminal: accuracy tables, entity F1, QA EM/F1, one line a prediction."""
+"""How reports and predictions read in a terminal: accuracy tables, entity F1, QA EM/F1, generation BLEU /
+ROUGE-L / EM / F1, one line a prediction."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from rich.table import Table
 
 
 def show_report(console: Console, report: dict) -> None:
+    if "bleu" in report:  # generation: text against every reference of an input
+        console.print(
+            f"BLEU {report['bleu']:.2f}  ROUGE-L {report['rougeL']:.2f}  exact match {report['exact_match']:.2f}  "
+            f"F1 {report['f1']:.2f} on {report['n']} inputs ({report['n_references']} references; "
+            f"{report['examples_per_s']:.2f} inputs/s, {report['tokens_per_s']:.1f} tokens/s)",
+            highlight=False,
+        )
+        for sample in report.get("samples", []):
+            console.print(f"  {sample['output']!r}  | reference {sample['reference']!r}", markup=False, highlight=False)
+        return
     if "exact_match" in report:
         console.print(
             f"exact match {report['exact_match']:.2f}  F1 {report['f1']:.2f} on {report['n']} questions "

@@ -177,6 +177,8 @@ def train(
         if not main:
             return
         labels = f"{len(info['labels'])} labels, " if info["kind"] else f"labels {info['labels']}, "
+        if info.get("max_target_tokens") is not None:  # a generation task has targets, not labels
+            labels = f"generation task, targets of up to {info['max_target_tokens']} tokens, "
         what = f"{info['kind']} head: " if info["kind"] else ""
         err.print(
             f"{what}train {info['n_train']} rows, validation {info['n_val']} rows, {labels}method "

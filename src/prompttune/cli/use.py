@@ -10,8 +10,11 @@ import typer
 from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
 from prompttune.core.errors import PromptTuneError
 
-NumBeamsOpt = Annotated[
-    int, typer.Option(help="Beam search with N beams (1: greedy or sampling); a generation artifact's text.")
+NumBeamsOpt = Annotated[int, typer.Option(help="Beam search with N beams (1: greedy, or sampling with --temperature).")]
+BeamsOpt = Annotated[int | None, typer.Option("--num-beams", help="A generation artifact: beam search with N beams.")]
+PenaltyOpt = Annotated[
+    float | None,
+    typer.Option("--length-penalty", help="With --num-beams: a text scores sum(log p) / tokens ** this (default 1)."),
 ]
 LengthPenaltyOpt = Annotated[
     float,
@@ -61,6 +64,8 @@ def evaluate(
     task_name: Annotated[
         str | None, typer.Option("--task", help="A pack (train-multi, continual): the task to evaluate, by name.")
     ] = None,
+    num_beams: BeamsOpt = None,
+    length_penalty: PenaltyOpt = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -89,6 +94,7 @@ def evaluate(
             model=model,
             progress=lambda n: bar.advance(task, n),
             task_name=task_name,
+            decoding=_decoding(num_beams, length_penalty),
             **Settings.backbone_args(),
         )
     show_warnings(err, report)
@@ -105,6 +111,8 @@ def predict(
     task_name: Annotated[
         str | None, typer.Option("--task", help="A pack (train-multi, continual): the task to predict with.")
     ] = None,
+    num_beams: BeamsOpt = None,
+    length_penalty: PenaltyOpt = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -116,12 +124,21 @@ def predict(
     if not texts and not file:
         raise PromptTuneError("predict: give texts as arguments or --file rows.jsonl.")
     set_threads()
-    rows = predict_rows(artifact_dir, file or texts, model, task_name=task_name, **Settings.backbone_args())
+    decoding = _decoding(num_beams, length_penalty)
+    rows = predict_rows(
+        artifact_dir, file or texts, model, task_name=task_name, decoding=decoding, **Settings.backbone_args()
+    )
     for r in rows:
         if as_json:
             emit_json(r)
         else:
             out.print(format_prediction(r), markup=False, highlight=False, soft_wrap=True)
+
+
+def _decoding(num_beams: int | None, length_penalty: float | None) -> dict | None:
+    """--num-beams / --length-penalty as a generation artifact's decoding changes (None: the artifact's own)."""
+    changes = {k: v for k, v in (("num_beams", num_beams), ("length_penalty", length_penalty)) if v is not None}
+    return changes or None
 
 
 def generate(

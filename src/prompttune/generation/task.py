@@ -80,6 +80,19 @@ def split_by_input(rows: Dataset, fraction: float, seed: int, fields: tuple[str,
     )
 
 
+def apply_decoding(task, changes: dict | None) -> None:
+    """Decoding settings for this use of a task (``{"num_beams": 4}``: --num-beams); an error for any task that
+    does not write text. Each setting checks itself (``GenerationConfig``)."""
+    if not changes:
+        return
+    if not isinstance(task, GenerationTask):
+        flags = " / ".join("--" + k.replace("_", "-") for k in changes)
+        raise DataError(
+            f"{flags}: for generation artifacts (trained on rows with a target); this one does not write text."
+        )
+    task.decoding = task.decoding.replace(**changes)
+
+
 class GenerationObjective:
     """The Trainer's view: LM loss on target tokens over the prefix, ROUGE-L of greedy outputs on validation."""
 
