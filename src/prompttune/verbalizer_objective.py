@@ -13,8 +13,8 @@ from prompttune.core.data import Dataset
 if TYPE_CHECKING:
     from prompttune.scorer import PromptModel, RowHeads
 
-VAL_CACHE_BYTES = 512 * 2**20  # keys/values of validation rows' text kept between validations, at most
-VAL_BATCH_TOKENS = 4096  # padded row tokens in one validation batch (long rows: fewer rows, bounded memory)
+VAL_CACHE_BYTES = 256 * 2**20  # keys/values of validation rows' text kept between validations, at most
+VAL_BATCH_TOKENS = 1024  # padded row tokens in one validation batch (long rows: fewer rows, bounded memory)
 
 
 class VerbalizerObjective:
@@ -28,7 +28,7 @@ class VerbalizerObjective:
     metric = "accuracy"
     # The loss is a mean over rows: the Trainer may accumulate a step's gradient over parts of at most this many
     # padded tokens (long rows then hold one part's activations and keys/values at a time)
-    micro_batch_tokens = 2048
+    micro_batch_tokens = 1024
 
     def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
         self.model, self.trainable = model, model.method
