@@ -201,7 +201,8 @@ def test_inspect_and_harden_cli(tmp_path, tiny_model_dir, word_artifact, sentime
     assert report["accuracy"] is None and len(report["tokens"][0]["neighbours"]) == 5
     out = tmp_path / "n.yaml"
     result = invoke("harden", path, "--out", out, "--model", tiny_model_dir)
-    assert result.exit_code == 0, result.output and "wrote" in result.stdout
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout
     assert out.exists()
 
 
@@ -225,7 +226,7 @@ def test_bad_flags_are_named(run_main, tmp_path, tiny_model_dir, word_artifact, 
         (["harden", sentiment_file, "--method", "pez", "--tokens", "0", "--out", "a.yaml"], ["--tokens 0", "1-64"]),
         (["harden", sentiment_file, "--method", "pez", "--tokens", "65", "--out", "a.yaml"], ["--tokens 65"]),
         (["harden", sentiment_file, "--method", "pez", "--steps", "0", "--out", "a.yaml"], ["--steps 0"]),
-        (["harden", sentiment_file, "--method", "pez", "--lr", "-1", "--out", "a.yaml"], ["--lr -1"]),
+        (["harden", sentiment_file, "--method", "pez", "--lr", "0", "--out", "a.yaml"], ["--lr 0"]),
         (["harden", sentiment_file, "--method", "nearest", "--out", "a.yaml"], ["give an ARTIFACT"]),
         (["harden", path, "--method", "pez", "--out", "a.yaml"], ["--data FILE"]),
         (["harden", path, "--method", "pez", "--data", sentiment_file, "--tokens", "2", "--out", "a.yaml"], ["--init"]),

@@ -39,7 +39,7 @@ from prompttune.readable.soft import (
     with_tables,
     with_text,
 )
-from prompttune.readable.vocab import Vocabulary
+from prompttune.readable.vocab import VOCABS, Vocabulary
 from prompttune.task import split_validation
 from prompttune.train import Callback
 
@@ -117,6 +117,8 @@ def harden(
         raise PromptTuneError(f"ARTIFACT|DATA {source}: no such artifact folder or data file.")
     is_artifact = source.is_dir()
     init = _check_flags(method, is_artifact, data, tokens, init, template)
+    if vocab not in VOCABS:
+        raise PromptTuneError(f"--vocab {vocab}: unknown; choose one of {', '.join(VOCABS)}.")
     check_limit(limit)
     pez = pez or PezConfig()
     check_template_output(out, overwrite)
@@ -162,10 +164,12 @@ def harden(
 
     texts, roundtrip = slot_texts(bb, ids)
     hardened = with_text(base, texts)
-    report_rows: Dataset | None = val_rows or (select_rows if method == "pez" else rows)
-    report_source = str(val) if val is not None else ("rows of --data" if method == "nearest" else "selection rows")
-    if method == "pez" and val is None:
-        report_source = "the seeded 10% of the rows held out of training (also used to pick the best step)"
+    report_rows: Dataset | None = rows
+    report_source = f"{data} (--data)"
+    if val_rows is not None:
+        report_rows, report_source = val_rows, f"{val} (--val)"
+    elif method == "pez":
+        report_rows, report_source = select_rows, "the seeded 10% held out of training, which also picked the step"
     acc = {
         "hardened": accuracy(hard_task(bb, hardened, verb), report_rows),
         "soft": accuracy(soft_task, report_rows, calibrate=True) if soft_task is not None else None,
