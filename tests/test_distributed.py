@@ -57,7 +57,7 @@ print("RESULT " + json.dumps({"steps": result.steps, "history": result.history, 
 def _env(rank: int, world: int, port: int) -> dict:
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    env |= {"PROMPTTUNE_DIST_TIMEOUT": "120", "GLOO_SOCKET_IFNAME": "lo" if Path("/sys/class/net/lo").exists() else ""}
+    env |= {"PROMPTTUNE_DIST_TIMEOUT": "600", "GLOO_SOCKET_IFNAME": "lo" if Path("/sys/class/net/lo").exists() else ""}
     return {k: v for k, v in env.items() if v != ""}
 
 

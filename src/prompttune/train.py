@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from prompttune.batches import epoch_batches, micro_batches
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
 from prompttune.core.backbone import release_memory
 from prompttune.core.errors import PromptTuneError
@@ -141,36 +142,6 @@ class Trainable(Protocol):
     def trainable_state(self) -> dict[str, torch.Tensor]: ...
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None: ...
-
-
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """A seeded order for one epoch: shuffle, sort chunks of 32 batches by length, shuffle the batches.
-
-    Rows of similar length share a batch (little padding) while each epoch's order stays random.
-    """
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(lengths), generator=gen).tolist()
-    chunk = batch_size * 32
-    batches = []
-    for c in range(0, len(order), chunk):
-        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    perm = torch.randperm(len(batches), generator=gen).tolist()
-    return [batches[i] for i in perm]
-
-
-def micro_batches(batch: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """Consecutive parts of a batch, each at most ``budget`` padded tokens (rows x its longest; a longer row is a
-    part of its own). A batch within the budget is one part."""
-    parts: list[list[int]] = [[]]
-    width = 0
-    for i in batch:
-        if parts[-1] and max(width, lengths[i]) * (len(parts[-1]) + 1) > budget:
-            parts.append([])
-            width = 0
-        parts[-1].append(i)
-        width = max(width, lengths[i])
-    return parts
 
 
 class Objective(Protocol):
@@ -346,7 +317,7 @@ class Trainer:
             group["lr"] = self._lr(step, total) * group.get("base_lr", self.config.lr) / self.config.lr
         self.optimizer.zero_grad(set_to_none=True)
         if self.dist is not None:  # this rank's part, then the gradients summed over the ranks
-            loss = backward_shard(self.dist, self.objective.batch_loss, self.params, batch, step)
+            loss = backward_shard(self.dist, self._backward_micro_batches, self.params, batch, step)
         else:
             loss = self._backward_micro_batches(batch)
         if not torch.isfinite(loss):

@@ -12,32 +12,28 @@ from prompttune.distributed.context import DistContext
 
 def backward_shard(
     ctx: DistContext,
-    batch_loss: Callable[[list[int]], torch.Tensor],
+    backward: Callable[[list[int]], torch.Tensor],
     params: Sequence[torch.nn.Parameter],
     batch: list[int],
     step: int,
 ) -> torch.Tensor:
     """Backward this rank's part of ``batch`` and all-reduce; returns the global batch's loss (on every rank).
 
-    Each part's mean loss is weighted by its share of the rows, so the summed gradients are the gradient of
-    the mean over the whole batch: what one process computes for a loss that is a mean over rows (label words,
-    classification heads); a per-token mean (tagging, generation) is averaged per row instead. Only the
-    trainable parameters travel (one flat buffer, one collective a step); the loss rides in the same buffer, so
-    a diverged rank stops every rank at the same step.
+    ``backward(part)`` leaves the gradient of the part's mean loss in the parameters and returns that loss (the
+    Trainer's, over micro-batches). Each part's gradient is weighted by its share of the rows, so the sum over
+    the ranks is the gradient of the mean over the whole batch: what one process computes for a loss that is a
+    mean over rows (label words, classification heads); a per-token mean (tagging, generation) is averaged per
+    row instead. Only the trainable parameters travel (one flat buffer, one collective a step); the loss rides in
+    the same buffer, so a diverged rank stops every rank at the same step.
     """
     ctx.step = step + 1
     part = ctx.shard(batch)
     device = params[0].device
+    value = torch.zeros(1, device=device)  # fewer rows than ranks: this rank adds nothing
     if part:
-        loss = batch_loss(part) * (len(part) / len(batch))
-        loss.backward()
-        value = loss.detach().float().reshape(1).to(device)
-    else:  # fewer rows than ranks: this rank adds nothing
-        value = torch.zeros(1, device=device)
-    flat = torch.cat(
-        [(p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)).float() for p in params]
-        + [value]
-    )
+        value = backward(part).detach().float().reshape(1).to(device)
+    grads = [(p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)) for p in params]
+    flat = torch.cat([g.float() for g in grads] + [value]) * (len(part) / len(batch))
     ctx.all_reduce_sum(flat)
     offset = 0
     for p in params:

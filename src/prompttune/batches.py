@@ -1,0 +1,36 @@
+"""A training epoch's batches: seeded, length-bucketed; and a batch cut into micro-batches within a token budget.
+(Used by the Trainer, ``train.py``, which re-exports both.)"""
+
+from __future__ import annotations
+
+import torch
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """A seeded order for one epoch: shuffle, sort chunks of 32 batches by length, shuffle the batches.
+
+    Rows of similar length share a batch (little padding) while each epoch's order stays random.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    chunk = batch_size * 32
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    perm = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in perm]
+
+
+def micro_batches(batch: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive parts of a batch, each at most ``budget`` padded tokens (rows x its longest; a longer row is a
+    part of its own). A batch within the budget is one part."""
+    parts: list[list[int]] = [[]]
+    width = 0
+    for i in batch:
+        if parts[-1] and max(width, lengths[i]) * (len(parts[-1]) + 1) > budget:
+            parts.append([])
+            width = 0
+        parts[-1].append(i)
+        width = max(width, lengths[i])
+    return parts
