@@ -48,6 +48,27 @@ def compare(
         str | None, typer.Option(help="Method to measure data advantage against (default: full-ft, else lora).")
     ] = None,
     isolate: Annotated[bool, typer.Option(help="Run each cell in its own process (own peak memory).")] = True,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where cells run: local (here, one process per cell) or ray (each cell a Ray task; "
+            "pip install 'prompttune[ray]'). Results land in the same --out either way (resume works across both)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="With --executor ray: the cluster to join (auto, or HOST:PORT); default: one started here."),
+    ] = None,
+    cell_cpus: Annotated[float, typer.Option(help="With --executor ray: CPUs each cell asks for.")] = 1.0,
+    cell_gpus: Annotated[float, typer.Option(help="With --executor ray: GPUs each cell asks for.")] = 0.0,
+    lr_grid: Annotated[
+        str | None,
+        typer.Option(
+            help="Train each trainable arm at several learning rates, each with its own early stopping in the same "
+            "steps, and keep the best on validation: a count (3: the default x0.32, x1, x3.2) or rates "
+            "(0.003,0.01,0.03). The report shows the rate chosen per arm."
+        ),
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -65,6 +86,7 @@ def compare(
         result = run_compare(
             data, out_dir, methods, method_option, seeds, train_sizes, test, val, limit, val_rows, max_steps,
             batch_size, template=template, verbalizer=verbalizer, reference=reference, model=model,
+            executor=executor, ray_address=ray_address, cell_cpus=cell_cpus, cell_gpus=cell_gpus, lr_grid=lr_grid,
             dtype=Settings.dtype, isolate=isolate, console=err, metric=metric,
         )  # fmt: skip
     except KeyboardInterrupt:

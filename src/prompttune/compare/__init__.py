@@ -17,9 +17,11 @@ from pathlib import Path
 from rich.console import Console
 
 from prompttune.compare import arms as arms_mod
+from prompttune.compare import executors as cell_executors
 from prompttune.compare import generation
+from prompttune.compare import lr_grid as grids
 from prompttune.compare.report import summarize, write_reports
-from prompttune.compare.runner import plan, run_cells
+from prompttune.compare.runner import plan
 from prompttune.compare.split import make_split
 from prompttune.core import atomic
 from prompttune.core.errors import PromptTuneError
@@ -61,6 +63,11 @@ def run_compare(
     dtype: str | None = None,
     isolate: bool = True,
     console: Console | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    cell_cpus: float = 1,
+    cell_gpus: float = 0,
+    lr_grid: str | None = None,
     metric: str | None = None,
 ) -> dict:
     """Run (or resume) a comparison in ``out`` and write report.{json,md,html} there; returns the summary.
@@ -75,6 +82,8 @@ def run_compare(
     if gen:
         gen.check_arms(names)
     arm_list = arms_mod.resolve(names, arms_mod.parse_options(method_options or []))
+    grid = grids.parse(lr_grid)  # compare/lr_grid.py: each trainable arm's rate chosen on validation
+    cell_executors.check(executor, ray_address, cell_cpus, cell_gpus)
     seed_list = parse_ints("--seeds", seeds) or [0]
     sizes = parse_ints("--train-sizes", train_sizes)
     if any(n < 1 for n in sizes) or max_steps < 1 or batch_size < 1:
@@ -101,7 +110,7 @@ def run_compare(
         "eval_batch_size": eval_batch_size,
         **(gen.settings if gen else {}),  # only for generation data: labelled rows' cells keep their keys
     }
-    cells = plan(arm_list, seed_list, sizes or [None])
+    cells = plan(grids.expand(arm_list, grid, max_steps), seed_list, sizes or [None])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console.print(
@@ -112,17 +121,24 @@ def run_compare(
     from prompttune.compare.progress import CellProgress
 
     with CellProgress(console, cells) as progress:
-        records, ran = run_cells(cells, settings, split.fingerprint, out, isolate, progress.on_event)
+        records, ran = cell_executors.run(
+            executor, cells, settings, split.fingerprint, out, isolate, progress.on_event, ray_address, cell_cpus,
+            cell_gpus,
+        )  # fmt: skip
     header = (
         f"data {data} (fingerprint {split.fingerprint}): train pool {len(split.pool)}, validation {len(split.val)}, "
         f"test {len(split.test)} rows; seeds {','.join(map(str, seed_list))}; training rows "
         f"{','.join(map(str, sizes)) or len(split.pool)}; at most {max_steps} steps of {batch_size} rows; "
         f"model {model or 'smollm2 (default)'}" + (f"; ranked by {gen.label} on the test inputs" if gen else "")
     )
-    summary = summarize(records, names, reference)
+    chosen, lr_table = grids.choose(records)  # one run per arm, seed and size (the grid's best on validation)
+    summary = summarize(chosen, names, reference)
     if gen:
         summary["metric_label"] = gen.label  # the report's score column
     payload = {"settings": settings, "seeds": seed_list, "data_fingerprint": split.fingerprint, "cells": records}
+    if lr_table:
+        header += grids.describe(lr_table)
+        payload["lr_grid"] = lr_table
     paths = write_reports(out, summary, header, payload)
     atomic.write_json(out / "last_run.json", {"cells": len(cells), "ran": ran, "reused": len(cells) - ran})
     return {

@@ -96,15 +96,21 @@ def run_cells(
             record = (
                 _run_isolated(cell, settings, out, key, on_event) if isolate else _run_here(cell, settings, on_event)
             )
-            record |= {"key": key, "arm": cell.arm.to_dict(), "seed": cell.seed, "train_size": cell.train_size}
-            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            atomic.write_json(cell_path(out, key), record)
+            record = store(out, cell, key, record)
             ran += 1
             on_event(cell, {"event": "done", "record": record})
         else:
             on_event(cell, {"event": "reused", "record": record})
         records.append(record)
     return records, ran
+
+
+def store(out: Path, cell: Cell, key: str, record: dict) -> dict:
+    """A cell's record with what it was and when it finished, written atomically to ``OUT/cells/`` (any executor)."""
+    record |= {"key": key, "arm": cell.arm.to_dict(), "seed": cell.seed, "train_size": cell.train_size}
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic.write_json(cell_path(out, key), record)
+    return record
 
 
 def _run_here(cell: Cell, settings: dict, on_event) -> dict:
