@@ -1,0 +1,278 @@
+"""prompttune vs PEFT on a generation task (issue 14): prefix tuning on E2E NLG, same model, rows, template, batch,
+virtual tokens, MLP width and steps; then greedy generation with the same prefix.
+
+Three figures, side by side with their ratio:
+- training examples/s: prompttune's ``GenerationTask.fit`` (constant prefix computed once per step at batch size
+  1, target-token-only read-out, length-bucketed batches) vs PEFT's ``get_peft_model(PrefixTuningConfig(
+  prefix_projection=True))`` trained as PEFT's examples do (prompt + target in one sequence, labels -100 on the
+  prompt), both with the language-modelling loss on the target tokens;
+- generation tokens/s: prompttune's batched greedy decoding over its cached prefix vs PEFT's ``generate`` (left
+  padding, greedy, same batch, same end tokens, no repetition control on either side). PEFT generates with the
+  prefix prompttune trained (its per-layer key/value table loaded as PEFT's ``prompt_embeddings``, projection off),
+  so both sides write from the same prefix; without prompttune's table (``--side peft`` alone) PEFT uses its own;
+- training peak RSS (MB, each side in its own process, read right after training).
+
+Rows: E2E NLG from ../shared/data/e2e_nlg/dev.jsonl (read in place, never copied), targets of at most
+``--max-target-tokens`` (64) tokens; training rows from the start of the file, generation inputs (distinct
+meaning representations) from its end. The template is one chat user turn with the meaning representation; the
+answer is the target, ended by the chat's end-of-turn token.
+
+    .venv/bin/python benchmarks/bench_generation_vs_peft.py                       # 30 steps x 16 rows, 64 inputs
+    .venv/bin/python benchmarks/bench_generation_vs_peft.py --steps 2 --train-rows 8 --gen-rows 8 --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "e2e_nlg" / "dev.jsonl"
+
+
+def rows(args, tok) -> tuple[list[dict], list[str]]:
+    """(training rows, generation inputs): targets of at most --max-target-tokens tokens; inputs from the end."""
+    if not DATA.exists():
+        sys.exit(f"{DATA}: missing. This benchmark reads E2E NLG from ../shared/data (see its README).")
+    data = [json.loads(x) for x in DATA.read_text().splitlines() if x.strip()]
+    short = [r for r in data if len(tok(r["target"], add_special_tokens=False).input_ids) <= args.max_target_tokens]
+    train = short[: args.train_rows]
+    seen = {r["input"] for r in train}
+    inputs = list(dict.fromkeys(r["input"] for r in reversed(data) if r["input"] not in seen))[: args.gen_rows]
+    return train, inputs
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def count_tokens(tok, texts: list[str]) -> int:
+    return sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+
+
+def run_prompttune(args) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from prompttune.core.backbone import Backbone, set_threads
+    from prompttune.core.data import Dataset, from_records
+    from prompttune.core.generate import GenerationConfig
+    from prompttune.generation.decode import greedy_batch
+    from prompttune.generation.task import GenerationTask
+    from prompttune.train import TrainConfig
+
+    set_threads()
+    backbone = Backbone.load(args.model, dtype=args.dtype)
+    train, inputs = rows(args, backbone.tokenizer)
+    config = {"num_virtual_tokens": args.virtual_tokens, "prefix_hidden": args.encoder_hidden}
+    task = GenerationTask.create(backbone, "prefix-tuning", config, {"user": "[soft]{{ input }}"}, seed=0)
+    tr = from_records(train)
+    cfg = TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=10**9,
+        patience=10**9,
+        warmup_steps=args.warmup,
+        ema=0.0,
+        time_budget_s=None,
+    )
+    res = task.fit(tr, Dataset(tr.rows[:2], tr.source), cfg)  # the last state is kept: no selection on PEFT's side
+    train_rss = peak_rss_mb()
+    task.model.method.eval()
+    if args.table:
+        save_file({"prompt_embeddings": task.model.method.table().detach().float().contiguous()}, args.table)
+    decoding = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    examples = task.model.encode(from_records([{"input": x} for x in inputs]).rows, targets=False)
+    examples.sort(key=lambda x: len(x.ids))
+    t0 = time.perf_counter()
+    prefix = task.model.cached_prefix() or None  # once per artifact, counted here
+    texts = []
+    for i in range(0, len(examples), args.batch_size):
+        ids = [x.ids for x in examples[i : i + args.batch_size]]
+        texts += greedy_batch(backbone, ids, prefix, task.model.row_inputs, decoding)
+    gen_seconds = time.perf_counter() - t0
+    tokens = count_tokens(backbone.tokenizer, texts)
+    return {
+        "train_examples_per_s": res.train_examples_per_s,
+        "train_seconds": res.train_seconds,
+        "gen_tokens_per_s": tokens / gen_seconds,
+        "gen_tokens": tokens,
+        "gen_seconds": gen_seconds,
+        "train_peak_rss_mb": train_rss,
+        "steps": res.steps,
+        "threads": torch.get_num_threads(),
+        "sample": texts[0] if texts else "",
+    }
+
+
+def run_peft(args) -> dict:
+    import torch
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from prompttune.core import defaults
+    from prompttune.core.backbone import set_threads
+
+    set_threads()
+    torch.manual_seed(0)
+    _, where = defaults.resolve(args.model)
+    tok = AutoTokenizer.from_pretrained(where)
+    train, inputs = rows(args, tok)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    base = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    cfg = PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=args.virtual_tokens,
+        prefix_projection=True,
+        encoder_hidden_size=args.encoder_hidden,
+    )
+    model = get_peft_model(base, cfg)
+
+    def prompt(text):
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+    end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, args.warmup, args.steps)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train), generator=gen).tolist()
+    step, seen, pos = 0, 0, 0
+    t0 = time.perf_counter()
+    while step < args.steps:
+        if pos + args.batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=gen).tolist(), 0
+        batch = [train[i] for i in order[pos : pos + args.batch_size]]
+        pos += args.batch_size
+        seqs, labs = [], []
+        for r in batch:
+            p = tok(prompt(r["input"]), add_special_tokens=False).input_ids
+            a = tok(r["target"], add_special_tokens=False).input_ids + [end]
+            seqs.append(p + a)
+            labs.append([-100] * len(p) + a)
+        width = max(map(len, seqs))
+        input_ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        seen += len(batch)
+    train_seconds = time.perf_counter() - t0
+    train_rss = peak_rss_mb()
+    same_prefix = bool(args.table and Path(args.table).exists())
+    if same_prefix:  # prompttune's trained prefix, as PEFT's own table (no projection at inference)
+        table = load_file(args.table)["prompt_embeddings"]
+        plain = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens, prefix_projection=False
+        )
+        model = get_peft_model(base, plain)  # prompt learning leaves the base model's modules as they were
+        weight = model.prompt_encoder["default"].embedding.weight
+        if weight.shape != table.shape:
+            sys.exit(f"prompttune's prefix table {tuple(table.shape)} does not fit PEFT's {tuple(weight.shape)}")
+        with torch.no_grad():
+            weight.copy_(table.to(weight.dtype))
+    model.eval()
+    tok.padding_side = "left"
+    ordered = sorted(inputs, key=lambda x: len(tok(prompt(x), add_special_tokens=False).input_ids))
+    texts = []
+    ends = sorted({end, tok.eos_token_id} - {None})
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(ordered), args.batch_size):
+            enc = tok([prompt(x) for x in ordered[i : i + args.batch_size]], add_special_tokens=False,
+                      return_tensors="pt", padding=True)  # fmt: skip
+            out = model.generate(
+                **enc,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                eos_token_id=ends,
+                pad_token_id=tok.pad_token_id,
+            )
+            texts += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    gen_seconds = time.perf_counter() - t0
+    tokens = count_tokens(tok, texts)
+    return {
+        "train_examples_per_s": seen / train_seconds,
+        "train_seconds": train_seconds,
+        "gen_tokens_per_s": tokens / gen_seconds,
+        "gen_tokens": tokens,
+        "gen_seconds": gen_seconds,
+        "train_peak_rss_mb": train_rss,
+        "steps": step,
+        "threads": torch.get_num_threads(),
+        "same_prefix": same_prefix,
+        "sample": texts[0] if texts else "",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", choices=["both", "prompttune", "peft"], default="both")
+    ap.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the same on both sides")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=16, help="training and generation batch, both sides")
+    ap.add_argument("--virtual-tokens", type=int, default=10)
+    ap.add_argument("--encoder-hidden", type=int, default=512, help="prefix MLP width, both sides")
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--train-rows", type=int, default=1000)
+    ap.add_argument("--gen-rows", type=int, default=64, help="distinct inputs to generate for")
+    ap.add_argument("--max-target-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--table", default=None, help="(internal) where prompttune leaves its prefix table for PEFT")
+    args = ap.parse_args()
+    if args.side != "both":
+        print(json.dumps((run_prompttune if args.side == "prompttune" else run_peft)(args)))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
+        args.table = str(Path(tmp) / "prefix.safetensors")
+        results = {side: run_side(args, side) for side in ("prompttune", "peft")}
+    a, b = results["prompttune"], results["peft"]
+    print(
+        f"prefix tuning on E2E NLG; model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); {args.steps} steps "
+        f"x batch {args.batch_size} ({args.train_rows} rows, targets <= {args.max_target_tokens} tokens), "
+        f"{args.virtual_tokens} virtual tokens, MLP {args.encoder_hidden}, lr {args.lr}; greedy generation of up to "
+        f"{args.max_new_tokens} tokens for {args.gen_rows} inputs, batch {args.batch_size}, "
+        f"{'the same prefix' if b.get('same_prefix') else 'each side its own prefix'}; threads {a['threads']}"
+    )
+    print(f"{'':26}{'prompttune':>12}{'PEFT':>12}{'ratio':>9}")
+    for key, label in (
+        ("train_examples_per_s", "train examples/s"),
+        ("gen_tokens_per_s", "generation tokens/s"),
+        ("train_peak_rss_mb", "training peak RSS (MB)"),
+    ):
+        ratio = a[key] / b[key] if b[key] else float("nan")
+        print(f"{label:26}{a[key]:12.2f}{b[key]:12.2f}{ratio:8.2f}x")
+    print(f"{'tokens generated':26}{a['gen_tokens']:12d}{b['gen_tokens']:12d}")
+    print(json.dumps({"prompttune": a, "peft": b}))
+
+
+def run_side(args, side: str) -> dict:
+    """One side in its own process (its own peak RSS); its JSON result."""
+    cmd = [sys.executable, __file__, "--side", side] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "side" and v is not None
+    ]
+    print(f"running {side} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
