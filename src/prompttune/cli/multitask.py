@@ -143,30 +143,38 @@ def continual(
     as_json: JsonOpt = False,
 ) -> None:
     """Learn tasks one after another; report the accuracy matrix, average accuracy, BWT and FWT."""
-    from prompttune.cli.progress import TrainingProgress
+    from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
     from prompttune.multitask import learn_continual
 
     config = _config(epochs, max_steps, batch_size, lr, eval_every, patience, ema, time_budget, seed)
     set_threads()
+    bar, progress = progress_bar(err), TrainingProgress(err, None)
 
     def next_task(name: str, j: int, total: int) -> None:
         err.print(f"task {j + 1}/{total}: {name}", highlight=False)
+        if progress.bar is None:
+            bar.start()
+        progress.attach(bar)  # a bar per task
 
-    _, report = learn_continual(
-        task,
-        out_dir,
-        method=method,
-        limit_per_task=limit_per_task,
-        num_virtual_tokens=num_virtual_tokens,
-        init=init,
-        config=config,
-        model=model,
-        overwrite=overwrite,
-        callbacks=[TrainingProgress(err, None)],
-        on_task=next_task,
-        **Settings.backbone_args(),
-    )
+    try:
+        _, report = learn_continual(
+            task,
+            out_dir,
+            method=method,
+            limit_per_task=limit_per_task,
+            num_virtual_tokens=num_virtual_tokens,
+            init=init,
+            config=config,
+            model=model,
+            overwrite=overwrite,
+            callbacks=[progress],
+            on_task=next_task,
+            **Settings.backbone_args(),
+        )
+    finally:
+        if progress.bar is not None:
+            bar.stop()
     if as_json:
         emit_json({k: v for k, v in report.items() if k not in ("training", "runs")})
         return
