@@ -102,3 +102,10 @@ def test_prefix_cache_flag_is_checked():
         ServeConfig(prefix_cache_mb=-1)
     with pytest.raises(DataError, match="--registry-poll-s"):
         ServeConfig(registry_poll_s=0)
+
+
+def test_a_source_too_long_for_a_path_is_a_422_naming_it(unlimited):
+    with ThreadedServer(create_app(ServeConfig(), unlimited)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        r = c.post("/v1/tasks", json={"name": "long", "source": "x" * 5000})
+        assert r.status_code == 422 and "task 'long'" in r.json()["error"]["message"]
+        assert "zs" in [t["name"] for t in c.get("/v1/tasks").json()["tasks"]]

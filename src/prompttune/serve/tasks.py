@@ -247,7 +247,13 @@ class TaskTable:
         follows = source if followed(source) else None
         # the version first, then the load: a label moving in between is seen (and loaded) at the next check
         version = self.registry_client().get(follows, payload=False) if follows else None
-        kind, target, shown = resolve_prompt(source, self.registry)
+        try:
+            kind, target, shown = resolve_prompt(source, self.registry)
+        except OSError as e:  # e.g. a long inline template read as a path: "File name too long"
+            raise DataError(
+                f"task {name!r}: source {source[:60]!r}...: {e.strerror}; give an artifact directory, a registry "
+                "reference, a template file or a built-in template name (long templates: put them in a file)."
+            ) from None
         if kind == "artifact":
             if labels or verbalizer:
                 raise DataError(f"task {name!r}: labels / verbalizer apply to hard prompts; an artifact has its own.")
