@@ -114,3 +114,20 @@ def test_compare_with_an_lr_grid_reports_the_rate_chosen_per_arm(task_file, tmp_
     md = (out / "report.md").read_text()
     assert "learning rate chosen on validation: prompt-tuning" in md and "(of 0.001, 0.05)" in md
     assert compare(task_file, out, tiny_model_dir, lr_grid="0.001,0.05", isolate=False)["ran"] == 0  # resumes
+
+
+def test_cli_executor_and_grid_flags_name_what_is_wrong(task_file, tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from prompttune.cli.app import app
+
+    base = ["compare", str(task_file), "--out", str(tmp_path / "c"), "--model", str(tiny_model_dir)]
+    for flags, says in (
+        (["--executor", "dask"], "--executor dask: choose local or ray"),
+        (["--ray-address", "auto"], "--ray-address: only with --executor ray"),
+        (["--lr-grid", "0.01,x"], "--lr-grid 0.01,x: give a count"),
+        (["--cell-cpus", "0"], "--cell-cpus 0"),
+    ):
+        res = CliRunner().invoke(app, base + flags)
+        assert res.exit_code != 0 and says in (res.output + str(res.exception)), (flags, res.output)
+    assert not (tmp_path / "c").exists()  # refused before anything ran or was written
