@@ -4,6 +4,7 @@ adding up to the text without ``stream`` (greedy), through the official ``openai
 from __future__ import annotations
 
 import json
+import threading
 
 import httpx
 import pytest
@@ -93,3 +94,47 @@ def test_text_deltas_hold_back_what_may_change():
     assert deltas.finish("Hello world ") == ""
     partial = TextDeltas(lambda ids: "caf\ufffd" if len(ids) == 1 else "café", ())
     assert partial.update([1]) == "caf" and partial.update([1, 2]) == "é"
+
+
+class SlowGenerator:
+    """Reports one more token every 5 ms through the config's processors (as Generator does), up to 2,000."""
+
+    def __init__(self):
+        self.steps, self.stopped_by = 0, None
+
+    def complete(self, template, values, config=None) -> str:
+        import time
+
+        import torch
+
+        procs = config.processors()
+        try:
+            for _ in range(2000):
+                self.steps += 1
+                procs(torch.tensor([[5] * self.steps]), torch.zeros(1, 16))
+                time.sleep(0.005)
+        except Exception as e:
+            self.stopped_by = e
+            raise
+        return "done"
+
+
+def test_a_client_that_leaves_stops_its_decoding(tiny_model_dir):
+    from prompttune.serve.streaming import StreamClosed
+
+    table = build_table(ServeConfig(model=str(tiny_model_dir)), ["gen=qa"])
+    slow = table.get("gen").generator = SlowGenerator()
+    with ThreadedServer(create_app(ServeConfig(max_wait_ms=1), table)) as s:
+        body = {"model": "gen", "prompt": "the cat", "max_tokens": 8, "stream": True}
+        with httpx.Client(base_url=s.url, timeout=60) as c, c.stream("POST", "/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                    break  # the first piece of text: leave
+        for _ in range(1000):  # bounded: until the worker sees the stream closed
+            if slow.stopped_by is not None:
+                break
+            threading.Event().wait(0.01)
+        assert isinstance(slow.stopped_by, StreamClosed)
+        assert slow.steps < 2000
+        with httpx.Client(base_url=s.url, timeout=60) as c:  # the worker is free again
+            assert c.get("/healthz").json()["queue_rows"] == 0
