@@ -110,7 +110,7 @@ def test_time_budget_validates_once_more_and_stops(tiny_backbone, sentiment_rows
 
 
 def test_the_default_recipe_has_a_time_budget_and_bad_budgets_are_refused():
-    assert TrainConfig().time_budget_s == 600.0
+    assert TrainConfig().time_budget_s == 780.0
     assert TrainConfig(time_budget_s=None).time_budget_s is None
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(PromptTuneError, match="time_budget_s"):

@@ -36,7 +36,7 @@ class TrainConfig:
     backbone_dropout: bool = False  # head tasks: the frozen backbone's own dropout stays on in training steps
     # Seconds of training (steps + validation) after which the run validates once more and stops, keeping the
     # best state: the default recipe ends in bounded time on long rows and busy machines (None: no limit).
-    time_budget_s: float | None = 600.0
+    time_budget_s: float | None = 780.0
 
     def __post_init__(self) -> None:
         """Every setting checked before anything loads; errors name the CLI flag."""
@@ -259,6 +259,7 @@ class Trainer:
                 if step % eval_every == 0 or step >= result.planned_steps or over_time:
                     t_eval = time.perf_counter()
                     val = self._evaluate_averaged()
+                    release_memory()  # validation's batches differ in shape from the steps'
                     result.eval_seconds += time.perf_counter() - t_eval
                     result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
                     result.history.append({"step": step, "val": val, "loss": loss})

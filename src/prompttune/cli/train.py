@@ -110,7 +110,7 @@ def train(
         typer.Option(
             help="Seconds of training (steps + validation) at most; then validate, keep the best, stop (0: none)."
         ),
-    ] = 600.0,
+    ] = 780.0,
     resume: Annotated[
         bool, typer.Option(help="Continue from the checkpoint in --out (with any number of processes).")
     ] = False,
