@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from multitask_data import FAST, assert_user_error, invoke, last_json, make_runner, task_flags, write_tasks
+from conftest import write_jsonl
+from multitask_data import FAST, SENTIMENT, assert_user_error, invoke, last_json, make_runner, task_flags, write_tasks
 
 import prompttune
 from prompttune.api import train_from_file
@@ -14,6 +15,7 @@ from prompttune.core.artifact import read
 from prompttune.core.data import load_rows
 from prompttune.multitask import PackTask, train_multi
 from prompttune.multitask.mixture import sample_rows, task_shares
+from prompttune.multitask.specs import load_tasks, task_templates
 from prompttune.task import split_validation
 from prompttune.train import Callback, TrainConfig
 
@@ -89,6 +91,20 @@ def test_spot_shares_one_prompt(files, tiny_backbone, tmp_path):
     for name in files:
         assert torch.equal(pack.task(name).model.method.table(), shared)
     assert summary["trainable_params_task_specific"] == {n: 0 for n in files}
+
+
+def test_template_forms(files, tiny_backbone, tmp_path):
+    rows = [{"text": " ".join([r["text"]] * 10), "label": r["label"]} for r in SENTIMENT * 2]
+    long = write_jsonl(tmp_path / "long.jsonl", rows)
+    data = load_tasks([("short", files["sent"]), ("long", long)], None, 0)
+    assert task_templates(tiny_backbone, data, "auto", uniform=False) == {"short": "classify", "long": "classify-late"}
+    assert task_templates(tiny_backbone, data, "auto", uniform=True) == {"short": "classify", "long": "classify"}
+    assert set(task_templates(tiny_backbone, data, "late", uniform=True).values()) == {"classify-late"}
+    # one shared prompt over short and long rows: one layout of soft slots (auto: the early form for both)
+    config = TrainConfig(**(CONFIG | {"max_steps": 1}))
+    specs = [f"short={files['sent']}", f"long={long}"]
+    _, _, summary = train_multi(specs, None, method="spot", num_virtual_tokens=4, config=config, backbone=tiny_backbone)
+    assert summary["steps"] == 1
 
 
 def test_temperature_sampling():
@@ -252,6 +268,7 @@ def test_duplicate_names_and_bad_specs(run_main, files, tiny_model_dir):
     assert_user_error(run_main(*base, "--task", f"a b={s}"), "task name")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--method", "lora"), "--method lora", "mpt, spot")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--temperature", "0.5"), "--temperature 0.5")
+    assert_user_error(run_main(*base, "--task", f"a={s}", "--form", "middle"), "--form middle", "early, late")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--limit-per-task", "2"), "--limit-per-task 2")
     assert_user_error(run_main(*base, "--task", "a=missing.jsonl"), "missing.jsonl", "not found")
 

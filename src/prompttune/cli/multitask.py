@@ -20,6 +20,13 @@ TaskOpt = Annotated[
 LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N rows of each task's file.")]
 VirtualOpt = Annotated[int, typer.Option(help="Soft tokens at each template's [soft] slot.")]
 InitOpt = Annotated[str, typer.Option(help="Soft-token init: labels, vocab, text, random.")]
+FormOpt = Annotated[
+    str,
+    typer.Option(
+        help="Built-in templates: early (soft tokens before the input), late (after it), or auto (as train picks: "
+        "late for long rows; tasks sharing one prompt all take the early form when they differ)."
+    ),
+]
 EpochsOpt = Annotated[int, typer.Option(help="Passes over the (sampled) rows of each run.")]
 StepsOpt = Annotated[int | None, typer.Option(help="Stop each run after this many steps (overrides --epochs).")]
 BatchOpt = Annotated[int, typer.Option(help="Rows per step.")]
@@ -60,6 +67,7 @@ def train_multi(
     ] = 2.0,
     num_virtual_tokens: VirtualOpt = 16,
     init: InitOpt = "labels",
+    form: FormOpt = "auto",
     epochs: EpochsOpt = 5,
     max_steps: StepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -98,6 +106,7 @@ def train_multi(
             temperature=temperature,
             num_virtual_tokens=num_virtual_tokens,
             init=init,
+            form=form,
             config=config,
             model=model,
             resume=resume,
@@ -129,6 +138,7 @@ def continual(
     limit_per_task: LimitOpt = None,
     num_virtual_tokens: VirtualOpt = 16,
     init: InitOpt = "labels",
+    form: FormOpt = "auto",
     epochs: EpochsOpt = 5,
     max_steps: StepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -165,6 +175,7 @@ def continual(
             limit_per_task=limit_per_task,
             num_virtual_tokens=num_virtual_tokens,
             init=init,
+            form=form,
             config=config,
             model=model,
             overwrite=overwrite,

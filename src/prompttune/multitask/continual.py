@@ -21,7 +21,7 @@ from prompttune.methods import METHODS
 from prompttune.multitask.multi import params_summary
 from prompttune.multitask.pack import PackTask, save_pack
 from prompttune.multitask.report import continual_metrics, write_report
-from prompttune.multitask.specs import TaskData, load_tasks, parse_specs
+from prompttune.multitask.specs import TaskData, check_form, load_tasks, parse_specs, task_templates
 from prompttune.multitask.view import Stage, Strategy, accuracy, materialize, offsets, plain_table, use_view
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import MAX_VIRTUAL_TOKENS
@@ -52,15 +52,25 @@ def growing_slot(data: TaskData, base: PromptTask, wide: PromptTask) -> int:
 class Learner:
     """The state of a continual run: the strategy's parameters and, per task, its view and its layout."""
 
-    def __init__(self, backbone: Backbone, strategy: Strategy, n_virtual: int, init: str, seed: int):
+    def __init__(
+        self,
+        backbone: Backbone,
+        strategy: Strategy,
+        n_virtual: int,
+        init: str,
+        seed: int,
+        templates: dict | None = None,
+    ):
         self.backbone, self.strategy, self.n, self.init, self.seed = backbone, strategy, n_virtual, init, seed
+        self.templates = templates or {}  # task name -> built-in template name (default: as ``train`` picks)
         self.views: dict[str, PromptTask] = {}
         self.size: dict[str, int] = {}  # --num-virtual-tokens each task's view is compiled with
         self.own_rows: dict[str, tuple[int, int]] = {}  # rows of a task's own table at its growing slot
 
     def fresh(self, data: TaskData, n_virtual: int | None = None) -> PromptTask:
         config = {"num_virtual_tokens": n_virtual or self.n, "init": self.init}
-        return PromptTask.for_data(self.backbone, data.train, "prompt-tuning", config, self.seed)
+        template = self.templates.get(data.name)
+        return PromptTask.for_data(self.backbone, data.train, "prompt-tuning", config, self.seed, template)
 
     def add(self, data: TaskData, base: PromptTask) -> PromptTask:
         """Task ``data``'s view: its own prompt (progressive: with the earlier prompts stacked behind it)."""
@@ -92,6 +102,7 @@ def learn_continual(
     limit_per_task: int | None = None,
     num_virtual_tokens: int = 16,
     init: str = "labels",
+    form: str = "auto",
     config: TrainConfig | None = None,
     model: str | None = None,
     backbone: Backbone | None = None,
@@ -109,6 +120,7 @@ def learn_continual(
     config = (config or TrainConfig()).with_lr(METHODS["prompt-tuning"].default_lr)
     strategy = Strategy.get(method, kinds=CONTINUAL_METHODS)
     specs = parse_specs(list(task_specs))
+    check_form(form)
     if strategy.stacks and num_virtual_tokens * len(specs) > MAX_VIRTUAL_TOKENS:
         raise DataError(
             f"--num-virtual-tokens {num_virtual_tokens} x {len(specs)} tasks: the last task's prompts would be "
@@ -121,7 +133,8 @@ def learn_continual(
     data = load_tasks(specs, limit_per_task, config.seed)
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
-    learner = Learner(backbone, strategy, num_virtual_tokens, init, config.seed)
+    templates = task_templates(backbone, data, form, strategy.shares)
+    learner = Learner(backbone, strategy, num_virtual_tokens, init, config.seed, templates)
     names = [d.name for d in data]
     matrix: list[list[float | None]] = []
     before, baseline, runs = [], [], []

@@ -15,7 +15,7 @@ from prompttune.core.backbone import Backbone
 from prompttune.methods import METHODS
 from prompttune.multitask.mixture import MixtureObjective, task_shares
 from prompttune.multitask.pack import PackTask, save_pack
-from prompttune.multitask.specs import TaskData, load_tasks, parse_specs
+from prompttune.multitask.specs import TaskData, check_form, load_tasks, parse_specs, task_templates
 from prompttune.multitask.view import Stage, Strategy, accuracy, materialize, plain_table, use_view
 from prompttune.prompt_task import PromptTask
 from prompttune.train import Callback, TrainConfig, Trainer, TrainResult
@@ -29,14 +29,20 @@ def checkpoint_dir_for(out_dir: Path) -> Path:
 
 
 def build_tasks(
-    backbone: Backbone, data: list[TaskData], strategy: Strategy, num_virtual_tokens: int, init: str, seed: int
+    backbone: Backbone,
+    data: list[TaskData],
+    strategy: Strategy,
+    num_virtual_tokens: int,
+    init: str,
+    seed: int,
+    form: str = "auto",
 ) -> list[PromptTask]:
     """One PromptTask per task (its rows' built-in template, its labels), each reading the strategy's table."""
     tasks = []
+    templates = task_templates(backbone, data, form, strategy.shares)
     for d in data:
-        task = PromptTask.for_data(
-            backbone, d.train, "prompt-tuning", {"num_virtual_tokens": num_virtual_tokens, "init": init}, seed
-        )
+        config = {"num_virtual_tokens": num_virtual_tokens, "init": init}
+        task = PromptTask.for_data(backbone, d.train, "prompt-tuning", config, seed, templates[d.name])
         strategy.add(d.name, plain_table(task))
         use_view(task, task.model.method.slots, lambda name=d.name: strategy.table(name))
         tasks.append(task)
@@ -64,6 +70,7 @@ def train_multi(
     temperature: float = 2.0,
     num_virtual_tokens: int = 16,
     init: str = "labels",
+    form: str = "auto",
     config: TrainConfig | None = None,
     model: str | None = None,
     backbone: Backbone | None = None,
@@ -84,6 +91,7 @@ def train_multi(
     strategy = Strategy.get(method, kinds=MULTI_METHODS)
     specs = parse_specs(list(task_specs))
     task_shares([1] * len(specs), temperature)  # a bad --temperature: an error before anything loads
+    check_form(form)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         artifact.check_output(out, overwrite or resume, "--out")
@@ -93,7 +101,7 @@ def train_multi(
     data = load_tasks(specs, limit_per_task, config.seed)
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
-    tasks = build_tasks(backbone, data, strategy, num_virtual_tokens, init, config.seed)
+    tasks = build_tasks(backbone, data, strategy, num_virtual_tokens, init, config.seed, form)
     objective = MixtureObjective(tasks, data, Stage(strategy, strategy.keys()), temperature, config.seed)
     names = [d.name for d in data]
     counts = params_summary(strategy, names)

@@ -6,11 +6,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prompttune.core.data import Dataset, load_rows
+from prompttune.core.backbone import Backbone
+from prompttune.core.data import Dataset, infer_fields, load_rows
 from prompttune.core.errors import DataError
+from prompttune.prompt_task import default_template
 from prompttune.task import split_validation
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+FORMS = ("auto", "early", "late")
 MAX_TASKS = 32  # tasks in one pack at most: each keeps its own compiled template, prompt view and validation rows
 
 
@@ -75,3 +78,23 @@ def task_index(names: list[str], name: str, where: str, flag: str = "--task") ->
     if name not in names:
         raise DataError(f"{flag} {name}: {where} has no such task; it has {', '.join(names)}.")
     return names.index(name)
+
+
+def check_form(form: str) -> str:
+    if form not in FORMS:
+        raise DataError(f"--form {form}: unknown; choose one of {', '.join(FORMS)}.")
+    return form
+
+
+def task_templates(backbone: Backbone, data: list[TaskData], form: str, uniform: bool) -> dict[str, str]:
+    """Each task's built-in template for its rows' fields: ``early`` (soft tokens before the input), ``late``
+    (after it) or ``auto`` (as ``train`` picks: late for long rows). ``uniform`` (tasks share one prompt, which
+    needs one layout of soft slots): where ``auto`` picks both forms, every task gets the early one."""
+    names = {}
+    for d in data:
+        auto = default_template(backbone, d.train, infer_fields(d.train))
+        early = auto.removesuffix("-late")
+        names[d.name] = {"auto": auto, "early": early, "late": f"{early}-late"}[check_form(form)]
+    if uniform and len({n.endswith("-late") for n in names.values()}) > 1:
+        names = {k: n.removesuffix("-late") for k, n in names.items()}
+    return names

@@ -99,6 +99,7 @@ class Strategy:
 
     name: ClassVar[str]
     stacks: ClassVar[bool] = False  # each new task's prompt goes before the earlier tasks' frozen prompts
+    shares: ClassVar[bool] = True  # tasks read one prompt (their templates need the same soft slots)
     STRATEGIES: ClassVar[dict[str, type[Strategy]]] = {}
 
     def __init__(self) -> None:
@@ -189,6 +190,7 @@ class Progressive(Strategy):
 
     name = "progressive"
     stacks = True
+    shares = False
 
     def add(self, name: str, init: Tensor) -> None:
         self.params[f"own_{name}"] = nn.Parameter(init.clone())
