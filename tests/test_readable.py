@@ -92,6 +92,12 @@ def test_readable_vocabulary_reads_back(tiny_backbone):
         text = vocab.text(i)
         assert text.isascii() and text.isprintable() and "{" not in text
         assert tiny_backbone.tokenize(text) == [i]
+    words = Vocabulary.of(tiny_backbone, "words")
+    assert 0 < len(words) < len(vocab) and set(words.ids.tolist()) <= set(vocab.ids.tolist())
+    texts = [words.text(i) for i in words.ids.tolist()]
+    assert " movie" in texts and ":" in texts
+    for text in texts:
+        assert (text[0] == " " and text[1:].isalpha()) or not any(c.isalnum() for c in text)
 
 
 def test_inspect_lists_nearest_tokens_norms_and_both_accuracies(tiny_backbone, word_artifact, sentiment_file):
@@ -175,6 +181,15 @@ def test_harden_pez_cli_writes_a_template_that_scores_what_it_reports(tmp_path, 
     assert hand["accuracy"] == pytest.approx(report["accuracy"]["hand_written"])
 
 
+def test_harden_pez_can_start_from_given_words(tmp_path, tiny_backbone, sentiment_file):
+    report = harden(
+        sentiment_file, tmp_path / "t.yaml", method="pez", tokens=2, init="text", init_text=" bad movie",
+        pez=PezConfig(steps=1, eval_every=1, lr=1e-9), backbone=tiny_backbone, vocab="words",
+    )  # fmt: skip
+    assert report["pez"]["best_step"] == 0 and report["pez"]["init"] == "text"
+    assert report["text"] == {"0": " bad movie", "1": " bad movie bad movie"}  # cycled over both slots
+
+
 def test_harden_pez_from_an_artifact_starts_from_its_soft_prompt(
     tmp_path, tiny_backbone, word_artifact, sentiment_file
 ):
@@ -231,6 +246,7 @@ def test_bad_flags_are_named(run_main, tmp_path, tiny_model_dir, word_artifact, 
         (["harden", path, "--method", "pez", "--out", "a.yaml"], ["--data FILE"]),
         (["harden", path, "--method", "pez", "--data", sentiment_file, "--tokens", "2", "--out", "a.yaml"], ["--init"]),
         (["harden", path, "--method", "magic", "--out", "a.yaml"], ["--method magic"]),
+        (["harden", sentiment_file, "--method", "pez", "--init", "text", "--out", "a.yaml"], ["--init-text"]),
         (["harden", path, "--vocab", "greek", "--out", "a.yaml"], ["--vocab greek"]),
         (["harden", path, "--out", "a.txt"], ["--out a.txt", ".yaml"]),
         (["harden", "nowhere", "--out", "a.yaml"], ["nowhere"]),

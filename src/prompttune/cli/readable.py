@@ -84,7 +84,13 @@ def harden_prompt(
     eval_every: Annotated[int, typer.Option(help="pez: score the projection on selection rows every N steps.")] = 25,
     init: Annotated[
         str | None,
-        typer.Option(help="pez start: soft (the artifact's soft prompt; its default), labels (DATA's default), vocab."),
+        typer.Option(
+            help="pez start: soft (the artifact's soft prompt; its default), labels (DATA's default), vocab, or "
+            "text (--init-text)."
+        ),
+    ] = None,
+    init_text: Annotated[
+        str | None, typer.Option(help="pez with --init text: the words it starts from (cycled to fill the slots).")
     ] = None,
     data: Annotated[
         Path | None, typer.Option(help="With an ARTIFACT: labelled rows (pez trains on 90%, picks on 10%).")
@@ -97,7 +103,11 @@ def harden_prompt(
         str | None, typer.Option(help="With DATA: the template (name or file) whose [soft] slots pez fills.")
     ] = None,
     vocab: Annotated[
-        str, typer.Option(help="Candidate tokens: readable (printable ASCII that tokenizes back) or all.")
+        str,
+        typer.Option(
+            help="Candidate tokens: readable (printable ASCII that tokenizes back), words (of those, whole words "
+            "and punctuation) or all (every non-special token)."
+        ),
     ] = "readable",
     seed: Annotated[int, typer.Option(help="Seed of the split, the batches and the init.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace a template harden wrote earlier at --out.")] = False,
@@ -125,6 +135,7 @@ def harden_prompt(
             limit=limit,
             tokens=tokens,
             init=init,
+            init_text=init_text,
             template=template,
             vocab=vocab,
             pez=pez,

@@ -44,13 +44,15 @@ from prompttune.task import split_validation
 from prompttune.train import Callback
 
 HARDEN_METHODS = ("nearest", "pez")
-INITS = ("soft", "labels", "vocab")
+INITS = ("soft", "labels", "vocab", "text")
 MAX_TOKENS = 64  # soft tokens per [soft] slot a hard prompt is searched for, at most
 DEFAULT_TOKENS = 8
 
 
-def _check_flags(method: str, is_artifact: bool, data, tokens, init, template) -> str | None:
+def _check_flags(method: str, is_artifact: bool, data, tokens, init, template, init_text=None) -> str | None:
     """Every flag that does not fit the input is an error naming it, before anything loads; returns the init."""
+    if (init == "text") != bool(init_text):
+        raise PromptTuneError("--init text and --init-text 'some words' go together (the words pez starts from).")
     if method not in HARDEN_METHODS:
         raise PromptTuneError(f"--method {method}: unknown; choose one of {', '.join(HARDEN_METHODS)}.")
     if tokens is not None and not 1 <= tokens <= MAX_TOKENS:
@@ -62,7 +64,12 @@ def _check_flags(method: str, is_artifact: bool, data, tokens, init, template) -
             raise PromptTuneError(
                 "--method nearest projects a trained soft prompt: give an ARTIFACT (or --method pez on DATA)."
             )
-        for flag, value in (("--tokens", tokens), ("--init", init), ("--template", template)):
+        for flag, value in (
+            ("--tokens", tokens),
+            ("--init", init),
+            ("--init-text", init_text),
+            ("--template", template),
+        ):
             if value is not None:
                 raise PromptTuneError(f"{flag}: applies to --method pez; nearest keeps the artifact's soft tokens.")
         return None
@@ -98,6 +105,7 @@ def harden(
     limit: int | None = None,
     tokens: int | None = None,
     init: str | None = None,
+    init_text: str | None = None,
     template: str | None = None,
     vocab: str = "readable",
     pez: PezConfig | None = None,
@@ -116,7 +124,7 @@ def harden(
     if not source.exists():
         raise PromptTuneError(f"ARTIFACT|DATA {source}: no such artifact folder or data file.")
     is_artifact = source.is_dir()
-    init = _check_flags(method, is_artifact, data, tokens, init, template)
+    init = _check_flags(method, is_artifact, data, tokens, init, template, init_text)
     if vocab not in VOCABS:
         raise PromptTuneError(f"--vocab {vocab}: unknown; choose one of {', '.join(VOCABS)}.")
     check_limit(limit)
@@ -150,10 +158,10 @@ def harden(
             search = with_tables(soft_task, tables)
         elif soft_task is not None:
             n = tokens or soft_task.model.compiled.num_virtual_tokens
-            config = {"num_virtual_tokens": n, "init": init}
+            config = {"num_virtual_tokens": n, "init": init, "init_text": init_text}
             search = PromptTask.create(bb, verb.labels, TABLE_METHOD, config, base, verbalizer=verb, seed=pez.seed)
         else:
-            config = {"num_virtual_tokens": tokens or DEFAULT_TOKENS, "init": init}
+            config = {"num_virtual_tokens": tokens or DEFAULT_TOKENS, "init": init, "init_text": init_text}
             search = PromptTask.for_data(bb, train_rows, TABLE_METHOD, config, pez.seed, template)
             base, verb = search.model.template, plain_verbalizer(search.model.verbalizer)
         if init != "soft":  # start from real tokens of the candidate set, not from a raw init vector

@@ -4,7 +4,9 @@ Two candidate sets:
 - ``all``: every token of the tokenizer except its special / added tokens (``<|im_end|>`` ...): the plain
   nearest-neighbour projection the literature measures (Khashabi et al. 2022, "prompt waywardness");
 - ``readable``: tokens whose text is printable ASCII without template syntax (``{ } [ ]``) and that
-  tokenize back to themselves alone, so a prompt made of them can be written into a template and read.
+  tokenize back to themselves alone, so a prompt made of them can be written into a template and read;
+- ``words``: of those, whole words (a space, then letters) and punctuation: word pieces such as ``da`` glue onto
+  the word before them and the text then tokenizes to other tokens (a SmolLM2 smoke run: " positive" + "da").
 
 Nearness is cosine similarity (what PEZ projects by); the Euclidean distance is reported beside it.
 """
@@ -20,7 +22,7 @@ from torch import Tensor
 from prompttune.core.backbone import Backbone
 from prompttune.core.errors import PromptTuneError
 
-VOCABS = ("readable", "all")
+VOCABS = ("readable", "words", "all")
 TEMPLATE_SYNTAX = set("{}[]")
 
 
@@ -31,6 +33,13 @@ def special_ids(tokenizer) -> set[int]:
 
 def readable_text(text: str) -> bool:
     return bool(text.strip()) and text.isascii() and text.isprintable() and not TEMPLATE_SYNTAX & set(text)
+
+
+def word_text(text: str) -> bool:
+    """A whole word with its leading space, or punctuation."""
+    if not readable_text(text):
+        return False
+    return (text[0] == " " and text[1:].isalpha()) or all(not c.isalnum() and not c.isspace() for c in text)
 
 
 @dataclass
@@ -51,9 +60,10 @@ class Vocabulary:
         n = min(len(tok), backbone.embedding_matrix.shape[0])
         skip = special_ids(tok)
         ids = [i for i in range(n) if i not in skip]
-        if kind == "readable":
+        if kind != "all":
             texts = dict(zip(ids, tok.batch_decode([[i] for i in ids]), strict=True))
-            ok = [i for i in ids if readable_text(texts[i])]
+            keep = word_text if kind == "words" else readable_text
+            ok = [i for i in ids if keep(texts[i])]
             back = tok([texts[i] for i in ok], add_special_tokens=False)["input_ids"] if ok else []
             ids = [i for i, b in zip(ok, back, strict=True) if b == [i]]  # tokenizes back to itself alone
         if not ids:
