@@ -1,5 +1,7 @@
 """Training: the loss goes down, runs are deterministic, and a killed run resumes to the same result."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -156,3 +158,14 @@ def test_a_budget_that_does_not_bind_keeps_the_configured_schedule(tiny_backbone
     ds = dataset(sentiment_rows)
     result = task.fit(ds, ds, TrainConfig(max_steps=8, batch_size=8, warmup_steps=2, eval_every=4, patience=100))
     assert result.planned_steps == 8 and result.steps == 8 and result.stopped_by is None
+
+
+def test_a_resume_with_more_steps_plans_for_them(tiny_backbone, sentiment_rows, tmp_path):
+    """The schedule's end saved in a checkpoint belongs to the total it was planned from: resuming with a larger
+    --max-steps runs the new total."""
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    cfg = TrainConfig(max_steps=2, batch_size=8, eval_every=2, patience=100)
+    task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "ck")
+    result = task.fit(ds, ds, replace(cfg, max_steps=4), checkpoint_dir=tmp_path / "ck", resume=True)
+    assert result.steps == 4 and result.planned_steps == 4

@@ -87,6 +87,7 @@ def load_checkpoint(self, result):
     result = type(result)(metric=result.metric, **{k: r[k] for k in fields_})
     # checkpoints written before the metric was named kept it as "best_val_accuracy" / "val_accuracy"
     result.planned_steps = r.get("planned_steps", 0)  # older checkpoints: the configured total
+    result.planned_from = r.get("planned_from", 0)
     result.best_val = r.get("best_val", r.get("best_val_accuracy", 0.0))
     result.history = [
         {"step": h["step"], "val": h.get("val", h.get("val_accuracy"))} | ({"loss": h["loss"]} if "loss" in h else {})

@@ -82,6 +82,7 @@ class TrainResult:
     # The step the learning rate decays to 0 at: the configured total, brought forward at a validation when the
     # time budget will stop the run sooner (0: not planned yet)
     planned_steps: int = 0
+    planned_from: int = 0  # the configured total that plan was made from (a resume with another total replans)
 
     @property
     def train_examples_per_s(self) -> float:
@@ -230,7 +231,8 @@ class Trainer:
             bad_evals += 1
         step = start_step
         t0 = time.perf_counter() - result.train_seconds - result.eval_seconds
-        result.planned_steps = min(result.planned_steps or total, total)
+        if result.planned_from != total:  # a new run, or resumed with another --max-steps / --epochs
+            result.planned_steps, result.planned_from = total, total
         self.parts.train()
         while step < result.planned_steps:
             epoch, offset = divmod(step, per_epoch)
