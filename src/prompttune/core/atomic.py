@@ -48,7 +48,12 @@ def check_output_dir(path: Path, flag: str, is_ours: Callable[[Path], bool], wha
             )
         if not overwrite:
             raise PromptTuneError(f"{flag} {path}: holds a {what} already; pass --overwrite to replace it.")
-    parent = path.parent
+    check_writable_parent(path, flag)
+
+
+def check_writable_parent(path: Path, flag: str) -> None:
+    """Refuse a path whose nearest existing parent folder this process cannot write in (before any work)."""
+    parent = Path(path).parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -7,7 +7,6 @@ read) whose first line marks it as harden's output; only such a file is replaced
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prompttune.core import atomic
@@ -41,11 +40,7 @@ def check_template_output(path: Path, overwrite: bool, flag: str = "--out") -> N
             )
         if not overwrite:
             raise PromptTuneError(f"{flag} {path}: holds an earlier harden output; pass --overwrite to replace it.")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PromptTuneError(f"{flag} {path}: cannot write in {parent} (permission denied); choose another path.")
+    atomic.check_writable_parent(path, flag)
 
 
 def write_template(path: Path, template: Template, comments: list[str]) -> None:
