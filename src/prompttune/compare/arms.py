@@ -50,6 +50,24 @@ class Arm:
     def method_config(self) -> dict:
         return {k: v for k, v in self.options.items() if k not in HARNESS_KEYS}
 
+    def train_config(self, spec: dict, seed: int):
+        """The TrainConfig of this arm's cell: the run's step budget and batch, the arm's harness options, and no
+        wall-clock budget (every arm gets the same steps, whatever the machine's load)."""
+        from prompttune.train import TrainConfig
+
+        max_steps = int(self.harness("max_steps", spec["max_steps"]))
+        return TrainConfig(
+            max_steps=max_steps,
+            batch_size=int(self.harness("batch_size", spec["batch_size"])),
+            lr=float(self.harness("lr")),
+            eval_every=int(self.harness("eval_every", 0) or max(1, max_steps // 4)),
+            patience=int(self.harness("patience", 4)),
+            warmup_steps=min(20, max(1, max_steps // 10)),
+            ema=float(self.harness("ema", 0.0) or 0.0),
+            seed=seed,
+            time_budget_s=None,
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 

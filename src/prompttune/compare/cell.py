@@ -31,7 +31,7 @@ from prompttune.core.verbalizer import Verbalizer
 from prompttune.hard.fewshot import select_random
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import PromptModel
-from prompttune.train import Callback, TrainConfig
+from prompttune.train import Callback
 
 
 def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, verbalizer: str | None, seed: int):
@@ -81,18 +81,7 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
     trainable = task.trainable_params
     result: dict = {"trainable_params": trainable, "n_train": len(train), "steps": 0}
     if trainable:
-        max_steps = int(arm.harness("max_steps", s["max_steps"]))
-        config = TrainConfig(
-            max_steps=max_steps,
-            batch_size=int(arm.harness("batch_size", s["batch_size"])),
-            lr=float(arm.harness("lr")),
-            eval_every=int(arm.harness("eval_every", 0) or max(1, max_steps // 4)),
-            patience=int(arm.harness("patience", 4)),
-            warmup_steps=min(20, max(1, max_steps // 10)),
-            ema=float(arm.harness("ema", 0.0) or 0.0),
-            seed=seed,
-            time_budget_s=None,  # every arm gets the same steps, whatever the machine's load
-        )
+        config = arm.train_config(s, seed)
         progress = Callback(on_step=lambda ev: emit({"event": "step", **ev}))
         fit = task.fit(train, split.val, config, callbacks=[progress])
         result |= {

@@ -143,7 +143,7 @@ def run_generation_cell(spec: dict, emit) -> dict:
 
     from prompttune.compare.baselines import BASELINES
     from prompttune.core.backbone import Backbone, set_threads
-    from prompttune.train import Callback, TrainConfig
+    from prompttune.train import Callback
 
     set_threads()
     t_start = time.perf_counter()
@@ -161,18 +161,7 @@ def run_generation_cell(spec: dict, emit) -> dict:
     task = build_task(arm, backbone, train, s.get("template"), seed)
     result: dict = {"trainable_params": task.trainable_params, "n_train": len(train), "steps": 0}
     if task.trainable_params:
-        max_steps = int(arm.harness("max_steps", s["max_steps"]))
-        config = TrainConfig(
-            max_steps=max_steps,
-            batch_size=int(arm.harness("batch_size", s["batch_size"])),
-            lr=float(arm.harness("lr")),
-            eval_every=int(arm.harness("eval_every", 0) or max(1, max_steps // 4)),
-            patience=int(arm.harness("patience", 4)),
-            warmup_steps=min(20, max(1, max_steps // 10)),
-            ema=float(arm.harness("ema", 0.0) or 0.0),
-            seed=seed,
-            time_budget_s=None,  # every arm gets the same steps, whatever the machine's load
-        )
+        config = arm.train_config(s, seed)
         fit = task.fit(train, split.val, config, callbacks=[Callback(on_step=lambda ev: emit({"event": "step", **ev}))])
         result |= {
             "steps": fit.steps,
