@@ -63,3 +63,9 @@ def init_from_pack(task: Task, init_from: str | Path, source_task: str | None = 
     method.load_table(table.to(own.dtype))
     task.model.clear_cache()
     return what
+
+
+def transfer(task: Task, init_from: str | Path, source_task: str | None = None) -> tuple[Task, str]:
+    """The task to train for ``--init-from PACK [--source-task ...]`` and what it starts from: the same task with
+    its prompt set from the pack (``init_from_pack``)."""
+    return task, init_from_pack(task, init_from, source_task)
