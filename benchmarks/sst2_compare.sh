@@ -6,7 +6,8 @@
 # rows (never trained or validated on).
 #   bash benchmarks/sst2_compare.sh [OUT_DIR]        # rerun the same command to resume after a stop
 # Knobs (environment): SEEDS (0,1,2), SIZES (64,256,1800), STEPS (60 steps of 16 rows per run),
-# THREADS (2), FULL_FT (0), METHODS (default: hard prompts, every registry soft method, lora).
+# THREADS (2), FULL_FT (0), METHODS (default: hard prompts, every registry soft method, lora),
+# LR_GRID (unset: each arm at its default rate; 3: three rates per arm chosen on validation, see --lr-grid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=../shared/data/sst2/train.jsonl
@@ -23,6 +24,6 @@ export OMP_NUM_THREADS=${THREADS:-2}
 start=$(date +%s)
 .venv/bin/prompttune compare "$DATA" --limit 2000 --test "$OUT/heldout.jsonl" --val-rows 200 \
   --methods "$METHODS" --seeds "${SEEDS:-0,1,2}" --train-sizes "${SIZES:-64,256,1800}" \
-  --max-steps "${STEPS:-60}" --batch-size 16 --out "$OUT"
+  --max-steps "${STEPS:-60}" --batch-size 16 ${LR_GRID:+--lr-grid "$LR_GRID"} --out "$OUT"
 echo "whole run: $(( ($(date +%s) - start) / 60 )) min (cells reused from an earlier run take no time); \
 report: $OUT/report.html"

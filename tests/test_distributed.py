@@ -48,7 +48,7 @@ from prompttune.train import TrainConfig
 
 _, result, summary = train_from_file(
     spec["data"], spec["out"], model=spec["model"], method_config=["num_virtual_tokens=3"],
-    config=TrainConfig(**spec["config"]), resume=spec["resume"],
+    config=TrainConfig(**spec["config"]), resume=spec["resume"], **spec.get("kwargs", {}),
 )
 print("RESULT " + json.dumps({"steps": result.steps, "history": result.history, "writes": writes}), flush=True)
 """
@@ -213,3 +213,117 @@ def test_launcher_arguments_and_errors(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(PromptTuneError, match="already runs under a launcher"):
         launch_local(2, [])
+
+
+GENERATION_ROWS = [  # targets of very different lengths: a per-row average would weigh their tokens unequally
+    {"input": f"name: {n}; food: {f}", "target": f"{n} serves {f} food" + " near the river" * (k % 4 * 3) + "."}
+    for k, (n, f) in enumerate(
+        (n, f) for n in ("Aromi", "Zizzi", "Bibimbap", "Cotto", "Alimentum") for f in ("Italian", "French", "Chinese")
+    )
+]
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs",
+    [("head", {"head": "classification"}), ("generation", {"task_type": "generate"})],
+)
+def test_two_ranks_equal_one_process_for_the_head_and_generation_objectives(
+    kind, kwargs, tmp_path, sentiment_rows, tiny_model_dir
+):
+    """Every objective goes through the same sharded step: a classification head and the language-modelling
+    loss of a generation task train to the same weights on 2 ranks as in one process."""
+    rows = GENERATION_ROWS if kind == "generation" else sentiment_rows
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    (tmp_path / "runs").mkdir()
+    config = CONFIG | {"max_steps": 4, "batch_size": 15}  # one batch of every length
+    spec = {
+        "data": str(data), "model": str(tiny_model_dir), "config": config, "resume": False,
+        "watch": str(tmp_path / "runs"), "kwargs": kwargs,
+    }  # fmt: skip
+    one = spec | {"out": str(tmp_path / "runs" / "one")}
+    train_from_file(
+        one["data"], one["out"], model=one["model"], method_config=["num_virtual_tokens=3"],
+        config=TrainConfig(**config), **kwargs,
+    )  # fmt: skip
+    two = spec | {"out": str(tmp_path / "runs" / "two")}
+    (c0, r0, e0), (c1, r1, e1) = finish(start_ranks(two, 2))
+    assert c0 == 0 and c1 == 0, e0[-3000:] + e1[-3000:]
+    assert r0["steps"] == r1["steps"] == 4
+    assert_same_prompt(Path(one["out"]), Path(two["out"]))
+    assert r1["writes"] == [], "rank 1 wrote"
+
+
+class _OneProcessRanks(DistContext):
+    """Plays one rank of ``world`` in this process: the all-reduce records this rank's buffer (summed by the test)."""
+
+    def __init__(self, rank: int, world: int, sink: list):
+        super().__init__(rank, world)
+        self.sink = sink
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.sink.append(tensor.clone())
+        return tensor
+
+
+def _objective(kind: str, backbone):
+    from prompttune.core.data import from_records
+    from prompttune.generation.task import GenerationTask
+    from prompttune.heads.tagging import TaggingKind
+    from prompttune.heads.task import HeadTask
+
+    if kind == "generation":
+        rows = from_records(GENERATION_ROWS)
+        task = GenerationTask.create(
+            backbone, "prompt-tuning", {"num_virtual_tokens": 3}, {"user": "[soft]{{ input }}"}
+        )
+    else:  # tagging: a mean over labelled words, rows of 2 to 7 words
+        words = ["the", "cat", "sat", "on", "a", "warm", "mat"]
+        rows = from_records([{"tokens": words[:n], "tags": ["O", "B-ANI"] * 3 + ["O"]} for n in range(2, 8)])
+        rows = from_records([{"tokens": r.fields["tokens"], "tags": r.fields["tags"][: len(r.fields["tokens"])]}
+                             for r in rows.rows])  # fmt: skip
+        task = HeadTask.create(
+            backbone, "tokens", TaggingKind.labels_from(rows), "prompt-tuning", {"num_virtual_tokens": 3}
+        )
+    return task.objective(rows, rows, TrainConfig())
+
+
+@pytest.mark.parametrize("kind", ["generation", "tagging"])
+def test_ranks_weigh_a_per_token_loss_by_their_tokens_so_they_sum_to_the_whole_batch_gradient(kind, tiny_backbone):
+    """A loss that is a mean over tokens (generation targets, tagged words): each rank's part is weighted by its
+    share of the tokens, so the summed gradients equal one pass over the whole batch (rows would not)."""
+    from functools import partial
+
+    from prompttune.batches import loss_weight_of
+    from prompttune.distributed.step import backward_shard
+
+    obj = _objective(kind, tiny_backbone)
+    obj.trainable.eval()  # the tagging head's dropout draws differently per pass: weigh the same function
+    params = [p for p in obj.trainable.parameters() if p.requires_grad]
+    batch = list(range(len(obj.lengths)))
+    assert len({loss_weight_of(obj, [i]) for i in batch}) > 1, "rows must differ in tokens for this test to bite"
+
+    def backward(part: list[int]) -> torch.Tensor:
+        loss = obj.batch_loss(part)
+        loss.backward()
+        return loss.detach()
+
+    for p in params:
+        p.grad = None
+    whole = backward(batch)
+    full = torch.cat([p.grad.reshape(-1) for p in params]).clone()
+    sink: list[torch.Tensor] = []
+    for rank in range(2):
+        for p in params:
+            p.grad = None
+        backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, 0, partial(loss_weight_of, obj))
+    summed = sink[0] + sink[1]
+    torch.testing.assert_close(summed[:-1], full, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(summed[-1], whole.float(), atol=1e-6, rtol=1e-5)
+    # weighing the parts by rows, as before, gives another gradient
+    sink.clear()
+    for rank in range(2):
+        for p in params:
+            p.grad = None
+        backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, 0)
+    rowwise, exact = (sink[0] + sink[1])[:-1], summed[:-1]
+    assert (rowwise - exact).abs().max() > 1e-3 * exact.abs().max()

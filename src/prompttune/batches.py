@@ -34,3 +34,10 @@ def micro_batches(batch: list[int], lengths: list[int], budget: int) -> list[lis
         parts[-1].append(i)
         width = max(width, lengths[i])
     return parts
+
+
+def loss_weight_of(objective, batch: list[int]) -> float:
+    """How many units ``objective``'s loss on ``batch`` is a mean over: its ``loss_weight`` if it declares one
+    (e.g. target tokens), else the rows."""
+    weigh = getattr(objective, "loss_weight", None)
+    return float(weigh(batch)) if weigh is not None else float(len(batch))

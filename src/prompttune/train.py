@@ -7,18 +7,18 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from prompttune.batches import epoch_batches, micro_batches
+from prompttune.batches import epoch_batches, loss_weight_of, micro_batches
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
 from prompttune.core.backbone import release_memory
 from prompttune.core.errors import PromptTuneError
 from prompttune.distributed.context import init_from_env
 from prompttune.distributed.step import backward_shard
-
 
 SLOW_STEP_S = 1.0  # a step slower than this releases freed memory right after it
 
@@ -158,6 +158,7 @@ class Objective(Protocol):
 
     def batch_loss(self, batch: list[int]) -> torch.Tensor: ...
 
+    # Optional ``loss_weight(batch)``: what the loss is a mean over (default rows; e.g. tokens), see loss_weight_of
     def validate(self) -> float: ...
 
     def clear_cache(self) -> None:
@@ -326,7 +327,8 @@ class Trainer:
             group["lr"] = self._lr(step, total) * group.get("base_lr", self.config.lr) / self.config.lr
         self.optimizer.zero_grad(set_to_none=True)
         if self.dist is not None:  # this rank's part, then the gradients summed over the ranks
-            loss = backward_shard(self.dist, self._backward_micro_batches, self.params, batch, step)
+            weigh = partial(loss_weight_of, self.objective)
+            loss = backward_shard(self.dist, self._backward_micro_batches, self.params, batch, step, weigh)
         else:
             loss = self._backward_micro_batches(batch)
         if not torch.isfinite(loss):
@@ -344,13 +346,14 @@ class Trainer:
         on long rows holds one part's activations at a time, with the gradient of the whole batch's mean."""
         budget = getattr(self.objective, "micro_batch_tokens", None)
         parts = micro_batches(batch, self.objective.lengths, budget) if budget else [batch]
-        total = torch.zeros(())
+        total, whole = torch.zeros(()), loss_weight_of(self.objective, batch)
         for part in parts:
             loss = self.objective.batch_loss(part)
             if not torch.isfinite(loss):
                 return loss.detach()
-            (loss * (len(part) / len(batch))).backward()
-            total = total + loss.detach().cpu().float() * (len(part) / len(batch))
+            share = loss_weight_of(self.objective, part) / whole if len(parts) > 1 else 1.0
+            (loss * share).backward()
+            total = total + loss.detach().cpu().float() * share
         return total
 
     def _update_ema(self) -> None:

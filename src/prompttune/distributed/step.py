@@ -16,15 +16,17 @@ def backward_shard(
     params: Sequence[torch.nn.Parameter],
     batch: list[int],
     step: int,
+    weigh: Callable[[list[int]], float] = len,
 ) -> torch.Tensor:
     """Backward this rank's part of ``batch`` and all-reduce; returns the global batch's loss (on every rank).
 
     ``backward(part)`` leaves the gradient of the part's mean loss in the parameters and returns that loss (the
-    Trainer's, over micro-batches). Each part's gradient is weighted by its share of the rows, so the sum over
-    the ranks is the gradient of the mean over the whole batch: what one process computes for a loss that is a
-    mean over rows (label words, classification heads); a per-token mean (tagging, generation) is averaged per
-    row instead. Only the trainable parameters travel (one flat buffer, one collective a step); the loss rides in
-    the same buffer, so a diverged rank stops every rank at the same step.
+    Trainer's, over micro-batches). Each part's gradient is weighted by its share of the batch, ``weigh(part) /
+    weigh(batch)`` (rows by default; the target tokens of a generation loss, which is a mean over tokens), so the
+    sum over the ranks is the gradient of the whole batch's loss: what one process computes. Every rank holds the
+    whole global batch, so the shares need no communication. Only the trainable parameters travel (one flat
+    buffer, one collective a step); the loss rides in the same buffer, so a diverged rank stops every rank at the
+    same step.
     """
     ctx.step = step + 1
     part = ctx.shard(batch)
@@ -33,7 +35,7 @@ def backward_shard(
     if part:
         value = backward(part).detach().float().reshape(1).to(device)
     grads = [(p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)) for p in params]
-    flat = torch.cat([g.float() for g in grads] + [value]) * (len(part) / len(batch))
+    flat = torch.cat([g.float() for g in grads] + [value]) * ((weigh(part) / weigh(batch)) if part else 0.0)
     ctx.all_reduce_sum(flat)
     offset = 0
     for p in params:

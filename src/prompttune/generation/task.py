@@ -109,6 +109,10 @@ class GenerationObjective:
         self.val = groups
         self.lengths = [len(x.ids) + len(x.target) for x in self.examples]
 
+    def loss_weight(self, batch: list[int]) -> int:
+        """The loss is a mean over target tokens: ranks and micro-batches combine by their token counts."""
+        return sum(len(self.examples[i].target) for i in batch)
+
     def batch_loss(self, batch: list[int]) -> torch.Tensor:
         return self.model.target_loss([self.examples[i] for i in batch], self.model.prefix_kv())
 

@@ -160,6 +160,10 @@ class TaggingKind(HeadKind):
     def _logits(self, model: HeadModel, examples: list[TagExample], prefix) -> Tensor:
         return model.head(model.hidden([e.ids for e in examples], prefix))  # (b, t, n_tags)
 
+    def loss_weight(self, examples: list[TagExample]) -> int:
+        """The loss is a mean over labelled words (each word's first token)."""
+        return sum(len(e.first) for e in examples)
+
     def loss(self, model: HeadModel, examples: list[TagExample], prefix) -> Tensor:
         logits = self._logits(model, examples, prefix)
         rows = torch.tensor([i for i, e in enumerate(examples) for _ in e.first])

@@ -38,6 +38,12 @@ class HeadObjective:
         self.lengths = [kind.length(e) for e in train]
         self.dropout = dropout  # the backbone's own dropout in training steps (weights stay frozen)
 
+    def loss_weight(self, batch: list[int]) -> float:
+        """What the kind's loss is a mean over (tagging: labelled words), so ranks and micro-batches combine
+        exactly; rows unless the kind says otherwise."""
+        weigh = getattr(self.kind, "loss_weight", None)
+        return weigh([self.train[i] for i in batch]) if weigh is not None else len(batch)
+
     def batch_loss(self, batch: list[int]) -> torch.Tensor:
         rows = [self.train[i] for i in batch]
         if not self.dropout:
