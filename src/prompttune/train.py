@@ -15,12 +15,10 @@ import torch
 
 from prompttune.batches import epoch_batches, loss_weight_of, micro_batches
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
-from prompttune.core.backbone import release_memory
+from prompttune.core.backbone import HeapTrim, release_memory
 from prompttune.core.errors import PromptTuneError
 from prompttune.distributed.context import init_from_env
 from prompttune.distributed.step import backward_shard
-
-SLOW_STEP_S = 1.0  # a step slower than this releases freed memory right after it
 
 
 @dataclass
@@ -238,18 +236,15 @@ class Trainer:
         if result.planned_from != total:  # a new run, or resumed with another --max-steps / --epochs
             result.planned_steps, result.planned_from = total, total
         self.parts.train()
+        trim = HeapTrim()
         while step < result.planned_steps:
             epoch, offset = divmod(step, per_epoch)
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
             for batch in batches[offset:]:
-                t_step = time.perf_counter()
                 loss = self._step(step, result.planned_steps, batch)
                 self._update_ema()
                 step += 1
-                # glibc keeps freed heap: hand it back every 10 steps, and after every slow step (long rows), where
-                # a trim costs little beside the step and the heap would otherwise grow ~100 MB a step
-                if step % 10 == 0 or time.perf_counter() - t_step > SLOW_STEP_S:
-                    release_memory()
+                trim(step)  # glibc keeps freed heap: handed back every 10 steps, or once it grew 64 MB (long rows)
                 result.train_examples += len(batch)
                 result.steps = step
                 elapsed = time.perf_counter() - t0 - result.eval_seconds
