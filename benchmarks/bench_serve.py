@@ -1,18 +1,42 @@
-"""`prompttune serve` throughput over real HTTP on loopback: mixed-task batching vs --max-batch 1.
+"""Issue 13's serving targets in ONE run: `prompttune serve` over real HTTP on loopback vs its baselines.
 
-Default decoder, tasks of every label-word method (untrained prompts: the speed does not depend on the
-values) and two hard prompts; N classification requests of 1 row each from C concurrent clients, each
-request for a uniformly random task. Bounded: N requests per configuration, then it stops.
+The full run (default decoder; the lead runs it on a quiet machine; about an hour on 2 CPU cores):
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_serve.py --requests 400 --clients 16
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_serve.py --requests 4000 --clients 32 \
+        --predict-requests 16 --peft-requests 4000 --many 1000 --many-cache-mb 64 --long-prefix 1000 \
+        --json-out /tmp/bench_serve.json
 
-Prints requests/s, p50/p99 latency, errors, resident memory and the load average (the machine's 2 cores are
-shared). Two more scenarios of issue 13 (tiny check: add --model PATH of a small random model):
+Tiny check (a random model folder, as tests/tiny.py builds one with 4,096 positions):
 
-    --many 1000 --prefix-cache-mb 64   one soft prompt served under 1,000 names (each its own task and prefix),
-                                       uniform random traffic over all of them, within the prefix cache budget
-    --long-prefix 1000                 the classify template with ~1,000 tokens of system text added, and as it
-                                       is (~40 prefix tokens), each served alone: what a long cached prefix costs
+    .venv/bin/python benchmarks/bench_serve.py --model PATH --requests 64 --clients 8 --predict-requests 2 \
+        --peft-requests 32 --many 20 --long-prefix 200 --system-tokens 60
+
+Eight tasks on one backbone (untrained: the speed does not depend on the values): two prompt tuning (pt-a, pt-b),
+P-tuning (ptune), prefix tuning (prefix), P-tuning v2 (deep), a zero-shot hard prompt with a long system text
+(zero, ~``--system-tokens`` tokens), a few-shot hard prompt (few, 4 demos), a classification head task (head).
+N predict requests of 1 row each from C concurrent clients, each for a uniformly random task. Each server is a
+``prompttune serve`` subprocess on a free loopback port, healthy before the load, SIGTERM-stopped after it;
+its resident memory (VmRSS) is read after the load. Configurations, side by side:
+
+  (a) mixed      the 8-task server, --max-batch 32 (tasks mixed in one forward pass)
+  (b) batch 1    the same server with --max-batch 1 --max-wait-ms 0              target a/b >= 3
+  (c) one task   a server holding only pt-a, the same load on it                 target a/c >= 0.8
+  (d) predict    one `prompttune predict ARTIFACT TEXT` process per request (the status quo), sequential,
+                 --predict-requests of them over the 6 artifacts                target a/d >= 10
+  (e) PEFT       one PeftModel per soft-prompt task (each artifact exported with prompttune.interop's
+                 export_peft, loaded with PeftModel.from_pretrained over ONE base model), hard prompts on the
+                 base model, each request alone (full prompt in one forward, label words read at the end), a
+                 loop in its own process: no HTTP cost (which favours PEFT); the head task is left out (PEFT
+                 has no classification head over a causal LM's prompt). Latency = one forward.  target a/e >= 3
+  memory         RSS of (a)'s server (8 tasks) / (c)'s (1 task)                  target <= 1.15
+  many           --many names of one soft prompt (each its own task and prefix), --prefix-cache-mb
+                 --many-cache-mb, uniform traffic over all: throughput / (a)     target >= 0.7
+                 and RSS / (c)'s                                                 target <= 1.5
+  long prefix    the classify template with ~--long-prefix tokens of system text vs as it is (~20-40 prefix
+                 tokens), one server holding both, each loaded alone: long / short throughput  target >= 0.8
+
+Prints a table, the ratios with their targets, and one JSON object (last line; also --json-out). Bounded:
+each configuration sends its N requests, then stops.
 """
 
 from __future__ import annotations
@@ -20,132 +44,208 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+from bench_serve_parts import TEXTS, Server, load, machine_load, peft_baseline, predict_processes
 
-TEXTS = ["a gripping, funny film", "dull and far too long", "the best thing I saw this year", "not worth it"]
-SOFT = [("pt-a", "prompt-tuning", 0), ("pt-b", "prompt-tuning", 1), ("ptune", "p-tuning", 0),
-        ("prefix", "prefix-tuning", 0), ("deep", "p-tuning-v2", 0)]  # fmt: skip
-
-
+EXACT = "[soft]Review: {{ text }} Sentiment: [label]"  # soft tokens first: exports to PEFT exactly
+SOFT = [("pt-a", "prompt-tuning", 0, EXACT), ("pt-b", "prompt-tuning", 1, EXACT), ("ptune", "p-tuning", 0, EXACT),
+        ("prefix", "prefix-tuning", 0, None), ("deep", "p-tuning-v2", 0, None)]  # fmt: skip
+LABELS = ["negative", "positive"]
 FILLER = "The reviewer writes about films, their actors and their makers. "  # ~13 tokens
+DEMOS = [{"text": "I loved it", "label": "positive"}, {"text": "what a waste", "label": "negative"},
+         {"text": "a joy to watch", "label": "positive"}, {"text": "boring and bad", "label": "negative"}]  # fmt: skip
 
 
-def build(folder: Path, model: str | None, many: int = 0, long_prefix: int = 0) -> tuple[list[str], dict]:
+def classify_with(folder: Path, name: str, backbone, system_tokens: int = 0, demos=()) -> Path:
+    """The built-in classify template with ~system_tokens of system text before its own, and demos, as a file."""
+    from prompttune.core.template import BUILTIN
+
+    long = FILLER * (system_tokens // len(backbone.tokenize(FILLER))) if system_tokens else ""
+    spec = {**BUILTIN["classify"], "system": long + BUILTIN["classify"]["system"], "demos": list(demos)}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def build(folder: Path, args) -> dict:
+    """Artifacts and template files; the task specs of each scenario; the PEFT worker's plan."""
+    import random
+
     from prompttune import Backbone
+    from prompttune.core.data import from_records
+    from prompttune.core.errors import PromptTuneError
+    from prompttune.core.template import SoftSlot
+    from prompttune.heads.task import HeadTask
+    from prompttune.interop.peft import export_peft
     from prompttune.prompt_task import PromptTask
 
-    backbone = Backbone.load(model)
-    if many:
-        PromptTask.create(backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 16}).save(
-            folder / "pt"
-        )
-        return [f"t{i}={folder / 'pt'}" for i in range(many)], {}
-    if long_prefix:  # the built-in classify template as it is, and with a long system text before its own
-        from prompttune.core.template import BUILTIN
-
-        long = FILLER * max(1, long_prefix // len(backbone.tokenize(FILLER)))
-        for name, system in (("short", ""), ("long", long)):
-            spec = {**BUILTIN["classify"], "system": system + BUILTIN["classify"]["system"]}
-            (folder / f"{name}.json").write_text(json.dumps(spec))
-        both = "negative,positive"
-        return [f"short={folder / 'short.json'}", f"long={folder / 'long.json'}"], {"short": both, "long": both}
-    tasks = []
-    for name, method, seed in SOFT:
-        task = PromptTask.create(backbone, ["negative", "positive"], method, {"num_virtual_tokens": 16}, seed=seed)
+    backbone = Backbone.load(args.model)
+    specs, peft_tasks, models = [], {}, {}
+    for name, method, seed, template in SOFT:
+        task = PromptTask.create(backbone, LABELS, method, {"num_virtual_tokens": 16}, template, seed=seed)
         task.save(folder / name)
-        tasks.append(f"{name}={folder / name}")
-    tasks += ["hard=classify", "instruct=classify-instruct"]
-    return tasks, {"hard": "negative,positive", "instruct": "negative,positive"}
+        specs.append(f"{name}={folder / name}")
+        models[name] = task.model
+        try:
+            export_peft(folder / name, folder / f"{name}.peft", backbone)
+            peft_tasks[name] = str(folder / f"{name}.peft")
+        except PromptTuneError as e:
+            print(f"PEFT baseline: {name} not exported ({e}); left out of the PEFT baseline")
+    hard = {"zero": classify_with(folder, "zero", backbone, args.system_tokens),
+            "few": classify_with(folder, "few", backbone, demos=DEMOS)}  # fmt: skip
+    for name, path in hard.items():
+        specs.append(f"{name}={path}")
+        models[name] = PromptTask.create(backbone, LABELS, "zero-shot", {}, str(path)).model
+        peft_tasks[name] = None  # the base model, the whole prompt each time
+    HeadTask.create(backbone, "classification", LABELS, "p-tuning-v2", {"num_virtual_tokens": 16}).save(folder / "head")
+    specs.append(f"head={folder / 'head'}")
+
+    rng = random.Random(1)
+    requests = []
+    for _ in range(args.peft_requests):
+        name = rng.choice(sorted(peft_tasks))
+        m = models[name]
+        hard_ids = [int(t) for s in m.segments if not isinstance(s, SoftSlot) for t in s.tolist()]
+        row = m.encode(from_records([rng.choice(TEXTS)])).ids[0]
+        requests.append((name, hard_ids + row))
+    plan = {"model": args.model, "requests": requests,
+            "tasks": {n: {"adapter": a, "label_ids": [ids[0] for ids in models[n].form_token_ids]}
+                      for n, a in peft_tasks.items()}}  # fmt: skip
+    (folder / "peft_plan.json").write_text(json.dumps(plan))
+    out = {"tasks": specs, "labels": {"zero": ",".join(LABELS), "few": ",".join(LABELS)},
+           "artifacts": [folder / n for n, *_ in SOFT] + [folder / "head"],
+           "peft_plan": folder / "peft_plan.json"}  # fmt: skip
+    if args.many:
+        out["many"] = [f"t{i}={folder / 'pt-a'}" for i in range(args.many)]
+    if args.long_prefix:
+        short, long = (
+            classify_with(folder, "short", backbone),
+            classify_with(folder, "long", backbone, args.long_prefix),
+        )
+        out["long"] = [f"short={short}", f"long={long}"]
+        out["long_tokens"] = {n: _prefix_tokens(backbone, p) for n, p in (("short", short), ("long", long))}
+    return out
 
 
-def load(url: str, names: list[str], requests: int, clients: int, seed: int = 0) -> dict:
-    rng = random.Random(seed)
-    plan = [(rng.choice(names), rng.choice(TEXTS)) for _ in range(requests)]
-    latencies: list[float] = []
-    errors, first_error = 0, []
+def _prefix_tokens(backbone, path: Path) -> int:
+    from prompttune.prompt_task import PromptTask
 
-    def one(c: httpx.Client, task: str, text: str) -> None:
-        nonlocal errors
-        t0 = time.perf_counter()
-        r = c.post(f"/v1/tasks/{task}/predict", json={"inputs": [text]})
-        latencies.append(time.perf_counter() - t0)
-        if r.status_code != 200:
-            errors += 1
-            first_error.append(r.text[:300])
+    kv = PromptTask.create(backbone, LABELS, "zero-shot", {}, str(path)).model.cached_prefix()
+    return kv[0][0].shape[2] if kv else 0
 
-    with httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
-        one(c, names[0], TEXTS[0])  # warm-up
-        latencies.clear()
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(lambda p: one(c, *p), plan))
-        seconds = time.perf_counter() - t0
-    q = statistics.quantiles(latencies, n=100)
-    return {"req_per_s": requests / seconds, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "errors": errors,
-            "seconds": seconds, "load_avg": os.getloadavg(), "first_error": first_error[:1]}  # fmt: skip
+
+def serve(name: str, tasks, labels, targets, extra, args, folder: Path, results: dict) -> None:
+    """Start a server, send the load (for each target set), record each run with the server's RSS."""
+    names = [t.split("=", 1)[0] for t in tasks]
+    with Server(tasks, labels, args.model, extra, folder / f"{name}.log") as s:
+        print(f"  {name}: {len(names)} tasks loaded in {s.load_s:.0f} s; load {machine_load()}", flush=True)
+        for label, keep in targets:
+            res = load(s.url, [n for n in names if keep(n)], args.requests, args.clients)
+            res["rss_mb"], res["load_avg"] = s.rss_mb(), machine_load()
+            results[label] = res
+            print(f"  {label}: {res['req_per_s']:.1f} req/s, errors {res['errors']}", flush=True)
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=400)
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--model", default=None)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model id or folder (default: the default decoder)")
+    ap.add_argument("--requests", type=int, default=4000, help="requests per server configuration")
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--many", type=int, default=0, help="serve one soft prompt under this many names")
-    ap.add_argument("--long-prefix", type=int, default=0, help="tokens of the long hard prompt's system text")
-    ap.add_argument("--prefix-cache-mb", type=float, default=None)
+    ap.add_argument("--predict-requests", type=int, default=16, help="(d): prompttune predict processes")
+    ap.add_argument("--peft-requests", type=int, default=4000, help="(e): requests the PEFT loop serves")
+    ap.add_argument("--system-tokens", type=int, default=300, help="the zero-shot task's long system text")
+    ap.add_argument("--many", type=int, default=1000, help="names of one soft prompt (0: skip)")
+    ap.add_argument("--many-cache-mb", type=float, default=64.0, help="--prefix-cache-mb of the many-task server")
+    ap.add_argument("--long-prefix", type=int, default=1000, help="tokens of the long system text (0: skip)")
+    ap.add_argument("--skip", default="", help="comma-separated configurations to leave out: b,d,e")
+    ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
-    if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 256:
-        raise SystemExit("--requests 1..100000, --clients 1..256")
-    if not 0 <= args.many <= 1024 or not 0 <= args.long_prefix <= 8192:
-        raise SystemExit("--many 0..1024, --long-prefix 0..8192")
-    from prompttune.serve import ServeConfig, build_table, create_app
-    from prompttune.serve.runner import ThreadedServer
+    bounds = [("--requests", args.requests, 1, 100_000), ("--clients", args.clients, 1, 256),
+              ("--max-batch", args.max_batch, 1, 1024), ("--predict-requests", args.predict_requests, 1, 1000),
+              ("--peft-requests", args.peft_requests, 1, 100_000), ("--system-tokens", args.system_tokens, 0, 4096),
+              ("--many", args.many, 0, 1024), ("--long-prefix", args.long_prefix, 0, 8192)]  # fmt: skip
+    for flag, value, low, high in bounds:
+        if not low <= value <= high:
+            raise SystemExit(f"{flag} {value}: give a whole number from {low} to {high}.")
+    skip = {s for s in args.skip.split(",") if s}
+    if skip - {"b", "d", "e"}:
+        raise SystemExit(f"--skip {args.skip}: give some of b, d, e separated by commas.")
 
+    results: dict[str, dict] = {}
+    batch = ["--max-batch", str(args.max_batch), "--max-wait-ms", "5"]
     with tempfile.TemporaryDirectory() as tmp:
-        tasks, labels = build(Path(tmp), args.model, args.many, args.long_prefix)
-        table = build_table(ServeConfig(model=args.model, prefix_cache_mb=args.prefix_cache_mb), tasks, labels)
-        names = table.names()
-        shown = ", ".join(names) if len(names) <= 10 else f"{names[0]} .. {names[-1]}"
-        print(f"{len(names)} tasks: {shown}; {args.requests} requests, {args.clients} clients; RSS {rss_mb():.0f} MB")
+        folder = Path(tmp)
+        b = build(folder, args)
+        threads = os.environ.get("OMP_NUM_THREADS", "unset")
+        print(f"8 tasks; {args.requests} requests x 1 row, {args.clients} clients, uniform random task; "
+              f"OMP_NUM_THREADS={threads}; load {machine_load()}", flush=True)  # fmt: skip
+        serve("a", b["tasks"], b["labels"], [("a_mixed", lambda n: True)], batch, args, folder, results)
+        if "b" not in skip:
+            one = ["--max-batch", "1", "--max-wait-ms", "0"]
+            serve("b", b["tasks"], b["labels"], [("b_batch1", lambda n: True)], one, args, folder, results)
+        serve("c", [b["tasks"][0]], {}, [("c_one_task", lambda n: True)], batch, args, folder, results)
+        if "d" not in skip:
+            results["d_predict"] = predict_processes(b["artifacts"], args.predict_requests, args.model)
+            print(f"  d_predict: {results['d_predict']['req_per_s']:.2f} req/s", flush=True)
+        if "e" not in skip:
+            results["e_peft"] = peft_baseline(b["peft_plan"])
+            print(f"  e_peft: {results['e_peft']['req_per_s']:.1f} req/s", flush=True)
+        if args.many:
+            extra = [*batch, "--prefix-cache-mb", str(args.many_cache_mb)]
+            serve("many", b["many"], {}, [("many", lambda n: True)], extra, args, folder, results)
         if args.long_prefix:
-            runs = [(f"{n} ({prefix_tokens(table, n)} prefix tokens)", args.max_batch, 5.0, [n]) for n in names[::-1]]
-        else:
-            runs = [("mixed", args.max_batch, 5.0, names)] + ([] if args.many else [("one row", 1, 0.0, names)])
-        for label, max_batch, wait, targets in runs:
-            config = ServeConfig(max_batch=max_batch, max_wait_ms=wait, max_queue=100_000, timeout_s=600)
-            with ThreadedServer(create_app(config, table)) as s:
-                res = load(s.url, targets, args.requests, args.clients)
-            la = ", ".join(f"{x:.2f}" for x in res["load_avg"])
-            print(
-                f"{label:8s} --max-batch {max_batch:3d}: {res['req_per_s']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms  "
-                f"p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  ({res['seconds']:.1f} s, load avg {la})  "
-                f"RSS {rss_mb():.0f} MB"
-            )
-            for e in res["first_error"]:
-                print(f"  first error: {e}")
-        c = table.cache
-        print(f"prefix cache: {c.hits} hits, {c.misses} misses, {c.evictions} evictions, {c.bytes / 2**20:.1f} MB held")
+            words = {"short": ",".join(LABELS), "long": ",".join(LABELS)}
+            targets = [("short_prefix", lambda n: n == "short"), ("long_prefix", lambda n: n == "long")]
+            serve("long", b["long"], words, targets, batch, args, folder, results)
+            for n in ("short", "long"):
+                results[f"{n}_prefix"]["prefix_tokens"] = b["long_tokens"][n]
+    report(results, args)
 
 
-def rss_mb() -> float:
-    """This process's resident memory now (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def prefix_tokens(table, name: str) -> int:
-    kv = table.get(name).task.model.cached_prefix()
-    return kv[0][0].shape[2] if kv else 0
+def report(results: dict, args) -> None:
+    a = results["a_mixed"]
+    rows = [("a_mixed", f"8 tasks mixed, --max-batch {args.max_batch}"), ("b_batch1", "8 tasks, --max-batch 1"),
+            ("c_one_task", "1 task"), ("d_predict", "prompttune predict per request"),
+            ("e_peft", "PEFT, one PeftModel per task, 1 by 1"),
+            ("many", f"{args.many} tasks, cache {args.many_cache_mb:g} MB"),
+            ("short_prefix", "short hard prefix"), ("long_prefix", "long hard prefix")]  # fmt: skip
+    print(f"\n{'configuration':40s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>6s} {'RSS MB':>8s}")
+    for key, label in rows:
+        if key in results:
+            r = results[key]
+            if key.endswith("_prefix"):
+                label += f" ({r['prefix_tokens']} tokens)"
+            rss = f"{r['rss_mb']:8.0f}" if r.get("rss_mb") else f"{'-':>8s}"
+            print(f"{label:40s} {r['req_per_s']:9.2f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f} {r['errors']:6d} {rss}")
+    checks = [("mixed / batch 1", "a_mixed", "b_batch1", "req_per_s", ">=", 3.0),
+              ("mixed / one task", "a_mixed", "c_one_task", "req_per_s", ">=", 0.8),
+              ("mixed / predict processes", "a_mixed", "d_predict", "req_per_s", ">=", 10.0),
+              ("mixed / PEFT", "a_mixed", "e_peft", "req_per_s", ">=", 3.0),
+              ("RSS 8 tasks / 1 task", "a_mixed", "c_one_task", "rss_mb", "<=", 1.15),
+              (f"{args.many} tasks / 8 tasks throughput", "many", "a_mixed", "req_per_s", ">=", 0.7),
+              (f"RSS {args.many} tasks / 1 task", "many", "c_one_task", "rss_mb", "<=", 1.5),
+              ("long / short prefix throughput", "long_prefix", "short_prefix", "req_per_s", ">=", 0.8)]  # fmt: skip
+    ratios = {}
+    print(f"\n{'ratio':40s} {'value':>8s} {'target':>9s}")
+    for label, x, y, field, op, target in checks:
+        if x in results and y in results:
+            v = ratio(results[x][field], results[y][field])
+            ok = v is not None and (v >= target if op == ">=" else v <= target)
+            ratios[label] = {"value": v, "target": f"{op} {target}", "met": ok}
+            print(f"{label:40s} {v:8.3f} {op + ' ' + str(target):>9s}  {'met' if ok else 'NOT met'}")
+    errors = sum(r["errors"] for r in results.values())
+    print(f"errors in all: {errors}; load average now {machine_load()}; mixed run's load {a['load_avg']}")
+    out = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "ratios": ratios, "errors": errors}
+    if args.json_out:
+        args.json_out.write_text(json.dumps(out, indent=1, default=str))
+    print(json.dumps(out, default=str))
 
 
 if __name__ == "__main__":

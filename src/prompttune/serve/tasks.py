@@ -271,8 +271,8 @@ class TaskTable:
         return served
 
     def _load_artifact(self, name: str, source: str, path: Path, shown: str) -> ServedTask:
+        from prompttune.api import load  # importing api registers every task kind (PromptTask, HeadTask, packs)
         from prompttune.core import artifact
-        from prompttune.task import load
 
         manifest, _ = artifact.read(path)  # a damaged or foreign folder is an error naming it
         backbone = self.backbone(manifest["backbone"]["id"])  # the artifact's own model, shared per id
