@@ -3,7 +3,7 @@
 global batches and seed; training examples/s (validation excluded) and held-out accuracy of each.
 
     .venv/bin/python benchmarks/bench_ddp.py --data ../shared/data/sst2/train.jsonl \\
-        [--train-rows 2000] [--max-steps 60] [--eval-rows 500] [--model DIR]
+        [--train-rows 2000] [--max-steps 60] [--eval-rows 500] [--batch-size 16] [--model DIR]
 
 Held-out rows are the file's last ``--eval-rows`` (never trained on; read in place, not copied). Prints one JSON
 object: each run's examples/s, wall seconds, steps, accuracy, the ratio, and the machine's load before each run.
@@ -25,6 +25,7 @@ def train(data: Path, out: Path, nproc: int, args) -> dict:
     cmd = [sys.executable, "-m", "prompttune", "train", str(data), "--out", str(out), "--limit", str(args.train_rows)]
     cmd += ["--max-steps", str(args.max_steps), "--time-budget", "0", "--json", "--seed", str(args.seed)]
     cmd += ["--eval-every", str(args.eval_every)] if args.eval_every else []
+    cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     cmd += ["--model", args.model] if args.model else []
     cmd += ["--nproc", str(nproc)] if nproc > 1 else []
     env = dict(os.environ, OMP_NUM_THREADS="1")  # 1 thread per process either way
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=2000)
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's 16)")
     ap.add_argument("--eval-rows", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="a model folder (default: the embedded default decoder)")
@@ -82,6 +84,7 @@ def main() -> None:
                 "data": str(args.data),
                 "train_rows": args.train_rows,
                 "max_steps": args.max_steps,
+                "batch_size": args.batch_size or "recipe default (16)",
                 "eval_rows": args.eval_rows,
                 "cpus": os.cpu_count(),
                 "runs": runs,
