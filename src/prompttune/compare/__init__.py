@@ -81,7 +81,7 @@ def run_compare(
     names = arms_mod.parse_methods(methods)
     if gen:
         gen.check_arms(names)
-    arm_list = arms_mod.resolve(names, arms_mod.parse_options(method_options or []))
+    arm_list = arms_mod.resolve(names, arms_mod.parse_options(method_options or []), model)
     grid = grids.parse(lr_grid)  # compare/lr_grid.py: each trainable arm's rate chosen on validation
     cell_executors.check(executor, ray_address, cell_cpus, cell_gpus)
     seed_list = parse_ints("--seeds", seeds) or [0]

@@ -4,7 +4,11 @@ Arms come from three places, none of them a list of method names in this file:
 - hard prompts (``HARD``): the registry's zero-shot method alone, with few-shot demos, or calibrated;
 - every method in the soft-prompt registry (``prompttune.methods.METHODS``), picked up by name, so a
   method added there is comparable with no code here;
-- the weight-training baselines registered in ``baselines.BASELINES`` (LoRA, full fine-tuning).
+- the weight-training baselines registered in ``baselines.BASELINES`` (LoRA, full fine-tuning);
+- the transfer arms of ``transfer_arms.TRANSFERS`` (prompt tuning started from a pack, ``-o NAME.pack=PACK``;
+  not in ``all``: each needs its pack);
+- the searched arms registered in ``searched.SEARCHED`` (optimized, pez): readable prompts found on the rows
+  (not in ``all``: each runs a search per cell, with settings of its own to choose).
 
 Settings are one flat mapping per arm (``--method-option lora.r=16``): the keys in ``HARNESS_KEYS``
 steer training and read-out and apply to every arm; the rest go to the method's own config, which
@@ -16,7 +20,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from prompttune.compare import transfer_arms
 from prompttune.compare.baselines import BASELINES
+from prompttune.compare.searched import KIND as SEARCHED_KIND
+from prompttune.compare.searched import SEARCHED
 from prompttune.core.errors import PromptTuneError
 from prompttune.methods import METHODS
 from prompttune.methods.options import config_fields, convert, split_option
@@ -42,6 +49,7 @@ class Arm:
     method: str  # a registry method, or a baseline's name
     options: dict = field(default_factory=dict)
     uses_data: bool = True  # False: seed and training rows do not change the result
+    start_from: dict = field(default_factory=dict)  # a pack the prompt starts from (transfer_arms); {}: its init
 
     def harness(self, key: str, default=None):
         return self.options.get(key, default)
@@ -69,7 +77,10 @@ class Arm:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["start_from"]:
+            del d["start_from"]  # arms without one keep the cell keys they had
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Arm:
@@ -82,9 +93,11 @@ def available() -> list[str]:
     return list(HARD) + soft + list(BASELINES)
 
 
-def resolve(names: list[str], options: dict[str, dict]) -> list[Arm]:
-    """Arms for the --methods names, each with its defaults overridden by its --method-option settings."""
-    known = available()
+def resolve(names: list[str], options: dict[str, dict], model: str | None = None) -> list[Arm]:
+    """Arms for the --methods names, each with its defaults overridden by its --method-option settings.
+
+    ``model``: the run's --model, which a transfer arm's pack must have been trained on."""
+    known = available() + list(transfer_arms.TRANSFERS) + list(SEARCHED)
     arms = []
     for name in names:
         user = options.get(name, {})
@@ -97,6 +110,13 @@ def resolve(names: list[str], options: dict[str, dict]) -> list[Arm]:
             arms.append(Arm(name, "soft prompt", name, {**SOFT_DEFAULTS, "lr": lr, **user}))
         elif name in BASELINES:
             arms.append(Arm(name, "baseline", name, {**BASELINES[name].defaults, **user}))
+        elif name in SEARCHED:
+            SEARCHED[name].check(name, user)  # a bad setting is an error now, before any cell runs
+            arms.append(Arm(name, SEARCHED_KIND, name, {**SEARCHED[name].defaults, **user}))
+        elif transfer_arms.is_transfer(name):
+            rest, start = transfer_arms.split_start(name, user, model)
+            lr = METHODS["prompt-tuning"].default_lr  # exactly the prompt-tuning arm, but for the start
+            arms.append(Arm(name, "transfer", "prompt-tuning", {**SOFT_DEFAULTS, "lr": lr, **rest}, start_from=start))
         else:
             raise PromptTuneError(f"--methods {name}: unknown; choose from {', '.join(known)} (or 'all').")
     stray = set(options) - set(names)
@@ -146,6 +166,8 @@ def parse_options(items: list[str]) -> dict[str, dict]:
             value = convert(f"{method}.{key}", raw, HARNESS_TYPES[key])
         elif method in METHODS and key in (fields := config_fields(method)):
             value = convert(f"{method}.{key}", raw, fields[key])
+        elif method in SEARCHED and key in SEARCHED[method].options:
+            value = convert(f"{method}.{key}", raw, SEARCHED[method].options[key])
         else:
             try:
                 value = json.loads(raw)

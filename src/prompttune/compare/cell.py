@@ -22,6 +22,7 @@ import torch
 
 from prompttune.compare.arms import Arm
 from prompttune.compare.baselines import BASELINES, create_model
+from prompttune.compare.searched import SEARCHED, SearchContext
 from prompttune.compare.split import make_split
 from prompttune.core import atomic
 from prompttune.core.backbone import Backbone, set_threads
@@ -77,9 +78,18 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
     if baseline and arm.harness("ema"):
         raise PromptTuneError(f"--method-option {arm.name}.ema: the moving average is for prompts; leave it 0.")
     backbone = Backbone.load(s.get("model"), dtype=(baseline.dtype if baseline and baseline.dtype else s.get("dtype")))
-    task = build_task(arm, backbone, labels, tmpl, s.get("verbalizer"), seed)
-    trainable = task.trainable_params
-    result: dict = {"trainable_params": trainable, "n_train": len(train), "steps": 0}
+    search, found = SEARCHED.get(arm.method), {}
+    if search:  # a readable prompt searched on the rows (compare/searched/); it trains nothing below
+        context = SearchContext(arm.options, s, backbone, train, split.val, labels, tmpl, seed, emit)
+        task, found = search.find(context)
+    else:
+        task = build_task(arm, backbone, labels, tmpl, s.get("verbalizer"), seed)
+    result: dict = {"n_train": len(train), "steps": 0}
+    if arm.start_from:  # a transfer arm: the prompt starts from a pack's (multitask/transfer.py)
+        from prompttune.multitask.transfer import transfer
+
+        task, result["init_from"] = transfer(task, arm.start_from["pack"], arm.start_from["source_task"])
+    trainable = result["trainable_params"] = task.trainable_params
     if trainable:
         config = arm.train_config(s, seed)
         progress = Callback(on_step=lambda ev: emit({"event": "step", **ev}))
@@ -96,16 +106,20 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
         task.calibrate()
     emit({"event": "eval", "n": len(split.test)})
     report = task.evaluate(split.test, batch_size=s.get("eval_batch_size", 32), calibrate=calibrate)
-    return result | {
-        "status": "ok",
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "n_test": report["n"],
-        "eval_examples_per_s": report["examples_per_s"],
-        "stored_bytes": stored_bytes(task),
-        "wall_seconds": time.perf_counter() - t_start,
-        "threads": torch.get_num_threads(),
-    }
+    return (
+        result
+        | found
+        | {
+            "status": "ok",
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "n_test": report["n"],
+            "eval_examples_per_s": report["examples_per_s"],
+            "stored_bytes": stored_bytes(task),
+            "wall_seconds": time.perf_counter() - t_start,
+            "threads": torch.get_num_threads(),
+        }
+    )
 
 
 def failure(error: BaseException) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prompttune.compare.arms import Arm
+from prompttune.compare.searched import SEARCHED
 from prompttune.compare.split import SPLIT_SEED, Split
 from prompttune.core.data import Dataset, load_rows
 from prompttune.core.errors import DataError, PromptTuneError
@@ -25,6 +26,7 @@ from prompttune.core.errors import DataError, PromptTuneError
 METRICS = {"bleu": ("bleu", "BLEU"), "rougeL": ("rougeL", "ROUGE-L"), "em": ("exact_match", "exact match")}
 DEFAULT_METHODS = "zero-shot,few-shot,prompt-tuning,prefix-tuning,lora"
 NOT_FOR_GENERATION = {"calibrated": "contextual calibration rescores label words; generation has none"}
+SEARCHED_WHY = "it searches a prompt read out by label words; generation has none"  # compare/searched/
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,9 @@ class GenerationCompare:
 
     def check_arms(self, names: list[str]) -> None:
         for name in names:
-            if name in NOT_FOR_GENERATION:
-                raise PromptTuneError(
-                    f"--methods {name}: not for generation data ({NOT_FOR_GENERATION[name]}); leave it out."
-                )
+            why = NOT_FOR_GENERATION.get(name) or (SEARCHED_WHY if name in SEARCHED else None)
+            if why:
+                raise PromptTuneError(f"--methods {name}: not for generation data ({why}); leave it out.")
 
     @staticmethod
     def split(data, val, test, limit, val_rows) -> Split:

@@ -37,8 +37,8 @@ class CellProgress:
         if kind == "start":
             self.current = self.bar.add_task(cell.label, total=None, info="loading")
         elif kind == "step" and self.current is not None:
-            if "loss" in ev:
-                info = f"loss {ev['loss']:.3f}, {ev['examples_per_s']:.1f} ex/s"
+            if "loss" in ev or "info" in ev:  # a training step, or a search's (compare/searched/) own line
+                info = ev.get("info") or f"loss {ev['loss']:.3f}, {ev['examples_per_s']:.1f} ex/s"
                 self.bar.update(self.current, completed=ev["step"], total=ev["total"], info=info)
         elif kind == "eval" and self.current is not None:
             self.bar.update(self.current, info=f"evaluating {ev['n']} rows")

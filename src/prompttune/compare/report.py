@@ -47,6 +47,7 @@ def summarize(records: list[dict], arm_names: list[str], reference: str | None) 
             "trainable_params": at_top[0]["trainable_params"] if at_top else None,
             "stored_bytes": at_top[0]["stored_bytes"] if at_top else None,
             "train_seconds": _mean([r.get("train_seconds") for r in at_top]),
+            "model_calls": _mean([r.get("model_calls") for r in at_top]),  # searched arms' LM calls (optimized)
             "train_examples_per_s": _mean([r.get("train_examples_per_s") for r in at_top]),
             "eval_examples_per_s": _mean([r.get("eval_examples_per_s") for r in at_top]),
             "cell_seconds": _mean([r.get("wall_seconds") for r in at_top]),
@@ -113,6 +114,7 @@ COLUMNS = [
     ("trainable params", lambda r: _fmt(r["trainable_params"], ",d")),
     ("stored / task", lambda r: _bytes(r["stored_bytes"])),
     ("train s", lambda r: _fmt(r["train_seconds"], ".0f")),
+    ("model calls", lambda r: _fmt(r.get("model_calls"), ",.0f")),
     ("train ex/s", lambda r: _fmt(r["train_examples_per_s"], ".1f")),
     ("eval ex/s", lambda r: _fmt(r["eval_examples_per_s"], ".1f")),
     ("peak RSS", lambda r: _fmt(r["peak_rss_mb"], ",.0f") + " MB" if r["peak_rss_mb"] else "—"),

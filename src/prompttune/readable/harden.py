@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from prompttune.core.backbone import Backbone
 from prompttune.core.data import Dataset, check_fields, load_rows
 from prompttune.core.errors import PromptTuneError
@@ -27,7 +25,7 @@ from prompttune.core.verbalizer import Verbalizer
 from prompttune.prompt_task import PromptTask
 from prompttune.readable.inspection import check_limit
 from prompttune.readable.output import check_template_output, write_template
-from prompttune.readable.pez import PezConfig, run_pez
+from prompttune.readable.pez import PezConfig, run_pez, start_from_tokens
 from prompttune.readable.soft import (
     TABLE_METHOD,
     accuracy,
@@ -165,8 +163,7 @@ def harden(
             search = PromptTask.for_data(bb, train_rows, TABLE_METHOD, config, pez.seed, template)
             base, verb = search.model.template, plain_verbalizer(search.model.verbalizer)
         if init != "soft":  # start from real tokens of the candidate set, not from a raw init vector
-            with torch.no_grad():
-                search.model.method.load_table(candidates.embeddings(candidates.project(search.model.method.table())))
+            start_from_tokens(search, candidates)
         result = run_pez(search, candidates, train_rows, select_rows, pez, callbacks)
         ids = result.ids
 

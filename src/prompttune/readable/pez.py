@@ -63,6 +63,13 @@ class PezResult:
     history: list[dict] = field(default_factory=list)
 
 
+def start_from_tokens(task: PromptTask, vocab: Vocabulary) -> None:
+    """Set the task's table to its nearest candidate tokens: pez then starts from real tokens, not a raw vector."""
+    with torch.no_grad():
+        task.model.method.load_table(vocab.embeddings(vocab.project(task.model.method.table())))
+    task.model.clear_cache()
+
+
 def run_pez(
     task: PromptTask,
     vocab: Vocabulary,

@@ -1,0 +1,151 @@
+"""`prompttune compare`'s searched arms on the tiny model and a made-up task: ``optimized`` (an optimizer of
+programs picks instruction and demos) and ``pez`` (projected gradients pick the soft slots' tokens) each give a
+cell whose accuracy is the found template's on the test rows, stand in the report's table and accuracy-vs-rows
+curve with their cost, are reused on a rerun, and refuse bad settings naming the option; the program a search
+finds is written as a template whose text is exactly the prompt the program shows the model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import NEG, POS, write_jsonl
+from typer.testing import CliRunner
+
+from prompttune import cli
+from prompttune.compare import run_compare
+from prompttune.compare.arms import parse_options, resolve
+from prompttune.compare.split import make_split
+from prompttune.core.backbone import Backbone
+from prompttune.core.errors import DataError, PromptTuneError
+from prompttune.core.template import Template
+from prompttune.programs import ChainOfThought, Predict
+from prompttune.programs.export import as_template
+from prompttune.programs.files import Pipeline
+from prompttune.programs.lm import BackboneLM
+from prompttune.prompt_task import PromptTask
+
+SMALL = [  # the tiny model holds 256 positions: one demo beside the program's system text
+    "optimized.max_candidates=3",
+    "optimized.max_demos=1",
+    "optimized.max_labeled_demos=1",
+    "pez.max_steps=4",
+    "pez.tokens=2",
+    "pez.eval_every=2",
+]
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    rows = [{"text": t, "label": "positive"} for t in POS] + [{"text": t, "label": "negative"} for t in NEG]
+    rows = rows * 4
+    random.Random(0).shuffle(rows)
+    return write_jsonl(tmp_path / "task.jsonl", rows)  # 40 rows: 29 train pool, 3 validation, 8 test
+
+
+def compare(task_file, out, tiny_model_dir, **kw):
+    settings = {"max_steps": 2, "batch_size": 4, "isolate": False, "method_options": SMALL, **kw}
+    return run_compare(task_file, out, model=str(tiny_model_dir), **settings)
+
+
+def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume(task_file, tmp_path, tiny_model_dir):
+    out = tmp_path / "cmp"
+    kw = {"methods": "zero-shot,optimized,pez", "train_sizes": "8,16"}
+    first = compare(task_file, out, tiny_model_dir, **kw)
+    assert (first["ran"], first["reused"]) == (5, 0)
+    rows = {r["method"]: r for r in first["summary"]["methods"]}
+    for name in ("optimized", "pez"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["kind"] == "readable prompt" and row["trainable_params"] == 0
+        assert row["train_rows"] == 16 and row["train_seconds"] > 0 and row["stored_bytes"] > 0
+        assert [p["train_size"] for p in first["summary"]["curves"][name]] == [8, 16]
+    assert rows["optimized"]["model_calls"] > 0 and rows["pez"]["model_calls"] is None
+    md = (out / "report.md").read_text()
+    assert "| model calls |" in md and "| optimized | readable prompt |" in md and "| pez | readable prompt |" in md
+
+    # each cell's accuracy is its stored template's, scored as a hard prompt on the test rows
+    backbone = Backbone.load(str(tiny_model_dir))
+    split = make_split(task_file, None, None, None, None)
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    searched = [c for c in cells if c["arm"]["name"] in ("optimized", "pez")]
+    assert len(searched) == 4
+    for cell in searched:
+        template = Template.from_dict(cell["prompt"])
+        assert "[soft" not in json.dumps(cell["prompt"])
+        task = PromptTask.create(backbone, split.labels(), "zero-shot", {}, template)
+        assert task.evaluate(split.test, calibrate=False)["accuracy"] == pytest.approx(cell["accuracy"])
+        assert 0 <= cell["best_val_accuracy"] <= 1 and cell["n_test"] == len(split.test) == 8
+    pez = next(c for c in searched if c["arm"]["name"] == "pez")
+    assert all(text in pez["prompt"]["user"] + pez["prompt"]["answer"] for text in pez["search"]["text"].values())
+    assert pez["steps"] == 4 and len(pez["search"]["text"]) == 2  # classify's two slots
+
+    again = compare(task_file, out, tiny_model_dir, **kw)
+    assert (again["ran"], again["reused"]) == (0, 5)
+    assert again["summary"]["methods"] == first["summary"]["methods"]
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ("optimized.optimizer=adam", "optimized.optimizer=adam: choose one of bootstrap, random-search, mipro"),
+        ("optimized.max_candidates=0", "optimized.max_candidates=0: give a whole number from 1"),
+        ("optimized.max_candidates=many", "optimized.max_candidates=many: expected an integer"),
+        ("optimized.max_seconds=-1", "optimized.max_seconds=-1.0: give seconds above 0"),
+        ("optimized.lr=0.1", "optimized.lr: the optimizer trains nothing"),
+        ("optimized.temperature=1", "optimized.temperature: not a setting of optimized"),
+        ("optimized.instruction=Be brief.", "optimized.instruction=Be brief.: instructions are searched by mipro"),
+        ("pez.tokens=0", "pez.tokens=0: give 1 to 64 tokens"),
+        ("pez.vocab=emoji", "pez.vocab=emoji: choose one of readable, words, all"),
+        ("pez.init=soft", "pez.init=soft: choose one of labels, vocab, text"),
+        ("pez.max_steps=0", "pez.max_steps=0: must be 1-10,000"),
+        ("pez.demos=2", "pez.demos: pez learns the prompt's tokens"),
+        ("pez.init=text", "pez.init=text and pez.init_text=WORDS go together"),
+    ],
+)
+def test_bad_settings_are_errors_naming_the_option(item, says):
+    name = item.split(".")[0]
+    with pytest.raises(PromptTuneError) as e:
+        resolve([name], parse_options([item]))
+    assert says in str(e.value)
+
+
+def test_settings_are_typed_and_checked_before_anything_runs(task_file, tmp_path, tiny_model_dir):
+    opts = parse_options(["optimized.optimizer=mipro", "optimized.max_seconds=60", "pez.tokens=3", "pez.lr=0.1"])
+    (opt, pez) = resolve(["optimized", "pez"], opts)
+    assert opt.options == {"optimizer": "mipro", "max_seconds": 60.0} and pez.options == {"tokens": 3, "lr": 0.1}
+    out = tmp_path / "never"
+    result = CliRunner().invoke(
+        cli.app,
+        ["compare", str(task_file), "--out", str(out), "--methods", "pez", "-o", "pez.vocab=emoji", "--model",
+         str(tiny_model_dir)],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "pez.vocab=emoji" in result.output + str(result.exception)
+    assert not out.exists()  # refused before anything ran or was written
+
+
+def test_generation_data_refuses_the_searched_arms(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "gen.jsonl", [{"text": f"in {i}", "target": f"out {i}"} for i in range(20)])
+    with pytest.raises(PromptTuneError, match="--methods optimized: not for generation data"):
+        run_compare(data, tmp_path / "g", methods="zero-shot,optimized", model=str(tiny_model_dir), isolate=False)
+
+
+def test_a_program_as_a_template_is_the_prompt_the_program_shows(tiny_backbone):
+    step = Predict("text -> label: one of positive, negative", instruction="Say the {{ sentiment }}.")
+    step.demos = [{"text": "a great movie", "label": "positive"}, {"text": "boring and bad", "label": "negative"}]
+    template = as_template(Pipeline([("classify", step)]), {"positive": "pos"})
+    assert [d["label"] for d in template.demos] == ["pos", "negative"]  # answers mapped back to labels
+    template = as_template(Pipeline([("classify", step)]))
+    row = {"text": "I loved it"}
+    lm = BackboneLM(tiny_backbone)
+    shown = Template.from_spec(lm._spec(step.prompt(row))).hard().compile(tiny_backbone.tokenizer, [], 1)
+    task = PromptTask.create(tiny_backbone, ["positive", "negative"], "zero-shot", {}, template)
+    compiled = task.model.compiled
+    assert compiled.prefix_text + compiled.render_row(row) == shown.prefix_text + shown.render_row(
+        {"row": step.user_text(row)}
+    )
+    assert compiled.label_text("positive") == " positive"  # as choose scores it after "label:"
+    with pytest.raises(DataError, match="one Predict step"):
+        as_template(Pipeline([("think", ChainOfThought("text -> label: one of a, b"))]))
+    with pytest.raises(DataError, match="label set"):
+        as_template(Pipeline([("say", Predict("text -> summary"))]))
