@@ -84,7 +84,8 @@ def train_from_file(
     config); ``shared_settings``: settings several methods have (num_virtual_tokens, init, ...), each applied
     only where the chosen method has it. Default method: prompt-tuning (label words) or p-tuning-v2 (heads).
     ``init_from``: a pack (``train-multi``, ``continual``) whose prompt the new one starts from: its shared
-    prompt, or ``source_task``'s (multitask/transfer.py).
+    prompt, or ``source_task``'s, or (``source_task="mixture"``) an input-dependent mixture of its source prompts
+    (multitask/transfer.py, multitask/attempt.py).
     Returns (task, result, summary); the summary is what `prompttune train --json` prints.
     """
     config = config or TrainConfig()
@@ -133,11 +134,11 @@ def train_from_file(
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
     if writes:
         info["max_target_tokens"] = task.longest_target  # generation: no labels; the longest target instead
-    info["trainable_params"] = task.trainable_params
     if init_from is not None:
-        from prompttune.multitask.transfer import init_from_pack
+        from prompttune.multitask.transfer import transfer
 
-        info["init_from"] = init_from_pack(task, init_from, source_task)
+        task, info["init_from"] = transfer(task, init_from, source_task)  # mixture: a MixtureTask in its place
+    info["trainable_params"] = task.trainable_params
     if on_start:
         on_start(task, info)
     result = task.fit(

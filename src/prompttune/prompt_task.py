@@ -30,7 +30,6 @@ from prompttune.task import Data, Task, as_dataset
 from prompttune.train import TrainConfig
 from prompttune.verbalizer_objective import VerbalizerObjective
 
-
 LATE_ROW_TOKENS = 32  # rows longer than this on average (tokens of their fields) get the "-late" built-in
 LENGTH_SAMPLE = 256  # rows whose length decides it
 
@@ -187,7 +186,8 @@ class PromptTask(Task):
 
     @classmethod
     def reads(cls, manifest: dict) -> bool:
-        return not manifest.get("head") and not manifest.get("generation") and not manifest.get("pack")
+        kinds = ("head", "generation", "pack", "mixture")  # read by HeadTask, GenerationTask, PackTask, MixtureTask
+        return not any(manifest.get(k) for k in kinds)
 
     @classmethod
     def from_artifact(cls, path: Path, manifest: dict, weights: dict, backbone: Backbone) -> PromptTask:

@@ -2,7 +2,8 @@
 
 ``--source-task shared`` (the default where the pack has one: ``spot``, ``mpt``, ``sequential``) starts from
 the shared prompt; ``--source-task NAME`` from that task's own prompt (``mpt``: P* times its factors;
-``progressive``: its own prompt, without the earlier ones stacked behind it).
+``progressive``: its own prompt, without the earlier ones stacked behind it); ``--source-task mixture``: ATTEMPT's
+input-dependent mixture of the pack's source prompts (``attempt.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from prompttune.core import artifact
 from prompttune.core.errors import ArtifactError, DataError
+from prompttune.multitask.attempt import MIXTURE, mixture_sources, mixture_task
 from prompttune.multitask.specs import task_index
 from prompttune.task import Task
 
@@ -23,6 +25,9 @@ def source_prompt(init_from: str | Path, source_task: str | None = None) -> tupl
     """(the table to start from, the pack's manifest, a description) — read and checked before anything loads."""
     path = Path(init_from)
     manifest, weights = artifact.read(path)
+    if source_task == MIXTURE:
+        sources, names = mixture_sources(path, manifest, weights)
+        return sources, manifest, f"a mixture of the {len(names)} source prompts of {path}"
     pack = manifest.get("pack")
     if not pack:
         raise ArtifactError(
@@ -67,5 +72,8 @@ def init_from_pack(task: Task, init_from: str | Path, source_task: str | None = 
 
 def transfer(task: Task, init_from: str | Path, source_task: str | None = None) -> tuple[Task, str]:
     """The task to train for ``--init-from PACK [--source-task ...]`` and what it starts from: the same task with
-    its prompt set from the pack (``init_from_pack``)."""
+    its prompt set from the pack (``init_from_pack``), or with ``--source-task mixture`` an ATTEMPT mixture of the
+    pack's source prompts around a new target prompt (``attempt.mixture_task``)."""
+    if source_task == MIXTURE:
+        return mixture_task(task, init_from)
     return task, init_from_pack(task, init_from, source_task)
