@@ -9,14 +9,19 @@ the values. ``--prefix-cache-mb`` applies the server's budget.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_serve_generation.py --requests 64 --clients 8 --max-tokens 32
 
-Tiny check (tests' random model folder):  --model PATH --requests 4 --clients 2 --max-tokens 8
+Tiny check (tests' random model folder):  --model PATH --requests 8 --clients 4 --max-tokens 8
+
+Each configuration is a ``prompttune serve`` subprocess on a free loopback port: the server as it is
+(``--max-batch``, completions waiting together decoded in one batched loop) and, unless ``--no-batch1``, the same
+with ``--max-batch 1`` (one completion at a time), for the batching gain. The figures are printed in the layout
+of vLLM's ``benchmark_serving.py`` (mean, median and P99 of TTFT, TPOT, ITL and end-to-end latency), then one JSON
+object. Output tokens are the streamed text re-tokenized.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -25,12 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from bench_serve_parts import Server, machine_load
 
 PROMPTS = ["Tell me about the sea.", "Write one line about a cat.", "What is a good breakfast?", "Describe rain."]
 SOFT = [("pt", "prompt-tuning"), ("ptune", "p-tuning"), ("prefix", "prefix-tuning"), ("deep", "p-tuning-v2")]
 
 
-def build(folder: Path, model: str | None) -> list[str]:
+def build(folder: Path, model: str | None) -> tuple[list[str], object]:
     from prompttune import Backbone
     from prompttune.prompt_task import PromptTask
 
@@ -40,7 +46,7 @@ def build(folder: Path, model: str | None) -> list[str]:
         task = PromptTask.create(backbone, ["negative", "positive"], method, {"num_virtual_tokens": 16})
         task.save(folder / name)
         tasks.append(f"{name}={folder / name}")
-    return tasks + ["qa=qa", "cot=cot"]
+    return tasks + ["qa=qa", "cot=cot"], backbone.tokenizer
 
 
 def one(c: httpx.Client, task: str, prompt: str, max_tokens: int, count) -> dict:
@@ -74,54 +80,92 @@ def pct(values: list[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
+def run_load(url: str, plan, max_tokens: int, clients: int, count) -> tuple[list[dict], float]:
+    with httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as c:
+        with ThreadPoolExecutor(clients) as pool:  # warm-up: a concurrent burst of short completions
+            list(pool.map(lambda p: one(c, p[0], p[1], 2, count), plan[: 2 * clients]))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(lambda p: one(c, p[0], p[1], max_tokens, count), plan))
+        return results, time.perf_counter() - t0
+
+
+def summary(results: list[dict], seconds: float) -> dict:
+    """The figures vLLM's benchmark_serving prints (ms), from the successful requests."""
+    ok = [r for r in results if "error" not in r]
+    out = {"successful_requests": len(ok), "failed_requests": len(results) - len(ok), "duration_s": seconds}
+    if not ok:
+        return out
+    tokens = sum(r["tokens"] for r in ok)
+    out |= {"total_generated_tokens": tokens, "request_throughput": len(ok) / seconds,
+            "output_token_throughput": tokens / seconds}  # fmt: skip
+    for name, values in (
+        ("ttft", [r["ttft"] for r in ok]),
+        ("tpot", [r["tpot"] for r in ok if r["tpot"] is not None]),
+        ("itl", [x for r in ok for x in r["itl"]]),
+        ("e2el", [r["e2e"] for r in ok]),
+    ):
+        if values:
+            out |= {f"mean_{name}_ms": 1000 * statistics.fmean(values), f"median_{name}_ms": 1000 * pct(values, 50),
+                    f"p99_{name}_ms": 1000 * pct(values, 99)}  # fmt: skip
+    return out
+
+
+def show(title: str, s: dict) -> None:
+    """vLLM's layout: one block per configuration."""
+    print(f"{'=' * 16} {title} {'=' * max(0, 34 - len(title))}")
+    rows = [("Successful requests:", "successful_requests", "d"), ("Failed requests:", "failed_requests", "d"),
+            ("Benchmark duration (s):", "duration_s", ".2f"),
+            ("Total generated tokens:", "total_generated_tokens", "d"),
+            ("Request throughput (req/s):", "request_throughput", ".2f"),
+            ("Output token throughput (tok/s):", "output_token_throughput", ".2f")]  # fmt: skip
+    for name, label in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
+                        ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency")):  # fmt: skip
+        rows += [(f"{label}: mean (ms):", f"mean_{name}_ms", ".2f"), ("  median (ms):", f"median_{name}_ms", ".2f"),
+                 ("  P99 (ms):", f"p99_{name}_ms", ".2f")]  # fmt: skip
+    for label, key, fmt in rows:
+        if key in s:
+            print(f"{label:<42s}{format(s[key], fmt):>10s}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--model", default=None)
     ap.add_argument("--prefix-cache-mb", type=float, default=None)
+    ap.add_argument("--no-batch1", action="store_true", help="skip the --max-batch 1 server (one at a time)")
     args = ap.parse_args()
     if not 1 <= args.requests <= 10_000 or not 1 <= args.clients <= 256 or not 1 <= args.max_tokens <= 512:
         raise SystemExit("--requests 1..10000, --clients 1..256, --max-tokens 1..512")
-    from prompttune.serve import ServeConfig, build_table, create_app
-    from prompttune.serve.runner import ThreadedServer
-
+    if not 1 <= args.max_batch <= 1024:
+        raise SystemExit("--max-batch 1..1024")
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = build(Path(tmp), args.model)
-        table = build_table(ServeConfig(model=args.model, prefix_cache_mb=args.prefix_cache_mb), tasks)
-        names = table.names()
-        tok = table.get(names[0]).backbone.tokenizer
+        tasks, tok = build(Path(tmp), args.model)
+        names = [t.split("=", 1)[0] for t in tasks]
         count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         rng = random.Random(0)
         plan = [(rng.choice(names), rng.choice(PROMPTS)) for _ in range(args.requests)]
-        config = ServeConfig(max_queue=100_000, timeout_s=600, max_tokens=max(512, args.max_tokens))
-        with ThreadedServer(create_app(config, table)) as s, httpx.Client(base_url=s.url, timeout=600) as c:
-            one(c, names[0], PROMPTS[0], 2, count)  # warm-up
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(args.clients) as pool:
-                results = list(pool.map(lambda p: one(c, p[0], p[1], args.max_tokens, count), plan))
-            seconds = time.perf_counter() - t0
-    ok = [r for r in results if "error" not in r]
-    print(f"{len(names)} tasks ({', '.join(names)}); {args.requests} streamed completions of up to "
-          f"{args.max_tokens} tokens, {args.clients} clients")  # fmt: skip
-    print(
-        f"errors {len(results) - len(ok)}; {seconds:.1f} s; load avg {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    if not ok:
-        return
-    tokens = sum(r["tokens"] for r in ok)
-    print(f"requests/s {len(ok) / seconds:.2f}   output tokens/s {tokens / seconds:.1f}   "
-          f"mean output tokens {tokens / len(ok):.1f}")  # fmt: skip
-    for name, values in (
-        ("TTFT", [r["ttft"] for r in ok]),
-        ("TPOT", [r["tpot"] for r in ok if r["tpot"] is not None]),
-        ("ITL", [x for r in ok for x in r["itl"]]),
-        ("E2E", [r["e2e"] for r in ok]),
-    ):
-        if values:
-            print(f"{name:5s} ms  mean {1000 * statistics.fmean(values):8.1f}  p50 {1000 * pct(values, 50):8.1f}  "
-                  f"p99 {1000 * pct(values, 99):8.1f}")  # fmt: skip
+        extra = ["--max-tokens", str(max(512, args.max_tokens))]
+        if args.prefix_cache_mb is not None:
+            extra += ["--prefix-cache-mb", str(args.prefix_cache_mb)]
+        configs = [("batched", args.max_batch)] + ([] if args.no_batch1 else [("one at a time", 1)])
+        results = {}
+        print(f"{len(names)} tasks ({', '.join(names)}); {args.requests} streamed completions of up to "
+              f"{args.max_tokens} tokens, {args.clients} clients; load {machine_load()}", flush=True)  # fmt: skip
+        for title, max_batch in configs:
+            flags = [*extra, "--max-batch", str(max_batch), "--max-wait-ms", "5" if max_batch > 1 else "0"]
+            with Server(tasks, {}, args.model, flags, Path(tmp) / f"{max_batch}.log") as s:
+                raw, seconds = run_load(s.url, plan, args.max_tokens, args.clients, count)
+            results[title] = summary(raw, seconds) | {"max_batch": max_batch, "load_avg": machine_load()}
+            show(f"{title} (--max-batch {max_batch})", results[title])
+    if len(results) == 2:
+        a, b = results["batched"], results["one at a time"]
+        if a.get("request_throughput") and b.get("request_throughput"):
+            print(f"batched / one at a time: {a['request_throughput'] / b['request_throughput']:.2f}x requests/s")
+    print(json.dumps({"args": vars(args), "results": results}))
 
 
 if __name__ == "__main__":

@@ -154,6 +154,11 @@ class Generator:
         Rendered as a zero-shot read-out renders it: the text before the first row field is a cached
         prefix (after the tokenizer's bos, if it adds one), the row's text is tokenized on its own.
         """
+        row, prefix = self.prompt(template, values)
+        return self.generate(row, prefix=prefix, config=config)
+
+    def prompt(self, template, values: Mapping[str, object]) -> tuple[list[int], KV | None]:
+        """What ``complete`` continues: the row's token ids and the cached prefix's keys/values (or None)."""
         from prompttune.core.template import Template
 
         tmpl = Template.from_spec(template).hard()
@@ -167,7 +172,7 @@ class Generator:
             if not prefix_ids:
                 raise DataError("generate: the prompt is empty; give the template some text or the values some.")
             prefix_ids, row = prefix_ids[:-1], prefix_ids[-1:]
-        return self.generate(row, prefix=self._prefix(prefix_ids), config=config)
+        return row, self._prefix(prefix_ids)
 
     def _prefix(self, ids: list[int]) -> KV | None:
         if not ids:

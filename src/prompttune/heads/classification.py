@@ -69,6 +69,10 @@ class ClassificationKind(HeadKind):
             ids += model.backbone.tokenize(text) + model.sep_ids
         return ids[: model.max_row_length]
 
+    def row_ids(self, model: HeadModel, row: Row) -> list[int]:
+        """A row's token ids as the head reads them (the server's mixed batches use this)."""
+        return self._ids(model, row)
+
     def encode(self, model: HeadModel, dataset: Dataset, training: bool) -> list[ClassExample]:
         out = []
         index = {label: i for i, label in enumerate(self.labels)}

@@ -2,8 +2,10 @@
 
 A batch closes at ``max_batch`` rows or ``max_wait_ms`` after its first job, whichever comes first. Rows of
 label-word tasks on one backbone go through ONE forward pass whatever their tasks (``mixed.score_mixed``,
-in chunks of ``max_batch`` rows); head tasks' rows are batched per task (``Task.predictions``); generation
-jobs run one after another, after the batch's scoring. A job whose caller gave up (timeout) is skipped.
+in chunks of ``max_batch`` rows), with them classification-head tasks pooled at the last token (a decoder's;
+``mixed.mixable_head``); other head tasks' rows are batched per task (``Task.predictions``); completions
+(kind "generate") of any tasks are decoded together in one batched loop (``decode.decode``), after the batch's
+scoring, up to ``max_batch`` rows a loop. A job whose caller gave up (timeout) is skipped.
 Every forward pass holds its tasks' prefixes through the prefix cache (``prefix_cache.PrefixCache.use``);
 a batch whose tasks' prefixes do not fit the cache's budget together is scored in groups that do.
 Results are handed to the caller's event loop with ``call_soon_threadsafe``.
@@ -28,11 +30,11 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    """Work for one request: ``rows`` (label-word token ids, head rows, or None) or a ``call`` to run."""
+    """Work for one request: rows to score (labels, head), a completion to decode, or a ``call`` to run."""
 
     served: object  # a ServedTask
-    kind: str  # "labels" | "head" | "call"
-    payload: object  # a Dataset (labels, head) | a zero-argument callable (call)
+    kind: str  # "labels" | "head" | "generate" | "call"
+    payload: object  # a Dataset (labels, head) | (values, GenerationConfig) (generate) | a callable (call)
     size: int  # rows counted against the batch and the queue
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -140,12 +142,15 @@ class Batcher:
                 self._run(live)
 
     def _run(self, jobs: list[Job]) -> None:
-        labels = [j for j in jobs if j.kind == "labels"]
-        if labels:
-            self._score_labels(labels)
+        from prompttune.serve.mixed import mixable_head
+
+        mixed = [j for j in jobs if j.kind == "labels" or j.kind == "head" and mixable_head(j.served.task)]
+        taken = {id(j) for j in mixed}
+        if mixed:
+            self._score_labels(mixed)
         heads: dict[int, list[Job]] = {}
         for j in jobs:
-            if j.kind == "head":
+            if j.kind == "head" and id(j) not in taken:
                 heads.setdefault(id(j.served), []).append(j)
         for group in heads.values():
             try:
@@ -153,9 +158,47 @@ class Batcher:
             except Exception:  # noqa: BLE001 - one bad request: each request alone, so the others still succeed
                 for j in group:
                     self._guard([j], lambda j=j: self._predict_head([j]))
+        gens = [j for j in jobs if j.kind == "generate" and not j.cancelled]
+        if gens:
+            self._generate(gens)
         for j in jobs:
             if j.kind == "call" and not j.cancelled:
                 self._guard([j], lambda j=j: self._call(j))
+
+    def _generate(self, jobs: list[Job]) -> None:
+        """Completions decoded together: per backbone, in groups whose prefixes fit the cache, max_batch at a time."""
+        by_backbone: dict[int, list[Job]] = {}
+        for j in jobs:
+            by_backbone.setdefault(id(j.served.backbone), []).append(j)
+        for group in by_backbone.values():
+            owners = list({id(j.served.prefix_owner): j.served.prefix_owner for j in group}.values())
+            for part in self.cache.groups(owners):
+                inside = {id(o) for o in part}
+                mine = [j for j in group if id(j.served.prefix_owner) in inside]
+                for s in range(0, len(mine), self.max_batch):
+                    chunk = mine[s : s + self.max_batch]
+                    self._guard(chunk, lambda chunk=chunk: self._decode(chunk))
+
+    def _decode(self, jobs: list[Job]) -> None:
+        from prompttune.serve.decode import decode, prepare
+
+        with self.cache.use([j.served.prefix_owner for j in jobs]):
+            rows, ready = [], []
+            for j in jobs:  # a prompt that does not fit its task fails its own request only
+                try:
+                    row = prepare(j.served, *j.payload)
+                except Exception as e:  # noqa: BLE001 - handed to this request, as _guard would
+                    self._guard([j], lambda e=e: _raise(e))
+                    continue
+                row.stopped = lambda j=j: j.cancelled
+                rows.append(row)
+                ready.append(j)
+            out = decode(jobs[0].served.backbone, rows) if rows else []
+        for j, result in zip(ready, out, strict=True):
+            if isinstance(result, BaseException):
+                self._guard([j], lambda e=result: _raise(e))
+            else:
+                j.finish(result)
 
     def _call(self, job: Job) -> None:
         with self.cache.use([job.served.prefix_owner]):
@@ -200,7 +243,7 @@ class Batcher:
                         for (j, k, _), o in zip(chunk, out, strict=True):
                             scores[id(j)][k] = o
                 for j in group:
-                    j.finish(scores[id(j)])
+                    j.finish(_head_outputs(j, scores[id(j)]) if j.kind == "head" else scores[id(j)])
 
             self._guard(group, run)
 
@@ -209,6 +252,8 @@ class Batcher:
         from prompttune.core.data import check_fields
 
         model = job.served.task.model
+        if job.kind == "head":  # a classification head's rows (mixed.mixable_head)
+            return [job.served.task.head_kind.row_ids(model, row) for row in job.payload.rows]
         check_fields(job.payload, sorted(model.template.variables), need_label=False)
         return model.encode(job.payload).ids
 
@@ -223,3 +268,18 @@ class Batcher:
         for j in jobs:
             j.finish(out[start : start + j.size])
             start += j.size
+
+
+def _raise(e: BaseException) -> None:
+    raise e
+
+
+def _head_outputs(job: Job, probs: list) -> list[dict]:
+    """A classification head's answers as ``HeadTask.predictions`` gives them, from its probabilities."""
+    labels = job.served.task.head_kind.labels
+    out = []
+    for row, p in zip(job.payload.rows, probs, strict=True):
+        shown = row.fields.get("question") or row.fields.get("text") or " ".join(row.fields.get("tokens") or [])
+        scores = dict(zip(labels, map(float, p), strict=True))
+        out.append({"input": str(shown), "label": labels[int(p.argmax())], "scores": scores})
+    return out

@@ -14,6 +14,10 @@ tokens at the last position, multi-token label words continued from the rows' ca
 This module reads PromptModel's attributes (``candidates``, ``form_tokens``, ``form_token_ids``,
 ``form_label``, ``max_form_len``, ``row_inputs``) and writes the padding and read-out itself, so
 ``scorer.py`` stays the single-task path.
+
+Classification-head tasks pooled at the last token (a decoder's head: ``mixable_head``) join the same pass: the
+layout is the same (their prefix is the method's soft slot), and the read-out is the task's head on the last
+position's hidden state, as ``PooledClassifier`` reads it; their item is a HeadModel, their output probabilities.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.backbone import KV
+from prompttune.heads.model import HeadModel
+
+
+def mixable_head(task) -> bool:
+    """Whether a head task's rows can be scored in a mixed pass: a classification head pooled at the last token
+    of a decoder's row (no soft tokens inside the row). Tagging and QA heads, and encoders, run per task."""
+    model = task.model
+    return (task.kind == "classification" and model.backbone.kind == "decoder" and not model.inline_soft
+            and getattr(model.head, "pool", None) == "last")  # fmt: skip
 
 
 @torch.no_grad()
@@ -65,7 +78,7 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
         groups.setdefault(id(m), []).append(i)
     prefix = prefixes[id(models[0])] if len(distinct) == 1 else _stack_prefixes(models, prefixes, plen, top)
     input_ids, embeds = _inputs(distinct, groups, ids, backbone)
-    need_cache = any(m.max_form_len > 1 for m in distinct)
+    need_cache = any(getattr(m, "max_form_len", 1) > 1 for m in distinct)
     out = backbone.run(input_ids, attention, positions, prefix or None, inputs_embeds=embeds, return_cache=need_cache)
     hidden, cache = out if need_cache else (out, None)
 
@@ -73,6 +86,12 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
     for m in distinct:
         idx = groups[id(m)]
         sel = torch.tensor(idx)
+        if isinstance(m, HeadModel):  # a classification head pooled at the last token: its probabilities
+            last = hidden[sel, -1:].float()  # (g, 1, d): "the last token" of one-token rows
+            probs = m.head(last, torch.ones(len(idx), dtype=torch.long, device=last.device)).softmax(-1).cpu()
+            for j, i in enumerate(idx):
+                result[i] = probs[j]
+            continue
         rows_w = backbone.lm_rows(m.candidates)  # (C, d)
         first = F.log_softmax(hidden[sel, -1].float() @ rows_w.float().T, dim=-1)  # (g, C)
         forms = first[:, torch.tensor([t[0] for t in m.form_tokens])]  # (g, F)

@@ -5,7 +5,8 @@
     POST /v1/chat/completions        {"model", "messages", ...}: the last user message fills the task's field
 
 A label-word task (an artifact or a hard prompt with labels) continues its own prompt with free text
-(``PromptTask.generate``); a generation template renders the text into its field (``Generator.complete``).
+(as ``PromptTask.generate``); a generation template renders the text into its field (as ``Generator.complete``).
+Completions waiting in the queue together, of any tasks, are decoded in one batched loop (``decode.py``).
 Decoding is greedy unless ``temperature`` > 0 (then sampled, with ``top_p``). With ``stream`` the answer
 comes as server-sent events in the OpenAI chunk format, token by token as the worker decodes (``streaming.py``),
 ending with ``data: [DONE]``; the pieces add up to the text the same request without ``stream`` returns.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 
@@ -58,7 +58,7 @@ def register(app: FastAPI, server: Server) -> None:
                 return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": done}]}
 
             return _stream(server, served, values, config, [], chunk)
-        text = await server.run(served, "call", _runner(served, values, config), 1)
+        text = await server.run(served, "generate", (values, config), 1)
         done = _finish(served, text, config)
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done}
         return {**head, "choices": [choice], "usage": _usage(served, prompt, text)}
@@ -81,7 +81,7 @@ def register(app: FastAPI, server: Server) -> None:
 
             role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
             return _stream(server, served, values, config, [role], chunk)
-        text = await server.run(served, "call", _runner(served, values, config), 1)
+        text = await server.run(served, "generate", (values, config), 1)
         done = _finish(served, text, config)
         message = {"role": "assistant", "content": text}
         return {
@@ -171,17 +171,6 @@ def _values(server: Server, served: ServedTask, prompt: str) -> dict:
     return {fields[0]: prompt} if fields else {}
 
 
-def _runner(served: ServedTask, values: dict, config: GenerationConfig) -> Callable[[], str]:
-    """The job the worker runs: the text the task's prompt continues with."""
-
-    def run() -> str:
-        if served.kind == "labels":
-            return served.task.generate(values, config)
-        return served.generator.complete(served.template, values, config)
-
-    return run
-
-
 def _stream(server: Server, served: ServedTask, values: dict, config: GenerationConfig, opening: list[dict], chunk):
     """SSE chunks as the tokens come: ``opening``, ``chunk(piece, None)`` each, ``chunk("", finish_reason)``.
 
@@ -190,7 +179,7 @@ def _stream(server: Server, served: ServedTask, values: dict, config: Generation
     """
     tok = served.backbone.tokenizer
     stream = TokenStream(lambda ids: tok.decode(ids, skip_special_tokens=True), config)
-    job = server.batcher.submit(served, "call", _runner(served, values, stream.config), 1)
+    job = server.batcher.submit(served, "generate", (values, stream.config), 1)
     stream.attach(job.future)
 
     async def events():
