@@ -177,3 +177,19 @@ def test_packs_without_separate_sources(run_main, tmp_path, tiny_backbone, tiny_
     run = run_main("train", target, "--init-from", single, "--source-task", "mixture", *args)
     assert_user_error(run, "--init-from", "not a pack")
     assert not (tmp_path / "x").exists()
+
+
+def test_sources_are_each_tasks_own_prompt():
+    """A progressive pack: each task's own prompt (not its table with the earlier prompts stacked behind it); a
+    prompt several tasks read is one source; prompts of different sizes are an error."""
+    own = {n: torch.full((3, 2), float(i)) for i, n in enumerate(["a", "b", "c"])}
+    stacked = {f"tasks.{n}": torch.zeros(3 + 3 * i, 2) for i, n in enumerate(own)}  # grows with earlier prompts
+    weights = {f"params.own_{n}": t for n, t in own.items()} | stacked
+    manifest = {"pack": {"strategy": "progressive", "tasks": [{"name": n} for n in own]}}
+    sources, names = mixture_sources("p", manifest, weights)
+    assert names == ["a", "b", "c"] and torch.equal(sources, torch.stack(list(own.values())))
+    shared = {"tasks.a": own["a"], "tasks.b": own["b"], "tasks.c": own["a"].clone()}  # c reads a's prompt
+    manifest["pack"]["strategy"] = "mpt"
+    assert mixture_sources("p", manifest, shared)[1] == ["a", "b"]
+    with pytest.raises(PromptTuneError, match="differ in size"):
+        mixture_sources("p", manifest, {**shared, "tasks.c": torch.zeros(4, 2)})
