@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 
@@ -71,6 +72,7 @@ def register(app: FastAPI, server: Server) -> None:
         served, config, stream = _common(server, request, body, CHAT_FIELDS)
         prompt = _last_user_message(body.get("messages"))
         values = _values(server, served, prompt)
+        served = _with_conversation(server, served, body["messages"])  # a generation task reads all of it
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.name}
         if stream:
@@ -145,16 +147,52 @@ def _last_user_message(messages) -> str:
         if not isinstance(m, dict) or "role" not in m:
             raise ApiError(422, "each message must be an object with 'role' and 'content'.")
         if m["role"] == "user":
-            content = m.get("content")
-            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-                if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
-                    raise ApiError(422, "message content parts must be text parts ({'type': 'text', 'text': ...}).")
-                content = "".join(parts)
-            if not isinstance(content, str):
-                raise ApiError(422, "a user message's 'content' must be text.")
-            return content
+            return _content(m)
     raise ApiError(422, "'messages' has no user message; the last one fills the task's template.")
+
+
+def _content(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
+            raise ApiError(422, "message content parts must be text parts ({'type': 'text', 'text': ...}).")
+        content = "".join(parts)
+    if not isinstance(content, str):
+        raise ApiError(422, f"a {message['role']} message's 'content' must be text.")
+    return content
+
+
+def _with_conversation(server: Server, served: ServedTask, messages: list) -> ServedTask:
+    """A generation task for this request whose prompt holds the conversation before the last user message: its
+    system messages after the template's system text, its user / assistant turns before the template's user turn
+    (as DSPy and other clients send instructions and demos). The text is literal, never template syntax.
+    A label-word task keeps its own prompt (the last user message fills its field)."""
+    if not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise ApiError(422, "each message must be an object with 'role' and 'content'.")
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    earlier = messages[:last]
+    if served.kind != "generation" or not earlier:
+        return served
+    system, turns = [], []
+    for m in earlier:
+        text = _content(m)
+        if "endraw" in text:
+            raise ApiError(422, "a message contains 'endraw', which the prompt cannot hold literally; remove it.")
+        if m["role"] in ("system", "developer"):
+            system.append(text)
+        elif m["role"] in ("user", "assistant"):
+            turns.append((m["role"], "{% raw %}" + text + "{% endraw %}"))
+        else:
+            raise ApiError(422, f"message role {m['role']!r}: use system, developer, user or assistant.")
+    size = sum(len(_content(m)) for m in messages[: last + 1])
+    if size > server.config.max_input_chars:
+        limit = server.config.max_input_chars
+        raise ApiError(413, f"the messages are {size:,} characters; the limit is {limit:,} (--max-input-chars).")
+    head = [served.template.system] if served.template.system else []
+    text = "\n\n".join(head + ["{% raw %}" + t + "{% endraw %}" for t in system]) or None
+    template = replace(served.template, system=text, messages=served.template.messages + tuple(turns))
+    return replace(served, template=template)
 
 
 def _values(server: Server, served: ServedTask, prompt: str) -> dict:
