@@ -349,3 +349,33 @@ def test_metrics_count_requests(client):
     text = client.get("/metrics").text
     assert 'prompttune_requests_total{endpoint="/v1/tasks/{name}/predict",status="200",task="zs"}' in text
     assert "prompttune_prefix_cache_bytes" in text and "prompttune_queue_rows" in text
+
+
+def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):
+    """Rows of tasks with prefixes of different lengths run through the cascade attention (each task's prefix
+    held once, not laid out per row) and score as each task alone; the attention without groups is eager's."""
+    import torch
+
+    from prompttune.serve import mixed
+    from prompttune.serve.cascade import CASCADE
+
+    calls = []
+    real = mixed.run_rows
+    monkeypatch.setattr(mixed, "run_rows", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
+    items, want = [], []
+    for name in ("pt", "prefix", "zs"):
+        task = table.get(name).task
+        ds = from_records(TEXTS)
+        for ids, p in zip(task.model.encode(ds).ids, task.predict(ds), strict=True):
+            items.append((task.model, ids))
+            want.append(torch.tensor([p.scores[label] for label in task.labels]).log())
+    lengths = {mixed._length(m.cached_prefix()) for m, _ in items}
+    assert len(lengths) > 1, "the tasks' prefixes must differ in length"
+    got = mixed.score_mixed(items)
+    assert calls and calls[0] >= 2  # one pass, at least two tasks' prefixes in it
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-5)
+    backbone = items[0][0].backbone
+    assert backbone.model.config._attn_implementation == CASCADE
+    again = table.get("pt").task.predict(from_records(TEXTS))  # the library's own path, through the fallback
+    assert [p.label for p in again] == [p.label for p in table.get("pt").task.predict(from_records(TEXTS))]

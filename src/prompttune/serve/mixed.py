@@ -30,6 +30,7 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV
 from prompttune.heads.model import HeadModel
+from prompttune.serve.cascade import run_rows
 
 
 def mixable_head(task) -> bool:
@@ -76,10 +77,18 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
     groups: dict[int, list[int]] = {}
     for i, m in enumerate(models):
         groups.setdefault(id(m), []).append(i)
-    prefix = prefixes[id(models[0])] if len(distinct) == 1 else _stack_prefixes(models, prefixes, plen, top)
     input_ids, embeds = _inputs(distinct, groups, ids, backbone)
     need_cache = any(getattr(m, "max_form_len", 1) > 1 for m in distinct)
-    out = backbone.run(input_ids, attention, positions, prefix or None, inputs_embeds=embeds, return_cache=need_cache)
+    cascade = backbone.kind == "decoder"  # each task's prefix held once, not laid out per row (serve/cascade.py)
+    if cascade:
+        with_prefix = [(torch.tensor(groups[id(m)]), prefixes[id(m)]) for m in distinct if prefixes[id(m)]]
+        out = run_rows(backbone, input_ids, mask, positions, with_prefix, embeds, return_cache=need_cache)
+        attention = mask  # the rows' cache holds the rows only
+    else:  # encoders: every row's prefix laid out in front of it
+        prefix = prefixes[id(models[0])] if len(distinct) == 1 else _stack_prefixes(models, prefixes, plen, top)
+        out = backbone.run(
+            input_ids, attention, positions, prefix or None, inputs_embeds=embeds, return_cache=need_cache
+        )
     hidden, cache = out if need_cache else (out, None)
 
     result: list[Tensor | None] = [None] * b
@@ -97,7 +106,7 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
         forms = first[:, torch.tensor([t[0] for t in m.form_tokens])]  # (g, F)
         if m.max_form_len > 1:
             sub = [(k[sel], v[sel]) for k, v in cache]
-            forms = forms + _continuations(m, sub, attention[sel], positions[sel], rows_w)
+            forms = forms + _continuations(m, sub, attention[sel], positions[sel], rows_w, prefixes[id(m)], cascade)
         scores = F.log_softmax(_forms_to_labels(m, forms), dim=-1)
         calibration = m.verbalizer.calibration
         if calibration is not None:
@@ -146,7 +155,9 @@ def _inputs(distinct, groups, ids: Tensor, backbone) -> tuple[Tensor | None, Ten
     return None, embeds
 
 
-def _continuations(m, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor) -> Tensor:
+def _continuations(
+    m, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor, prefix: KV, cascade: bool
+) -> Tensor:
     """Log-likelihood of the 2nd.. tokens of each multi-token label word, continuing the rows' cache. (g, F)"""
     g = attention.shape[0]
     n_forms, width = len(m.form_token_ids), m.max_form_len - 1
@@ -161,7 +172,11 @@ def _continuations(m, cache: KV, attention: Tensor, positions: Tensor, rows_w: T
     cache_rep = [(k.repeat_interleave(n_forms, 0), v.repeat_interleave(n_forms, 0)) for k, v in cache]
     att = torch.cat([attention.repeat_interleave(n_forms, 0), cont_mask.repeat(g, 1)], dim=1)
     pos = positions[:, -1:].repeat_interleave(n_forms, 0) + 1 + torch.arange(width)
-    hidden = m.backbone.run(cont.repeat(g, 1), att, pos, cache_rep)  # (g * F, width, d)
+    if cascade:  # the cache holds the rows only; the task's prefix joins in the attention
+        groups = [(torch.arange(g * n_forms), prefix)] if prefix else []
+        hidden = run_rows(m.backbone, cont.repeat(g, 1), att, pos, groups, past=cache_rep)  # (g * F, width, d)
+    else:
+        hidden = m.backbone.run(cont.repeat(g, 1), att, pos, cache_rep)
     logp = F.log_softmax(hidden.float() @ rows_w.float().T, dim=-1)  # (g * F, width, C)
     picked = logp.gather(2, target.repeat(g, 1)[..., None])[..., 0] * cont_mask.repeat(g, 1)
     return picked.sum(1).view(g, n_forms)

@@ -1,0 +1,115 @@
+"""Attention over per-task prefixes without copying them per row ("cascade" attention, as FlashInfer's shared-
+prefix kernels do it): a mixed batch runs its rows only, and each layer's attention adds, for every task in the
+batch, its rows' attention to that task's cached prefix keys/values, held once.
+
+For a query row, softmax attention over [prefix | row] splits into two parts with their own maximum m, sum s and
+weighted values o; they merge exactly:
+
+    m = max(m_row, m_prefix);  out = (o_row e^(m_row - m) + o_prefix e^(m_prefix - m)) / (s_row e^.. + s_prefix e^..)
+
+so the result equals attention over the concatenation (tested against the padded layout). The padded layout
+copied every prefix to every row's slot, padded to the longest prefix in the batch: with a 1,000-token system
+prompt or few-shot demos among the tasks, that was hundreds of MB of keys/values built per batch.
+
+The attention function is registered with transformers' AttentionInterface; while no ``prompttune_groups`` is
+passed it is the model's own eager attention, so switching a model to it changes nothing else.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import torch
+from torch import Tensor
+
+CASCADE = "prompttune_cascade"
+_lock = threading.Lock()
+_registered = False
+
+
+def cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query (b, h, q, hd); key/value (b, kv_heads, t, hd): the rows' own; ``prompttune_groups``: a list of
+    (row index tensor, per-layer prefix KV list with (1, kv_heads, p, hd) tensors) per task with a prefix."""
+    groups = kwargs.pop("prompttune_groups", None)
+    if groups is None:
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    rep = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(rep, dim=1) if rep > 1 else key
+    v = value.repeat_interleave(rep, dim=1) if rep > 1 else value
+    w = torch.matmul(query, k.transpose(2, 3)).float() * scale
+    if attention_mask is not None:
+        w = w + attention_mask[..., : k.shape[2]].float()
+    m_row = w.amax(-1, keepdim=True)  # (b, h, q, 1)
+    e = torch.exp(w - m_row)
+    s_row = e.sum(-1, keepdim=True)
+    o_row = torch.matmul(e.to(v.dtype), v).float()  # (b, h, q, hd)
+    out = o_row / s_row
+    for rows, prefix in groups:
+        pk, pv = prefix[module.layer_idx]
+        pk = pk.to(query.dtype)
+        pv = pv.to(query.dtype)
+        if rep > 1:
+            pk, pv = pk.repeat_interleave(rep, dim=1), pv.repeat_interleave(rep, dim=1)
+        q = query[rows]  # (g, h, q, hd)
+        wp = torch.matmul(q, pk.transpose(2, 3)).float() * scale  # (g, h, q, p): the prefix broadcast, not copied
+        m_pre = wp.amax(-1, keepdim=True)
+        ep = torch.exp(wp - m_pre)
+        s_pre = ep.sum(-1, keepdim=True)
+        o_pre = torch.matmul(ep.to(pv.dtype), pv).float()
+        m = torch.maximum(m_row[rows], m_pre)
+        a, c = torch.exp(m_row[rows] - m), torch.exp(m_pre - m)
+        out[rows] = (o_row[rows] * a + o_pre * c) / (s_row[rows] * a + s_pre * c)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def use_cascade(model) -> None:
+    """Switch a decoder to the cascade attention (once; its eager attention when no groups are passed)."""
+    global _registered
+    with _lock:
+        if not _registered:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+            AttentionInterface.register(CASCADE, cascade_attention)
+            ALL_MASK_ATTENTION_FUNCTIONS.register(CASCADE, eager_mask)
+            _registered = True
+        if model.config._attn_implementation != CASCADE:
+            if model.config._attn_implementation != "eager":
+                raise ValueError("cascade attention replaces eager attention only")
+            model.config._attn_implementation = CASCADE
+
+
+def run_rows(
+    backbone,
+    input_ids: Tensor | None,
+    mask: Tensor,
+    positions: Tensor,
+    groups,
+    inputs_embeds=None,
+    past=None,
+    return_cache: bool = False,
+):
+    """Hidden states (b, width, d) of rows that continue their own tasks' prefixes: ``mask`` covers the rows
+    (after ``past``, the rows' own earlier keys/values, if given) and not the prefixes; ``positions`` number each
+    row from its prefix's end; ``groups`` as ``cascade_attention`` takes them. With ``return_cache``, also the
+    per-layer keys/values of past + rows (no prefix in them)."""
+    from transformers import DynamicCache
+
+    use_cascade(backbone.model)
+    dev = backbone.device
+    cache = DynamicCache(ddp_cache_data=past, config=backbone.model.config) if past or return_cache else None
+    out = backbone.body(
+        input_ids=input_ids.to(dev) if input_ids is not None else None,
+        inputs_embeds=inputs_embeds,
+        attention_mask=mask.to(dev),
+        position_ids=positions.to(dev),
+        use_cache=cache is not None,
+        prompttune_groups=[(rows.to(dev), prefix) for rows, prefix in groups],
+        **({backbone._cache_kwarg: cache} if cache is not None else {}),
+    )
+    if return_cache:
+        return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
+    return out.last_hidden_state
