@@ -47,18 +47,20 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     s_row = e.sum(-1, keepdim=True)
     o_row = torch.matmul(e.to(v.dtype), v).float()  # (b, h, q, hd)
     out = o_row / s_row
+    b, h, n, hd = query.shape
+    kv = key.shape[1]
     for rows, prefix in groups:
-        pk, pv = prefix[module.layer_idx]
-        pk = pk.to(query.dtype)
-        pv = pv.to(query.dtype)
-        if rep > 1:
-            pk, pv = pk.repeat_interleave(rep, dim=1), pv.repeat_interleave(rep, dim=1)
-        q = query[rows]  # (g, h, q, hd)
-        wp = torch.matmul(q, pk.transpose(2, 3)).float() * scale  # (g, h, q, p): the prefix broadcast, not copied
+        pk, pv = (t.to(query.dtype) for t in prefix[module.layer_idx])  # (1, kv_heads, p, hd)
+        g = len(rows)
+        # grouped queries: head j reads kv head j // rep, so (g, h, q) -> (g, kv, rep * q) meets the prefix's
+        # (1, kv, p) by broadcasting: the prefix is neither copied per row nor repeated per head
+        q = query[rows].reshape(g, kv, rep * n, hd)
+        wp = torch.matmul(q, pk.transpose(2, 3)).float() * scale  # (g, kv, rep * q, p)
         m_pre = wp.amax(-1, keepdim=True)
         ep = torch.exp(wp - m_pre)
-        s_pre = ep.sum(-1, keepdim=True)
-        o_pre = torch.matmul(ep.to(pv.dtype), pv).float()
+        s_pre = ep.sum(-1, keepdim=True).reshape(g, h, n, 1)
+        o_pre = torch.matmul(ep.to(pv.dtype), pv).float().reshape(g, h, n, hd)
+        m_pre = m_pre.reshape(g, h, n, 1)
         m = torch.maximum(m_row[rows], m_pre)
         a, c = torch.exp(m_row[rows] - m), torch.exp(m_pre - m)
         out[rows] = (o_row[rows] * a + o_pre * c) / (s_row[rows] * a + s_pre * c)
