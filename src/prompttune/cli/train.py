@@ -130,7 +130,10 @@ def train(
     ] = None,
     source_task: Annotated[
         str | None,
-        typer.Option(help="With --init-from: 'shared' (the pack's shared prompt, the default) or a task's name."),
+        typer.Option(
+            help="With --init-from: 'shared' (the pack's shared prompt, the default), a task's name, or 'mixture' "
+            "(ATTEMPT: a new prompt plus an attention over the pack's frozen source prompts, per input)."
+        ),
     ] = None,
     model: ModelOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, init and batch order.")] = 0,
