@@ -178,7 +178,8 @@ def dspy_side(name: str, args, server: Server, labels: list[str], train, val, he
     except Exception as e:  # noqa: BLE001 - DSPy's failure is a result (e.g. a proposal it cannot parse)
         seconds = time.perf_counter() - t0
         print(f"DSPy {PAIRS[name]} failed after {CountingLM.calls} model calls: {e}", file=sys.stderr)
-        return {"optimizer": PAIRS[name], "error": f"{type(e).__name__}: {str(e)[:300]}", "val_score": None,
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        return {"optimizer": PAIRS[name], "error": error, "val_score": None,
                 "heldout_accuracy": None, "optimize_seconds": seconds, "heldout_seconds": None,
                 "model_calls": CountingLM.calls}  # fmt: skip
     seconds, calls = time.perf_counter() - t0, CountingLM.calls
