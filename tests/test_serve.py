@@ -360,6 +360,7 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):
     from prompttune.serve.cascade import CASCADE
 
     monkeypatch.setattr(mixed, "CASCADE_MIN_COPY", 0)  # short tiny prefixes: cascade anyway
+    monkeypatch.setattr(mixed, "CASCADE_MIN_PADDING", 0)
     calls = []
     real = mixed.run_rows
     monkeypatch.setattr(mixed, "run_rows", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))

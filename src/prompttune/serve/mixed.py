@@ -79,7 +79,7 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
         groups.setdefault(id(m), []).append(i)
     input_ids, embeds = _inputs(distinct, groups, ids, backbone)
     need_cache = any(getattr(m, "max_form_len", 1) > 1 for m in distinct)
-    cascade = _cascade_pays(backbone, distinct, prefixes, b, top)
+    cascade = _cascade_pays(backbone, models, prefixes, plen)
     if cascade:
         with_prefix = [(torch.tensor(groups[id(m)]), prefixes[id(m)]) for m in distinct if prefixes[id(m)]]
         out = run_rows(backbone, input_ids, mask, positions, with_prefix, embeds, return_cache=need_cache)
@@ -117,14 +117,20 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
 
 
 CASCADE_MIN_COPY = 8192  # prefix tokens the per-row layout would build (rows x longest prefix) before cascading
+CASCADE_MIN_PADDING = 1024  # padding tokens (rows x longest prefix - their own prefixes) before cascading
 
 
-def _cascade_pays(backbone, distinct, prefixes: dict, rows: int, top: int) -> bool:
+def _cascade_pays(backbone, models, prefixes: dict, plen: list[int]) -> bool:
     """Whether to hold each task's prefix once (serve/cascade.py) rather than lay it out in front of every row:
-    when the layout would copy many prefix tokens (long system prompts, few-shot demos). Short prefixes copy
-    less than the cascade's extra passes cost (measured, 32 rows, default decoder: a 43-token prefix 249 ms
-    laid out vs 531 ms cascaded; an 867-token prefix 1,654 vs 844 ms)."""
-    return backbone.kind == "decoder" and rows * top > CASCADE_MIN_COPY
+    when the layout would copy many prefix tokens (a long system prompt, few-shot demos) or pad short prefixes to
+    a long one. Short prefixes of one length copy less than the cascade's extra passes cost. Measured (32 rows,
+    default decoder): one 43-token prefix 249 ms laid out vs 531 ms cascaded; 8 tasks of 43 tokens 308 vs 386 ms;
+    one 867-token prefix 1,654 vs 844 ms; the 8-task server of bench_serve.py (300-token system text and
+    few-shot demos among short soft prompts) 31.5 requests/s laid out vs 43.1 cascaded."""
+    if backbone.kind != "decoder" or not plen:
+        return False
+    copy = len(plen) * max(plen)
+    return copy > CASCADE_MIN_COPY or copy - sum(plen) > CASCADE_MIN_PADDING
 
 
 def _length(prefix: KV) -> int:
