@@ -90,7 +90,8 @@ def run_prompttune(args) -> dict:
         save_file({"prompt_embeddings": task.model.method.table().detach().float().contiguous()}, args.table)
     decoding = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0, no_repeat_ngram_size=0)
     examples = task.model.encode(from_records([{"input": x} for x in inputs]).rows, targets=False)
-    examples.sort(key=lambda x: len(x.ids))
+    order = sorted(range(len(inputs)), key=lambda i: len(examples[i].ids))
+    examples = [examples[i] for i in order]
     t0 = time.perf_counter()
     prefix = task.model.cached_prefix() or None  # once per artifact, counted here
     texts = []
@@ -109,6 +110,7 @@ def run_prompttune(args) -> dict:
         "steps": res.steps,
         "threads": torch.get_num_threads(),
         "sample": texts[0] if texts else "",
+        "outputs": {inputs[i]: t for i, t in zip(order, texts, strict=True)},
     }
 
 
@@ -179,7 +181,10 @@ def run_peft(args) -> dict:
         plain = PrefixTuningConfig(
             task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual_tokens, prefix_projection=False
         )
-        model = get_peft_model(base, plain)  # prompt learning leaves the base model's modules as they were
+        # A fresh copy of the base model: a second get_peft_model on the trained one kept writing from PEFT's own
+        # prefix (every output ran to max_new_tokens, none matched prompttune's)
+        fresh = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        model = get_peft_model(fresh, plain)
         weight = model.prompt_encoder["default"].embedding.weight
         if weight.shape != table.shape:
             sys.exit(f"prompttune's prefix table {tuple(table.shape)} does not fit PEFT's {tuple(weight.shape)}")
@@ -195,14 +200,17 @@ def run_peft(args) -> dict:
         for i in range(0, len(ordered), args.batch_size):
             enc = tok([prompt(x) for x in ordered[i : i + args.batch_size]], add_special_tokens=False,
                       return_tensors="pt", padding=True)  # fmt: skip
-            out = model.generate(
-                **enc,
+            ids, mask, cache = with_prefix(model, enc)
+            out = model.get_base_model().generate(
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=cache,
                 max_new_tokens=args.max_new_tokens,
                 do_sample=False,
                 eos_token_id=ends,
                 pad_token_id=tok.pad_token_id,
             )
-            texts += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts += tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     gen_seconds = time.perf_counter() - t0
     tokens = count_tokens(tok, texts)
     return {
@@ -216,7 +224,31 @@ def run_peft(args) -> dict:
         "threads": torch.get_num_threads(),
         "same_prefix": same_prefix,
         "sample": texts[0] if texts else "",
+        "outputs": dict(zip(ordered, texts, strict=True)),
     }
+
+
+def with_prefix(model, enc):
+    """PEFT's prefix as the generation cache, as ``PeftModelForCausalLM.prepare_inputs_for_generation`` means to
+    pass it. Under transformers 5.x ``model.generate`` drops it: generate builds its own empty cache first, so PEFT
+    0.21 never adds the prefix and writes as the bare model (checked: a prefix of noise changes PEFT's forward
+    and leaves its generate's text as it was). The rows, left-padded, follow the prefix's keys/values; a dummy
+    token stands for each virtual one (generate skips the tokens the cache already holds); positions count from
+    the prefix's end, as in PEFT's training forward."""
+    import torch
+    from transformers import DynamicCache
+
+    b = enc["input_ids"].shape[0]
+    prompt = model.get_prompt(batch_size=b)
+    if hasattr(prompt, "layers"):
+        cache = prompt
+    else:  # per layer a [2, batch, heads, virtual tokens, head_dim] tensor
+        cache = DynamicCache(ddp_cache_data=[(t[0], t[1]) for t in prompt], config=model.get_base_model().config)
+    n = cache.get_seq_length()
+    dummy = torch.full((b, n), int(enc["input_ids"][0, -1]), dtype=enc["input_ids"].dtype)
+    ids = torch.cat([dummy, enc["input_ids"]], dim=1)
+    mask = torch.cat([torch.ones(b, n, dtype=enc["attention_mask"].dtype), enc["attention_mask"]], dim=1)
+    return ids, mask, cache
 
 
 def main() -> None:
@@ -259,6 +291,11 @@ def main() -> None:
         ratio = a[key] / b[key] if b[key] else float("nan")
         print(f"{label:26}{a[key]:12.2f}{b[key]:12.2f}{ratio:8.2f}x")
     print(f"{'tokens generated':26}{a['gen_tokens']:12d}{b['gen_tokens']:12d}")
+    same = sum(a["outputs"].get(x) == t for x, t in b["outputs"].items())
+    print(f"identical outputs: {same} of {len(b['outputs'])} inputs (greedy from the same prefix; eager vs SDPA "
+          "attention can break near-ties)")
+    for r in (a, b):
+        r["outputs"] = len(r["outputs"])
     print(json.dumps({"prompttune": a, "peft": b}))
 
 

@@ -3,7 +3,9 @@ per row per step, each row ending at an end token, at ``max_new_tokens`` or befo
 
 Token for token what ``core.generate.Generator`` writes for each row alone (greedy, the same repetition
 settings over each row's generated tokens), a batch of rows at the price of a little more than one.
-Sampling and ``finish_sentence`` go through ``Generator`` row by row.
+A row that has finished leaves the batch (its keys/values, mask and positions are dropped), so the steps
+after it cost only what the rows still writing need; a batch whose outputs differ in length no longer runs
+every row to its longest one. Sampling and ``finish_sentence`` go through ``Generator`` row by row.
 """
 
 from __future__ import annotations
@@ -41,34 +43,37 @@ def greedy_batch(
     ends = backbone.end_token_ids
     tok = backbone.tokenizer
     out: list[list[int]] = [[] for _ in rows]
-    done = [False] * b
+    live = list(range(b))  # the rows still writing, in the batch's order
     input_ids, embeds = embed(ids)
     cache = prefix
     for _ in range(max(0, limit)):
         hidden, cache = backbone.run(input_ids, attention, positions, cache, inputs_embeds=embeds, return_cache=True)
-        logits = head(hidden[:, -1]).float()  # (b, vocab)
+        logits = head(hidden[:, -1]).float()  # (rows still writing, vocab)
         if processors:
-            steps = max(len(o) for o in out)
-            gen = torch.full((b, steps), pad, dtype=torch.long)
-            for i, o in enumerate(out):  # rows still running all have ``steps`` tokens
-                if o:
-                    gen[i, : len(o)] = torch.tensor(o)
+            steps = len(out[live[0]])  # rows still writing all have the same number of tokens
+            gen = torch.full((len(live), steps), pad, dtype=torch.long)
+            if steps:
+                gen[:] = torch.tensor([out[i] for i in live])
             logits = processors(gen.to(logits.device), logits)
         nxt = logits.argmax(-1).tolist()
-        for i, t in enumerate(nxt):
-            if done[i]:
-                continue
+        keep = []
+        for j, (i, t) in enumerate(zip(live, nxt, strict=True)):
             if t in ends:
-                done[i] = True
                 continue
             out[i].append(t)
             if config.stop and any(s in tok.decode(out[i], skip_special_tokens=True) for s in config.stop):
-                done[i] = True
-        if all(done):
+                continue
+            keep.append(j)
+        if not keep:
             break
-        input_ids, embeds = torch.tensor(nxt)[:, None], None
+        if len(keep) < len(live):  # finished rows leave the batch
+            rows_kept = torch.tensor(keep)
+            cache = [(k[rows_kept.to(k.device)], v[rows_kept.to(v.device)]) for k, v in cache]
+            attention, positions = attention[rows_kept], positions[rows_kept]
+            live = [live[j] for j in keep]
+        input_ids, embeds = torch.tensor([nxt[j] for j in keep])[:, None], None
         positions = positions[:, -1:] + 1
-        attention = torch.cat([attention, torch.ones(b, 1, dtype=torch.long)], dim=1)
+        attention = torch.cat([attention, torch.ones(len(live), 1, dtype=torch.long)], dim=1)
     texts = [tok.decode(o, skip_special_tokens=True) for o in out]
     if config.stop:
         cuts = [min((j for j in (t.find(s) for s in config.stop) if j >= 0), default=-1) for t in texts]
