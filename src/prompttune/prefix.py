@@ -2,10 +2,15 @@
 prefix (hard-text token ids and soft slots, in order) turned into per-layer keys/values.
 
 Training recomputes the prefix with gradients on every step (``prefix_kv``); inference computes it once and
-reuses it for every batch (``cached_prefix``) until the parameters change (``clear_cache``).
+reuses it for every batch (``cached_prefix``) until the parameters change (``clear_cache``). A step taken in
+micro-batches computes it once too (``prefix_once``): every part reads the same keys/values, and their
+gradients, summed over the parts, run back through the prefix once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +28,7 @@ class PrefixModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._cached_prefix: KV | None = None
+        self._step_prefix: KV | None = None  # inside ``prefix_once``: the keys/values every part reads
 
     # --- templates with soft slots (label-word and generation read-outs) ---------------------------------------
     def index_row_soft_tokens(self) -> None:
@@ -75,10 +81,38 @@ class PrefixModel(nn.Module):
 
     # --- the constant prefix's keys/values ---------------------------------------------------------------------
     def prefix_kv(self) -> KV:
-        """The constant prefix's keys/values, recomputed (with gradients) on every call."""
+        """The constant prefix's keys/values, recomputed (with gradients) on every call (inside ``prefix_once``:
+        the step's one computation)."""
+        if self._step_prefix is not None:
+            return self._step_prefix
         if not self.segments:
             return []
         return self.method.prefix_kv(self.backbone, self.segments)
+
+    @contextmanager
+    def prefix_once(self) -> Iterator[None]:
+        """A training step in parts: ``prefix_kv`` is computed here once, and every part reads it as leaves of
+        its own graph, so a part's backward stops at the prefix and frees the part's activations. On a normal
+        exit the gradients the parts left on those leaves run back through the prefix in one backward pass:
+        the same gradient as recomputing the prefix for each part (the sum over parts), at the price of one."""
+        if self._step_prefix is not None:  # nested: the outer step owns the prefix
+            yield
+            return
+        full = self.prefix_kv()
+        leaves = [tuple(t.detach().requires_grad_(t.requires_grad) for t in kv) for kv in full]
+        self._step_prefix = leaves
+        try:
+            yield
+        finally:
+            self._step_prefix = None
+        outputs, grads = [], []
+        for kv, kv_leaves in zip(full, leaves, strict=True):
+            for t, leaf in zip(kv, kv_leaves, strict=True):
+                if t.requires_grad and leaf.grad is not None:
+                    outputs.append(t)
+                    grads.append(leaf.grad)
+        if outputs:
+            torch.autograd.backward(outputs, grads)
 
     def cached_prefix(self) -> KV:
         """The prefix's keys/values for inference: computed once, reused for every batch."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -342,13 +343,15 @@ class Trainer:
         budget = getattr(self.objective, "micro_batch_tokens", None)
         parts = micro_batches(batch, self.objective.lengths, budget) if budget else [batch]
         total, whole = torch.zeros(()), loss_weight_of(self.objective, batch)
-        for part in parts:
-            loss = self.objective.batch_loss(part)
-            if not torch.isfinite(loss):
-                return loss.detach()
-            share = loss_weight_of(self.objective, part) / whole if len(parts) > 1 else 1.0
-            (loss * share).backward()
-            total = total + loss.detach().cpu().float() * share
+        once = getattr(getattr(self.objective, "model", None), "prefix_once", None)  # the prefix computed once
+        with once() if once is not None and len(parts) > 1 else nullcontext():
+            for part in parts:
+                loss = self.objective.batch_loss(part)
+                if not torch.isfinite(loss):
+                    return loss.detach()
+                share = loss_weight_of(self.objective, part) / whole if len(parts) > 1 else 1.0
+                (loss * share).backward()
+                total = total + loss.detach().cpu().float() * share
         return total
 
     def _update_ema(self) -> None:

@@ -97,6 +97,10 @@ class GenerationObjective:
     """The Trainer's view: LM loss on target tokens over the prefix, ROUGE-L of greedy outputs on validation."""
 
     metric = "rougeL"
+    # The Trainer takes a step in parts of at most this many padded tokens (prompt + target), the prefix computed
+    # once for all of them (``PrefixModel.prefix_once``): E2E at batch 16 (rows up to ~110 tokens) then peaks at
+    # one part's activations, not the batch's
+    micro_batch_tokens = 1024
 
     def __init__(self, task: GenerationTask, train: Dataset, val: Dataset, seed: int = 0):
         self.task, self.model = task, task.model
