@@ -6,10 +6,13 @@ Three figures, side by side with their ratio:
   1, target-token-only read-out, length-bucketed batches) vs PEFT's ``get_peft_model(PrefixTuningConfig(
   prefix_projection=True))`` trained as PEFT's examples do (prompt + target in one sequence, labels -100 on the
   prompt), both with the language-modelling loss on the target tokens;
-- generation tokens/s: prompttune's batched greedy decoding over its cached prefix vs PEFT's ``generate`` (left
-  padding, greedy, same batch, same end tokens, no repetition control on either side). PEFT generates with the
-  prefix prompttune trained (its per-layer key/value table loaded as PEFT's ``prompt_embeddings``, projection off),
-  so both sides write from the same prefix; without prompttune's table (``--side peft`` alone) PEFT uses its own;
+- generation tokens/s: prompttune's greedy decoding over its cached prefix (continuous batching: at most
+  ``--batch-size`` rows at once, a finished row's slot taken by the next input) vs PEFT's ``generate`` on
+  batches of ``--batch-size`` rows (left padding, greedy, same end tokens, no repetition control on either
+  side). PEFT writes from the prefix prompttune trained (its per-layer key/value table loaded as PEFT's
+  ``prompt_embeddings``, projection off), passed to ``generate`` as its cache (``with_prefix``: PEFT 0.21's own
+  ``generate`` drops the prefix under transformers 5.x), so both sides write the same tokens (the run counts
+  identical outputs); without prompttune's table (``--side peft`` alone) PEFT uses its own;
 - training peak RSS (MB, each side in its own process, read right after training).
 
 Rows: E2E NLG from ../shared/data/e2e_nlg/dev.jsonl (read in place, never copied), targets of at most
@@ -17,7 +20,7 @@ Rows: E2E NLG from ../shared/data/e2e_nlg/dev.jsonl (read in place, never copied
 meaning representations) from its end. The template is one chat user turn with the meaning representation; the
 answer is the target, ended by the chat's end-of-turn token.
 
-    .venv/bin/python benchmarks/bench_generation_vs_peft.py                       # 30 steps x 16 rows, 64 inputs
+    .venv/bin/python benchmarks/bench_generation_vs_peft.py --dtype bfloat16      # 30 steps x 16 rows, 64 inputs
     .venv/bin/python benchmarks/bench_generation_vs_peft.py --steps 2 --train-rows 8 --gen-rows 8 --batch-size 4
 """
 
@@ -94,10 +97,9 @@ def run_prompttune(args) -> dict:
     examples = [examples[i] for i in order]
     t0 = time.perf_counter()
     prefix = task.model.cached_prefix() or None  # once per artifact, counted here
-    texts = []
-    for i in range(0, len(examples), args.batch_size):
-        ids = [x.ids for x in examples[i : i + args.batch_size]]
-        texts += greedy_batch(backbone, ids, prefix, task.model.row_inputs, decoding)
+    # continuous batching: --batch-size rows write at once, a finished row's slot goes to the next input
+    ids = [x.ids for x in examples]
+    texts = greedy_batch(backbone, ids, prefix, task.model.row_inputs, decoding, slots=args.batch_size)
     gen_seconds = time.perf_counter() - t0
     tokens = count_tokens(backbone.tokenizer, texts)
     return {
@@ -292,8 +294,10 @@ def main() -> None:
         print(f"{label:26}{a[key]:12.2f}{b[key]:12.2f}{ratio:8.2f}x")
     print(f"{'tokens generated':26}{a['gen_tokens']:12d}{b['gen_tokens']:12d}")
     same = sum(a["outputs"].get(x) == t for x, t in b["outputs"].items())
-    print(f"identical outputs: {same} of {len(b['outputs'])} inputs (greedy from the same prefix; eager vs SDPA "
-          "attention can break near-ties)")
+    print(
+        f"identical outputs: {same} of {len(b['outputs'])} inputs (greedy from the same prefix; eager vs SDPA "
+        "attention can break near-ties)"
+    )
     for r in (a, b):
         r["outputs"] = len(r["outputs"])
     print(json.dumps({"prompttune": a, "peft": b}))

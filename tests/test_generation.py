@@ -116,6 +116,44 @@ def test_batched_greedy_equals_one_row_at_a_time(tiny_backbone, method, settings
     assert batched == alone
 
 
+@pytest.mark.parametrize("settings", [{}, {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}, {"stop": (" t",)}])
+def test_continuous_batching_refills_free_slots_and_writes_what_each_row_writes_alone(
+    tiny_backbone, settings, monkeypatch
+):
+    """More rows than slots: rows that finish leave, waiting rows join the rows still writing (their keys/values
+    padded to a common width), never more than ``slots`` at once; each output equals Generator's alone."""
+    import prompttune.generation.task as gen_task
+
+    monkeypatch.setattr(gen_task, "DECODE_BATCH", 3)
+    task = make(tiny_backbone, "prefix-tuning")
+    config = GenerationConfig(max_new_tokens=9, **settings)
+    texts = [*WORDS, "no"]
+    rows = from_records([{"input": w} for w in texts]).rows
+    # a context that ends 6 tokens after the longest prompt: longer rows stop sooner (6 to 9 tokens), so rows of
+    # one batch finish at different steps (the tiny model seldom writes an end token)
+    longest = max(len(x.ids) for x in task.model.encode(rows, targets=False))
+    context = task.model.prefix_length + longest + 6
+    monkeypatch.setattr(type(tiny_backbone), "max_length", property(lambda self: context))
+    calls = []  # (rows, tokens per row) of every pass: prompts (tokens > 1) and steps (1 token a row)
+    run = tiny_backbone.run
+
+    def recording(ids, attention, positions, *a, **k):
+        calls.append(tuple(positions.shape))
+        return run(ids, attention, positions, *a, **k)
+
+    monkeypatch.setattr(tiny_backbone, "run", recording)
+    batched = task.write(rows, config)
+    monkeypatch.setattr(tiny_backbone, "run", run)
+    alone = [task.model.generate(x.ids, config).strip() for x in task.model.encode(rows, targets=False)]
+    assert batched == alone
+    assert max(b for b, _ in calls) <= 3
+    kinds = ["step" if n == 1 else "prompt" for _, n in calls]
+    later = [i for i, k in enumerate(kinds) if k == "prompt" and "step" in kinds[:i]]
+    assert later, "no row joined a batch that was already writing"
+    # a row joined rows still writing: the step after its prompt pass runs more rows than that pass brought
+    assert any(i + 2 < len(calls) and calls[i + 2][0] > calls[i][0] for i in later if kinds[i + 1] == "step")
+
+
 def test_stop_strings_and_bounded_length(tiny_backbone):
     task = make(tiny_backbone)
     full = task.predict(["the cat sat"], config=PLAIN)[0]

@@ -210,11 +210,16 @@ class GenerationTask(Task):
             return [self.model.generate(x.ids, config, gen).strip() for x in examples]
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))  # similar lengths share a batch
         texts = [""] * len(examples)
+        if config.num_beams == 1:  # continuous batching: DECODE_BATCH rows write at once, new ones take free slots
+            ids = [examples[i].ids for i in order]
+            out = greedy_batch(self.backbone, ids, prefix or None, self.model.row_inputs, config, slots=DECODE_BATCH)
+            for i, t in zip(order, out, strict=True):
+                texts[i] = t.strip()
+            return texts
         for start in range(0, len(order), DECODE_BATCH):
             idx = order[start : start + DECODE_BATCH]
             ids = [examples[i].ids for i in idx]
-            decode = beam_search if config.num_beams > 1 else greedy_batch
-            batch = decode(self.backbone, ids, prefix or None, self.model.row_inputs, config)
+            batch = beam_search(self.backbone, ids, prefix or None, self.model.row_inputs, config)
             for i, t in zip(idx, batch, strict=True):
                 texts[i] = t.strip()
         return texts
