@@ -122,6 +122,8 @@ def test_a_cell_in_its_own_process_reports_its_own_peak_memory(task_file, tmp_pa
     (cell,) = json.loads((out / "report.json").read_text())["cells"]
     assert cell["isolated"] and cell["accuracy"] == row["accuracy_mean"]
     assert len(list((out / "cells").glob("*.json"))) == 1 and (out / "logs").is_dir()
+    logs = "".join(f.read_text() for f in (out / "logs").iterdir())
+    assert "RuntimeWarning" not in logs  # the cell's process runs its own entry module (compare/cell_process.py)
 
 
 def test_lora_prefix_is_recomputed_with_gradients_and_the_cache_follows_the_weights(tiny_model_dir):

@@ -135,7 +135,7 @@ def _run_isolated(cell: Cell, settings: dict, out: Path, key: str, on_event) -> 
         spec_path.write_text(json.dumps(cell.spec(settings)))
         with log.open("w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "prompttune.compare.cell", str(spec_path), str(result_path)],
+                [sys.executable, "-m", "prompttune.compare.cell_process", str(spec_path), str(result_path)],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
