@@ -3,8 +3,9 @@ token per row per step, each row ending at an end token, at ``max_new_tokens`` o
 A row that has finished leaves the batch and the next rows take its place, so the batch stays full until the
 input runs out instead of running every row to the longest one.
 
-On this CPU a decoding step costs about the same for 1 or 64 rows (the weights are read once a step either
-way), so what a batch writes per second follows the rows it keeps busy. New rows run their prompt over the
+A decoding step costs about the same for 1 or 64 rows (the weights are read once a step either way: on this
+2-core CPU in bfloat16 an MLP projection of the default decoder takes 0.23 ms for 1 row, 0.22 ms for 16 and
+0.28 ms for 64), so what a batch writes per second follows the rows it keeps busy. New rows run their prompt over the
 prefix together (``ADMIT_FRACTION`` of the slots at a time, so a prompt pass is shared), then join the rows
 already writing: their keys/values are left-padded to a common width (masked; a key keeps the position it was
 computed at, so the columns' order does not matter) and each row keeps its own positions.
