@@ -56,6 +56,9 @@ def test_eval_prints_generation_metrics(trained):
     line = r.stdout.strip().splitlines()[0]
     assert line.startswith("BLEU ") and "ROUGE-L" in line and "exact match" in line and "F1" in line
     assert f"on {len(WORDS)} inputs" in line and "questions" not in line
+    samples = r.stdout.strip().splitlines()[1:]
+    assert samples and samples[0].strip() in WORDS  # a sample shows the input it was written for
+    assert samples[1].strip().startswith("-> ") and "reference" in samples[1]
 
 
 def test_num_beams_through_predict_eval_and_generate(trained):

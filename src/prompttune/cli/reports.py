@@ -16,7 +16,9 @@ def show_report(console: Console, report: dict) -> None:
             highlight=False,
         )
         for sample in report.get("samples", []):
-            console.print(f"  {sample['output']!r}  | reference {sample['reference']!r}", markup=False, highlight=False)
+            console.print(f"  {sample['input']}", markup=False, highlight=False)
+            line = f"    -> {sample['output']!r}  | reference {sample['reference']!r}"
+            console.print(line, markup=False, highlight=False)
         return
     if "exact_match" in report:
         console.print(

@@ -231,7 +231,7 @@ class GenerationTask(Task):
     def predictions(self, inputs: Data) -> list[dict]:
         ds = self._inputs(inputs)
         names = sorted(self.model.template.variables)
-        shown = [" | ".join(str(r.fields[v]) for v in names if v in r.fields) for r in ds.rows]
+        shown = [shown_input(r, names) for r in ds.rows]
         return [{"input": s, "answer": t} for s, t in zip(shown, self.write(ds.rows), strict=True)]
 
     def generate(self, text: str | dict, config: GenerationConfig | None = None) -> str:
@@ -254,7 +254,8 @@ class GenerationTask(Task):
         """BLEU, ROUGE-L, exact match and token F1 against every reference of an input (rows with the same
         input are one input; a ``targets`` list gives several at once), with examples/s and tokens/s."""
         ds = self._inputs(data)
-        groups = group_by_input(ds.rows, sorted(self.model.template.variables))
+        names = sorted(self.model.template.variables)
+        groups = group_by_input(ds.rows, names)
         for row, refs in groups:
             if not refs:
                 raise DataError(f"{row.where()}: missing field 'target' (the reference text to score against).")
@@ -271,7 +272,7 @@ class GenerationTask(Task):
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "eval_seconds": seconds,
             "samples": [
-                {"input": r.where(), "output": o, "reference": refs[0]}
+                {"input": shown_input(r, names), "where": r.where(), "output": o, "reference": refs[0]}
                 for (r, refs), o in zip(groups[:3], outputs[:3], strict=True)
             ],
         }
@@ -304,3 +305,8 @@ class GenerationTask(Task):
         task.model.method.eval()
         task.manifest = manifest
         return task
+
+
+def shown_input(row: Row, names: list[str]) -> str:
+    """A row's prompt fields as one line, for people to read (``predictions``, a report's samples)."""
+    return " | ".join(str(row.fields[v]) for v in names if v in row.fields)
