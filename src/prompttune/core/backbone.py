@@ -178,15 +178,27 @@ class Backbone:
         inputs_embeds: Tensor | None = None,
         return_cache: bool = False,
     ):
-        """Hidden states of a batch that continues a prefix (expanded over the batch, not copied).
+        """Hidden states of a batch that continues a prefix (expanded over the batch, not copied), or a decoder's
+        cache object the caller keeps across steps (``core.kv_cache.GrowingCache``: extended in place).
 
         attention_mask covers prefix + input; position_ids number the input from the prefix's end.
         """
-        from transformers import DynamicCache
+
+        from transformers import Cache, DynamicCache
 
         dev = self.device
         input_ids = input_ids.to(dev) if input_ids is not None else None
         attention_mask, position_ids = attention_mask.to(dev), position_ids.to(dev)
+        if isinstance(prefix, Cache):  # a decoder's cache the caller keeps (decoding): updated in place
+            out = self.body(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{self._cache_kwarg: prefix},
+            )
+            return out.last_hidden_state
         batch = attention_mask.shape[0]
         data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
         if self.kind == "encoder":

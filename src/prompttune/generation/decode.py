@@ -8,7 +8,8 @@ A decoding step costs about the same for 1 or 64 rows (the weights are read once
 0.28 ms for 64), so what a batch writes per second follows the rows it keeps busy. New rows run their prompt over the
 prefix together (``ADMIT_FRACTION`` of the slots at a time, so a prompt pass is shared), then join the rows
 already writing: their keys/values are left-padded to a common width (masked; a key keeps the position it was
-computed at, so the columns' order does not matter) and each row keeps its own positions.
+computed at, so the columns' order does not matter) and each row keeps its own positions. The keys/values
+grow in place (``core.kv_cache.GrowingCache``), not by concatenation: a step copies no cache.
 
 Token for token what ``core.generate.Generator`` writes for each row alone (greedy, the same repetition
 settings over each row's generated tokens). Sampling and ``finish_sentence`` go through ``Generator`` row by
@@ -26,42 +27,33 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.generate import GenerationConfig
+from prompttune.core.kv_cache import GrowingCache
 
 ADMIT_FRACTION = 4  # new rows join when a quarter of the slots is free (or no row is writing)
 
 
 @dataclass
 class _Batch:
-    """The rows writing now: their keys/values (prefix included), mask, last positions and tokens so far."""
+    """The rows writing now: their keys/values (prefix included), mask and last positions."""
 
     rows: list[int] = field(default_factory=list)  # indices into the input
-    cache: KV | None = None
+    cache: GrowingCache | None = None
     attention: Tensor | None = None  # (b, width)
     positions: Tensor | None = None  # (b, 1): each row's last position
 
 
-def _left_pad(t: Tensor, width: int, dim: int) -> Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+def _left_pad(t: Tensor, width: int) -> Tensor:
+    missing = width - t.shape[1]
+    return t if missing <= 0 else torch.cat([t.new_zeros(t.shape[0], missing), t], dim=1)
 
 
-def _join(a: _Batch, b: _Batch) -> _Batch:
+def _join(a: _Batch, b: _Batch, config) -> _Batch:
     """Two batches as one: keys/values and masks left-padded to the wider one (padding masked out)."""
     if not a.rows:
         return b
     width = max(a.attention.shape[1], b.attention.shape[1])
-    cache = [
-        (
-            torch.cat([_left_pad(ka, width, 2), _left_pad(kb, width, 2)]),
-            torch.cat([_left_pad(va, width, 2), _left_pad(vb, width, 2)]),
-        )
-        for (ka, va), (kb, vb) in zip(a.cache, b.cache, strict=True)
-    ]
-    attention = torch.cat([_left_pad(a.attention, width, 1), _left_pad(b.attention, width, 1)])
+    attention = torch.cat([_left_pad(a.attention, width), _left_pad(b.attention, width)])
+    cache = GrowingCache.join(a.cache, b.cache, config)
     return _Batch(a.rows + b.rows, cache, attention, torch.cat([a.positions, b.positions]))
 
 
@@ -69,8 +61,8 @@ def _keep(batch: _Batch, keep: list[int]) -> _Batch:
     if len(keep) == len(batch.rows):
         return batch
     idx = torch.tensor(keep, dtype=torch.long)
-    cache = [(k[idx.to(k.device)], v[idx.to(v.device)]) for k, v in batch.cache]
-    return _Batch([batch.rows[j] for j in keep], cache, batch.attention[idx], batch.positions[idx])
+    batch.cache.keep_rows(idx)
+    return _Batch([batch.rows[j] for j in keep], batch.cache, batch.attention[idx], batch.positions[idx])
 
 
 @torch.no_grad()
@@ -106,7 +98,8 @@ def greedy_batch(
         positions = (p + mask.cumsum(1) - 1).clamp(min=p)
         attention = torch.cat([torch.ones(len(new), p, dtype=torch.long), mask], dim=1)
         input_ids, embeds = embed(ids)
-        hidden, cache = backbone.run(input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=True)
+        cache = GrowingCache(prefix, len(new), backbone.model.config)  # the prefix copied once, room to grow
+        hidden = backbone.run(input_ids, attention, positions, cache, inputs_embeds=embeds)
         return _Batch(list(new), cache, attention, positions[:, -1:]), head(hidden[:, -1]).float()
 
     def choose(batch_rows: list[int], logits: Tensor) -> list[int]:
@@ -146,13 +139,13 @@ def greedy_batch(
             input_ids = torch.tensor(step_tokens)[:, None]
             attention = torch.cat([live.attention, torch.ones(len(live.rows), 1, dtype=torch.long)], dim=1)
             positions = live.positions + 1
-            hidden, cache = backbone.run(input_ids, attention, positions, live.cache, return_cache=True)
-            live = _Batch(live.rows, cache, attention, positions)
+            hidden = backbone.run(input_ids, attention, positions, live.cache)  # the cache grows in place
+            live = _Batch(live.rows, live.cache, attention, positions)
             nxt = choose(live.rows, head(hidden[:, -1]).float())
             going = written(live.rows, nxt)
             live, step_tokens = _keep(live, going), [nxt[j] for j in going]
         if joined.rows:
-            live, step_tokens = _join(live, joined), step_tokens + joined_tokens
+            live, step_tokens = _join(live, joined, backbone.model.config), step_tokens + joined_tokens
     texts = [tok.decode(o, skip_special_tokens=True) for o in out]
     if config.stop:
         cuts = [min((j for j in (t.find(s) for s in config.stop) if j >= 0), default=-1) for t in texts]
