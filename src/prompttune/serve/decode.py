@@ -10,7 +10,8 @@ its prefix unexpanded); soft tokens in a row go in as embeddings (``PrefixModel.
 feeds each row's last token with its position + 1. Each row keeps what ``core.generate.Generator`` keeps for one
 request: its own logits processors (repetition settings, streaming's reporter) applied to its own generated
 tokens, its own random generator (``seed``), ``max_tokens`` (bounded by the context), end tokens and stop
-strings. A finished row leaves the batch (its keys/values are dropped), so the others run on. Greedy rows are
+strings. A finished row leaves the batch (its keys/values are dropped), so the others run on. The keys/values
+grow in place (``core.kv_cache.GrowingCache``): the prefixes are copied into its buffers once per batch. Greedy rows are
 therefore token for token what ``PromptTask.generate`` / ``Generator.complete`` give alone (tested).
 
 Rows asking for beam search or ``finish_sentence`` (the server never sends these) are decoded alone by
@@ -28,6 +29,7 @@ from torch import Tensor
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.errors import DataError
 from prompttune.core.generate import EmbedHook, GenerationConfig, Generator
+from prompttune.core.kv_cache import GrowingCache
 from prompttune.serve.mixed import _inputs, _stack_prefixes
 
 
@@ -104,10 +106,12 @@ def decode(backbone: Backbone, rows: Sequence[GenRow]) -> list[str | BaseExcepti
 def _loop(backbone: Backbone, states: list[_State]) -> list[str | BaseException]:
     tok, ends = backbone.tokenizer, backbone.end_token_ids
     head = backbone.model.get_output_embeddings()
-    input_ids, embeds, attention, positions, cache = _first_step(backbone, [s.row for s in states])
+    input_ids, embeds, attention, positions, prefix = _first_step(backbone, [s.row for s in states])
+    # the prefixes copied once into buffers that grow in place: a step copies no cache (core/kv_cache.py)
+    cache = GrowingCache(prefix, len(states), backbone.model.config)
     live = list(range(len(states)))  # indices into states of the rows still decoding
     for step in range(max(s.limit for s in states)):
-        hidden, cache = backbone.run(input_ids, attention, positions, cache, inputs_embeds=embeds, return_cache=True)
+        hidden = backbone.run(input_ids, attention, positions, cache, inputs_embeds=embeds)
         logits = head(hidden[:, -1]).float()  # (live, vocab)
         picked: list[int | None] = []
         for j, k in enumerate(live):
@@ -121,7 +125,7 @@ def _loop(backbone: Backbone, states: list[_State]) -> list[str | BaseException]
             break
         if len(keep) < len(live):
             sel = torch.tensor(keep, device=attention.device)
-            cache = [(k_.index_select(0, sel.to(k_.device)), v.index_select(0, sel.to(v.device))) for k_, v in cache]
+            cache.keep_rows(sel)
             attention, positions = attention[sel], positions[sel]
             live = [live[j] for j in keep]
         input_ids, embeds = torch.tensor([[picked[j]] for j in keep]), None
