@@ -183,27 +183,19 @@ class Backbone:
 
         attention_mask covers prefix + input; position_ids number the input from the prefix's end.
         """
-
         from transformers import Cache, DynamicCache
 
         dev = self.device
         input_ids = input_ids.to(dev) if input_ids is not None else None
         attention_mask, position_ids = attention_mask.to(dev), position_ids.to(dev)
         if isinstance(prefix, Cache):  # a decoder's cache the caller keeps (decoding): updated in place
-            out = self.body(
-                input_ids=input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=True,
-                **{self._cache_kwarg: prefix},
-            )
-            return out.last_hidden_state
-        batch = attention_mask.shape[0]
-        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
-        if self.kind == "encoder":
-            return self._run_encoder(input_ids, attention_mask, position_ids, data, inputs_embeds, return_cache)
-        cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
+            cache = prefix
+        else:
+            batch = attention_mask.shape[0]
+            data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
+            if self.kind == "encoder":
+                return self._run_encoder(input_ids, attention_mask, position_ids, data, inputs_embeds, return_cache)
+            cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
         out = self.body(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
