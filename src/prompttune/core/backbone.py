@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prompttune.core import defaults
+from prompttune.core import attention, defaults
 from prompttune.core.errors import ModelError
 
 # A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
@@ -65,10 +65,13 @@ class Backbone:
         hf_model.to(where)
         hf_model.eval()
         hf_model.requires_grad_(False)
+        attention.register()
         if not decoder:
             # Encoders ignore past_key_values: the KV prefix reaches every layer through this attention function.
-            _register_prefix_attention()
-            hf_model.config._attn_implementation = PREFIX_ATTENTION
+            hf_model.config._attn_implementation = attention.PREFIX_ATTENTION
+        elif _grouped_query(config):
+            # Eager attention without repeating each key/value per query head (core/attention.py).
+            hf_model.config._attn_implementation = attention.GROUPED
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return cls(hf_model, tokenizer, model_id, "decoder" if decoder else "encoder")
@@ -246,6 +249,17 @@ class Backbone:
         return "sha256:" + h.hexdigest()[:16]
 
 
+# Decoders whose eager attention is plain softmax attention over grouped keys/values (no soft-capping, no
+# per-layer scaling), so ``attention.grouped_attention`` computes exactly what it does.
+GROUPED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def _grouped_query(config) -> bool:
+    cfg = config.get_text_config(decoder=True)
+    kv = getattr(cfg, "num_key_value_heads", None)
+    return cfg.model_type in GROUPED_MODEL_TYPES and kv is not None and kv < cfg.num_attention_heads
+
+
 def _is_decoder(config) -> bool:
     """Decoder-only models are loaded with their LM head; everything else as a bare encoder."""
     archs = getattr(config, "architectures", None) or []
@@ -254,46 +268,6 @@ def _is_decoder(config) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
-
-
-PREFIX_ATTENTION = "prompttune_prefix"
-
-
-def prefix_attention(
-    module, query, key, value, attention_mask, scaling=None, dropout=0.0, prompttune_prefix=None, **kwargs
-):
-    """Eager attention whose keys/values start with the layer's KV prefix (any model on the attention interface).
-
-    query (b, h, q, hd); key/value (b, kv_heads, t, hd); prefix (b, kv_heads, p, hd) per layer. The additive
-    mask (b, 1, q, t) gets p open columns in front. With ``prompttune_capture`` (a list) each layer's full
-    keys/values are appended to it, which is how an encoder returns a prefix it computed.
-    """
-    if prompttune_prefix:
-        pk, pv = prompttune_prefix[module.layer_idx]
-        b = query.shape[0]
-        key = torch.cat([pk.to(key.dtype).expand(b, -1, -1, -1), key], dim=2)  # (b, kv_heads, p + t, hd)
-        value = torch.cat([pv.to(value.dtype).expand(b, -1, -1, -1), value], dim=2)
-        if attention_mask is not None:
-            attention_mask = torch.nn.functional.pad(attention_mask, (pk.shape[2], 0), value=0.0)
-    capture = kwargs.get("prompttune_capture")
-    if capture is not None:
-        capture.append((key, value))
-    rep = query.shape[1] // key.shape[1]
-    k, v = (key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)) if rep > 1 else (key, value)
-    weights = torch.matmul(query, k.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
-    if attention_mask is not None:
-        weights = weights + attention_mask[..., : k.shape[2]]
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights  # (b, q, h, hd)
-
-
-def _register_prefix_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
-
-    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX_ATTENTION, eager_mask)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

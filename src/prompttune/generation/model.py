@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.backbone import KV, Backbone
@@ -22,6 +21,7 @@ from prompttune.core.data import Row
 from prompttune.core.errors import DataError, ModelError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
+from prompttune.generation import lm_loss
 from prompttune.methods import SoftPromptMethod
 from prompttune.prefix import PrefixModel
 
@@ -145,8 +145,7 @@ class GenerationModel(PrefixModel):
         hidden = self.backbone.run(input_ids, attention, positions, prefix, inputs_embeds=embeds)
         at = torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)
         picked = hidden[at]  # (n_target_tokens, d): the rest is never read out
-        logits = self.backbone.model.get_output_embeddings()(picked).float()
-        return F.cross_entropy(logits, torch.tensor(labels, device=logits.device))
+        return lm_loss.target_loss(picked, self.backbone.model.get_output_embeddings(), torch.tensor(labels))
 
     # --- writing ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -12,7 +12,8 @@ copied every prefix to every row's slot, padded to the longest prefix in the bat
 prompt or few-shot demos among the tasks, that was hundreds of MB of keys/values built per batch.
 
 The attention function is registered with transformers' AttentionInterface; while no ``prompttune_groups`` is
-passed it is the model's own eager attention, so switching a model to it changes nothing else.
+passed it is the attention the model had (eager, or ``core.attention.grouped_attention``), so switching a model
+to it changes nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import threading
 import torch
 from torch import Tensor
 
+from prompttune.core import attention
+
 CASCADE = "prompttune_cascade"
+BASE = "_prompttune_cascade_base"  # the attention the cascade stands in for when no groups are passed
 _lock = threading.Lock()
 _registered = False
 
@@ -33,22 +37,26 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     (row index tensor, per-layer prefix KV list with (1, kv_heads, p, hd) tensors) per task with a prefix."""
     groups = kwargs.pop("prompttune_groups", None)
     if groups is None:
+        if getattr(module.config, BASE, "eager") == attention.GROUPED:
+            return attention.grouped_attention(module, query, key, value, attention_mask, scaling, dropout)
         eager = sys.modules[type(module).__module__].eager_attention_forward
         return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    rep = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(rep, dim=1) if rep > 1 else key
-    v = value.repeat_interleave(rep, dim=1) if rep > 1 else value
-    w = torch.matmul(query, k.transpose(2, 3)).float() * scale
-    if attention_mask is not None:
-        w = w + attention_mask[..., : k.shape[2]].float()
-    m_row = w.amax(-1, keepdim=True)  # (b, h, q, 1)
-    e = torch.exp(w - m_row)
-    s_row = e.sum(-1, keepdim=True)
-    o_row = torch.matmul(e.to(v.dtype), v).float()  # (b, h, q, hd)
-    out = o_row / s_row
     b, h, n, hd = query.shape
-    kv = key.shape[1]
+    kv, t = key.shape[1], key.shape[2]
+    rep = h // kv
+    # the rows' own keys/values, met by the query heads that share them side by side (as attention.attend)
+    w = torch.matmul(query.reshape(b, kv, rep * n, hd), key.transpose(2, 3)).float() * scale  # (b, kv, rep*q, t)
+    if attention_mask is not None:
+        mask = attention_mask[..., :t].float()
+        mask = mask[:, :, None] if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep, n, t)
+        w = (w.view(b, kv, rep, n, t) + mask).view(b, kv, rep * n, t)
+    m_row = w.amax(-1, keepdim=True)
+    e = torch.exp(w - m_row)
+    s_row = e.sum(-1, keepdim=True).reshape(b, h, n, 1)
+    o_row = torch.matmul(e.to(value.dtype), value).float().reshape(b, h, n, hd)
+    m_row = m_row.reshape(b, h, n, 1)
+    out = o_row / s_row
     for rows, prefix in groups:
         pk, pv = (t.to(query.dtype) for t in prefix[module.layer_idx])  # (1, kv_heads, p, hd)
         g = len(rows)
@@ -78,9 +86,11 @@ def use_cascade(model) -> None:
             AttentionInterface.register(CASCADE, cascade_attention)
             ALL_MASK_ATTENTION_FUNCTIONS.register(CASCADE, eager_mask)
             _registered = True
-        if model.config._attn_implementation != CASCADE:
-            if model.config._attn_implementation != "eager":
-                raise ValueError("cascade attention replaces eager attention only")
+        base = model.config._attn_implementation
+        if base != CASCADE:
+            if base not in ("eager", attention.GROUPED):
+                raise ValueError(f"cascade attention replaces eager attention only, not {base!r}")
+            setattr(model.config, BASE, base)
             model.config._attn_implementation = CASCADE
 
 

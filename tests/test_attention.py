@@ -1,0 +1,82 @@
+"""core/attention.py: grouped-query attention without repeated keys/values equals transformers' eager attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prompttune.core import attention
+
+
+class _Module(torch.nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.eval()
+
+
+def _eager(module, q, k, v, mask, scaling):
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    return eager_attention_forward(module, q, k, v, mask, scaling=scaling)
+
+
+@pytest.mark.parametrize("queries", [1, 2, 7, 40])  # the keys-times-queries path (few) and the other
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_attention_equals_eager(queries, dtype):
+    torch.manual_seed(0)
+    b, heads, kv, t, hd = 3, 6, 2, 50, 16
+    q = torch.randn(b, heads, queries, hd, dtype=dtype)
+    buffer = torch.randn(2, b, kv, t + 20, hd, dtype=dtype)  # a cache with room to spare: strided views
+    k, v = buffer[0, :, :, :t], buffer[1, :, :, :t]
+    mask = torch.zeros(b, 1, queries, t, dtype=dtype)
+    mask[0, :, :, :9] = torch.finfo(dtype).min  # left padding on one row
+    mask[2, :, :, -3:] = torch.finfo(dtype).min
+    module = _Module(heads // kv)
+    out, weights = attention.grouped_attention(module, q, k, v, mask, scaling=hd**-0.5)
+    ref, ref_weights = _eager(module, q, k, v, mask, scaling=hd**-0.5)
+    assert out.shape == ref.shape == (b, queries, heads, hd)
+    assert weights.shape == ref_weights.shape
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(weights, ref_weights, atol=tol, rtol=tol)
+    assert weights[0, :, :, :9].abs().max() == 0  # the padding gets no weight
+
+
+def test_grouped_attention_gradients_equal_eager():
+    torch.manual_seed(1)
+    b, heads, kv, t, hd = 2, 4, 2, 12, 8
+    inputs = [torch.randn(b, n, t, hd, requires_grad=True) for n in (heads, kv, kv)]
+    mask = torch.zeros(b, 1, t, t).masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    module = _Module(heads // kv)
+    attention.grouped_attention(module, *inputs, mask, scaling=0.3)[0].square().sum().backward()
+    ours = [x.grad.clone() for x in inputs]
+    for x in inputs:
+        x.grad = None
+    _eager(module, *inputs, mask, 0.3)[0].square().sum().backward()
+    for a, b_ in zip(ours, (x.grad for x in inputs), strict=True):
+        torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5)
+
+
+def test_uneven_heads_named():
+    with pytest.raises(ValueError, match="5 query heads cannot share 2"):
+        attention.attend(
+            torch.zeros(1, 5, 1, 4), torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), None, None, 0, False
+        )
+
+
+def test_grouped_query_decoders_use_it(tiny_backbone):
+    """The tiny decoder (4 query heads over 2 key/value heads) runs on grouped attention, and its hidden states
+    equal those under transformers' eager attention."""
+    model = tiny_backbone.model
+    assert model.config._attn_implementation == attention.GROUPED
+    ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 7, 8, 9]])
+    mask = torch.tensor([[1] * 5, [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask).logits
+        model.config._attn_implementation = "eager"
+        try:
+            ref = model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            model.config._attn_implementation = attention.GROUPED
+    torch.testing.assert_close(ours[:, 2:], ref[:, 2:], atol=1e-5, rtol=1e-5)
