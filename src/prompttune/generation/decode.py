@@ -1,7 +1,9 @@
 """Greedy decoding over one cached prefix, with continuous batching: at most ``slots`` rows write at once, one
 token per row per step, each row ending at an end token, at ``max_new_tokens`` or before its first stop string.
 A row that has finished leaves the batch and the next rows take its place, so the batch stays full until the
-input runs out instead of running every row to the longest one.
+input runs out instead of running every row to the longest one. A finished row's slot idles (its step costs next
+to nothing: the weights are read once a step for all rows) until the next admission, which drops every finished
+row in one copy of the cache; dropping rows as they finished copied the whole cache at about every other step.
 
 A decoding step costs about the same for 1 or 64 rows (the weights are read once a step either way: on this
 2-core CPU in bfloat16 an MLP projection of the default decoder takes 0.23 ms for 1 row, 0.22 ms for 16 and
@@ -126,26 +128,38 @@ def greedy_batch(
                 going.append(j)
         return going
 
+    done: list[bool] = []  # per live row: finished (its slot idles until the next admission compacts the batch)
     while live.rows or pending:
-        free = slots - len(live.rows)
+        writing = [j for j, d in enumerate(done) if not d]
+        free = slots - len(writing)
+        admit_now = pending and (not writing or free >= max(1, slots // ADMIT_FRACTION))
+        if admit_now or not writing:  # compact: the finished rows leave (one copy of the cache per admission)
+            live = _keep(live, writing) if writing else _Batch()
+            step_tokens, done = [step_tokens[j] for j in writing], [False] * len(writing)
+            writing = list(range(len(writing)))
         joined, joined_tokens = _Batch(), []
-        if pending and (not live.rows or free >= max(1, slots // ADMIT_FRACTION)):
+        if admit_now:
             new = [pending.popleft() for _ in range(min(free, len(pending)))]
             batch, logits = admit(new)
             nxt = choose(batch.rows, logits)
             going = written(batch.rows, nxt)
             joined, joined_tokens = _keep(batch, going), [nxt[j] for j in going]
-        if live.rows:
+        if writing:
             input_ids = torch.tensor(step_tokens)[:, None]
             attention = torch.cat([live.attention, torch.ones(len(live.rows), 1, dtype=torch.long)], dim=1)
-            positions = live.positions + 1
+            # a finished row's position stays put (its output is never read; no position past the model's limit)
+            positions = live.positions + torch.tensor([[int(not d)] for d in done])
             hidden = backbone.run(input_ids, attention, positions, live.cache)  # the cache grows in place
             live = _Batch(live.rows, live.cache, attention, positions)
-            nxt = choose(live.rows, head(hidden[:, -1]).float())
-            going = written(live.rows, nxt)
-            live, step_tokens = _keep(live, going), [nxt[j] for j in going]
+            logits = head(hidden[writing, -1]) if len(writing) < len(live.rows) else head(hidden[:, -1])
+            nxt = choose([live.rows[j] for j in writing], logits.float())
+            going = set(written([live.rows[j] for j in writing], nxt))
+            for n, (j, t) in enumerate(zip(writing, nxt, strict=True)):
+                step_tokens[j] = t
+                done[j] = n not in going
         if joined.rows:
             live, step_tokens = _join(live, joined, backbone.model.config), step_tokens + joined_tokens
+            done += [False] * len(joined.rows)
     texts = [tok.decode(o, skip_special_tokens=True) for o in out]
     if config.stop:
         cuts = [min((j for j in (t.find(s) for s in config.stop) if j >= 0), default=-1) for t in texts]
