@@ -21,6 +21,7 @@ meaning representations) from its end. The template is one chat user turn with t
 answer is the target, ended by the chat's end-of-turn token.
 
     .venv/bin/python benchmarks/bench_generation_vs_peft.py --dtype bfloat16      # 30 steps x 16 rows, 64 inputs
+    .venv/bin/python benchmarks/bench_generation_vs_peft.py --dtype bfloat16 --rounds 3   # medians of 3 rounds
     .venv/bin/python benchmarks/bench_generation_vs_peft.py --steps 2 --train-rows 8 --gen-rows 8 --batch-size 4
 """
 
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "e2e_nlg" / "dev.jsonl"
@@ -268,15 +270,26 @@ def main() -> None:
     ap.add_argument("--gen-rows", type=int, default=64, help="distinct inputs to generate for")
     ap.add_argument("--max-target-tokens", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run the two sides alternately this many times; medians are reported"
+    )
     ap.add_argument("--table", default=None, help="(internal) where prompttune leaves its prefix table for PEFT")
     args = ap.parse_args()
+    if not 1 <= args.rounds <= 10:
+        ap.error("--rounds: give 1 to 10")
     if args.side != "both":
         print(json.dumps((run_prompttune if args.side == "prompttune" else run_peft)(args)))
         return
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
         args.table = str(Path(tmp) / "prefix.safetensors")
-        results = {side: run_side(args, side) for side in ("prompttune", "peft")}
-    a, b = results["prompttune"], results["peft"]
+        for _ in range(args.rounds):  # alternately, so a slower or faster spell of the machine meets both sides
+            rounds.append({side: run_side(args, side) for side in ("prompttune", "peft")})
+    keys = ("train_examples_per_s", "gen_tokens_per_s", "train_peak_rss_mb")
+    a, b = (
+        {**rounds[-1][side], **{k: median([r[side][k] for r in rounds]) for k in keys}}
+        for side in ("prompttune", "peft")
+    )
     print(
         f"prefix tuning on E2E NLG; model {args.model or 'smollm2-135m-instruct'} ({args.dtype}); {args.steps} steps "
         f"x batch {args.batch_size} ({args.train_rows} rows, targets <= {args.max_target_tokens} tokens), "
@@ -293,6 +306,11 @@ def main() -> None:
         ratio = a[key] / b[key] if b[key] else float("nan")
         print(f"{label:26}{a[key]:12.2f}{b[key]:12.2f}{ratio:8.2f}x")
     print(f"{'tokens generated':26}{a['gen_tokens']:12d}{b['gen_tokens']:12d}")
+    if len(rounds) > 1:
+        print(f"medians of {len(rounds)} rounds; each round's ratios (training, generation, peak RSS):")
+        for i, r in enumerate(rounds, 1):
+            ratios = ", ".join(f"{r['prompttune'][k] / r['peft'][k]:.2f}x" for k in keys)
+            print(f"  round {i}: {ratios}")
     same = sum(a["outputs"].get(x) == t for x, t in b["outputs"].items())
     print(
         f"identical outputs: {same} of {len(b['outputs'])} inputs (greedy from the same prefix; eager vs SDPA "
@@ -300,7 +318,15 @@ def main() -> None:
     )
     for r in (a, b):
         r["outputs"] = len(r["outputs"])
-    print(json.dumps({"prompttune": a, "peft": b}))
+    print(
+        json.dumps(
+            {
+                "prompttune": a,
+                "peft": b,
+                "rounds": [{s: r[s] | {"outputs": len(r[s]["outputs"])} for s in r} for r in rounds],
+            }
+        )
+    )
 
 
 def run_side(args, side: str) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prompttune.core import attention, defaults
+from prompttune.core import attention, defaults, lean
 from prompttune.core.errors import ModelError
 
 # A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
@@ -69,9 +69,11 @@ class Backbone:
         if not decoder:
             # Encoders ignore past_key_values: the KV prefix reaches every layer through this attention function.
             hf_model.config._attn_implementation = attention.PREFIX_ATTENTION
-        elif _grouped_query(config):
-            # Eager attention without repeating each key/value per query head (core/attention.py).
+        elif _llama_like(config):
+            # Eager attention without repeating each key/value per query head (core/attention.py), and RMSNorm
+            # and MLP blocks that keep less for the backward pass (core/lean.py).
             hf_model.config._attn_implementation = attention.GROUPED
+            lean.use_lean_blocks(hf_model, config.get_text_config(decoder=True))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return cls(hf_model, tokenizer, model_id, "decoder" if decoder else "encoder")
@@ -249,15 +251,13 @@ class Backbone:
         return "sha256:" + h.hexdigest()[:16]
 
 
-# Decoders whose eager attention is plain softmax attention over grouped keys/values (no soft-capping, no
-# per-layer scaling), so ``attention.grouped_attention`` computes exactly what it does.
-GROUPED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+# Llama-family decoders: eager attention is plain softmax attention (no soft-capping, no per-layer scaling), so
+# ``attention.grouped_attention`` computes what it does; RMSNorm and SwiGLU MLP are Llama's (``core.lean``).
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
-def _grouped_query(config) -> bool:
-    cfg = config.get_text_config(decoder=True)
-    kv = getattr(cfg, "num_key_value_heads", None)
-    return cfg.model_type in GROUPED_MODEL_TYPES and kv is not None and kv < cfg.num_attention_heads
+def _llama_like(config) -> bool:
+    return config.get_text_config(decoder=True).model_type in LLAMA_LIKE
 
 
 def _is_decoder(config) -> bool:
