@@ -60,19 +60,27 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     for rows, prefix in groups:
         pk, pv = (t.to(query.dtype) for t in prefix[module.layer_idx])  # (1, kv_heads, p, hd)
         g = len(rows)
-        # grouped queries: head j reads kv head j // rep, so (g, h, q) -> (g, kv, rep * q) meets the prefix's
-        # (1, kv, p) by broadcasting: the prefix is neither copied per row nor repeated per head
-        q = query[rows].reshape(g, kv, rep * n, hd)
-        wp = torch.matmul(q, pk.transpose(2, 3)).float() * scale  # (g, kv, rep * q, p)
+        # grouped queries: head j reads kv head j // rep. The task's rows are laid side by side too, (g, h, q) ->
+        # (1, kv, g * rep * q), so one product per key/value head meets the prefix's (1, kv, p) as it is: the
+        # prefix is neither copied per row (broadcasting it over g rows would expand it into g copies) nor
+        # repeated per head
+        q = query[rows].reshape(g, kv, rep * n, hd).transpose(0, 1).reshape(1, kv, g * rep * n, hd)
+        wp = torch.matmul(q, pk.transpose(2, 3)).float() * scale  # (1, kv, g * rep * q, p)
         m_pre = wp.amax(-1, keepdim=True)
         ep = torch.exp(wp - m_pre)
-        s_pre = ep.sum(-1, keepdim=True).reshape(g, h, n, 1)
-        o_pre = torch.matmul(ep.to(pv.dtype), pv).float().reshape(g, h, n, hd)
-        m_pre = m_pre.reshape(g, h, n, 1)
+        s_pre = _per_row(ep.sum(-1, keepdim=True), g, h, n)
+        o_pre = _per_row(torch.matmul(ep.to(pv.dtype), pv).float(), g, h, n)
+        m_pre = _per_row(m_pre, g, h, n)
         m = torch.maximum(m_row[rows], m_pre)
         a, c = torch.exp(m_row[rows] - m), torch.exp(m_pre - m)
         out[rows] = (o_row[rows] * a + o_pre * c) / (s_row[rows] * a + s_pre * c)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _per_row(x: Tensor, rows: int, heads: int, queries: int) -> Tensor:
+    """(1, kv, rows * rep * queries, d), a task's rows side by side -> (rows, heads, queries, d)."""
+    kv = x.shape[1]
+    return x.reshape(kv, rows, -1, x.shape[-1]).transpose(0, 1).reshape(rows, heads, queries, x.shape[-1])
 
 
 def use_cascade(model) -> None:
