@@ -12,6 +12,7 @@ Rows leave (``keep_rows``) and join (``join``) between steps for continuous batc
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
@@ -90,14 +91,9 @@ class GrowingCache(DynamicCache):
         """a's rows then b's, each left-padded with zeros to the longer one's length (the caller masks them)."""
         width = max(a.get_seq_length(), b.get_seq_length())
         kv = [
-            tuple(torch.cat([_left_pad(x, width), _left_pad(y, width)]) for x, y in zip(la, lb, strict=True))
+            tuple(
+                torch.cat([F.pad(t, (0, 0, width - t.shape[-2], 0)) for t in pair]) for pair in zip(la, lb, strict=True)
+            )
             for la, lb in zip(a.kv(), b.kv(), strict=True)
         ]
         return cls(kv, kv[0][0].shape[0], config)
-
-
-def _left_pad(t: Tensor, width: int) -> Tensor:
-    missing = width - t.shape[-2]
-    if missing <= 0:
-        return t
-    return torch.cat([t.new_zeros(*t.shape[:-2], missing, t.shape[-1]), t], dim=-2)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.backbone import KV, Backbone
@@ -44,17 +45,12 @@ class _Batch:
     positions: Tensor | None = None  # (b, 1): each row's last position
 
 
-def _left_pad(t: Tensor, width: int) -> Tensor:
-    missing = width - t.shape[1]
-    return t if missing <= 0 else torch.cat([t.new_zeros(t.shape[0], missing), t], dim=1)
-
-
 def _join(a: _Batch, b: _Batch, config) -> _Batch:
     """Two batches as one: keys/values and masks left-padded to the wider one (padding masked out)."""
     if not a.rows:
         return b
     width = max(a.attention.shape[1], b.attention.shape[1])
-    attention = torch.cat([_left_pad(a.attention, width), _left_pad(b.attention, width)])
+    attention = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in (a.attention, b.attention)])  # zeros: masked
     cache = GrowingCache.join(a.cache, b.cache, config)
     return _Batch(a.rows + b.rows, cache, attention, torch.cat([a.positions, b.positions]))
 
