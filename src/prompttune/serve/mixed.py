@@ -79,7 +79,7 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
         groups.setdefault(id(m), []).append(i)
     input_ids, embeds = _inputs(distinct, groups, ids, backbone)
     need_cache = any(getattr(m, "max_form_len", 1) > 1 for m in distinct)
-    cascade = _cascade_pays(backbone, models, prefixes, plen)
+    cascade = _cascade_pays(backbone, plen)
     if cascade:
         with_prefix = [(torch.tensor(groups[id(m)]), prefixes[id(m)]) for m in distinct if prefixes[id(m)]]
         out = run_rows(backbone, input_ids, mask, positions, with_prefix, embeds, return_cache=need_cache)
@@ -120,7 +120,7 @@ CASCADE_MIN_COPY = 8192  # prefix tokens the per-row layout would build (rows x 
 CASCADE_MIN_PADDING = 1024  # padding tokens (rows x longest prefix - their own prefixes) before cascading
 
 
-def _cascade_pays(backbone, models, prefixes: dict, plen: list[int]) -> bool:
+def _cascade_pays(backbone, plen: list[int]) -> bool:
     """Whether to hold each task's prefix once (serve/cascade.py) rather than lay it out in front of every row:
     when the layout would copy many prefix tokens (a long system prompt, few-shot demos) or pad short prefixes to
     a long one. Short prefixes of one length copy less than the cascade's extra passes cost. Measured (32 rows,
