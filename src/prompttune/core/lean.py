@@ -5,10 +5,10 @@ what each elementary operation needs for its own backward pass. Measured on the 
 ~650 KB a token of activations, of which RMSNorm's float32 copy of its input (2 x 2.3 KB a layer) and the MLP's
 ``silu(gate)`` (3 KB a layer: kept besides ``gate`` and ``up``) are the parts nothing needs. Here:
 
-- ``rms_norm`` keeps its bfloat16 input and one float per row (the inverse root mean square), and takes the
+- RMSNorm (``_RMSNorm``) keeps its bfloat16 input and one float per row (the inverse root mean square), and takes the
   gradient in closed form, ``r * (g - n * mean(g * n))`` with ``n = x * r``, instead of autograd's chain
   through ``pow``, ``mean``, ``rsqrt`` and two casts;
-- ``swiglu`` keeps ``gate`` and ``up`` only and recomputes ``silu(gate)`` in the backward pass (the same
+- the MLP (``_SwiGLU``) keeps ``gate`` and ``up`` only and recomputes ``silu(gate)`` in the backward pass (the same
   kernels as autograd's, so its gradients are bit for bit autograd's).
 
 Forward outputs are unchanged bit for bit (the same operations in the same order). Without gradients (decoding,

@@ -23,7 +23,7 @@ class _TargetLoss(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:
         n = hidden.shape[0]
         total = hidden.new_zeros((), dtype=torch.float32)
-        grad = torch.empty_like(hidden) if hidden.requires_grad else None
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, n, CHUNK):
             h, y = hidden[start : start + CHUNK], labels[start : start + CHUNK]
             logits = F.linear(h, weight, bias).float()
