@@ -53,3 +53,17 @@ def test_the_generation_objective_declares_a_token_budget():
     from prompttune.generation.task import GenerationObjective
 
     assert GenerationObjective.micro_batch_tokens == 1024
+
+
+def test_the_budget_holds_the_same_bytes_of_activations_whatever_the_dtype(tiny_backbone):
+    """A float32 backbone's parts hold half the tokens a bfloat16 one's do (twice the bytes a token)."""
+    from types import SimpleNamespace
+
+    from prompttune.batches import activation_tokens
+
+    assert tiny_backbone.model.dtype == torch.float32
+    assert activation_tokens(1024, tiny_backbone) == 512
+    assert activation_tokens(1024, SimpleNamespace(model=SimpleNamespace(dtype=torch.bfloat16))) == 1024
+    rows = from_records(ROWS)
+    task = GenerationTask.create(tiny_backbone, "prompt-tuning", {"num_virtual_tokens": 3}, {"user": "[soft]{{ input }}"})
+    assert task.objective(rows, rows, TrainConfig()).micro_batch_tokens == 512

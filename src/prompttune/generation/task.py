@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from prompttune.batches import activation_tokens
 from prompttune.core.backbone import Backbone
 from prompttune.core.beam import beam_search
 from prompttune.core.data import Dataset, Row
@@ -99,7 +100,8 @@ class GenerationObjective:
     metric = "rougeL"
     # The Trainer takes a step in parts of at most this many padded tokens (prompt + target), the prefix computed
     # once for all of them (``PrefixModel.prefix_once``): E2E at batch 16 (rows up to ~110 tokens) then peaks at
-    # one part's activations, not the batch's
+    # one part's activations, not the batch's. The figure is for 16-bit activations: a float32 backbone's take
+    # twice the bytes a token, so its parts hold half the tokens (``activation_tokens``)
     micro_batch_tokens = 1024
 
     def __init__(self, task: GenerationTask, train: Dataset, val: Dataset, seed: int = 0):
@@ -112,6 +114,7 @@ class GenerationObjective:
             groups = random.Random(seed).sample(groups, VALIDATION_INPUTS)
         self.val = groups
         self.lengths = [len(x.ids) + len(x.target) for x in self.examples]
+        self.micro_batch_tokens = activation_tokens(GenerationObjective.micro_batch_tokens, self.model.backbone)
 
     def loss_weight(self, batch: list[int]) -> int:
         """The loss is a mean over target tokens: ranks and micro-batches combine by their token counts."""
