@@ -65,5 +65,6 @@ def test_the_budget_holds_the_same_bytes_of_activations_whatever_the_dtype(tiny_
     assert activation_tokens(1024, tiny_backbone) == 512
     assert activation_tokens(1024, SimpleNamespace(model=SimpleNamespace(dtype=torch.bfloat16))) == 1024
     rows = from_records(ROWS)
-    task = GenerationTask.create(tiny_backbone, "prompt-tuning", {"num_virtual_tokens": 3}, {"user": "[soft]{{ input }}"})
+    template = {"user": "[soft]{{ input }}"}
+    task = GenerationTask.create(tiny_backbone, "prompt-tuning", {"num_virtual_tokens": 3}, template)
     assert task.objective(rows, rows, TrainConfig()).micro_batch_tokens == 512

@@ -197,7 +197,8 @@ def test_a_step_on_long_rows_accumulates_micro_batches_to_the_whole_batchs_gradi
     from prompttune.train import TrainConfig, Trainer, micro_batches
 
     template = {"system": "Classify.", "user": "{{ text }}", "answer": "[soft]"} if late else None
-    rows = from_records([{"text": r.fields["text"], "label": lab} for r, lab in zip(ROWS.rows, ["a", "b", "a", "b"])])
+    labels = ["a", "b", "a", "b"]
+    rows = from_records([{"text": r.fields["text"], "label": lab} for r, lab in zip(ROWS.rows, labels, strict=True)])
     results = []
     for budget in (None, 16):
         task = PromptTask.create(
@@ -236,8 +237,8 @@ def test_training_without_a_template_puts_the_soft_tokens_after_long_rows(tiny_b
     )
     early = PromptTask.for_data(tiny_backbone, short, method_config={"num_virtual_tokens": 2})
     assert early.model.template.user.startswith("[soft]")
-    for rows, user in ((long, "{{ text }}"), (pairs, "Text A: {{ text_a }}\nText B: {{ text_b }}")):
-        late = PromptTask.for_data(tiny_backbone, rows, method_config={"num_virtual_tokens": 2})
+    for data, user in ((long, "{{ text }}"), (pairs, "Text A: {{ text_a }}\nText B: {{ text_b }}")):
+        late = PromptTask.for_data(tiny_backbone, data, method_config={"num_virtual_tokens": 2})
         assert (late.model.template.user, late.model.template.answer) == (user, "[soft]")
         assert late.model.compiled.row_slots and not [s for s in late.model.compiled.prefix if not isinstance(s, str)]
     given = PromptTask.for_data(tiny_backbone, long, template="classify", method_config={"num_virtual_tokens": 2})
