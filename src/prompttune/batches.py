@@ -46,5 +46,4 @@ def loss_weight_of(objective, batch: list[int]) -> float:
 def activation_tokens(tokens: int, backbone) -> int:
     """A micro-batch budget set in 16-bit tokens, for ``backbone``'s dtype: the same bytes of activations a part
     (float32 activations take twice the bytes of bfloat16's: half the tokens)."""
-    size = torch.empty((), dtype=backbone.model.dtype).element_size()
-    return max(1, tokens * 2 // max(2, size))
+    return max(1, tokens * 2 // max(2, backbone.model.dtype.itemsize))
