@@ -138,8 +138,11 @@ def create_app(config: ServeConfig, table: TaskTable, keys: KeyStore | None = No
         return {"deleted": name}
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "tasks": len(server.table.names()), "queue_rows": server.batcher.depth}
+    async def healthz():
+        body = {"status": "ok", "tasks": len(server.table.names()), "queue_rows": server.batcher.depth}
+        if not server.batcher.alive:  # nothing would answer the queue: a balancer should stop sending here
+            return JSONResponse({**body, "status": "the batching worker is not running"}, status_code=503)
+        return body
 
     @app.get("/metrics")
     async def metrics_text(request: Request) -> Response:

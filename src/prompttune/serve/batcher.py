@@ -139,7 +139,15 @@ class Batcher:
                 live = [j for j in jobs if not j.cancelled]
                 if live and self.on_batch:
                     self.on_batch(sum(j.size for j in live), len({id(j.served) for j in live}))
-                self._run(live)
+                # an error outside the per-request guards (a bug, a module that fails to import) fails this
+                # batch's requests with a 500 and the worker goes on: a dead worker would leave every request
+                # waiting for its timeout behind a server that still answers /healthz
+                self._guard(live, lambda live=live: self._run(live))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (False before start and after stop)."""
+        return self._thread.is_alive()
 
     def _run(self, jobs: list[Job]) -> None:
         from prompttune.serve.mixed import mixable_head

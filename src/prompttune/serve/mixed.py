@@ -123,10 +123,11 @@ CASCADE_MIN_PADDING = 1024  # padding tokens (rows x longest prefix - their own 
 def _cascade_pays(backbone, plen: list[int]) -> bool:
     """Whether to hold each task's prefix once (serve/cascade.py) rather than lay it out in front of every row:
     when the layout would copy many prefix tokens (a long system prompt, few-shot demos) or pad short prefixes to
-    a long one. Short prefixes of one length copy less than the cascade's extra passes cost. Measured (32 rows,
-    default decoder): one 43-token prefix 249 ms laid out vs 531 ms cascaded; 8 tasks of 43 tokens 308 vs 386 ms;
-    one 867-token prefix 1,654 vs 844 ms; the 8-task server of bench_serve.py (300-token system text and
-    few-shot demos among short soft prompts) 31.5 requests/s laid out vs 43.1 cascaded."""
+    a long one. Short prefixes of one length copy less than the cascade's extra passes cost. Measured (32 rows of
+    6-13 tokens, default decoder, float32, 2 cores, the cascade's prefix part in the fused flash kernel): one
+    18-token prefix 900 ms laid out vs 980 cascaded; one 27-token prefix 840 vs 955; five soft-prompt tasks of
+    18-43 tokens 1,110-1,270 vs 1,050-1,100; bench_serve.py's 8 tasks (a 303-token system text and 89 tokens
+    of few-shot demos among them) 2,040-2,100 vs 1,230-1,410; one 939-token prefix 3,600-3,760 vs 1,540-1,680."""
     if backbone.kind != "decoder" or not plen:
         return False
     copy = len(plen) * max(plen)
