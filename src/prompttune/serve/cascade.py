@@ -36,6 +36,7 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     """query (b, h, q, hd); key/value (b, kv_heads, t, hd): the rows' own; ``prompttune_groups``: a list of
     (row index tensor, per-layer prefix KV list with (1, kv_heads, p, hd) tensors) per task with a prefix."""
     groups = kwargs.pop("prompttune_groups", None)
+    valid = kwargs.pop("prompttune_valid", None)  # (b, q) bool: the rows' real tokens (not left padding)
     if groups is None:
         if getattr(module.config, BASE, "eager") == attention.GROUPED:
             return attention.grouped_attention(module, query, key, value, attention_mask, scaling, dropout)
@@ -59,6 +60,10 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
         # (1, kv, g * rep * q), so one product per key/value head meets the prefix's (1, kv, p) as it is: the
         # prefix is neither copied per row (broadcasting it over g rows would expand it into g copies) nor
         # repeated per head
+        sel = valid[rows] if valid is not None else None
+        if sel is not None and not bool(sel.all()):
+            _merge_real_tokens(query, o_row, lse_row, rows, sel, pk, pv, scale)
+            continue
         q = query[rows].reshape(g, kv, rep * n, hd).transpose(0, 1).reshape(1, kv, g * rep * n, hd)
         o_pre, lse_pre = _attend(q, pk, pv, None, scale)
         o_pre, lse_pre = _per_row(o_pre.float(), g, h, n), _per_row(lse_pre[..., None], g, h, n)
@@ -67,6 +72,27 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
         o_row[rows] = o_row[rows] * torch.exp(lse_r - lse) + o_pre * torch.exp(lse_pre - lse)
         lse_row[rows] = lse
     return o_row.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _merge_real_tokens(query, o_row, lse_row, rows, sel, pk, pv, scale) -> None:
+    """The prefix part for a task's real tokens only (``sel`` (g, q): not left padding), merged in place into
+    ``o_row`` / ``lse_row`` (b, h, q, ·). A padded position's output is never read (its key is masked for every
+    real token, and read-outs take real positions), so it keeps its rows-only value: the rows of a mixed batch are
+    padded to the longest, and attending a long prefix from the padding was work for nothing."""
+    h, hd = query.shape[1], query.shape[3]
+    kv = pk.shape[1]
+    r, pos = sel.nonzero(as_tuple=True)  # row-major: the order boolean indexing takes them in
+    r = rows[r]
+    n = len(r)
+    q = query[r, :, pos]  # (n, h, hd)
+    q = q.transpose(0, 1).reshape(1, kv, (h // kv) * n, hd)  # query heads of one key/value head side by side
+    o_pre, lse_pre = _attend(q, pk, pv, None, scale)
+    o_pre = o_pre.reshape(h, n, hd).transpose(0, 1).float()  # (n, h, hd)
+    lse_pre = lse_pre.reshape(h, n).T[..., None]  # (n, h, 1)
+    lse_r = lse_row[r, :, pos]
+    lse = torch.logaddexp(lse_r, lse_pre)
+    o_row[r, :, pos] = o_row[r, :, pos] * torch.exp(lse_r - lse) + o_pre * torch.exp(lse_pre - lse)
+    lse_row[r, :, pos] = lse
 
 
 def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
@@ -137,6 +163,7 @@ def run_rows(
         position_ids=positions.to(dev),
         use_cache=cache is not None,
         prompttune_groups=[(rows.to(dev), prefix) for rows, prefix in groups],
+        prompttune_valid=mask[:, -(input_ids if input_ids is not None else inputs_embeds).shape[1] :].bool().to(dev),
         **({backbone._cache_kwarg: cache} if cache is not None else {}),
     )
     if return_cache:
