@@ -312,33 +312,6 @@ def test_request_timeout_is_504(table, blocked):
             blocked.release.set()
 
 
-def test_a_failing_batch_is_a_500_and_the_worker_goes_on(table, monkeypatch):
-    """An error outside the per-request guards (here: the whole batch's run raises, as a module that fails to
-    import would) fails that batch's requests with a 500 instead of leaving them to their timeout, and the next
-    batch is served; a worker that is not running makes /healthz a 503."""
-    from prompttune.serve import batcher
-
-    real = batcher.Batcher._run
-    calls = []
-
-    def flaky(self, jobs):
-        calls.append(len(jobs))
-        if len(calls) == 1:
-            raise SyntaxError("unterminated string literal (detected at line 142)")
-        return real(self, jobs)
-
-    monkeypatch.setattr(batcher.Batcher, "_run", flaky)
-    app = create_app(ServeConfig(timeout_s=60), table)
-    with ThreadedServer(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
-        r = predict(c, "zs", TEXTS[:1])
-        assert r.status_code == 500 and "SyntaxError" in r.json()["error"]["message"]
-        assert predict(c, "zs", TEXTS[:1]).status_code == 200
-        assert c.get("/healthz").status_code == 200
-        app.state.server.batcher.stop(5)
-        r = c.get("/healthz")
-        assert r.status_code == 503 and "not running" in r.json()["status"]
-
-
 # --- keys -----------------------------------------------------------------------------------------------
 
 
