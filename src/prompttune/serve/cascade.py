@@ -55,30 +55,18 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     o_row, lse_row = o_row.reshape(b, h, n, hd).float(), lse_row.reshape(b, h, n, 1)
     for rows, prefix in groups:
         pk, pv = (t.to(query.dtype) for t in prefix[module.layer_idx])  # (1, kv_heads, p, hd)
-        g = len(rows)
-        # grouped queries: head j reads kv head j // rep. The task's rows are laid side by side too, (g, h, q) ->
-        # (1, kv, g * rep * q), so one product per key/value head meets the prefix's (1, kv, p) as it is: the
-        # prefix is neither copied per row (broadcasting it over g rows would expand it into g copies) nor
-        # repeated per head
-        sel = valid[rows] if valid is not None else None
-        if sel is not None and not bool(sel.all()):
-            _merge_real_tokens(query, o_row, lse_row, rows, sel, pk, pv, scale)
-            continue
-        q = query[rows].reshape(g, kv, rep * n, hd).transpose(0, 1).reshape(1, kv, g * rep * n, hd)
-        o_pre, lse_pre = _attend(q, pk, pv, None, scale)
-        o_pre, lse_pre = _per_row(o_pre.float(), g, h, n), _per_row(lse_pre[..., None], g, h, n)
-        lse_r = lse_row[rows]
-        lse = torch.logaddexp(lse_r, lse_pre)
-        o_row[rows] = o_row[rows] * torch.exp(lse_r - lse) + o_pre * torch.exp(lse_pre - lse)
-        lse_row[rows] = lse
+        sel = valid[rows] if valid is not None else torch.ones(len(rows), n, dtype=torch.bool, device=query.device)
+        _merge_prefix(query, o_row, lse_row, rows, sel, pk, pv, scale)
     return o_row.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-def _merge_real_tokens(query, o_row, lse_row, rows, sel, pk, pv, scale) -> None:
-    """The prefix part for a task's real tokens only (``sel`` (g, q): not left padding), merged in place into
-    ``o_row`` / ``lse_row`` (b, h, q, ·). A padded position's output is never read (its key is masked for every
-    real token, and read-outs take real positions), so it keeps its rows-only value: the rows of a mixed batch are
-    padded to the longest, and attending a long prefix from the padding was work for nothing. What it saves
+def _merge_prefix(query, o_row, lse_row, rows, sel, pk, pv, scale) -> None:
+    """A task's prefix part for its rows' real tokens only (``sel`` (g, q): not left padding), merged in place into
+    ``o_row`` / ``lse_row`` (b, h, q, ·). The tokens' query heads that share a key/value head are laid side by side,
+    (n, h) -> (1, kv, rep * n), so one product per key/value head meets the prefix's (1, kv, p) as it is: the prefix
+    is neither copied per row nor repeated per head. A padded position's output is never read (its key is masked
+    for every real token, and read-outs take real positions), so it keeps its rows-only value: the rows of a mixed
+    batch are padded to the longest, and attending a long prefix from the padding was work for nothing. What it saves
     grows with the spread of row lengths in a batch (one 200-token row among 10-token ones: ~12x fewer prefix
     queries); for bench_serve.py's one-line rows of 6-13 tokens an in-process A/B measured a few percent."""
     h, hd = query.shape[1], query.shape[3]
@@ -112,12 +100,6 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scal
         w = w + mask
     lse = torch.logsumexp(w, dim=-1)
     return torch.matmul(torch.exp(w - lse[..., None]).to(value.dtype), value), lse
-
-
-def _per_row(x: Tensor, rows: int, heads: int, queries: int) -> Tensor:
-    """(1, kv, rows * rep * queries, d), a task's rows side by side -> (rows, heads, queries, d)."""
-    kv = x.shape[1]
-    return x.reshape(kv, rows, -1, x.shape[-1]).transpose(0, 1).reshape(rows, heads, queries, x.shape[-1])
 
 
 def use_cascade(model) -> None:
