@@ -3,8 +3,8 @@
 The full run (default decoder; the lead runs it on a quiet machine; about an hour on 2 CPU cores):
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_serve.py --requests 4000 --clients 32 \
-        --predict-requests 16 --peft-requests 4000 --many 1000 --many-cache-mb 64 --long-prefix 1000 \
-        --json-out /tmp/bench_serve.json
+        --predict-requests 16 --peft-requests 4000 --many 1000 --many-cache-mb 256 --many-cache-dtype int8 \
+        --long-prefix 1000 --json-out /tmp/bench_serve.json
 
 Tiny check (a random model folder, as tests/tiny.py builds one with 4,096 positions):
 
@@ -30,7 +30,8 @@ its resident memory (VmRSS) is read after the load. Configurations, side by side
                  has no classification head over a causal LM's prompt). Latency = one forward.  target a/e >= 3
   memory         RSS of (a)'s server (8 tasks) / (c)'s (1 task)                  target <= 1.15
   many           --many names of one soft prompt (each its own task and prefix), --prefix-cache-mb
-                 --many-cache-mb, uniform traffic over all: throughput / (a)     target >= 0.7
+                 --many-cache-mb, --prefix-cache-dtype --many-cache-dtype (int8: a quarter of float32),
+                 uniform traffic over all: throughput / (a)                      target >= 0.7
                  and RSS / (c)'s                                                 target <= 1.5
   long prefix    the classify template with ~--long-prefix tokens of system text vs as it is (~20-40 prefix
                  tokens), one server holding both, each loaded alone: long / short throughput  target >= 0.8
@@ -162,7 +163,8 @@ def main() -> None:
     ap.add_argument("--peft-requests", type=int, default=4000, help="(e): requests the PEFT loop serves")
     ap.add_argument("--system-tokens", type=int, default=300, help="the zero-shot task's long system text")
     ap.add_argument("--many", type=int, default=1000, help="names of one soft prompt (0: skip)")
-    ap.add_argument("--many-cache-mb", type=float, default=64.0, help="--prefix-cache-mb of the many-task server")
+    ap.add_argument("--many-cache-mb", type=float, default=256.0, help="--prefix-cache-mb of the many-task server")
+    ap.add_argument("--many-cache-dtype", default="int8", help="--prefix-cache-dtype of the many-task server")
     ap.add_argument("--long-prefix", type=int, default=1000, help="tokens of the long system text (0: skip)")
     ap.add_argument("--skip", default="", help="comma-separated configurations to leave out: b,d,e")
     ap.add_argument("--json-out", type=Path, default=None)
@@ -198,7 +200,8 @@ def main() -> None:
             results["e_peft"] = peft_baseline(b["peft_plan"])
             print(f"  e_peft: {results['e_peft']['req_per_s']:.1f} req/s", flush=True)
         if args.many:
-            extra = [*batch, "--prefix-cache-mb", str(args.many_cache_mb)]
+            cache = ["--prefix-cache-mb", str(args.many_cache_mb), "--prefix-cache-dtype", args.many_cache_dtype]
+            extra = [*batch, *cache]
             serve("many", b["many"], {}, [("many", lambda n: True)], extra, args, folder, results)
         if args.long_prefix:
             words = {"short": ",".join(LABELS), "long": ",".join(LABELS)}
@@ -214,7 +217,7 @@ def report(results: dict, args) -> None:
     rows = [("a_mixed", f"8 tasks mixed, --max-batch {args.max_batch}"), ("b_batch1", "8 tasks, --max-batch 1"),
             ("c_one_task", "1 task"), ("d_predict", "prompttune predict per request"),
             ("e_peft", "PEFT, one PeftModel per task, 1 by 1"),
-            ("many", f"{args.many} tasks, cache {args.many_cache_mb:g} MB"),
+            ("many", f"{args.many} tasks, cache {args.many_cache_mb:g} MB {args.many_cache_dtype}"),
             ("short_prefix", "short hard prefix"), ("long_prefix", "long hard prefix")]  # fmt: skip
     print(f"\n{'configuration':40s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>6s} {'RSS MB':>8s}")
     for key, label in rows:

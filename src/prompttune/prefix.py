@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from prompttune.core.backbone import KV, Backbone
+from prompttune.core.lead_kv import StoredPrefix
 from prompttune.core.template import SoftSlot
 from prompttune.methods import SoftPromptMethod
 
@@ -25,9 +26,11 @@ class PrefixModel(nn.Module):
     method: SoftPromptMethod
     segments: list[Tensor | SoftSlot]  # the constant prefix: token ids and soft slots
 
+    prefix_store_dtype: torch.dtype | None = None  # keep the cached prefix in this dtype (None: as computed)
+
     def __init__(self) -> None:
         super().__init__()
-        self._cached_prefix: KV | None = None
+        self._cached_prefix: StoredPrefix | None = None
         self._step_prefix: KV | None = None  # inside ``prefix_once``: the keys/values every part reads
 
     # --- templates with soft slots (label-word and generation read-outs) ---------------------------------------
@@ -115,11 +118,18 @@ class PrefixModel(nn.Module):
             torch.autograd.backward(outputs, grads)
 
     def cached_prefix(self) -> KV:
-        """The prefix's keys/values for inference: computed once, reused for every batch."""
+        """The prefix's keys/values for inference: computed once, reused for every batch. Held as a
+        ``StoredPrefix``: the hard text it starts with is shared with every task that starts the same way."""
         if self._cached_prefix is None:
             with torch.no_grad():
-                self._cached_prefix = [(k.detach(), v.detach()) for k, v in self.prefix_kv()]
-        return self._cached_prefix
+                full = [(k.detach(), v.detach()) for k, v in self.prefix_kv()]
+                lead = self.method.lead_of(self.backbone, self.segments) if self.segments else None
+            self._cached_prefix = StoredPrefix(full, lead, self.prefix_store_dtype)
+        return self._cached_prefix.kv()
+
+    def cached_prefix_bytes(self) -> int:
+        """Bytes the cached prefix holds on its own (0 when none is cached)."""
+        return self._cached_prefix.nbytes if self._cached_prefix is not None else 0
 
     def clear_cache(self) -> None:
         self._cached_prefix = None

@@ -60,6 +60,15 @@ def serve(
             "computed again when needed. Default: no limit.",
         ),
     ] = None,
+    prefix_cache_dtype: Annotated[
+        str,
+        typer.Option(
+            "--prefix-cache-dtype",
+            help="Keep cached task prefixes in bfloat16 or float16 (half the memory) or int8 (a quarter, with a "
+            "scale per token and head) instead of the model's dtype (model): for servers of hundreds of tasks; "
+            "scores move by the rounding.",
+        ),
+    ] = "model",
     registry_poll_s: Annotated[
         float,
         typer.Option(
@@ -88,6 +97,7 @@ def serve(
         max_input_chars=max_input_chars,
         max_tokens=max_tokens,
         prefix_cache_mb=prefix_cache_mb,
+        prefix_cache_dtype=prefix_cache_dtype,
         registry_poll_s=registry_poll_s,
         model=model,
         registry=registry,

@@ -43,6 +43,9 @@ class BackboneWeights(SoftPromptMethod):
         embeds = self.prefix_embeddings(backbone, segments)
         return backbone.prefix_kv(embeds) if embeds is not None else []
 
+    def lead_of(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> None:
+        return None  # the weights being trained change the text's keys/values too: nothing to share
+
     def trainable_state(self) -> dict[str, Tensor]:
         return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.errors import PromptTuneError
+from prompttune.core.lead_kv import Lead, lead_kv
 from prompttune.core.template import SoftSlot
 
 METHODS: dict[str, type[SoftPromptMethod]] = {}
@@ -81,15 +82,21 @@ class SoftPromptMethod(nn.Module):
         return backbone.prefix_kv(embeds, past=past)
 
     def _lead_kv(self, backbone: Backbone, lead: list[Tensor]) -> KV:
-        key = (id(backbone), tuple(t for seg in lead for t in seg.tolist()))
-        cache = self.__dict__.setdefault("_lead_cache", {})
-        if key not in cache:
-            with torch.no_grad():
-                cache.clear()
-                cache[key] = [
-                    (k.detach(), v.detach()) for k, v in backbone.prefix_kv(self.prefix_embeddings(backbone, lead))
-                ]
-        return cache[key]
+        return self.shared_lead(backbone, lead).kv
+
+    def shared_lead(self, backbone: Backbone, lead: list[Tensor]) -> Lead:
+        """The keys/values of hard text alone (no soft slot in it), shared by every task on ``backbone`` whose
+        prefix starts with the same tokens (``core.lead_kv``)."""
+        ids = tuple(t for seg in lead for t in seg.tolist())
+        return lead_kv(backbone, ids, lambda: backbone.prefix_kv(self.prefix_embeddings(backbone, lead)))
+
+    def lead_of(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> Lead | None:
+        """The shared lead ``prefix_kv`` starts from for these segments (None: it starts from none). A method
+        whose ``prefix_kv`` puts anything before the hard text (prefix tuning) must not claim one; the stored
+        prefix checks that the keys/values really begin with it before sharing them."""
+        first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
+        lead, rest = segments[:first_soft], segments[first_soft:]
+        return self.shared_lead(backbone, lead) if lead and rest else None
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named groups of trainable parameters; the Trainer gives each its own learning rate (``lr_scales``)."""

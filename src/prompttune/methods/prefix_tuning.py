@@ -145,3 +145,6 @@ class PrefixTuning(CollapsedTable, SoftPromptMethod):
         kv = self.kv()
         embeds = self.prefix_embeddings(backbone, segments)  # hard text only: the soft slots are empty
         return kv if embeds is None else backbone.prefix_kv(embeds, past=kv)
+
+    def lead_of(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> None:
+        return None  # the trained keys/values come first: no hard text begins the prefix

@@ -9,6 +9,7 @@ from pathlib import Path
 from prompttune.core.errors import DataError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PREFIX_DTYPES = {None: None, "model": None, "bfloat16": "bfloat16", "float16": "float16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class ServeConfig:
     max_input_chars: int = 16_384  # characters of one row (all its fields): 413
     max_tokens: int = 512  # max_tokens of one completion: 422
     prefix_cache_mb: float | None = None  # cached task prefixes' keys/values at most (None: no limit)
+    prefix_cache_dtype: str | None = None  # keep cached prefixes in this dtype (None: as computed)
     registry_poll_s: float = 2.0  # how often registry labels are checked (SQLite; PostgreSQL also listens)
     model: str | None = None  # the backbone for hard-prompt tasks (artifacts use their own)
     registry: str | None = None  # registry database for NAME@LABEL sources
@@ -43,6 +45,10 @@ class ServeConfig:
         _number("--timeout", self.timeout_s, 0.001, 86_400)
         if self.prefix_cache_mb is not None:
             _number("--prefix-cache-mb", self.prefix_cache_mb, 0, 1_048_576)
+        if self.prefix_cache_dtype not in PREFIX_DTYPES:
+            raise DataError(
+                f"--prefix-cache-dtype {self.prefix_cache_dtype}: choose {' or '.join(k for k in PREFIX_DTYPES if k)}."
+            )
         _number("--registry-poll-s", self.registry_poll_s, 0.05, 3600)
         if self.max_queue < self.max_rows:
             raise DataError(f"--max-queue {self.max_queue}: must hold at least one full request (--max-rows).")
@@ -55,6 +61,14 @@ class ServeConfig:
     @property
     def prefix_cache_bytes(self) -> int | None:
         return None if self.prefix_cache_mb is None else int(self.prefix_cache_mb * 1024 * 1024)
+
+    @property
+    def prefix_store_dtype(self):
+        """The torch dtype cached prefixes are kept in (None: as computed)."""
+        import torch
+
+        name = PREFIX_DTYPES[self.prefix_cache_dtype]
+        return getattr(torch, name) if name else None
 
     @property
     def open_access(self) -> bool:

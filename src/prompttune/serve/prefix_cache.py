@@ -19,17 +19,15 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from prompttune.core.lead_kv import kv_bytes
+
 MB = 1024 * 1024
-
-
-def kv_bytes(kv) -> int:
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv or [])
 
 
 def held_bytes(owner) -> int:
     """Bytes of the prefix keys/values ``owner`` holds now."""
-    if hasattr(owner, "_cached_prefix"):  # a PrefixModel
-        return kv_bytes(owner._cached_prefix)
+    if hasattr(owner, "cached_prefix_bytes"):  # a PrefixModel
+        return owner.cached_prefix_bytes()
     prefixes = getattr(owner, "_prefixes", None)  # a Generator's cache of template prefixes
     return sum(kv_bytes(kv) for kv in prefixes.values()) if prefixes else 0
 

@@ -41,7 +41,12 @@ def build_table(
         for name, v in (labels or {}).items()
     }
     table = TaskTable(
-        config.model, config.registry, config.dtype, config.device, prefix_cache_bytes=config.prefix_cache_bytes
+        config.model,
+        config.registry,
+        config.dtype,
+        config.device,
+        prefix_cache_bytes=config.prefix_cache_bytes,
+        prefix_store_dtype=config.prefix_store_dtype,
     )
     for name, source in specs:
         if on_load:

@@ -145,10 +145,12 @@ class TaskTable:
         device: str | None = None,
         max_tasks: int = MAX_TASKS,
         prefix_cache_bytes: int | None = None,
+        prefix_store_dtype=None,
     ):
         self.model, self.registry, self.dtype, self.device = model, registry, dtype, device
         self.max_tasks = max_tasks
         self.cache = PrefixCache(prefix_cache_bytes)
+        self.prefix_store_dtype = prefix_store_dtype  # a torch dtype cached prefixes are kept in (None: as computed)
         self._registry = None
         self._tasks: dict[str, ServedTask] = {}
         self._backbones: dict[str, Backbone] = {}
@@ -186,6 +188,7 @@ class TaskTable:
                 raise DataError(f"task {name!r}: the server holds {self.max_tasks} tasks, its limit; remove one.")
         with self._load_lock:
             served = self._load(name, source, labels, verbalizer)
+        self._store_in(served)
         with self._lock:
             if name in self._tasks:
                 raise TaskConflict(f"task {name!r}: already served; DELETE /v1/tasks/{name} first.")
@@ -209,6 +212,7 @@ class TaskTable:
         """
         with self._load_lock:
             new = self._load(old.name, old.source, *old.options)
+        self._store_in(new)
         with self._lock:
             if self._tasks.get(old.name) is not old:
                 return None
@@ -216,6 +220,11 @@ class TaskTable:
         self.cache.forget(old.prefix_owner)
         self.cache.admit(new.prefix_owner)
         return new
+
+    def _store_in(self, served: ServedTask) -> None:
+        owner = served.prefix_owner
+        if self.prefix_store_dtype is not None and hasattr(owner, "prefix_store_dtype"):
+            owner.prefix_store_dtype = self.prefix_store_dtype  # a PrefixModel; generators keep theirs as computed
 
     def registry_client(self):
         """One Registry for this table's --registry (opened on first use)."""
