@@ -81,3 +81,16 @@ def test_the_server_keeps_prefixes_in_the_dtype_asked_for(tiny_model_dir):
     assert 0 < held_bytes(table.get("zs").prefix_owner) < held_bytes(full.get("zs").prefix_owner) / 2
     with pytest.raises(DataError, match="--prefix-cache-dtype fp8"):
         ServeConfig(prefix_cache_dtype="fp8")
+
+
+def test_a_shared_lead_lives_only_while_a_task_holds_it(tiny_backbone):
+    import gc
+
+    template = "Zebra crossing notes: [soft]{{ text }} Answer: [label]"
+    t = PromptTask.create(tiny_backbone, LABELS, "prompt-tuning", {"num_virtual_tokens": 2}, template)
+    t.model.cached_prefix()
+    ids = t.model._cached_prefix.lead.ids
+    assert ids in tiny_backbone._leads
+    del t
+    gc.collect()
+    assert ids not in tiny_backbone._leads  # freed with the last task that held it

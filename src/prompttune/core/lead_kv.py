@@ -2,8 +2,8 @@
 slot), computed once per backbone and shared by every task whose prefix starts with the same tokens.
 
 Such text depends on no parameter, so a thousand soft prompts trained from one template share its keys/values:
-``lead_kv`` hands each of them the same ``Lead`` while any of them holds it (weak references), and keeps the
-few most recently used alive in between (a training loop asks for it on every step). A task's stored prefix
+``lead_kv`` hands each of them the same ``Lead`` while any of them holds it (weak references; each method keeps
+the last one it used, so a training loop does not compute it again on every step). A task's stored prefix
 (``prefix.PrefixModel.cached_prefix``) keeps only what follows the lead, plus a reference to it.
 """
 
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 
 from prompttune.core.backbone import KV
-
-KEEP_RECENT = 8  # leads kept alive with no task holding them
 
 
 class Lead:
@@ -36,33 +33,28 @@ class Lead:
 _lock = threading.Lock()
 
 
-def _tables(backbone) -> tuple[weakref.WeakValueDictionary, OrderedDict]:
-    """The backbone's own tables (held on it, so they go with it): ids -> Lead, weakly and most recent."""
+def _shared(backbone) -> weakref.WeakValueDictionary:
+    """The backbone's own table (held on it, so it goes with it): lead token ids -> Lead, weakly."""
     found = backbone.__dict__.get("_leads")
     if found is None:
-        found = backbone.__dict__["_leads"] = (weakref.WeakValueDictionary(), OrderedDict())
+        found = backbone.__dict__["_leads"] = weakref.WeakValueDictionary()
     return found
 
 
 def lead_kv(backbone, ids: tuple[int, ...], compute: Callable[[], KV]) -> Lead:
-    """The shared ``Lead`` for ``ids`` on ``backbone``; ``compute()`` (run without gradients) makes it once."""
+    """The shared ``Lead`` for ``ids`` on ``backbone``; ``compute()`` (run without gradients) makes it once.
+    Whoever uses it holds it (a method keeps its last one): it lives while any holder does."""
     with _lock:
-        shared, recent = _tables(backbone)
-        found = shared.get(ids)
-        if found is not None and found.kv[0][0].device == torch.device(backbone.device):
-            recent[ids] = found
-            recent.move_to_end(ids)
-            return found
+        found = _shared(backbone).get(ids)
+    if found is not None and found.kv[0][0].device == torch.device(backbone.device):
+        return found
     with torch.no_grad():
         made = Lead(ids, [(k.detach(), v.detach()) for k, v in compute()])
     with _lock:
+        shared = _shared(backbone)
         found = shared.get(ids)
         if found is None or found.kv[0][0].device != made.kv[0][0].device:  # keep one, unless it moved device
             shared[ids] = found = made
-        recent[ids] = found
-        recent.move_to_end(ids)
-        while len(recent) > KEEP_RECENT:
-            recent.popitem(last=False)
     return found
 
 

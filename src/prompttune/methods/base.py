@@ -88,7 +88,11 @@ class SoftPromptMethod(nn.Module):
         """The keys/values of hard text alone (no soft slot in it), shared by every task on ``backbone`` whose
         prefix starts with the same tokens (``core.lead_kv``)."""
         ids = tuple(t for seg in lead for t in seg.tolist())
-        return lead_kv(backbone, ids, lambda: backbone.prefix_kv(self.prefix_embeddings(backbone, lead)))
+        owner, held = self.__dict__.get("_lead", (None, None))
+        if owner != id(backbone) or held.ids != ids or held.kv[0][0].device != torch.device(backbone.device):
+            held = lead_kv(backbone, ids, lambda: backbone.prefix_kv(self.prefix_embeddings(backbone, lead)))
+            self.__dict__["_lead"] = (id(backbone), held)  # kept while this method lives: asked for every step
+        return held
 
     def lead_of(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> Lead | None:
         """The shared lead ``prefix_kv`` starts from for these segments (None: it starts from none). A method
