@@ -71,6 +71,16 @@ def test_smaller_stores_keep_the_scores_close(tiny_backbone, dtype, share, tol):
         assert max(abs(w.scores[k] - g.scores[k]) for k in LABELS) < tol
 
 
+def test_int8_comes_back_in_a_bfloat16_models_dtype(tiny_model_dir):
+    from prompttune import Backbone
+
+    backbone = Backbone.load(str(tiny_model_dir), dtype="bfloat16")
+    t = task(backbone)
+    t.model.prefix_store_dtype = torch.int8
+    assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in t.model.cached_prefix())
+    assert len(t.predict(TEXTS)) == len(TEXTS)
+
+
 def test_the_server_keeps_prefixes_in_the_dtype_asked_for(tiny_model_dir):
     config = ServeConfig(model=str(tiny_model_dir), prefix_cache_dtype="int8")
     table = TaskTable(config.model, prefix_store_dtype=config.prefix_store_dtype)

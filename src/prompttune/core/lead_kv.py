@@ -109,7 +109,7 @@ class StoredPrefix:
         own = self.own
         if self.scales is not None:
             pairs = zip(own, self.scales, strict=True)
-            own = [(k.to(self.dtype) * sk, v.to(self.dtype) * sv) for (k, v), (sk, sv) in pairs]
+            own = [((k * sk).to(self.dtype), (v * sv).to(self.dtype)) for (k, v), (sk, sv) in pairs]
         elif own and own[0][0].dtype != self.dtype:
             own = [(k.to(self.dtype), v.to(self.dtype)) for k, v in own]
         if self.lead is None:
