@@ -39,6 +39,12 @@ class MethodConfig:
         return asdict(self)
 
 
+def split_lead(segments: list[Tensor | SoftSlot]) -> tuple[list, list]:
+    """(the hard text before the first soft slot, the rest from that slot on)."""
+    first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
+    return segments[:first_soft], segments[first_soft:]
+
+
 class SoftPromptMethod(nn.Module):
     """Turns trainable parameters into the task's constant prefix (as per-layer keys/values).
 
@@ -73,8 +79,7 @@ class SoftPromptMethod(nn.Module):
         Hard text before the first soft slot (system text, chat header) does not depend on any
         parameter: its keys/values are computed once and the rest of the prefix continues from them.
         """
-        first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
-        lead, rest = segments[:first_soft], segments[first_soft:]
+        lead, rest = split_lead(segments)
         past = self._lead_kv(backbone, lead) if lead and rest else None
         embeds = self.prefix_embeddings(backbone, rest if past is not None else segments)
         if embeds is None:  # nothing after the constant text (e.g. zero-shot's empty slots)
@@ -98,8 +103,7 @@ class SoftPromptMethod(nn.Module):
         """The shared lead ``prefix_kv`` starts from for these segments (None: it starts from none). A method
         whose ``prefix_kv`` puts anything before the hard text (prefix tuning) must not claim one; the stored
         prefix checks that the keys/values really begin with it before sharing them."""
-        first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
-        lead, rest = segments[:first_soft], segments[first_soft:]
+        lead, rest = split_lead(segments)
         return self.shared_lead(backbone, lead) if lead and rest else None
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

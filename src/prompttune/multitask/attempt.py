@@ -32,6 +32,7 @@ from prompttune.core.backbone import KV, Backbone
 from prompttune.core.errors import ArtifactError, DataError, ModelError
 from prompttune.core.template import SoftSlot, Template
 from prompttune.core.verbalizer import Verbalizer
+from prompttune.methods.base import split_lead
 from prompttune.methods.prompt_tuning import PromptTuning, PromptTuningConfig
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import PromptModel
@@ -124,8 +125,7 @@ class PromptMixture(PromptTuning):
     def prefix_kv(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> KV:
         if self._rows is None or not any(isinstance(s, SoftSlot) for s in segments):
             return super().prefix_kv(backbone, segments)  # P_t's, or text alone (the same for every row)
-        first_soft = next((i for i, s in enumerate(segments) if isinstance(s, SoftSlot)), len(segments))
-        lead, rest = segments[:first_soft], segments[first_soft:]
+        lead, rest = split_lead(segments)
         past = self._lead_kv(backbone, lead) if lead and rest else None  # text before the soft tokens: once
         embeds = self.prefix_embeddings(backbone, rest if past is not None else segments)
         if embeds is None:
