@@ -46,7 +46,7 @@ def test_random_search_is_seeded_and_picks_the_best_candidate():
 
     program, _ = load_program(SIG)
     before = json.dumps(program.to_dict())
-    config = SearchConfig(max_candidates=5, max_labeled_demos=4, seed=3)
+    config = SearchConfig(max_candidates=5, max_labeled_demos=4, seed=3, formats=False)
     first = random_search(program, TRAIN, VAL, ACC, FakeLM(needs_both), config)
     again = random_search(program, TRAIN, VAL, ACC, FakeLM(needs_both), config)
     assert json.dumps(program.to_dict()) == before
@@ -68,7 +68,7 @@ def test_mipro_proposes_instructions_from_the_data_and_keeps_the_one_that_scores
         return keyword(prompt) if "good or bad" in prompt.system else "negative"
 
     program, _ = load_program(SIG)
-    config = SearchConfig(max_candidates=12, num_instructions=6, minibatch_size=4, seed=1)
+    config = SearchConfig(max_candidates=12, num_instructions=6, minibatch_size=4, seed=1, formats=False)
     result = mipro(program, TRAIN, VAL, ACC, FakeLM(respond), config)
     assert program.steps[0].instruction == ""
     assert result.best_val_score == 1.0 and result.baseline_val_score == 0.5

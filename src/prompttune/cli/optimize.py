@@ -51,10 +51,22 @@ def optimize(
     max_demos: Annotated[int, typer.Option(help="Bootstrapped demos per step, at most (0-64).")] = 4,
     max_labeled_demos: Annotated[int, typer.Option(help="Training rows as demos in the labeled set (0-64).")] = 4,
     num_instructions: Annotated[int, typer.Option(help="mipro: instructions the model proposes per step.")] = 4,
-    minibatch_size: Annotated[int, typer.Option(help="mipro: validation rows per trial.")] = 32,
+    minibatch_size: Annotated[
+        int, typer.Option(help="mipro: validation rows per trial; random-search, mipro: per format screened.")
+    ] = 32,
     instruction: Annotated[
         list[str] | None, typer.Option(help="mipro: a candidate instruction of yours; repeatable.")
     ] = None,
+    prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="random-search, mipro: a name to show a field under, FIELD=NAME (e.g. label=Sentiment); "
+            "tried beside the built-in output names. Repeatable."
+        ),
+    ] = None,  # fmt: skip
+    formats: Annotated[
+        bool, typer.Option(help="random-search, mipro: screen prompt layouts and output names first.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed of every random choice in the search.")] = 0,
     limit: LimitOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a program saved earlier at --out.")] = False,
@@ -77,6 +89,7 @@ def optimize(
         num_instructions=num_instructions,
         minibatch_size=minibatch_size,
         seed=seed,
+        formats=formats,
     )
 
     def progress(entry: dict, best: float) -> None:
@@ -92,8 +105,9 @@ def optimize(
 
     extra = tuple(instruction or ())
     summary = optimize_files(
-        program, train, val, metric, optimizer, out_dir, lm, config, overwrite, limit, extra, progress
-    )
+        program, train, val, metric, optimizer, out_dir, lm, config, overwrite, limit, extra, progress,
+        prefixes=tuple(prefix or ()),
+    )  # fmt: skip
     if summary["stopped"]:
         err.print(f"the search stopped at {summary['stopped']}; the best candidate fully scored is saved.")
     out.print(

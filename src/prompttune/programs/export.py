@@ -1,7 +1,8 @@
 """A one-step program whose answer is a label set, written as a template read out by label words.
 
-The template is the prompt ``BackboneLM`` shows the model for that program, laid out the same way: the
-step's system text (instruction, fields, reply format) as the system turn, each demo as a user turn and an
+The template is the prompt ``BackboneLM`` shows the model for that program, laid out the same way (a
+``plain`` step as plain text, each field under its shown name): the step's system text (instruction,
+fields, reply format) as the system turn, each demo as a user turn and an
 assistant turn (``label: positive``), the row's fields as the user turn, and the answer starting with the
 output's name. A label's score after it is what ``BackboneLM.choose`` compares, so the template scores a row
 as the program does; ``prompttune eval``, the registry and ``compare`` read it like any template.
@@ -37,10 +38,13 @@ def as_template(program: Module, label_of: dict[str, str] | None = None, descrip
         for d in step.demos
         if out.name in d and all(n in d for n in inputs)
     ]
+    plain = step.layout == "plain"
     return Template(
-        user="\n".join(f"{n}: {{{{ {n} }}}}" for n in inputs),
-        system=_raw(step.system_text()),
-        answer=f"{out.name}: ",  # the space before the label word belongs to the label (as choose scores it)
+        user="\n".join(f"{_raw(step.shown(n))}: {{{{ {n} }}}}" for n in inputs) + ("\n" if plain else ""),
+        system=_raw(step.system_text()) or None,
+        # the space before the label word belongs to the label (as choose scores it)
+        answer=f"{_raw(step.shown(out.name))}: ",
         demos=tuple(demos),
         description=description,
+        chat=not plain,
     )

@@ -9,6 +9,8 @@ A program file (YAML or JSON)::
         instruction: "Classify the review's sentiment."
         max_retries: 1                          # optional
         max_tokens: 64                          # optional
+        layout: plain                           # optional: chat (default) or plain ("Review: ...\nSentiment:")
+        prefixes: {text: Review, label: Sentiment}   # optional: the names the prompt shows fields under
 
 Each step reads its inputs from the row and the outputs of the steps before it. A signature string
 alone (``'text -> label'``) is a one-step program. A saved program (``program.json`` in an optimize
@@ -30,7 +32,7 @@ VERSION = 1
 PROGRAM_FILE = "program.json"
 MAX_STEPS = 16
 MAX_FILE_BYTES = 20_000_000
-STEP_KEYS = {"name", "signature", "module", "instruction", "max_retries", "max_tokens", "demos"}
+STEP_KEYS = {"name", "signature", "module", "instruction", "max_retries", "max_tokens", "demos", "layout", "prefixes"}
 
 
 class Pipeline(Program):
@@ -77,6 +79,7 @@ class Pipeline(Program):
                     "max_retries": step.max_retries,
                     "max_tokens": step.max_tokens,
                     "demos": step.demos,
+                    **({"layout": step.layout, "prefixes": step.prefixes} if "layout" in step.dump_state() else {}),
                 }
                 for name, step in zip(self.step_names, self.steps, strict=True)
             ]
@@ -110,8 +113,9 @@ def _step(raw, i: int, where: str) -> tuple[str, Predict]:
             raw.get("instruction"),
             **{k: raw[k] for k in ("max_retries", "max_tokens") if k in raw},
         )
-        if "demos" in raw:
-            step.set_state({"instruction": step.instruction, "demos": raw["demos"]})
+        if any(k in raw for k in ("demos", "layout", "prefixes")):
+            keys = ("demos", "layout", "prefixes")
+            step.set_state({"instruction": step.instruction, **{k: raw[k] for k in keys if k in raw}})
     except DataError as e:
         raise DataError(f"{at}: {e}") from None
     return str(raw.get("name", f"step{i}")), step

@@ -30,9 +30,14 @@ class Prompt:
     user: str
     answer: str = ""  # the reply's start, e.g. "sentiment:"
     stop: tuple[str, ...] = ()
+    plain: bool = False  # a completion-style text (each demo "user\nassistant", blank-line separated), no chat turns
 
     def text(self) -> str:
         """The prompt as one plain text (completion endpoints, the fake LM's view)."""
+        if self.plain:
+            head = f"{self.system}\n\n" if self.system else ""
+            shots = "".join(f"{user}\n{assistant}\n\n" for user, assistant in self.demos)
+            return f"{head}{shots}{self.user}\n{self.answer}"
         turns = [self.system, ""] if self.system else []
         for user, assistant in self.demos:
             turns += [user, assistant, ""]
@@ -102,10 +107,16 @@ class BackboneLM(LM):
         self._prefixes: dict[tuple[int, ...], list] = {}
 
     def _spec(self, prompt: Prompt) -> dict:
+        """The prompt as a template with one variable, the row's user turn (plain: laid out as ``Prompt.text``)."""
+        end = "\n" if prompt.plain else ""
         messages = []
         for user, assistant in prompt.demos:
-            messages += [{"role": "user", "content": _raw(user)}, {"role": "assistant", "content": _raw(assistant)}]
-        spec = {"user": "{{ row }}", "answer": _raw(prompt.answer), "messages": messages}
+            messages += [
+                {"role": "user", "content": _raw(user + end)},
+                {"role": "assistant", "content": _raw(assistant)},
+            ]
+        spec = {"user": "{{ row }}" + end, "answer": _raw(prompt.answer), "messages": messages}
+        spec["chat"] = not prompt.plain
         if prompt.system:
             spec["system"] = _raw(prompt.system)
         return spec
@@ -134,20 +145,29 @@ class BackboneLM(LM):
         prefix = self._prefix(prefix_ids)
         start = len(prefix_ids)
         head = bb.model.get_output_embeddings()
+        option_ids = [bb.tokenize(" " + option) or bb.tokenize(option) for option in options]
+
+        def logp_after(seq: list[int], n: int):
+            """Log-probabilities of the next token at the last ``n`` positions before ``seq``'s end + 1."""
+            if start + len(seq) > bb.max_length:
+                raise DataError(
+                    f"choose: the prompt is {start + len(seq)} tokens and the model's context holds "
+                    f"{bb.max_length}; use fewer demos or shorter rows."
+                )
+            attention = torch.ones(1, start + len(seq), dtype=torch.long)
+            positions = torch.arange(start, start + len(seq))[None]
+            hidden = bb.run(torch.tensor([seq]), attention, positions, prefix)
+            return torch.log_softmax(head(hidden[0, len(seq) - n :]).float(), -1)
+
         scores = []
         with torch.no_grad():
-            for option in options:
-                ids = bb.tokenize(" " + option) or bb.tokenize(option)
-                seq = row + ids
-                if start + len(seq) > bb.max_length:
-                    raise DataError(
-                        f"choose: the prompt is {start + len(seq)} tokens and the model's context holds "
-                        f"{bb.max_length}; use fewer demos or shorter rows."
-                    )
-                attention = torch.ones(1, start + len(seq), dtype=torch.long)
-                positions = torch.arange(start, start + len(seq))[None]
-                hidden = bb.run(torch.tensor([seq]), attention, positions, prefix)
-                logp = torch.log_softmax(head(hidden[0, len(row) - 1 : -1]).float(), -1)  # (len(ids), vocab)
+            # one pass over the row scores every one-token option; a longer option gets a pass of its own
+            first = logp_after(row, 1)[0] if row and any(len(ids) == 1 for ids in option_ids) else None
+            for ids in option_ids:
+                if len(ids) == 1 and first is not None:
+                    scores.append(float(first[ids[0]]))
+                    continue
+                logp = logp_after(row + ids, len(ids) + 1)[:-1]  # (len(ids), vocab)
                 scores.append(float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()))
         return scores
 

@@ -45,7 +45,7 @@ class OpenAILM(LM):
         body: dict = {"model": self.model, "max_tokens": max_tokens, "temperature": 0}
         if prompt.stop:
             body["stop"] = list(prompt.stop[:4])  # OpenAI accepts at most 4
-        if self.mode == "chat":
+        if self.mode == "chat" and not prompt.plain:  # a plain prompt is a completion text on either endpoint
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
             for user, assistant in prompt.demos:
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]

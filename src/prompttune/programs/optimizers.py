@@ -3,14 +3,17 @@
 - ``bootstrap``: run the program on training rows; every run whose output passes the metric gives each
   predictor it went through one demo (its inputs and its own outputs), up to ``max_demos``. Scored on
   validation beside the program as given; the better of the two is returned.
+- formats (``random-search`` and ``mipro``, unless ``formats=False``): each predictor's layout and field
+  names (formats.py) are screened first on a validation minibatch with the labeled demo set; the best
+  ``FORMATS_KEPT`` go on into the search.
 - ``random-search``: the program as given, a labeled set (``max_labeled_demos`` training rows as they
   are), and bootstrapped sets over seeded shuffles of the training rows with a seeded number of demos
-  from 1 to ``max_demos``; each scored on validation, the best kept.
+  from 1 to ``max_demos``, each with the next of the kept formats; each scored on validation, the best kept.
 - ``mipro`` (after MIPROv2, simplified): instructions proposed by the LM from a grounded summary of the
   data (fields, label counts, lengths and a few rows, computed, not written by the LM) and the program's
   signature, one per "tip" (MIPROv2's prompting tips), plus the program's own; demo sets as in random
-  search. Trials draw (instruction, demo set) pairs seeded at random without repeats (MIPROv2 uses
-  Optuna's TPE: a documented simplification) and score each on a minibatch of validation rows; the
+  search; the kept formats. Trials draw (format, instruction, demo set) triples seeded at random without
+  repeats (MIPROv2 uses Optuna's TPE: a documented simplification) and score each on a minibatch of validation rows; the
   best three are then scored on the whole validation set.
 
 The input program is never changed: every candidate is a copy (``with_demos``).
@@ -24,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from prompttune.core.errors import DataError
+from prompttune.programs.formats import FORMATS_KEPT, describe, format_candidates
 from prompttune.programs.lm import LM
 from prompttune.programs.metrics import Metric
 from prompttune.programs.modules import Module, Predict, using
@@ -134,23 +138,50 @@ def demo_sets(program: Module, train, metric, lm: LM, config: SearchConfig, n: i
     return make
 
 
-def random_search(program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None) -> Result:
+def screen_formats(search: _Search, program: Module, demos: dict, given: dict) -> dict[str, list[dict]]:
+    """Each predictor's candidate formats (formats.py) scored on a validation minibatch with ``demos``; the best
+    ``FORMATS_KEPT`` kept per predictor (the program's own format first when screening is off or not needed)."""
+    out = {}
+    mini = shuffled(search.val, search.config.seed)[: search.config.minibatch_size]
+    for name, p in program.named_predictors():
+        candidates = format_candidates(p, given) if search.config.formats else []
+        if len(candidates) < 2:
+            out[name] = candidates[:1] or [{"layout": p.layout, "prefixes": dict(p.prefixes)}]
+            continue
+        scored = []
+        for patch in candidates:
+            if search.full_limit():
+                break
+            candidate = with_demos(program, demos, formats={name: patch})
+            value = search.evaluate(f"format {describe(patch)}", candidate, mini)
+            scored.append((value, patch))
+        out[name] = [patch for _, patch in sorted(scored, key=lambda t: -t[0])[:FORMATS_KEPT]] or candidates[:1]
+    return out
+
+
+def random_search(
+    program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, prefixes=None
+) -> Result:
     search = _Search(program, val, metric, lm, config, progress)
     make = demo_sets(program, train, metric, search.lm, config, config.max_candidates)
 
     def body() -> None:
+        formats = screen_formats(search, program, make(0)[1], prefixes or {})
         i = 0
         while not search.full_limit():
             kind, demos = make(i)
-            search.evaluate(kind, with_demos(program, demos))
+            fmt = {n: v[i % len(v)] for n, v in formats.items()}
+            label = f" x {', '.join(describe(f) for f in fmt.values())}" if config.formats else ""
+            search.evaluate(kind + label, with_demos(program, demos, formats=fmt))
             i += 1
 
     return _run(search, body)
 
 
 def mipro(
-    program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, instructions=()
-) -> Result:
+    program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, instructions=(),
+    prefixes=None,
+) -> Result:  # fmt: skip
     search = _Search(program, val, metric, lm, config, progress)
     n_sets = max(2, config.max_candidates // 2)
     make = demo_sets(program, train, metric, search.lm, config, n_sets)
@@ -161,21 +192,25 @@ def mipro(
             for name, p in program.named_predictors()
         }
         n_instr = min(len(v) for v in proposed.values())
-        sets: dict[int, dict] = {}
+        sets: dict[int, dict] = {0: make(0)[1]}
+        formats = screen_formats(search, program, sets[0], prefixes or {})
+        n_fmt = min(len(v) for v in formats.values())
         rng = random.Random(config.seed)
-        grid = [(i, j) for i in range(n_instr) for j in range(n_sets)]
-        rng.shuffle(grid)
+        pairs = [(i, j) for i in range(n_instr) for j in range(n_sets)]
+        rng.shuffle(pairs)  # the kept formats take turns, the best screened first
+        grid = [((k + r) % n_fmt, *pairs[k]) for r in range(n_fmt) for k in range(len(pairs))]
         mini = shuffled(search.val, config.seed)[: config.minibatch_size]
         use_mini = len(mini) < len(search.val)
         trials: list[tuple[float, Module, str]] = []
-        budget = config.max_candidates - 1 - (MIPRO_FULL_SCORED if use_mini else 0)
-        for i, j in grid[: max(1, budget)]:
+        budget = config.max_candidates - len(search.history) - (MIPRO_FULL_SCORED if use_mini else 0)
+        for f, i, j in grid[: max(1, budget)]:
             if search.full_limit():
                 return
             if j not in sets:
                 sets[j] = make(j)[1]
-            candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()})
-            kind = f"instruction {i} x demos {j}"
+            fmt = {n: v[f] for n, v in formats.items()}
+            candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()}, fmt)
+            kind = f"instruction {i} x demos {j} x {', '.join(describe(x) for x in fmt.values())}"
             trials.append((search.evaluate(kind, candidate, mini if use_mini else None), candidate, kind))
         if use_mini:
             for _, candidate, kind in sorted(trials, key=lambda t: -t[0])[:MIPRO_FULL_SCORED]:

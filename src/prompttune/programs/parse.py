@@ -36,17 +36,20 @@ class OutputParseError(DataError):
         super().__init__(f"output {field!r}: expected {expected}; the model replied {shown!r}.")
 
 
-def parse_reply(outputs: tuple[Field, ...], reply: str) -> dict:
-    """The typed value of every output field in ``reply`` (which includes the prompt's answer start)."""
-    values = split_fields([f.name for f in outputs], reply)
+def parse_reply(outputs: tuple[Field, ...], reply: str, shown=lambda name: name) -> dict:
+    """The typed value of every output field in ``reply`` (which includes the prompt's answer start).
+
+    ``shown(name)``: the name the prompt showed the field under (its prefix), which the reply repeats.
+    """
+    values = split_fields([f.name for f in outputs], reply, shown)
     return {f.name: parse_value(f, values.get(f.name), reply) for f in outputs}
 
 
-def split_fields(names: list[str], reply: str) -> dict[str, str]:
+def split_fields(names: list[str], reply: str, shown=lambda name: name) -> dict[str, str]:
     """``name: value`` sections of the reply; a bare reply is the value of a single field."""
     marks = []
     for name in names:
-        m = re.search(rf"(?im)^[ \t*#]*{re.escape(name)}[ \t*]*:", reply)
+        m = re.search(rf"(?im)^[ \t*#]*{re.escape(shown(name))}[ \t*]*:", reply)
         if m:
             marks.append((m.start(), m.end(), name))
     if not marks:

@@ -16,6 +16,7 @@ from prompttune.core import atomic
 from prompttune.core.data import load_rows
 from prompttune.core.errors import DataError
 from prompttune.programs.files import Pipeline, is_program_dir, load_program, save_program
+from prompttune.programs.formats import check_prefix_fields, parse_prefixes
 from prompttune.programs.lm import LM
 from prompttune.programs.metrics import make_metric
 from prompttune.programs.optimizers import OPTIMIZERS, optimize
@@ -80,6 +81,7 @@ def optimize_files(
     limit: int | None = None,
     instructions: tuple[str, ...] = (),
     progress=None,
+    prefixes: tuple[str, ...] = (),
 ) -> dict:
     """Optimize PROGRAM on the files, save ``out/program.json`` and return the summary (scores, counts)."""
     out = Path(out)
@@ -92,6 +94,12 @@ def optimize_files(
     kw = {"instructions": tuple(instructions)} if optimizer == "mipro" else {}
     if instructions and optimizer != "mipro":
         raise DataError("--instruction: candidate instructions are searched by --optimizer mipro only.")
+    given = parse_prefixes(prefixes)
+    check_prefix_fields(prog, given)
+    if given and optimizer not in ("mipro", "random-search"):
+        raise DataError("--prefix: field names are searched by --optimizer mipro and random-search only.")
+    if optimizer in ("mipro", "random-search"):
+        kw["prefixes"] = given
     if optimizer not in OPTIMIZERS:
         raise DataError(f"--optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}.")
     lm = lm if isinstance(lm, LM) else lm()

@@ -45,6 +45,7 @@ class SearchConfig:
     minibatch_size: int = 32  # mipro: validation rows per trial before the best are scored in full
     pass_threshold: float = 1.0  # a trace is kept as a demo when the metric gives at least this
     seed: int = 0
+    formats: bool = True  # random-search, mipro: screen layouts and field names first (formats.py)
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
@@ -55,6 +56,8 @@ class SearchConfig:
         s = self.max_seconds
         if isinstance(s, bool) or not isinstance(s, int | float) or math.isnan(s) or not 0 < s <= MAX_SECONDS:
             raise DataError(f"max_seconds (--max-seconds) is {s!r}: give seconds above 0, at most {MAX_SECONDS:,}.")
+        if not isinstance(self.formats, bool):
+            raise DataError(f"formats is {self.formats!r}: give true or false.")
         t = self.pass_threshold
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 1:
             raise DataError(f"pass_threshold is {t!r}: give a number from 0 to 1.")
@@ -170,12 +173,18 @@ def labeled_demos(program: Module, rows: Sequence[dict], k: int) -> dict[str, li
     return out
 
 
-def with_demos(program: Module, demos: dict[str, list[dict]], instructions: dict[str, str] | None = None) -> Module:
-    """A copy of ``program`` with these demos (and instructions) per predictor name."""
+def with_demos(
+    program: Module,
+    demos: dict[str, list[dict]],
+    instructions: dict[str, str] | None = None,
+    formats: dict[str, dict] | None = None,
+) -> Module:
+    """A copy of ``program`` with these demos (and instructions, and formats: layout + prefixes) per predictor."""
     new = program.copy()
     for name, p in new.named_predictors():
         kept = [{k: v for k, v in d.items() if not k.startswith("_")} for d in demos.get(name, [])]
-        p.set_state({"instruction": (instructions or {}).get(name, p.instruction), "demos": kept[:MAX_DEMOS]})
+        state = {"instruction": (instructions or {}).get(name, p.instruction), "demos": kept[:MAX_DEMOS]}
+        p.set_state(state | (formats or {}).get(name, {}))
     return new
 
 
@@ -191,6 +200,7 @@ def candidate_entry(index: int, kind: str, program: Module, value: float, calls:
         "kind": kind,
         "demos": {n: len(p.demos) for n, p in program.named_predictors()},
         "instructions": {n: p.instruction for n, p in program.named_predictors()},
+        "formats": {n: {"layout": p.layout, "prefixes": dict(p.prefixes)} for n, p in program.named_predictors()},
         "val_score": round(value, 6),
         "model_calls": calls,
     }
