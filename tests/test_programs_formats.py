@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_cli import assert_user_error, run_main  # noqa: F401 - run_main is a fixture
 
-from prompttune.core.errors import DataError
+from prompttune.core.errors import DataError, PromptTuneError
 from prompttune.core.template import Template
 from prompttune.programs import BackboneLM, FakeLM, Predict, Prompt, SearchConfig, load_program, mipro, random_search
 from prompttune.programs.export import as_template
@@ -139,3 +139,50 @@ def test_the_cli_refuses_a_prefix_for_a_field_the_program_lacks(run_main, tmp_pa
     assert_user_error(run_main(*args, "--prefix", "review=Review"), "no field 'review'")
     assert_user_error(run_main(*args, "--optimizer", "bootstrap", "--prefix", "label=Mood"), "--prefix")
     assert not (tmp_path / "o").exists()
+
+
+class Killed(Exception):
+    """Stands for the process being killed mid-search."""
+
+
+def test_a_search_killed_midway_resumes_from_its_journal_with_the_same_history(tmp_path):
+    from prompttune.programs.run import optimize_files
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in TRAIN))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in VAL))
+    config = SearchConfig(max_candidates=20, num_instructions=2, minibatch_size=6, max_labeled_demos=2)
+    respond = named_right("Sentiment")
+
+    def instruction_or(prompt: Prompt) -> str:
+        return "Say if it is good." if prompt.answer == "instruction:" else respond(prompt)
+
+    def run(out, lm):
+        return optimize_files(SIG, rows, val, "accuracy", "mipro", tmp_path / out, lm, config)
+
+    whole_lm = FakeLM(instruction_or)
+    whole = run("whole", whole_lm)
+    calls = {"n": 0}
+
+    def dies_after_40(prompt: Prompt) -> str:
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise Killed
+        return instruction_or(prompt)
+
+    with pytest.raises(Killed):
+        run("killed", FakeLM(dies_after_40))
+    assert not (tmp_path / "killed" / "program.json").exists()
+    fresh = FakeLM(instruction_or)
+    resumed = run("killed", fresh)
+    assert resumed["history"] == whole["history"] and resumed["model_calls"] == whole["model_calls"]
+    # the 40 answers given before the kill are read back, not asked again (a question asked twice is asked once)
+    assert fresh.calls == whole_lm.calls - 40 and resumed["calls_answered_from_journal"] >= 40
+    assert resumed["best_val_score"] == whole["best_val_score"] == 1.0
+    with pytest.raises(PromptTuneError, match="holds a saved program"):  # done: a rerun needs --overwrite
+        run("killed", FakeLM(instruction_or))
+    other = SearchConfig(max_candidates=21, num_instructions=2, minibatch_size=6, max_labeled_demos=2)
+    (tmp_path / "killed" / "program.json").unlink()
+    with pytest.raises(DataError, match="a different search"):
+        optimize_files(SIG, rows, val, "accuracy", "mipro", tmp_path / "killed", FakeLM(instruction_or), other)

@@ -1,5 +1,8 @@
 """The library verbs behind ``prompttune optimize`` and ``prompttune run``: files in, a saved program out.
 
+A search journals every model call's answer in ``OUT/search.jsonl`` (journal.py): the same command run
+again after a kill replays them and goes on from there (``max_seconds`` counts the new run's time only).
+
 A signature's free-text output that the training rows fill with a few distinct values (at most
 LABEL_SET_MAX, each repeated) becomes a label set of those values, in order of first appearance:
 ``'text -> label'`` on SST-2 is ``'text -> label: one of negative, positive'``, so the in-process model
@@ -17,6 +20,7 @@ from prompttune.core.data import load_rows
 from prompttune.core.errors import DataError
 from prompttune.programs.files import Pipeline, is_program_dir, load_program, save_program
 from prompttune.programs.formats import check_prefix_fields, parse_prefixes
+from prompttune.programs.journal import JOURNAL_FILE, JournaledLM, fingerprint
 from prompttune.programs.lm import LM
 from prompttune.programs.metrics import make_metric
 from prompttune.programs.optimizers import OPTIMIZERS, optimize
@@ -40,6 +44,11 @@ def make_lm(model: str | None = None, base_url: str | None = None, api_key: str 
     from prompttune.programs.lm import BackboneLM
 
     return BackboneLM(Backbone.load(model, dtype=dtype, device=device))
+
+
+def _ours(path: Path) -> bool:
+    """An optimize output: a saved program, or the journal of a search (``--overwrite`` replaces either)."""
+    return is_program_dir(path) or (Path(path) / JOURNAL_FILE).is_file()
 
 
 def read_rows(path: str | Path, flag: str, limit: int | None = None) -> list[dict]:
@@ -85,7 +94,10 @@ def optimize_files(
 ) -> dict:
     """Optimize PROGRAM on the files, save ``out/program.json`` and return the summary (scores, counts)."""
     out = Path(out)
-    atomic.check_output_dir(out, "--out", is_program_dir, "saved program", overwrite)
+    journal = out / JOURNAL_FILE
+    resuming = journal.is_file() and not is_program_dir(out) and not overwrite  # a search killed before its end
+    if not resuming:
+        atomic.check_output_dir(out, "--out", _ours, "saved program", overwrite)
     prog, _ = load_program(program)
     train_rows, val_rows = read_rows(train, "--train", limit), read_rows(val, "--val", limit)
     prog = with_label_sets(prog, train_rows)
@@ -103,7 +115,14 @@ def optimize_files(
     if optimizer not in OPTIMIZERS:
         raise DataError(f"--optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}.")
     lm = lm if isinstance(lm, LM) else lm()
-    result = optimize(optimizer, prog, train_rows, val_rows, scorer, lm, config, progress, **kw)
+    if overwrite and journal.is_file():
+        journal.unlink()
+    search = fingerprint(
+        program=prog.to_dict(), train=train_rows, val=val_rows, metric=metric, optimizer=optimizer, lm=lm.name,
+        config={k: v for k, v in asdict(config).items() if k != "max_seconds"}, **kw,
+    )  # fmt: skip
+    journaled = JournaledLM(lm, journal, search)
+    result = optimize(optimizer, prog, train_rows, val_rows, scorer, journaled, config, progress, **kw)
     summary = {
         "optimizer": optimizer,
         "metric": metric,
@@ -112,6 +131,7 @@ def optimize_files(
         "config": asdict(config),
         "train": str(train),
         "val": str(val),
+        "calls_answered_from_journal": journaled.replayed,
     }
     save_program(result.program, out, **summary)
     return {**summary, "out": str(out)}
