@@ -6,14 +6,15 @@
 - formats (``random-search`` and ``mipro``, unless ``formats=False``): each predictor's layout and field
   names (formats.py) are screened first on a validation minibatch without demos; the best
   ``FORMATS_KEPT`` go on into the search.
-- ``random-search``: the program as given, a labeled set (``max_labeled_demos`` training rows as they
-  are), and bootstrapped sets over seeded shuffles of the training rows with a seeded number of demos
-  from 1 to ``max_demos``, each with the next of the kept formats; each scored on validation, the best kept.
+- ``random-search``: the program as given, then labeled sets (``max_labeled_demos`` training rows as they
+  are, balanced over the labels) and bootstrapped sets (a seeded number of demos from 1 to ``max_demos``) in
+  turn, over seeded shuffles of the training rows, each with the next of the kept formats; each scored on
+  validation, the best kept.
 - ``mipro`` (after MIPROv2, simplified): instructions proposed by the LM from a grounded summary of the
   data (fields, label counts, lengths and a few rows, computed, not written by the LM) and the program's
   signature, one per "tip" (MIPROv2's prompting tips), plus the program's own; demo sets as in random
-  search; the kept formats. Trials draw (format, instruction, demo set) triples seeded at random without
-  repeats (MIPROv2 uses Optuna's TPE: a documented simplification) and score each on a minibatch of validation rows; the
+  search; the kept formats. Optuna's TPE (as MIPROv2) proposes (format, instruction, demo set) triples
+  (tpe.py) and scores each on a minibatch of validation rows; the
   best three are then scored on the whole validation set.
 
 The input program is never changed: every candidate is a copy (``with_demos``).
@@ -44,6 +45,7 @@ from prompttune.programs.search import (
     shuffled,
     with_demos,
 )
+from prompttune.programs.tpe import tpe_search
 
 TIPS = (
     "",
@@ -103,6 +105,10 @@ class _Search:
         )
 
 
+class _Full(Exception):
+    """max_candidates reached inside a trial: the search ends there."""
+
+
 def _run(search: _Search, body: Callable[[], None]) -> Result:
     try:
         search.baseline = search.evaluate("as-given", search.program.copy())
@@ -125,20 +131,20 @@ def bootstrap(program, train, val, metric, lm, config=SearchConfig(), progress: 
 
 
 def demo_sets(program: Module, train, metric, lm: LM, config: SearchConfig, n: int) -> Callable[[int], tuple]:
-    """The i-th candidate demo set, built when asked: 0 labeled rows, then seeded bootstraps."""
+    """The i-th candidate demo set, built when asked: labeled rows (even i), seeded bootstraps (odd i)."""
     rng = random.Random(config.seed)
     sizes = [rng.randint(1, max(1, config.max_demos)) for _ in range(n)]
 
     def make(i: int) -> tuple[str, dict]:
-        if i == 0:
-            return "labeled", labeled_demos(program, shuffled(train, config.seed), config.max_labeled_demos)
         rows = shuffled(train, config.seed + i)
+        if i % 2 == 0:  # labeled sets (balanced over the labels) and bootstrapped ones take turns
+            return "labeled", labeled_demos(program, rows, config.max_labeled_demos)
         return "bootstrap", bootstrap_demos(program, rows, metric, lm, config, sizes[i % n])
 
     return make
 
 
-def screen_formats(search: _Search, program: Module, given: dict) -> dict[str, list[dict]]:
+def screen_formats(search: _Search, program: Module, given: dict, screened: list | None = None) -> dict[str, list]:
     """Each predictor's candidate formats (formats.py) scored on a validation minibatch without demos; the best
     ``FORMATS_KEPT`` kept per predictor (the program's own format first when screening is off or not needed).
 
@@ -147,6 +153,7 @@ def screen_formats(search: _Search, program: Module, given: dict) -> dict[str, l
     mostly judged by that set.
     """
     demos: dict = {}
+    screened = [] if screened is None else screened  # (minibatch score, candidate, kind) of each format
     out = {}
     mini = shuffled(search.val, search.config.seed)[: search.config.minibatch_size]
     for name, p in program.named_predictors():
@@ -158,9 +165,10 @@ def screen_formats(search: _Search, program: Module, given: dict) -> dict[str, l
         for patch in candidates:
             if search.full_limit():
                 break
-            candidate = with_demos(program, demos, formats={name: patch})
-            value = search.evaluate(f"format {describe(patch)}", candidate, mini)
+            candidate, kind = with_demos(program, demos, formats={name: patch}), f"format {describe(patch)}"
+            value = search.evaluate(kind, candidate, mini)
             scored.append((value, patch))
+            screened.append((value, candidate, kind))
         out[name] = [patch for _, patch in sorted(scored, key=lambda t: -t[0])[:FORMATS_KEPT]] or candidates[:1]
     return out
 
@@ -199,25 +207,29 @@ def mipro(
         }
         n_instr = min(len(v) for v in proposed.values())
         sets: dict[int, dict] = {0: make(0)[1]}
-        formats = screen_formats(search, program, prefixes or {})
+        trials: list[tuple[float, Module, str]] = []  # the formats screened without demos compete too
+        formats = screen_formats(search, program, prefixes or {}, trials)
         n_fmt = min(len(v) for v in formats.values())
-        rng = random.Random(config.seed)
-        pairs = [(i, j) for i in range(n_instr) for j in range(n_sets)]
-        rng.shuffle(pairs)  # the kept formats take turns, the best screened first
-        grid = [((k + r) % n_fmt, *pairs[k]) for r in range(n_fmt) for k in range(len(pairs))]
         mini = shuffled(search.val, config.seed)[: config.minibatch_size]
         use_mini = len(mini) < len(search.val)
-        trials: list[tuple[float, Module, str]] = []
         budget = config.max_candidates - len(search.history) - (MIPRO_FULL_SCORED if use_mini else 0)
-        for f, i, j in grid[: max(1, budget)]:
+
+        def trial(f: int, i: int, j: int) -> float:
             if search.full_limit():
-                return
+                raise _Full
             if j not in sets:
                 sets[j] = make(j)[1]
             fmt = {n: v[f] for n, v in formats.items()}
             candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()}, fmt)
             kind = f"instruction {i} x demos {j} x {', '.join(describe(x) for x in fmt.values())}"
             trials.append((search.evaluate(kind, candidate, mini if use_mini else None), candidate, kind))
+            return trials[-1][0]
+
+        sizes = {"format": n_fmt, "instruction": n_instr, "demos": n_sets}
+        try:
+            tpe_search(sizes, max(1, budget), config.seed, trial)
+        except _Full:
+            return
         if use_mini:
             for _, candidate, kind in sorted(trials, key=lambda t: -t[0])[:MIPRO_FULL_SCORED]:
                 if search.full_limit():

@@ -8,6 +8,7 @@ scored so far, and says which limit stopped it (``Result.stopped``).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -165,11 +166,23 @@ def bootstrap_demos(
 
 
 def labeled_demos(program: Module, rows: Sequence[dict], k: int) -> dict[str, list[dict]]:
-    """Up to ``k`` rows as they are, for each predictor whose inputs and outputs the rows hold."""
+    """Up to ``k`` rows as they are, for each predictor whose inputs and outputs the rows hold, taken in turn
+    from each output value (label) in order of first appearance: a small model copies the labels its demos
+    lean to, so a set should show every label about equally."""
     out = {}
     for name, p in program.named_predictors():
         need = [*p.signature.input_names, *p.signature.output_names]
-        out[name] = [{f: r[f] for f in need} for r in rows if all(f in r for f in need)][:k]
+        by_value: dict[str, list[dict]] = {}
+        for r in rows:
+            if all(f in r for f in need):
+                key = json.dumps([r[f] for f in p.signature.output_names], default=str)
+                by_value.setdefault(key, []).append({f: r[f] for f in need})
+        groups, picked = list(by_value.values()), []
+        for i in range(max((len(g) for g in groups), default=0)):
+            picked += [g[i] for g in groups if i < len(g)]
+            if len(picked) >= k:
+                break
+        out[name] = picked[:k]
     return out
 
 
