@@ -186,3 +186,28 @@ def test_a_search_killed_midway_resumes_from_its_journal_with_the_same_history(t
     (tmp_path / "killed" / "program.json").unlink()
     with pytest.raises(DataError, match="a different search"):
         optimize_files(SIG, rows, val, "accuracy", "mipro", tmp_path / "killed", FakeLM(instruction_or), other)
+
+
+def test_a_calibrated_step_chooses_relative_to_a_content_free_row(tiny_backbone):
+    seen = []
+    step = plain_step(calibrate=True)
+    lm = FakeLM(lambda p: "", choose=lambda prompt, options: options[0])
+    lm.choose = lambda prompt, options, baseline=None: seen.append(baseline) or options[0]
+    lm.can_choose = True
+    from prompttune.programs import using
+
+    with using(lm):
+        step(text="fine")
+    assert seen[0] == step.prompt({"text": "N/A"})  # the baseline: the same prompt, the row "N/A"
+    assert plain_step().content_free() is None
+    bb_lm = BackboneLM(tiny_backbone)
+    prompt, base = step.prompt({"text": "a fine film"}), step.content_free()
+    options = ["positive", "negative"]
+    raw, cf = bb_lm.option_scores(prompt, options), bb_lm.option_scores(base, options)
+    norm = [torch.tensor(s).log_softmax(0) for s in (raw, cf)]
+    want = options[int((norm[0] - norm[1]).argmax())]
+    assert bb_lm.choose(prompt, options, base) == want
+    saved = Pipeline([("s", step)]).to_dict()["steps"][0]
+    assert saved["calibrate"] is True
+    with pytest.raises(DataError, match="calibrate"):
+        step.set_state({"calibrate": "yes"})

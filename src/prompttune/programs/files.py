@@ -32,7 +32,18 @@ VERSION = 1
 PROGRAM_FILE = "program.json"
 MAX_STEPS = 16
 MAX_FILE_BYTES = 20_000_000
-STEP_KEYS = {"name", "signature", "module", "instruction", "max_retries", "max_tokens", "demos", "layout", "prefixes"}
+STEP_KEYS = {
+    "name",
+    "signature",
+    "module",
+    "instruction",
+    "max_retries",
+    "max_tokens",
+    "demos",
+    "layout",
+    "prefixes",
+    "calibrate",
+}
 
 
 class Pipeline(Program):
@@ -80,6 +91,7 @@ class Pipeline(Program):
                     "max_tokens": step.max_tokens,
                     "demos": step.demos,
                     **({"layout": step.layout, "prefixes": step.prefixes} if "layout" in step.dump_state() else {}),
+                    **({"calibrate": True} if step.calibrate else {}),
                 }
                 for name, step in zip(self.step_names, self.steps, strict=True)
             ]
@@ -113,8 +125,8 @@ def _step(raw, i: int, where: str) -> tuple[str, Predict]:
             raw.get("instruction"),
             **{k: raw[k] for k in ("max_retries", "max_tokens") if k in raw},
         )
-        if any(k in raw for k in ("demos", "layout", "prefixes")):
-            keys = ("demos", "layout", "prefixes")
+        keys = ("demos", "layout", "prefixes", "calibrate")
+        if any(k in raw for k in keys):
             step.set_state({"instruction": step.instruction, **{k: raw[k] for k in keys if k in raw}})
     except DataError as e:
         raise DataError(f"{at}: {e}") from None

@@ -77,4 +77,4 @@ def format_candidates(predictor: Predict, given: Mapping[str, list[str]] | None 
 
 def describe(patch: dict) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in sorted(patch["prefixes"].items()))
-    return patch["layout"] + (f" ({shown})" if shown else "")
+    return patch["layout"] + (f" ({shown})" if shown else "") + (", calibrated" if patch.get("calibrate") else "")

@@ -90,6 +90,6 @@ class JournaledLM(LM):
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
         return self._answer(_key("complete", asdict(prompt), max_tokens), lambda: self.lm.complete(prompt, max_tokens))
 
-    def choose(self, prompt: Prompt, options: Sequence[str]) -> str | None:
-        key = _key("choose", asdict(prompt), list(options))
-        return self._answer(key, lambda: self.lm.choose(prompt, options))
+    def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str | None:
+        key = _key("choose", asdict(prompt), list(options), asdict(baseline) if baseline else None)
+        return self._answer(key, lambda: self.lm.choose(prompt, options, baseline))

@@ -53,8 +53,12 @@ class LM:
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
         raise NotImplementedError
 
-    def choose(self, prompt: Prompt, options: Sequence[str]) -> str | None:
-        """The option the model scores highest after ``prompt`` (its answer start); None: cannot score."""
+    def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str | None:
+        """The option the model scores highest after ``prompt`` (its answer start); None: cannot score.
+
+        ``baseline`` (contextual calibration, Zhao et al. 2021): the same prompt with a content-free row; each
+        option's log-probability (normalized over the options) is taken relative to its log-probability there.
+        """
         return None
 
 
@@ -72,7 +76,7 @@ class FakeLM(LM):
         reply = str(self.respond(prompt))
         return reply if prompt.answer and reply.lstrip().startswith(prompt.answer) else prompt.answer + " " + reply
 
-    def choose(self, prompt: Prompt, options: Sequence[str]) -> str | None:
+    def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str | None:
         if self._choose is None:
             return None
         self.calls += 1
@@ -84,6 +88,15 @@ def _raw(text: str) -> str:
     if "endraw" in text:
         raise DataError("a prompt text contains 'endraw', which cannot be shown literally; remove it from the data.")
     return "{% raw %}" + text + "{% endraw %}" if text else ""
+
+
+def _normalized(scores: Sequence[float]) -> list[float]:
+    """Log-probabilities over the options (log-softmax of their summed log-probabilities)."""
+    import math
+
+    top = max(scores)
+    total = top + math.log(sum(math.exp(s - top) for s in scores))
+    return [s - total for s in scores]
 
 
 class BackboneLM(LM):
@@ -105,6 +118,7 @@ class BackboneLM(LM):
         # plain greedy: the defaults' repetition controls would push a label away from one already seen
         self.config = config or GenerationConfig(repetition_penalty=1.0, no_repeat_ngram_size=0)
         self._prefixes: dict[tuple[int, ...], list] = {}
+        self._baselines: dict[tuple, list[float]] = {}  # the last content-free prompt's option scores
 
     def _spec(self, prompt: Prompt) -> dict:
         """The prompt as a template with one variable, the row's user turn (plain: laid out as ``Prompt.text``)."""
@@ -125,9 +139,15 @@ class BackboneLM(LM):
         config = self.config.replace(max_new_tokens=max_tokens, stop=prompt.stop)
         return prompt.answer + self.generator.complete(self._spec(prompt), {"row": prompt.user}, config)
 
-    def choose(self, prompt: Prompt, options: Sequence[str]) -> str:
-        """The option with the highest summed log-probability after the prompt's answer start."""
+    def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str:
+        """The option with the highest summed log-probability after the prompt's answer start (calibrated by
+        the content-free ``baseline``'s, computed once per baseline and kept while the prompt's constant part is)."""
         scores = self.option_scores(prompt, options)
+        if baseline is not None:
+            key = (baseline, tuple(options))
+            if key not in self._baselines:
+                self._baselines = {key: _normalized(self.option_scores(baseline, options))}
+            scores = [s - b for s, b in zip(_normalized(scores), self._baselines[key], strict=True)]
         return options[max(range(len(options)), key=scores.__getitem__)]
 
     def option_scores(self, prompt: Prompt, options: Sequence[str]) -> list[float]:

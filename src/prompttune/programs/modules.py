@@ -146,6 +146,7 @@ class Predict(Module):
         self.demos: list[dict] = []
         self.layout = "chat"
         self.prefixes: dict[str, str] = {}  # field name -> the name the prompt shows it under
+        self.calibrate = False  # a label chosen by score: relative to its score on a content-free row
 
     # --- state --------------------------------------------------------------------------------------
     @property
@@ -156,6 +157,8 @@ class Predict(Module):
         state = {"instruction": self.instruction, "demos": [dict(d) for d in self.demos]}
         if self.layout != "chat" or self.prefixes:
             state |= {"layout": self.layout, "prefixes": dict(self.prefixes)}
+        if self.calibrate:
+            state["calibrate"] = True
         return state
 
     def set_state(self, state: dict) -> None:
@@ -166,6 +169,10 @@ class Predict(Module):
         layout = state.get("layout", self.layout)
         prefixes = state.get("prefixes", self.prefixes)
         check_layout(layout, prefixes, self.signature)
+        calibrate = state.get("calibrate", self.calibrate)
+        if not isinstance(calibrate, bool):
+            raise DataError(f"program step: calibrate {calibrate!r} must be true or false.")
+        self.calibrate = calibrate
         self.signature = self.signature.with_instruction(str(state.get("instruction", "")))
         self.demos = [dict(d) for d in demos]
         self.layout, self.prefixes = layout, dict(prefixes)
@@ -218,6 +225,10 @@ class Predict(Module):
             plain=self.layout == "plain",
         )
 
+    def content_free(self) -> Prompt | None:
+        """With ``calibrate``: the prompt with every input "N/A" (Zhao et al. 2021), else None."""
+        return self.prompt({f.name: "N/A" for f in self.signature.inputs}) if self.calibrate else None
+
     # --- running ------------------------------------------------------------------------------------
     def forward(self, **inputs) -> Prediction:
         missing = [n for n in self.signature.input_names if n not in inputs]
@@ -234,7 +245,7 @@ class Predict(Module):
     def _run(self, lm: LM, values: dict) -> dict:
         last = self.outputs[-1]
         if len(self.outputs) == 1 and last.kind == "label" and lm.can_choose:
-            return {last.name: lm.choose(self.prompt(values), last.options)}
+            return {last.name: lm.choose(self.prompt(values), last.options, self.content_free())}
         return self._complete(lm, values, self.prompt)
 
     def _complete(self, lm: LM, values: dict, make_prompt) -> dict:

@@ -13,8 +13,9 @@
 - ``mipro`` (after MIPROv2, simplified): instructions proposed by the LM from a grounded summary of the
   data (fields, label counts, lengths and a few rows, computed, not written by the LM) and the program's
   signature, one per "tip" (MIPROv2's prompting tips), plus the program's own; demo sets as in random
-  search; the kept formats. Optuna's TPE (as MIPROv2) proposes (format, instruction, demo set) triples
-  (tpe.py) and scores each on a minibatch of validation rows; the
+  search; the kept formats; calibration on or off (a label chosen relative to its score on a content-free
+  row). Optuna's TPE (as MIPROv2) proposes (format, instruction, demo set, calibration) choices (tpe.py)
+  and scores each on a minibatch of validation rows; the
   best three are then scored on the whole validation set.
 
 The input program is never changed: every candidate is a copy (``with_demos``).
@@ -214,18 +215,18 @@ def mipro(
         use_mini = len(mini) < len(search.val)
         budget = config.max_candidates - len(search.history) - (MIPRO_FULL_SCORED if use_mini else 0)
 
-        def trial(f: int, i: int, j: int) -> float:
+        def trial(f: int, i: int, j: int, c: int) -> float:
             if search.full_limit():
                 raise _Full
             if j not in sets:
                 sets[j] = make(j)[1]
-            fmt = {n: v[f] for n, v in formats.items()}
+            fmt = {n: v[f] | {"calibrate": bool(c)} for n, v in formats.items()}
             candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()}, fmt)
             kind = f"instruction {i} x demos {j} x {', '.join(describe(x) for x in fmt.values())}"
             trials.append((search.evaluate(kind, candidate, mini if use_mini else None), candidate, kind))
             return trials[-1][0]
 
-        sizes = {"format": n_fmt, "instruction": n_instr, "demos": n_sets}
+        sizes = {"format": n_fmt, "instruction": n_instr, "demos": n_sets, "calibrate": 2}
         try:
             tpe_search(sizes, max(1, budget), config.seed, trial)
         except _Full:

@@ -90,9 +90,9 @@ class MeteredLM(LM):
         self._spend()
         return self.lm.complete(prompt, max_tokens)
 
-    def choose(self, prompt: Prompt, options: Sequence[str]) -> str | None:
+    def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str | None:
         self._spend()
-        return self.lm.choose(prompt, options)
+        return self.lm.choose(prompt, options, baseline)
 
 
 @dataclass
@@ -214,6 +214,7 @@ def candidate_entry(index: int, kind: str, program: Module, value: float, calls:
         "demos": {n: len(p.demos) for n, p in program.named_predictors()},
         "instructions": {n: p.instruction for n, p in program.named_predictors()},
         "formats": {n: {"layout": p.layout, "prefixes": dict(p.prefixes)} for n, p in program.named_predictors()},
+        "calibrated": {n: p.calibrate for n, p in program.named_predictors()},
         "val_score": round(value, 6),
         "model_calls": calls,
     }
