@@ -104,6 +104,8 @@ def find(ctx: SearchContext):
     seconds = time.perf_counter() - t0
     template = as_template(result.program, label_of, f"found by compare's optimized arm ({optimizer})")
     task = PromptTask.create(ctx.backbone, verb.labels, "zero-shot", {}, template, verbalizer=verb)
+    if any(p.calibrate for _, p in result.program.named_predictors()):  # the search chose calibration
+        task.calibrate()
     return task, {
         "train_seconds": seconds,
         "best_val_accuracy": result.best_val_score,
