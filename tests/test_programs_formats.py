@@ -25,7 +25,8 @@ ACC = make_metric("accuracy", ["label"])
 
 def plain_step(**state) -> Predict:
     step = Predict(SIG)
-    step.set_state({"instruction": "", "demos": [{"text": "great fun", "label": "positive"}], "layout": "plain"} | state)
+    demos = [{"text": "great fun", "label": "positive"}]
+    step.set_state({"instruction": "", "demos": demos, "layout": "plain"} | state)
     return step
 
 
@@ -40,7 +41,8 @@ def test_the_plain_layout_shows_each_field_under_its_prefix_and_saves_with_the_p
     again, _ = load_program(str(tmp_path / "p"))
     assert again.steps[0].prompt({"text": "boring"}) == prompt
     saved = json.loads((tmp_path / "p" / "program.json").read_text())
-    assert saved["program"]["steps"][0]["layout"] == "plain" and saved["program"]["steps"][0]["prefixes"]["label"] == "Sentiment"
+    first = saved["program"]["steps"][0]
+    assert first["layout"] == "plain" and first["prefixes"]["label"] == "Sentiment"
     with pytest.raises(DataError, match="layout 'html'"):
         step.set_state({"layout": "html"})
     with pytest.raises(DataError, match="without ':'"):
@@ -132,7 +134,7 @@ def test_bad_prefixes_say_what_to_write(spec, says):
         parse_prefixes([spec])
 
 
-def test_the_cli_refuses_a_prefix_for_a_field_the_program_lacks(run_main, tmp_path):
+def test_the_cli_refuses_a_prefix_for_a_field_the_program_lacks(run_main, tmp_path):  # noqa: F811
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in TRAIN))
     args = ["optimize", SIG, "--train", str(rows), "--val", str(rows), "--out", str(tmp_path / "o")]
