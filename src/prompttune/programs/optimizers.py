@@ -157,6 +157,7 @@ def screen_formats(search: _Search, program: Module, given: dict, screened: list
     screened = [] if screened is None else screened  # (minibatch score, candidate, kind) of each format
     out = {}
     mini = shuffled(search.val, search.config.seed)[: search.config.minibatch_size]
+    rows = mini if len(mini) < len(search.val) else None  # None: the whole validation set (a full score)
     for name, p in program.named_predictors():
         candidates = format_candidates(p, given) if search.config.formats else []
         if len(candidates) < 2:
@@ -167,7 +168,7 @@ def screen_formats(search: _Search, program: Module, given: dict, screened: list
             if search.full_limit():
                 break
             candidate, kind = with_demos(program, demos, formats={name: patch}), f"format {describe(patch)}"
-            value = search.evaluate(kind, candidate, mini)
+            value = search.evaluate(kind, candidate, rows)
             scored.append((value, patch))
             screened.append((value, candidate, kind))
         out[name] = [patch for _, patch in sorted(scored, key=lambda t: -t[0])[:FORMATS_KEPT]] or candidates[:1]
