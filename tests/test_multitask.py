@@ -115,28 +115,43 @@ def test_temperature_sampling():
     assert counts[1] > 3 and sum(counts) == 33  # the small task is oversampled (its rows cycled)
 
 
-def test_resume_after_a_kill(files, tiny_backbone, tmp_path):
+def test_task_batching_gives_each_batch_one_task_and_every_row_once():
+    from prompttune.batches import grouped_batches
+    from prompttune.multitask.mixture import MixtureObjective
+
+    pairs = sample_rows([30, 9, 14], 2.0, 0)
+    lengths = [3 + (7 * j) % 11 for j in range(len(pairs))]
+    fake = MixtureObjective.__new__(MixtureObjective)
+    fake.pairs, fake.lengths, fake.batching = pairs, lengths, "task"
+    for epoch in (0, 1):
+        batches = fake.epoch_batches(4, 0, epoch)
+        assert len(batches) == -(-len(pairs) // 4)  # as many as a mixed epoch: resume counts steps on it
+        assert sorted(j for b in batches for j in b) == list(range(len(pairs)))
+        one_task = [b for b in batches if len({pairs[j][0] for j in b}) == 1]
+        assert len(one_task) >= sum(n // 4 for n in [sum(1 for k, _ in pairs if k == t) for t in (0, 1, 2)])
+    assert fake.epoch_batches(4, 0, 0) != fake.epoch_batches(4, 0, 1)  # a new order every epoch
+    assert fake.epoch_batches(4, 0, 0) == fake.epoch_batches(4, 0, 0)  # seeded
+    assert sorted(grouped_batches([[0, 1, 2]], [1, 1, 1], 4, 0, 0)[0]) == [0, 1, 2]  # a group smaller than a batch
+    fake.batching = "mixed"
+    mixed = fake.epoch_batches(4, 0, 0)
+    assert any(len({pairs[j][0] for j in b}) > 1 for b in mixed)
+
+
+@pytest.mark.parametrize("batching", ["mixed", "task"])
+def test_resume_after_a_kill(files, tiny_backbone, tmp_path, batching):
     specs = [f"{n}={p}" for n, p in files.items()]
     config = TrainConfig(**CONFIG)
-    _, _, whole = train_multi(specs, tmp_path / "whole", num_virtual_tokens=4, config=config, backbone=tiny_backbone)
+    args = dict(num_virtual_tokens=4, config=config, backbone=tiny_backbone, batching=batching)
+    _, _, whole = train_multi(specs, tmp_path / "whole", **args)
 
     def kill(ev):
         if ev["step"] == 4:  # after the checkpoint written at the validation of step 3
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_multi(
-            specs,
-            tmp_path / "cut",
-            num_virtual_tokens=4,
-            config=config,
-            backbone=tiny_backbone,
-            callbacks=[Callback(on_step=kill)],
-        )
+        train_multi(specs, tmp_path / "cut", callbacks=[Callback(on_step=kill)], **args)
     assert not (tmp_path / "cut").exists() and (tmp_path / "cut.checkpoint" / "state.json").exists()
-    _, result, resumed = train_multi(
-        specs, tmp_path / "cut", num_virtual_tokens=4, config=config, backbone=tiny_backbone, resume=True
-    )
+    _, result, resumed = train_multi(specs, tmp_path / "cut", resume=True, **args)
     assert result.steps == 6
     _, w1 = read(tmp_path / "whole")
     _, w2 = read(tmp_path / "cut")
@@ -268,6 +283,7 @@ def test_duplicate_names_and_bad_specs(run_main, files, tiny_model_dir):
     assert_user_error(run_main(*base, "--task", f"a b={s}"), "task name")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--method", "lora"), "--method lora", "mpt, spot")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--temperature", "0.5"), "--temperature 0.5")
+    assert_user_error(run_main(*base, "--task", f"a={s}", "--batching", "random"), "--batching 'random'", "mixed, task")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--form", "middle"), "--form middle", "early, late")
     assert_user_error(run_main(*base, "--task", f"a={s}", "--limit-per-task", "2"), "--limit-per-task 2")
     assert_user_error(run_main(*base, "--task", "a=missing.jsonl"), "missing.jsonl", "not found")

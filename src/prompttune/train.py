@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from prompttune.batches import epoch_batches, loss_weight_of, micro_batches
+from prompttune.batches import loss_weight_of, micro_batches, objective_batches
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
 from prompttune.core.backbone import HeapTrim, release_memory
 from prompttune.core.errors import PromptTuneError
@@ -240,7 +240,7 @@ class Trainer:
         trim = HeapTrim()
         while step < result.planned_steps:
             epoch, offset = divmod(step, per_epoch)
-            batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+            batches = objective_batches(objective, cfg.batch_size, cfg.seed, epoch)
             for batch in batches[offset:]:
                 loss = self._step(step, result.planned_steps, batch)
                 self._update_ema()

@@ -65,6 +65,13 @@ def train_multi(
     temperature: Annotated[
         float, typer.Option(help="Task sampling: shares proportional to rows^(1/T) (1: as the rows come).")
     ] = 2.0,
+    batching: Annotated[
+        str,
+        typer.Option(
+            help="mixed: a batch mixes tasks; task: each batch holds one task's rows (one prefix per step: "
+            "faster, but each step pulls a shared prompt towards one task)."
+        ),
+    ] = "mixed",
     num_virtual_tokens: VirtualOpt = 16,
     init: InitOpt = "labels",
     form: FormOpt = "auto",
@@ -104,6 +111,7 @@ def train_multi(
             method=method,
             limit_per_task=limit_per_task,
             temperature=temperature,
+            batching=batching,
             num_virtual_tokens=num_virtual_tokens,
             init=init,
             form=form,

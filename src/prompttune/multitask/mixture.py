@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prompttune.batches import epoch_batches, grouped_batches
 from prompttune.core.errors import DataError
 from prompttune.multitask.specs import TaskData
 from prompttune.multitask.view import Stage
@@ -17,6 +18,7 @@ from prompttune.prompt_task import PromptTask
 from prompttune.verbalizer_objective import VerbalizerObjective
 
 MAX_TEMPERATURE = 100.0  # beyond this sampling is uniform over tasks to many digits
+BATCHINGS = ("mixed", "task")  # a batch mixes tasks (the default), or holds one task's rows
 
 
 def task_shares(sizes: list[int], temperature: float) -> list[float]:
@@ -43,21 +45,49 @@ def sample_rows(sizes: list[int], temperature: float, seed: int) -> list[tuple[i
     return out
 
 
+def check_batching(batching: str) -> str:
+    if batching not in BATCHINGS:
+        raise DataError(f"--batching {batching!r}: must be one of {', '.join(BATCHINGS)}.")
+    return batching
+
+
 class MixtureObjective:
-    """The Objective the Trainer trains a pack with. Its examples are the sampled (task, row) pairs, so a batch
-    mixes tasks (as T5-style mixing does); it is scored task by task (each task's prefix once per step, through
-    its own template and verbalizer), its loss the mean over its rows."""
+    """The Objective the Trainer trains a pack with. Its examples are the sampled (task, row) pairs.
+
+    With ``batching="mixed"`` (the default) a batch mixes tasks (as T5-style mixing does) and is scored task by
+    task (each task's prefix once per step, through its own template and verbalizer); with ``"task"`` each batch
+    holds one task's rows (the tasks' batches shuffled together in their shares), so a step computes one prefix
+    and pads to one task's lengths, as a single-task step does: faster, but each step then pulls a shared prompt
+    towards one task (measured in docs/multitask.md). The loss is the mean over
+    the batch's rows."""
 
     metric = "mean accuracy"
     # the loss is a mean over rows: the Trainer may split a step into parts of this many padded tokens
     micro_batch_tokens = getattr(VerbalizerObjective, "micro_batch_tokens", None)
 
-    def __init__(self, tasks: list[PromptTask], data: list[TaskData], stage: Stage, temperature: float, seed: int):
+    def __init__(
+        self,
+        tasks: list[PromptTask],
+        data: list[TaskData],
+        stage: Stage,
+        temperature: float,
+        seed: int,
+        batching: str = "mixed",
+    ):
         self.tasks, self.data, self.trainable = tasks, data, stage
+        self.batching = check_batching(batching)
         self.parts = [VerbalizerObjective(t.model, d.train, d.val) for t, d in zip(tasks, data, strict=True)]
         self.pairs = sample_rows([len(d.train) for d in data], temperature, seed)
         self.lengths = [len(self.parts[k].train.ids[i]) for k, i in self.pairs]
         self.last_val: dict[str, float] = {}
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        if self.batching == "mixed":
+            return epoch_batches(self.lengths, batch_size, seed, epoch)
+        groups: dict[int, list[int]] = {}
+        for j, (k, _) in enumerate(self.pairs):
+            groups.setdefault(k, []).append(j)
+        return grouped_batches(list(groups.values()), self.lengths, batch_size, seed, epoch)
 
     def batch_loss(self, batch: list[int]) -> Tensor:
         by_task: dict[int, list[int]] = {}

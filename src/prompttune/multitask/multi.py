@@ -13,7 +13,7 @@ from pathlib import Path
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.methods import METHODS
-from prompttune.multitask.mixture import MixtureObjective, task_shares
+from prompttune.multitask.mixture import MixtureObjective, check_batching, task_shares
 from prompttune.multitask.pack import PackTask, save_pack
 from prompttune.multitask.specs import TaskData, check_form, load_tasks, parse_specs, task_templates
 from prompttune.multitask.view import Stage, Strategy, accuracy, materialize, plain_table, use_view
@@ -68,6 +68,7 @@ def train_multi(
     method: str = "mpt",
     limit_per_task: int | None = None,
     temperature: float = 2.0,
+    batching: str = "mixed",
     num_virtual_tokens: int = 16,
     init: str = "labels",
     form: str = "auto",
@@ -92,6 +93,7 @@ def train_multi(
     specs = parse_specs(list(task_specs))
     task_shares([1] * len(specs), temperature)  # a bad --temperature: an error before anything loads
     check_form(form)
+    check_batching(batching)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         artifact.check_output(out, overwrite or resume, "--out")
@@ -102,12 +104,12 @@ def train_multi(
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
     tasks = build_tasks(backbone, data, strategy, num_virtual_tokens, init, config.seed, form)
-    objective = MixtureObjective(tasks, data, Stage(strategy, strategy.keys()), temperature, config.seed)
+    objective = MixtureObjective(tasks, data, Stage(strategy, strategy.keys()), temperature, config.seed, batching)
     names = [d.name for d in data]
     counts = params_summary(strategy, names)
     if on_start:
         on_start({"tasks": {d.name: {"n_train": len(d.train), "n_val": len(d.val)} for d in data}, **counts})
-    fingerprint = f"{method}:T={temperature}:" + "|".join(d.fingerprint for d in data)
+    fingerprint = f"{method}:T={temperature}:B={batching}:" + "|".join(d.fingerprint for d in data)
     trainer = Trainer(objective, config, checkpoint_dir_for(out) if out else None, callbacks, fingerprint)
     result = trainer.fit(resume=resume)
     plain = {d.name: materialize(backbone, t, num_virtual_tokens, init) for d, t in zip(data, tasks, strict=True)}
@@ -126,7 +128,13 @@ def train_multi(
         }
         for d in data
     }
-    pack_info = {"num_virtual_tokens": num_virtual_tokens, "init": init, "temperature": temperature, **counts}
+    pack_info = {
+        "num_virtual_tokens": num_virtual_tokens,
+        "init": init,
+        "temperature": temperature,
+        "batching": batching,
+        **counts,
+    }
     extra = {"metrics": result.metrics(), "training": config.to_dict()}
     pack = None
     if out is not None:
