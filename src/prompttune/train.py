@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from prompttune.batches import epoch_batches as epoch_batches  # re-exported
 from prompttune.batches import loss_weight_of, micro_batches, objective_batches
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
 from prompttune.core.backbone import HeapTrim, release_memory
