@@ -109,7 +109,8 @@ def train_multi(
     counts = params_summary(strategy, names)
     if on_start:
         on_start({"tasks": {d.name: {"n_train": len(d.train), "n_val": len(d.val)} for d in data}, **counts})
-    fingerprint = f"{method}:T={temperature}:B={batching}:" + "|".join(d.fingerprint for d in data)
+    batches = "" if batching == "mixed" else f"B={batching}:"  # checkpoints from before --batching still resume
+    fingerprint = f"{method}:T={temperature}:{batches}" + "|".join(d.fingerprint for d in data)
     trainer = Trainer(objective, config, checkpoint_dir_for(out) if out else None, callbacks, fingerprint)
     result = trainer.fit(resume=resume)
     plain = {d.name: materialize(backbone, t, num_virtual_tokens, init) for d, t in zip(data, tasks, strict=True)}
