@@ -22,16 +22,16 @@ DSPy runs with ``--threads`` (8) concurrent requests, which the server decodes i
 bootstrapping is sequential in DSPy. A reply DSPy cannot parse (even after its JSON fallback, a second call)
 scores 0, as in DSPy's own ``Evaluate``, instead of ending the run after DSPy's default of 10 such errors.
 
-The run measured on 2026-12-02 (the default model, 2 cores; about an hour, nearly all of it DSPy's generation at
-~2.7 s a row):
+The run measured on 2026-12-02 (the default model, 2 cores; about 27 minutes, 25 of them DSPy's, at ~2.8 s a row;
+results in docs/programs.md):
 
-    .venv/bin/python benchmarks/bench_vs_dspy.py --train-rows 40 --val-rows 50 --heldout 200 --candidates 2 \\
-        --trials 6 --instructions 2 --minibatch 25 --max-demos 2 --max-labeled 2 --max-tokens 32
+    .venv/bin/python benchmarks/bench_vs_dspy.py --optimizers random-search --train-rows 20 --val-rows 50 \\
+        --heldout 200 --candidates 1 --max-demos 2 --max-labeled 2 --max-tokens 32
 
-(40 training rows: with the default model few of DSPy's replies parse, so its bootstrapping, one row at a time,
-walks through most of the training rows looking for passing traces; from 200 rows one demo set took over 15
-minutes.) The issue's sizes (``--train-rows 200 --val-rows 100 --heldout 1000 --candidates 8 --trials 12
---instructions 4``) take several hours on such a machine.
+With the default model few of DSPy's replies parse, so its bootstrapping (one row at a time) walks through every
+training row looking for passing traces: from 200 rows one demo set took over 15 minutes, and MIPROv2 builds a
+demo set per candidate. The issue's sizes (``--train-rows 200 --val-rows 100 --heldout 1000 --candidates 8
+--trials 12 --instructions 4``) take several hours on such a machine.
 
 Smoke run (a tiny random model: both sides run end to end; the accuracies mean nothing):
 
