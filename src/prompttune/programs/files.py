@@ -62,18 +62,33 @@ class Pipeline(Program):
         return [(prefix + n, p) for n, p in zip(self.step_names, self.steps, strict=True)]
 
     def forward(self, **row) -> Prediction:
-        namespace, out = dict(row), Prediction()
+        return self._steps([row], lambda step, values: [step(**values[0])])[0]
+
+    def batch(self, rows: list[dict]) -> list[Prediction | None]:
+        """Each step over all the rows still running (``Predict.batch``); a row whose reply did not parse
+        stops there (None)."""
+        return self._steps(rows, lambda step, values: step.batch(values))
+
+    def _steps(self, rows: list[dict], run) -> list[Prediction | None]:
+        namespaces, outs = [dict(r) for r in rows], [Prediction() for _ in rows]
+        alive = list(range(len(rows)))
         for name, step in zip(self.step_names, self.steps, strict=True):
-            missing = [f for f in step.signature.input_names if f not in namespace]
-            if missing:
-                raise DataError(
-                    f"program step {name!r} reads {missing}, which neither the row nor an earlier step gives "
-                    f"(the row has {sorted(row)})."
-                )
-            result = step(**{f: namespace[f] for f in step.signature.input_names})
-            namespace.update(result)
-            out.update(result)
-        return out
+            for i in alive:
+                missing = [f for f in step.signature.input_names if f not in namespaces[i]]
+                if missing:
+                    raise DataError(
+                        f"program step {name!r} reads {missing}, which neither the row nor an earlier step gives "
+                        f"(the row has {sorted(rows[i])})."
+                    )
+            values = [{f: namespaces[i][f] for f in step.signature.input_names} for i in alive]
+            results = run(step, values) if alive else []
+            for i, result in zip(alive, results, strict=True):
+                if result is not None:
+                    namespaces[i].update(result)
+                    outs[i].update(result)
+            alive = [i for i, result in zip(alive, results, strict=True) if result is not None]
+        done = set(alive)
+        return [outs[i] if i in done else None for i in range(len(rows))]
 
     @property
     def signature(self) -> Signature:

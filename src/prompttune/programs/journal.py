@@ -73,8 +73,11 @@ class JournaledLM(LM):
             self.path.write_text("\n".join(lines[:kept]) + "\n", encoding="utf-8")
 
     def _append(self, entry: dict) -> None:
+        self._append_many([entry])
+
+    def _append_many(self, entries: list[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            f.write("".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
             f.flush()
             os.fsync(f.fileno())
 
@@ -91,5 +94,21 @@ class JournaledLM(LM):
         return self._answer(_key("complete", asdict(prompt), max_tokens), lambda: self.lm.complete(prompt, max_tokens))
 
     def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str | None:
-        key = _key("choose", asdict(prompt), list(options), asdict(baseline) if baseline else None)
+        key = self._choose_key(prompt, options, baseline)
         return self._answer(key, lambda: self.lm.choose(prompt, options, baseline))
+
+    def choose_many(self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None):
+        """Answers from the journal where it has them; the rest asked in one batch, then journaled in order."""
+        keys = [self._choose_key(p, options, baseline) for p in prompts]
+        new = [i for i, k in enumerate(keys) if k not in self.answers]
+        self.replayed += len(prompts) - len(new)
+        if new:
+            answers = self.lm.choose_many([prompts[i] for i in new], options, baseline)
+            for i, answer in zip(new, answers, strict=True):
+                self.answers[keys[i]] = answer
+            self._append_many([{"k": keys[i], "a": answer} for i, answer in zip(new, answers, strict=True)])
+        return [self.answers[k] for k in keys]
+
+    @staticmethod
+    def _choose_key(prompt: Prompt, options: Sequence[str], baseline: Prompt | None) -> str:
+        return _key("choose", asdict(prompt), list(options), asdict(baseline) if baseline else None)

@@ -61,6 +61,12 @@ class LM:
         """
         return None
 
+    def choose_many(
+        self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
+    ) -> list[str | None]:
+        """``choose`` for each prompt (an LM that can batch them does it in fewer passes)."""
+        return [self.choose(p, options, baseline) for p in prompts]
+
 
 class FakeLM(LM):
     """Replies computed by a Python function of the prompt: deterministic, offline. ``calls`` counts them."""
@@ -107,6 +113,7 @@ class BackboneLM(LM):
     """
 
     PREFIX_CACHE_SIZE = 4
+    BATCH_TOKENS = 4096  # padded tokens per forward when scoring many rows
     can_choose = True
 
     def __init__(self, backbone, config=None):
@@ -142,16 +149,29 @@ class BackboneLM(LM):
     def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str:
         """The option with the highest summed log-probability after the prompt's answer start (calibrated by
         the content-free ``baseline``'s, computed once per baseline and kept while the prompt's constant part is)."""
-        scores = self.option_scores(prompt, options)
+        return self.choose_many([prompt], options, baseline)[0]
+
+    def choose_many(
+        self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
+    ) -> list[str]:
+        """``choose`` for many prompts at once: rows that share a constant part run together in batches."""
+        scores = self.option_scores_many(prompts, options)
         if baseline is not None:
             key = (baseline, tuple(options))
             if key not in self._baselines:
                 self._baselines = {key: _normalized(self.option_scores(baseline, options))}
-            scores = [s - b for s, b in zip(_normalized(scores), self._baselines[key], strict=True)]
-        return options[max(range(len(options)), key=scores.__getitem__)]
+            scores = [[s - b for s, b in zip(_normalized(row), self._baselines[key], strict=True)] for row in scores]
+        return [options[max(range(len(options)), key=row.__getitem__)] for row in scores]
 
     def option_scores(self, prompt: Prompt, options: Sequence[str]) -> list[float]:
         """Each option's summed token log-probability after the prompt (" option", after the answer start)."""
+        return self.option_scores_many([prompt], options)[0]
+
+    def option_scores_many(self, prompts: Sequence[Prompt], options: Sequence[str]) -> list[list[float]]:
+        """``option_scores`` of each prompt. Prompts are grouped by their constant part (one cached prefix per
+        group); a group's rows run in batches of at most ``BATCH_TOKENS`` padded tokens, left-padded so every
+        row's answer ends at the same position: one pass scores every one-token option, and each longer option
+        gets a pass of its own with its tokens after the rows."""
         import torch
 
         from prompttune.core.template import Template
@@ -159,37 +179,70 @@ class BackboneLM(LM):
         if not options or len(options) > MAX_CHOOSE_OPTIONS:
             raise DataError(f"choose: give 1 to {MAX_CHOOSE_OPTIONS} options (got {len(options)}).")
         bb = self.backbone
-        compiled = Template.from_spec(self._spec(prompt)).hard().compile(bb.tokenizer, [], 1)
-        prefix_ids = bb.bos_ids + (bb.tokenize(compiled.prefix_text) if compiled.prefix else [])
-        row = bb.tokenize(compiled.render_row({"row": prompt.user}))
-        prefix = self._prefix(prefix_ids)
-        start = len(prefix_ids)
-        head = bb.model.get_output_embeddings()
         option_ids = [bb.tokenize(" " + option) or bb.tokenize(option) for option in options]
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, prompt in enumerate(prompts):
+            compiled = Template.from_spec(self._spec(prompt)).hard().compile(bb.tokenizer, [], 1)
+            prefix_ids = bb.bos_ids + (bb.tokenize(compiled.prefix_text) if compiled.prefix else [])
+            row = bb.tokenize(compiled.render_row({"row": prompt.user}))
+            if not row and not prefix_ids:
+                raise DataError("choose: the prompt is empty; give the row some text.")
+            groups.setdefault(tuple(prefix_ids), []).append((i, row))
+        out: list[list[float]] = [[] for _ in prompts]
+        longest = max(len(ids) for ids in option_ids)
+        with torch.no_grad():
+            for prefix_ids, members in groups.items():
+                prefix = self._prefix(list(prefix_ids))
+                members.sort(key=lambda m: len(m[1]))
+                chunk: list[tuple[int, list[int]]] = []
+                for member in members:
+                    if chunk and (len(chunk) + 1) * (len(member[1]) + longest) > self.BATCH_TOKENS:
+                        self._score_chunk(chunk, prefix, len(prefix_ids), option_ids, out)
+                        chunk = []
+                    chunk.append(member)
+                if chunk:
+                    self._score_chunk(chunk, prefix, len(prefix_ids), option_ids, out)
+        return out
 
-        def logp_after(seq: list[int], n: int):
-            """Log-probabilities of the next token at the last ``n`` positions before ``seq``'s end + 1."""
-            if start + len(seq) > bb.max_length:
+    def _score_chunk(self, chunk, prefix, start: int, option_ids: list[list[int]], out: list[list[float]]) -> None:
+        """Fill ``out[i]`` with each option's score for the chunk's rows ``(i, row ids)``."""
+        import torch
+
+        bb = self.backbone
+        head = bb.model.get_output_embeddings()
+
+        def logp_tail(seqs: list[list[int]], n: int):
+            """(rows, n, vocab) next-token log-probabilities at each sequence's last ``n`` positions."""
+            width = max(len(s) for s in seqs)
+            if start + width > bb.max_length:
                 raise DataError(
-                    f"choose: the prompt is {start + len(seq)} tokens and the model's context holds "
+                    f"choose: the prompt is {start + width} tokens and the model's context holds "
                     f"{bb.max_length}; use fewer demos or shorter rows."
                 )
-            attention = torch.ones(1, start + len(seq), dtype=torch.long)
-            positions = torch.arange(start, start + len(seq))[None]
-            hidden = bb.run(torch.tensor([seq]), attention, positions, prefix)
-            return torch.log_softmax(head(hidden[0, len(seq) - n :]).float(), -1)
+            pad = bb.tokenizer.pad_token_id or 0
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(seqs), width, dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, width - len(s) :], mask[r, width - len(s) :] = torch.tensor(s), 1
+            positions = (start + mask.cumsum(1) - 1).clamp(min=start)
+            attention = torch.cat([torch.ones(len(seqs), start, dtype=torch.long), mask], dim=1)
+            hidden = bb.run(ids, attention, positions, prefix)
+            return torch.log_softmax(head(hidden[:, width - n :]).float(), -1)
 
-        scores = []
-        with torch.no_grad():
-            # one pass over the row scores every one-token option; a longer option gets a pass of its own
-            first = logp_after(row, 1)[0] if row and any(len(ids) == 1 for ids in option_ids) else None
-            for ids in option_ids:
-                if len(ids) == 1 and first is not None:
-                    scores.append(float(first[ids[0]]))
-                    continue
-                logp = logp_after(row + ids, len(ids) + 1)[:-1]  # (len(ids), vocab)
-                scores.append(float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()))
-        return scores
+        rows = [row for _, row in chunk]
+        scores = torch.empty(len(rows), len(option_ids))
+        singles = [k for k, ids in enumerate(option_ids) if len(ids) == 1]
+        if singles and all(rows):  # one pass over the rows scores every one-token option
+            first = logp_tail(rows, 1)[:, 0].cpu()
+            for k in singles:
+                scores[:, k] = first[:, option_ids[k][0]]
+        for k, ids in enumerate(option_ids):
+            if len(ids) == 1 and singles and all(rows):
+                continue
+            logp = logp_tail([row + ids for row in rows], len(ids) + 1)[:, :-1].cpu()  # (rows, len(ids), vocab)
+            scores[:, k] = logp[:, torch.arange(len(ids)), torch.tensor(ids)].sum(-1)
+        for (i, _), row_scores in zip(chunk, scores.tolist(), strict=True):
+            out[i] = row_scores
 
     def _prefix(self, ids: list[int]):
         if not ids:

@@ -99,6 +99,18 @@ class Module:
     def __call__(self, **inputs) -> Prediction:
         return self.forward(**inputs)
 
+    def batch(self, rows: list[dict]) -> list[Prediction | None]:
+        """Each row's prediction, None where an output did not parse (after its retries). Rows run one by
+        one here; ``Predict`` and ``Pipeline`` run them together, so a label chosen by score is scored for
+        all the rows in a few batched passes (``LM.choose_many``)."""
+        out: list[Prediction | None] = []
+        for row in rows:
+            try:
+                out.append(self(**row))
+            except OutputParseError:
+                out.append(None)
+        return out
+
     def named_predictors(self, prefix: str = "") -> list[tuple[str, Predict]]:
         if isinstance(self, Predict):
             return [(prefix or "self", self)]
@@ -230,21 +242,36 @@ class Predict(Module):
         return self.prompt({f.name: "N/A" for f in self.signature.inputs}) if self.calibrate else None
 
     # --- running ------------------------------------------------------------------------------------
-    def forward(self, **inputs) -> Prediction:
+    def _values(self, inputs: dict) -> dict:
         missing = [n for n in self.signature.input_names if n not in inputs]
         if missing:
             reads = self.signature.input_names
             raise DataError(f"{self.signature}: input(s) {missing} not given; the step reads {reads}.")
-        values = {n: inputs[n] for n in self.signature.input_names}
+        return {n: inputs[n] for n in self.signature.input_names}
+
+    def forward(self, **inputs) -> Prediction:
+        values = self._values(inputs)
         outputs = self._run(current_lm(), values)
         trace = _TRACE.get()
         if trace is not None:
             trace.append((self, values, dict(outputs)))
         return Prediction(outputs)
 
-    def _run(self, lm: LM, values: dict) -> dict:
+    def batch(self, rows: list[dict]) -> list[Prediction | None]:
+        lm = current_lm()
+        if not self._chooses(lm) or _TRACE.get() is not None:
+            return super().batch(rows)
+        prompts = [self.prompt(self._values(row)) for row in rows]
         last = self.outputs[-1]
-        if len(self.outputs) == 1 and last.kind == "label" and lm.can_choose:
+        return [Prediction({last.name: c}) for c in lm.choose_many(prompts, last.options, self.content_free())]
+
+    def _chooses(self, lm: LM) -> bool:
+        """Whether the answer is a label the LM picks by score (no text generated, nothing to parse)."""
+        return len(self.outputs) == 1 and self.outputs[-1].kind == "label" and lm.can_choose
+
+    def _run(self, lm: LM, values: dict) -> dict:
+        if self._chooses(lm):
+            last = self.outputs[-1]
             return {last.name: lm.choose(self.prompt(values), last.options, self.content_free())}
         return self._complete(lm, values, self.prompt)
 
@@ -276,6 +303,9 @@ class ChainOfThought(Predict):
     @property
     def outputs(self) -> tuple[Field, ...]:
         return (REASONING, *self.signature.outputs)
+
+    def _chooses(self, lm: LM) -> bool:
+        return False  # the reasoning is generated first, row by row
 
     def _run(self, lm: LM, values: dict) -> dict:
         last = self.signature.outputs[-1]

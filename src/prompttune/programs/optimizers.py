@@ -15,8 +15,9 @@
   signature, one per "tip" (MIPROv2's prompting tips), plus the program's own; demo sets as in random
   search; the kept formats; calibration on or off (a label chosen relative to its score on a content-free
   row). Optuna's TPE (as MIPROv2) proposes (format, instruction, demo set, calibration) choices (tpe.py)
-  and scores each on a minibatch of validation rows; the
-  best three are then scored on the whole validation set.
+  and scores each on a minibatch of validation rows, while the model calls and time left cover the race;
+  then the race (candidates.py: successive halving) takes the best minibatch candidates to the whole
+  validation set.
 
 The input program is never changed: every candidate is a copy (``with_demos``).
 """
@@ -29,20 +30,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from prompttune.core.errors import DataError
+from prompttune.programs.candidates import Search, race, race_cost, run_search
 from prompttune.programs.formats import FORMATS_KEPT, describe, format_candidates
 from prompttune.programs.lm import LM
-from prompttune.programs.metrics import Metric
 from prompttune.programs.modules import Module, Predict, using
 from prompttune.programs.search import (
-    BudgetExhausted,
-    MeteredLM,
     Progress,
     Result,
     SearchConfig,
     bootstrap_demos,
-    candidate_entry,
     labeled_demos,
-    score,
     shuffled,
     with_demos,
 )
@@ -57,70 +54,14 @@ TIPS = (
     "Write it as a friendly request.",
 )
 MAX_INSTRUCTION_CHARS = 400
-MIPRO_FULL_SCORED = 3
-
-
-class _Search:
-    """Bookkeeping of one search: the metered LM, the candidates scored, the best so far."""
-
-    def __init__(self, program: Module, val: Sequence[dict], metric: Metric, lm: LM, config: SearchConfig, progress):
-        self.lm = MeteredLM(lm, config)
-        self.program, self.val, self.metric, self.config = program, list(val), metric, config
-        self.progress = progress
-        self.history: list[dict] = []
-        self.best: tuple[float, Module] | None = None
-        self.baseline = float("nan")
-        self.stopped: str | None = None
-
-    def full_limit(self) -> bool:
-        return len(self.history) >= self.config.max_candidates
-
-    def evaluate(self, kind: str, candidate: Module, rows: Sequence[dict] | None = None) -> float:
-        before = self.lm.calls
-        value = score(candidate, rows or self.val, self.metric, self.lm)
-        entry = candidate_entry(len(self.history), kind, candidate, value, self.lm.calls - before)
-        if rows is not None:
-            entry["rows"] = len(rows)
-        self.history.append(entry)
-        if rows is None and (self.best is None or value > self.best[0]):
-            self.best = (value, candidate)
-        if self.progress:
-            self.progress(entry, self.best[0] if self.best else value)
-        return value
-
-    def result(self) -> Result:
-        if self.best is None:
-            raise DataError(
-                f"the search stopped ({self.stopped}) before any candidate was scored on the whole validation set; "
-                "raise the limit or give fewer validation rows."
-            )
-        return Result(
-            program=self.best[1],
-            best_val_score=self.best[0],
-            baseline_val_score=self.baseline,
-            candidates_evaluated=len(self.history),
-            model_calls=self.lm.calls,
-            seconds=round(self.lm.seconds(), 3),
-            history=self.history,
-            stopped=self.stopped,
-        )
 
 
 class _Full(Exception):
-    """max_candidates reached inside a trial: the search ends there."""
-
-
-def _run(search: _Search, body: Callable[[], None]) -> Result:
-    try:
-        search.baseline = search.evaluate("as-given", search.program.copy())
-        body()
-    except BudgetExhausted as e:
-        search.stopped = str(e)
-    return search.result()
+    """max_candidates reached, or the race's reserve: the trials end there."""
 
 
 def bootstrap(program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None) -> Result:
-    search = _Search(program, val, metric, lm, config, progress)
+    search = Search(program, val, metric, lm, config, progress)
 
     def body() -> None:
         if search.full_limit():
@@ -128,7 +69,7 @@ def bootstrap(program, train, val, metric, lm, config=SearchConfig(), progress: 
         demos = bootstrap_demos(program, train, metric, search.lm, config, config.max_demos)
         search.evaluate("bootstrap", with_demos(program, demos))
 
-    return _run(search, body)
+    return run_search(search, body)
 
 
 def demo_sets(program: Module, train, metric, lm: LM, config: SearchConfig, n: int) -> Callable[[int], tuple]:
@@ -145,7 +86,7 @@ def demo_sets(program: Module, train, metric, lm: LM, config: SearchConfig, n: i
     return make
 
 
-def screen_formats(search: _Search, program: Module, given: dict, screened: list | None = None) -> dict[str, list]:
+def screen_formats(search: Search, program: Module, given: dict, screened: list | None = None) -> dict[str, list]:
     """Each predictor's candidate formats (formats.py) scored on a validation minibatch without demos; the best
     ``FORMATS_KEPT`` kept per predictor (the program's own format first when screening is off or not needed).
 
@@ -156,8 +97,7 @@ def screen_formats(search: _Search, program: Module, given: dict, screened: list
     demos: dict = {}
     screened = [] if screened is None else screened  # (minibatch score, candidate, kind) of each format
     out = {}
-    mini = shuffled(search.val, search.config.seed)[: search.config.minibatch_size]
-    rows = mini if len(mini) < len(search.val) else None  # None: the whole validation set (a full score)
+    rows = search.config.minibatch_size  # the first rows of the validation order (all of them when fewer)
     for name, p in program.named_predictors():
         candidates = format_candidates(p, given) if search.config.formats else []
         if len(candidates) < 2:
@@ -178,7 +118,7 @@ def screen_formats(search: _Search, program: Module, given: dict, screened: list
 def random_search(
     program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, prefixes=None
 ) -> Result:
-    search = _Search(program, val, metric, lm, config, progress)
+    search = Search(program, val, metric, lm, config, progress)
     make = demo_sets(program, train, metric, search.lm, config, config.max_candidates)
 
     def body() -> None:
@@ -191,14 +131,14 @@ def random_search(
             search.evaluate(kind + label, with_demos(program, demos, formats=fmt))
             i += 1
 
-    return _run(search, body)
+    return run_search(search, body)
 
 
 def mipro(
     program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, instructions=(),
     prefixes=None,
 ) -> Result:  # fmt: skip
-    search = _Search(program, val, metric, lm, config, progress)
+    search = Search(program, val, metric, lm, config, progress)
     n_sets = max(2, config.max_candidates // 2)
     make = demo_sets(program, train, metric, search.lm, config, n_sets)
 
@@ -212,33 +152,31 @@ def mipro(
         trials: list[tuple[float, Module, str]] = []  # the formats screened without demos compete too
         formats = screen_formats(search, program, prefixes or {}, trials)
         n_fmt = min(len(v) for v in formats.values())
-        mini = shuffled(search.val, config.seed)[: config.minibatch_size]
-        use_mini = len(mini) < len(search.val)
-        budget = config.max_candidates - len(search.history) - (MIPRO_FULL_SCORED if use_mini else 0)
+        mini = min(config.minibatch_size, len(search.order))
+        use_mini = mini < len(search.order)
+        reserve = race_cost(len(search.order), mini) if use_mini else 0
+        budget = config.max_candidates - len(search.scored)
 
         def trial(f: int, i: int, j: int, c: int) -> float:
-            if search.full_limit():
-                raise _Full
+            if search.full_limit() or not search.can_afford(mini + reserve):
+                raise _Full  # the rest of the limits is kept for the race
             if j not in sets:
                 sets[j] = make(j)[1]
             fmt = {n: v[f] | {"calibrate": bool(c)} for n, v in formats.items()}
             candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()}, fmt)
             kind = f"instruction {i} x demos {j} x {', '.join(describe(x) for x in fmt.values())}"
-            trials.append((search.evaluate(kind, candidate, mini if use_mini else None), candidate, kind))
+            trials.append((search.evaluate(kind, candidate, mini), candidate, kind))
             return trials[-1][0]
 
         sizes = {"format": n_fmt, "instruction": n_instr, "demos": n_sets, "calibrate": 2}
         try:
             tpe_search(sizes, max(1, budget), config.seed, trial)
         except _Full:
-            return
+            pass
         if use_mini:
-            for _, candidate, kind in sorted(trials, key=lambda t: -t[0])[:MIPRO_FULL_SCORED]:
-                if search.full_limit():
-                    return
-                search.evaluate(kind + " (full)", candidate)
+            race(search, trials, mini)
 
-    return _run(search, body)
+    return run_search(search, body)
 
 
 def data_summary(rows: Sequence[dict], predictor: Predict, k: int = 3) -> str:

@@ -24,7 +24,7 @@ from prompttune.programs.journal import JOURNAL_FILE, JournaledLM, fingerprint
 from prompttune.programs.lm import LM
 from prompttune.programs.metrics import make_metric
 from prompttune.programs.optimizers import OPTIMIZERS, optimize
-from prompttune.programs.search import SearchConfig, output_names, run_row
+from prompttune.programs.search import SearchConfig, output_names, run_rows
 from prompttune.programs.signature import MAX_OPTIONS, Field, Signature
 
 MAX_ROWS = 100_000  # per data file
@@ -155,8 +155,8 @@ def run_file(
     lm = lm if isinstance(lm, LM) else lm()
     outputs, total, failed = [], 0.0, 0
     with using(lm):
-        for row in rows:
-            pred = run_row(prog, row)
+        preds = run_rows(prog, rows)
+        for row, pred in zip(rows, preds, strict=True):
             failed += pred is None
             outputs.append(None if pred is None else {k: v for k, v in pred.items() if k in output_names(prog)})
             if scorer is not None and pred is not None:

@@ -79,12 +79,13 @@ class MeteredLM(LM):
     def seconds(self) -> float:
         return time.monotonic() - self.start
 
-    def _spend(self) -> None:
-        if self.calls >= self.config.max_model_calls:
+    def _spend(self, n: int = 1) -> None:
+        """Count ``n`` calls, or refuse them all when they would pass a limit."""
+        if self.calls + n > self.config.max_model_calls:
             raise BudgetExhausted(f"max_model_calls ({self.config.max_model_calls})")
         if self.seconds() >= self.config.max_seconds:
             raise BudgetExhausted(f"max_seconds ({self.config.max_seconds:g})")
-        self.calls += 1
+        self.calls += n
 
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
         self._spend()
@@ -93,6 +94,10 @@ class MeteredLM(LM):
     def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str | None:
         self._spend()
         return self.lm.choose(prompt, options, baseline)
+
+    def choose_many(self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None):
+        self._spend(len(prompts))
+        return self.lm.choose_many(prompts, options, baseline)
 
 
 @dataclass
@@ -124,6 +129,9 @@ def program_inputs(program: Module, row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in outs}
 
 
+SCORE_CHUNK = 64  # rows a program runs on at once when scored (its label choices batched, module.batch)
+
+
 def run_row(program: Module, row: dict):
     """The program's prediction for a row, or None when an output did not parse (after its retries)."""
     try:
@@ -132,16 +140,26 @@ def run_row(program: Module, row: dict):
         return None
 
 
+def run_rows(program: Module, rows: Sequence[dict]) -> list:
+    """``run_row`` over many rows, in chunks of ``SCORE_CHUNK`` run together (``Module.batch``)."""
+    out: list = []
+    for i in range(0, len(rows), SCORE_CHUNK):
+        out += program.batch([program_inputs(program, r) for r in rows[i : i + SCORE_CHUNK]])
+    return out
+
+
+def row_values(program: Module, rows: Sequence[dict], metric: Metric, lm: LM) -> list[float]:
+    """The metric of each row (a reply that does not parse scores 0)."""
+    with using(lm):
+        preds = run_rows(program, rows)
+    return [metric(row, pred) if pred is not None else 0.0 for row, pred in zip(rows, preds, strict=True)]
+
+
 def score(program: Module, rows: Sequence[dict], metric: Metric, lm: LM) -> float:
     """The mean metric over ``rows`` (a reply that does not parse scores 0)."""
     if not rows:
         raise DataError("no rows to score the program on; give a validation file with rows.")
-    total = 0.0
-    with using(lm):
-        for row in rows:
-            pred = run_row(program, row)
-            total += metric(row, pred) if pred is not None else 0.0
-    return total / len(rows)
+    return sum(row_values(program, rows, metric, lm)) / len(rows)
 
 
 def bootstrap_demos(
