@@ -11,7 +11,7 @@ from prompttune.programs.metrics import make_metric
 from prompttune.programs.modules import using
 from prompttune.programs.search import BudgetExhausted, MeteredLM, score
 
-OPTIONS = ["positive", "negative", "not entailment"]  # one-token and several-token options
+OPTIONS = ["positive", "negative", "not entailment", "so-so at best"]  # one-token and several-token options
 REVIEWS = ["a joy", "a terrible, long and tiresome film that never ends", "fine", "so-so acting, great music"]
 
 
@@ -37,9 +37,11 @@ def reference_scores(bb, prompt: Prompt, options) -> list[float]:
 def test_choose_many_scores_each_row_as_if_alone(tiny_backbone):
     lm = BackboneLM(tiny_backbone)
     lm.BATCH_TOKENS = 48  # several batches of rows of different lengths, left-padded
+    lm.CACHE_TOKENS = 300  # and batches bounded by the keys/values they keep for the longer options
     step = Predict("review -> sentiment: one of " + ", ".join(OPTIONS))
     step.demos = [{"review": "lovely", "sentiment": "positive"}]
     prompts = [step.prompt({"review": r}) for r in REVIEWS]
+    assert [len(tiny_backbone.tokenize(" " + o)) > 1 for o in OPTIONS[2:]] == [True, True]
     got = lm.option_scores_many(prompts, OPTIONS)
     for prompt, row in zip(prompts, got, strict=True):
         assert row == pytest.approx(reference_scores(tiny_backbone, prompt, OPTIONS), abs=1e-3)

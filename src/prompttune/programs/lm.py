@@ -114,6 +114,7 @@ class BackboneLM(LM):
 
     PREFIX_CACHE_SIZE = 4
     BATCH_TOKENS = 4096  # padded tokens per forward when scoring many rows
+    CACHE_TOKENS = 8192  # with options of several tokens: prefix + row tokens whose keys/values a batch keeps
     can_choose = True
 
     def __init__(self, backbone, config=None):
@@ -170,8 +171,9 @@ class BackboneLM(LM):
     def option_scores_many(self, prompts: Sequence[Prompt], options: Sequence[str]) -> list[list[float]]:
         """``option_scores`` of each prompt. Prompts are grouped by their constant part (one cached prefix per
         group); a group's rows run in batches of at most ``BATCH_TOKENS`` padded tokens, left-padded so every
-        row's answer ends at the same position: one pass scores every one-token option, and each longer option
-        gets a pass of its own with its tokens after the rows."""
+        row's answer ends at the same position. One pass over the rows scores every option's first token; an
+        option of several tokens then runs only its own tokens over the rows' keys/values (kept for the batch,
+        at most ``CACHE_TOKENS`` tokens with the prefix's), not the rows again."""
         import torch
 
         from prompttune.core.template import Template
@@ -196,7 +198,9 @@ class BackboneLM(LM):
                 members.sort(key=lambda m: len(m[1]))
                 chunk: list[tuple[int, list[int]]] = []
                 for member in members:
-                    if chunk and (len(chunk) + 1) * (len(member[1]) + longest) > self.BATCH_TOKENS:
+                    width = len(member[1]) + longest
+                    kept = (len(chunk) + 1) * (len(prefix_ids) + width) if longest > 1 else 0  # cached tokens
+                    if chunk and ((len(chunk) + 1) * width > self.BATCH_TOKENS or kept > self.CACHE_TOKENS):
                         self._score_chunk(chunk, prefix, len(prefix_ids), option_ids, out)
                         chunk = []
                     chunk.append(member)
@@ -211,10 +215,13 @@ class BackboneLM(LM):
         bb = self.backbone
         head = bb.model.get_output_embeddings()
 
-        def logp_tail(seqs: list[list[int]], n: int):
-            """(rows, n, vocab) next-token log-probabilities at each sequence's last ``n`` positions."""
+        longest = max(len(ids) for ids in option_ids)
+
+        def logp_tail(seqs: list[list[int]], n: int, keep: bool = False):
+            """(rows, n, vocab) next-token log-probabilities at each sequence's last ``n`` positions; with
+            ``keep`` also (the keys/values, attention mask, positions) for more tokens after the sequences."""
             width = max(len(s) for s in seqs)
-            if start + width > bb.max_length:
+            if start + width + (longest - 1 if keep else 0) > bb.max_length:
                 raise DataError(
                     f"choose: the prompt is {start + width} tokens and the model's context holds "
                     f"{bb.max_length}; use fewer demos or shorter rows."
@@ -226,21 +233,31 @@ class BackboneLM(LM):
                 ids[r, width - len(s) :], mask[r, width - len(s) :] = torch.tensor(s), 1
             positions = (start + mask.cumsum(1) - 1).clamp(min=start)
             attention = torch.cat([torch.ones(len(seqs), start, dtype=torch.long), mask], dim=1)
-            hidden = bb.run(ids, attention, positions, prefix)
-            return torch.log_softmax(head(hidden[:, width - n :]).float(), -1)
+            if not keep:
+                return torch.log_softmax(head(bb.run(ids, attention, positions, prefix)[:, width - n :]).float(), -1)
+            hidden, cache = bb.run(ids, attention, positions, prefix, return_cache=True)
+            return torch.log_softmax(head(hidden[:, width - n :]).float(), -1), (cache, attention, positions)
 
         rows = [row for _, row in chunk]
         scores = torch.empty(len(rows), len(option_ids))
-        singles = [k for k, ids in enumerate(option_ids) if len(ids) == 1]
-        if singles and all(rows):  # one pass over the rows scores every one-token option
-            first = logp_tail(rows, 1)[:, 0].cpu()
-            for k in singles:
-                scores[:, k] = first[:, option_ids[k][0]]
-        for k, ids in enumerate(option_ids):
-            if len(ids) == 1 and singles and all(rows):
-                continue
-            logp = logp_tail([row + ids for row in rows], len(ids) + 1)[:, :-1].cpu()  # (rows, len(ids), vocab)
-            scores[:, k] = logp[:, torch.arange(len(ids)), torch.tensor(ids)].sum(-1)
+        if not all(rows):  # a row with no tokens of its own: each option runs as the row's text
+            for k, ids in enumerate(option_ids):
+                logp = logp_tail([row + ids for row in rows], len(ids) + 1)[:, :-1].cpu()  # (rows, len(ids), vocab)
+                scores[:, k] = logp[:, torch.arange(len(ids)), torch.tensor(ids)].sum(-1)
+        else:
+            longer = [k for k, ids in enumerate(option_ids) if len(ids) > 1]
+            first, kept = logp_tail(rows, 1, keep=True) if longer else (logp_tail(rows, 1), None)
+            first = first[:, 0].cpu()
+            for k, ids in enumerate(option_ids):
+                scores[:, k] = first[:, ids[0]]
+            for k in longer:  # the option's later tokens, run after the rows' keys/values
+                cache, att, pos = kept
+                ids, n = option_ids[k], len(option_ids[k]) - 1  # tokens 1..n are predicted from 0..n-1
+                attention = torch.cat([att, torch.ones(len(rows), n, dtype=torch.long)], dim=1)
+                positions = pos[:, -1:] + 1 + torch.arange(n)[None]
+                hidden = bb.run(torch.tensor([ids[:n]] * len(rows)), attention, positions, cache)
+                logp = torch.log_softmax(head(hidden).float(), -1).cpu()  # (rows, n, vocab)
+                scores[:, k] += logp[:, torch.arange(n), torch.tensor(ids[1:])].sum(-1)
         for (i, _), row_scores in zip(chunk, scores.tolist(), strict=True):
             out[i] = row_scores
 
