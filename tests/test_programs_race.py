@@ -84,3 +84,14 @@ def test_mipro_stops_its_trials_in_time_for_the_race(monkeypatch):
     free = mipro(program, TRAIN, VAL, ACC, lm, dataclasses.replace(config, max_seconds=1e5))
     more = [h for h in free.history if h["kind"].startswith("instruction") and "(" not in h["kind"]]
     assert len(more) > len(trials)  # it was the time kept for the race that ended the trials
+
+
+def test_the_race_takes_fewer_entrants_when_the_limits_are_tight():
+    program, _ = load_program(SIG)
+    lm = FakeLM(lambda p: "x", lambda p, o: right(p))
+    roomy = Search(program, VAL, ACC, lm, SearchConfig(max_model_calls=1000), None)
+    assert roomy.race_entrants(4) == 8
+    tight = Search(program, VAL, ACC, lm, SearchConfig(max_model_calls=200), None)
+    top = tight.race_entrants(4)
+    assert 2 < top < 8 and race_cost(len(VAL), 4, top) <= 0.4 * 200 < race_cost(len(VAL), 4, top + 1)
+    assert Search(program, VAL, ACC, lm, SearchConfig(max_model_calls=50), None).race_entrants(4) == 2

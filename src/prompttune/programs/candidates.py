@@ -5,11 +5,12 @@ Validation rows are taken in one seeded order; a minibatch of ``n`` rows is its 
 (keyed by its state: instructions, demos, formats) is never run twice on a row: scoring it on more rows runs
 only the rows it has not seen, so a re-score on the whole set costs what the minibatch did not cover.
 
-The race (successive halving, as in Hyperband): the ``RACE_TOP`` best candidates on the minibatch are scored
-on twice as many rows, the better half (at least two) goes on to twice as many again, until the survivors are
-scored on the whole set, the best first. On SST-2 with the default decoder, demo sets scored 0.49-0.87 on 200
-validation rows (8-32 demos, 3 seeds each): a 50-row minibatch sorts out the bad ones but cannot tell the good
-ones apart (its standard error is ~0.055), while a winner picked on 400 rows is still ~0.02 noisy.
+The race (successive halving, as in Hyperband): the ``RACE_TOP`` best candidates on the minibatch (fewer when
+the limits are tight: ``race_entrants``) are scored on twice as many rows, the better half (at least two) goes
+on to twice as many again, until the survivors are scored on the whole set, the best first. On SST-2 with the
+default decoder, demo sets scored 0.49-0.87 on 200 validation rows (8-32 demos, 3 seeds each): a 50-row
+minibatch sorts out the bad ones but cannot tell the good ones apart (its standard error is ~0.055), while a
+winner picked on 400 rows is still ~0.02 noisy.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from prompttune.programs.search import (
     shuffled,
 )
 
-RACE_TOP = 8  # minibatch candidates that enter the race
+RACE_TOP = 8  # minibatch candidates that enter the race, at most
+RACE_SHARE = 0.4  # of the rows the limits leave when the trials start: the race takes at most this much
 RESERVE_MARGIN = 1.25  # the race's time is reserved with this much to spare
 
 
@@ -82,13 +84,23 @@ class Search:
             self.progress(entry, self.best[0] if self.best else value)
         return value
 
-    def can_afford(self, rows: int) -> bool:
-        """Whether ``rows`` more rows fit in the model-call and time limits (time once a row has been timed)."""
-        if self.lm.calls + rows > self.config.max_model_calls:
-            return False
+    def rows_left(self) -> float:
+        """Rows the model-call and time limits still allow (time once a row has been timed)."""
+        calls = self.config.max_model_calls - self.lm.calls
         if self.row_seconds is None:
-            return True
-        return self.lm.seconds() + rows * self.row_seconds * RESERVE_MARGIN <= self.config.max_seconds
+            return calls
+        return min(calls, (self.config.max_seconds - self.lm.seconds()) / (self.row_seconds * RESERVE_MARGIN))
+
+    def can_afford(self, rows: int) -> bool:
+        return rows <= self.rows_left()
+
+    def race_entrants(self, start: int) -> int:
+        """How many minibatch candidates the race takes: ``RACE_TOP``, or fewer (down to 2) when its cost
+        would pass ``RACE_SHARE`` of the rows the limits leave, so the trials keep the larger part."""
+        for top in range(RACE_TOP, 2, -1):
+            if race_cost(len(self.order), start, top) <= RACE_SHARE * self.rows_left():
+                return top
+        return 2
 
     def result(self) -> Result:
         if self.best is None:

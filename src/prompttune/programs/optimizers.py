@@ -154,7 +154,8 @@ def mipro(
         n_fmt = min(len(v) for v in formats.values())
         mini = min(config.minibatch_size, len(search.order))
         use_mini = mini < len(search.order)
-        reserve = race_cost(len(search.order), mini) if use_mini else 0
+        top = search.race_entrants(mini) if use_mini else 0
+        reserve = race_cost(len(search.order), mini, top) if use_mini else 0
         budget = config.max_candidates - len(search.scored)
 
         def trial(f: int, i: int, j: int, c: int) -> float:
@@ -174,7 +175,7 @@ def mipro(
         except _Full:
             pass
         if use_mini:
-            race(search, trials, mini)
+            race(search, trials, mini, top)
 
     return run_search(search, body)
 
