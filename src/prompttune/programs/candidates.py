@@ -39,6 +39,11 @@ RACE_SHARE = 0.4  # of the rows the limits leave when the trials start: the race
 RESERVE_MARGIN = 1.25  # the race's time is reserved with this much to spare
 
 
+def candidate_key(candidate: Module) -> str:
+    """What tells candidates apart: their state (instructions, demos, formats, calibration)."""
+    return json.dumps(candidate.state(), sort_keys=True, default=str)
+
+
 class Search:
     """The metered LM, the per-row scores, the history and the best fully scored candidate of one search."""
 
@@ -63,7 +68,7 @@ class Search:
     def evaluate(self, kind: str, candidate: Module, rows: int | None = None) -> float:
         """The candidate's mean metric on the first ``rows`` validation rows (None: all of them)."""
         n = len(self.order) if rows is None else min(rows, len(self.order))
-        key = json.dumps(candidate.state(), sort_keys=True, default=str)
+        key = candidate_key(candidate)
         done = dict(self.scored.get(key, {}))
         todo = [i for i in range(n) if i not in done]
         before, start = self.lm.calls, time.monotonic()
@@ -153,7 +158,7 @@ def race(search: Search, trials: list[tuple[float, Module, str]], start: int, to
     """Successive halving from minibatch scores of ``start`` rows up to the whole validation set."""
     seen, alive = set(), []
     for value, candidate, kind in sorted(trials, key=lambda t: -t[0]):
-        key = json.dumps(candidate.state(), sort_keys=True, default=str)
+        key = candidate_key(candidate)
         if key not in seen and len(alive) < top:
             seen.add(key)
             alive.append((value, candidate, kind))

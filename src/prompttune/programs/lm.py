@@ -14,7 +14,7 @@ is a cached key/value prefix); an LM that cannot returns None and the module gen
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prompttune.core.errors import DataError
 
@@ -183,9 +183,14 @@ class BackboneLM(LM):
         bb = self.backbone
         option_ids = [bb.tokenize(" " + option) or bb.tokenize(option) for option in options]
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        constant: dict[Prompt, tuple] = {}  # the prompt without its row: compiled and tokenized once
         for i, prompt in enumerate(prompts):
-            compiled = Template.from_spec(self._spec(prompt)).hard().compile(bb.tokenizer, [], 1)
-            prefix_ids = bb.bos_ids + (bb.tokenize(compiled.prefix_text) if compiled.prefix else [])
+            shared = replace(prompt, user="")
+            if shared not in constant:
+                compiled = Template.from_spec(self._spec(prompt)).hard().compile(bb.tokenizer, [], 1)
+                ids = bb.bos_ids + (bb.tokenize(compiled.prefix_text) if compiled.prefix else [])
+                constant[shared] = (compiled, ids)
+            compiled, prefix_ids = constant[shared]
             row = bb.tokenize(compiled.render_row({"row": prompt.user}))
             if not row and not prefix_ids:
                 raise DataError("choose: the prompt is empty; give the row some text.")
