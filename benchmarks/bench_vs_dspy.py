@@ -73,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-demos", type=int, default=4, help="bootstrapped demos at most")
     p.add_argument("--max-labeled", type=int, default=4, help="training rows as demos at most")
     p.add_argument("--max-tokens", type=int, default=64, help="DSPy's completions: tokens at most")
+    p.add_argument(
+        "--proposer-max-tokens", type=int, default=512,
+        help="MIPROv2's proposer (data summary, instructions): tokens at most per completion",
+    )  # fmt: skip
     p.add_argument("--budget-calls", type=int, default=None, help="prompttune's model calls (default: DSPy's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -175,8 +179,11 @@ def dspy_side(name: str, args, server: Server, labels: list[str], train, val, he
                 CountingLM.calls += 1
             return super().forward(*a, **kw)
 
-    lm = CountingLM("openai/lm", api_base=server.url, api_key="local", model_type="chat", temperature=0.0,
-                    max_tokens=args.max_tokens, cache=False, num_retries=0)  # fmt: skip
+    def counting_lm(max_tokens: int) -> CountingLM:
+        return CountingLM("openai/lm", api_base=server.url, api_key="local", model_type="chat", temperature=0.0,
+                          max_tokens=max_tokens, cache=False, num_retries=0)  # fmt: skip
+
+    lm = counting_lm(args.max_tokens)
     # a reply DSPy cannot parse scores 0 (its failure_score) instead of ending the run after 10 (its default)
     dspy.configure(lm=lm, max_errors=10**6)
     sig = dspy.Signature(
@@ -194,7 +201,7 @@ def dspy_side(name: str, args, server: Server, labels: list[str], train, val, he
     trainset, valset = examples(train), examples(val)
     t0 = time.perf_counter()
     try:
-        best = compile_dspy(dspy, name, args, program, metric, trainset, valset)
+        best = compile_dspy(dspy, name, args, program, metric, trainset, valset, counting_lm(args.proposer_max_tokens))
     except Exception as e:  # noqa: BLE001 - DSPy's failure is a result (e.g. a proposal it cannot parse)
         seconds = time.perf_counter() - t0
         print(f"DSPy {PAIRS[name]} failed after {CountingLM.calls} model calls: {e}", file=sys.stderr)
@@ -217,8 +224,10 @@ def dspy_side(name: str, args, server: Server, labels: list[str], train, val, he
     }
 
 
-def compile_dspy(dspy, name: str, args, program, metric, trainset, valset):
-    """DSPy's optimizer of the pair, with the benchmark's demo limits and candidate counts."""
+def compile_dspy(dspy, name: str, args, program, metric, trainset, valset, proposer):
+    """DSPy's optimizer of the pair, with the benchmark's demo limits and candidate counts. MIPROv2's proposer
+    (its dataset summary and instructions) is the same model with room for longer replies (``proposer``): at the
+    task's ``--max-tokens`` its replies are cut short and cannot parse."""
     if name == "random-search":
         opt = dspy.BootstrapFewShotWithRandomSearch(
             metric=metric, max_bootstrapped_demos=args.max_demos, max_labeled_demos=args.max_labeled,
@@ -227,7 +236,8 @@ def compile_dspy(dspy, name: str, args, program, metric, trainset, valset):
         return opt.compile(program, trainset=trainset, valset=valset)
     else:
         opt = dspy.MIPROv2(
-            metric=metric, auto=None, num_candidates=args.instructions, max_bootstrapped_demos=args.max_demos,
+            metric=metric, prompt_model=proposer, auto=None, num_candidates=args.instructions,
+            max_bootstrapped_demos=args.max_demos,
             max_labeled_demos=args.max_labeled, num_threads=args.threads, seed=args.seed, verbose=False,
         )  # fmt: skip
         return opt.compile(
@@ -307,7 +317,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-dspy-") as tmp_name:
         tmp = Path(tmp_name)
         files = {k: write_jsonl(tmp / f"{k}.jsonl", v) for k, v in (("train", train), ("val", val), ("heldout", held))}
-        server = Server(tmp, args.model, args.max_tokens)
+        server = Server(tmp, args.model, max(args.max_tokens, args.proposer_max_tokens))
         try:
             server.wait()
             dspy_results = {n: dspy_side(n, args, server, labels, train, val, held) for n in args.optimizer_list}

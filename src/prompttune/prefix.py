@@ -10,7 +10,7 @@ gradients, summed over the parts, run back through the prefix once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -133,3 +133,12 @@ class PrefixModel(nn.Module):
 
     def clear_cache(self) -> None:
         self._cached_prefix = None
+
+
+def step_prefix_once(objective, batch: list[int]) -> AbstractContextManager:
+    """A training step in parts computes its prefix once: the objective's own ``prefix_once(batch)`` (a pack: each
+    task of the batch), else its model's ``prefix_once()``, else nothing to share."""
+    if hasattr(objective, "prefix_once"):
+        return objective.prefix_once(batch)
+    once = getattr(getattr(objective, "model", None), "prefix_once", None)
+    return once() if once is not None else nullcontext()

@@ -21,6 +21,7 @@ from prompttune.core.backbone import HeapTrim, release_memory
 from prompttune.core.errors import PromptTuneError
 from prompttune.distributed.context import init_from_env
 from prompttune.distributed.step import backward_shard
+from prompttune.prefix import step_prefix_once
 
 
 @dataclass
@@ -344,8 +345,7 @@ class Trainer:
         budget = getattr(self.objective, "micro_batch_tokens", None)
         parts = micro_batches(batch, self.objective.lengths, budget) if budget else [batch]
         total, whole = torch.zeros(()), loss_weight_of(self.objective, batch)
-        once = getattr(getattr(self.objective, "model", None), "prefix_once", None)  # the prefix computed once
-        with once() if once is not None and len(parts) > 1 else nullcontext():
+        with step_prefix_once(self.objective, batch) if len(parts) > 1 else nullcontext():
             for part in parts:
                 loss = self.objective.batch_loss(part)
                 if not torch.isfinite(loss):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from torch import Tensor
 
 from prompttune.batches import epoch_batches, grouped_batches
 from prompttune.core.errors import DataError
+from prompttune.multitask.joint import joint_label_scores
 from prompttune.multitask.specs import TaskData
 from prompttune.multitask.view import Stage
 from prompttune.prompt_task import PromptTask
@@ -54,8 +57,10 @@ def check_batching(batching: str) -> str:
 class MixtureObjective:
     """The Objective the Trainer trains a pack with. Its examples are the sampled (task, row) pairs.
 
-    With ``batching="mixed"`` (the default) a batch mixes tasks (as T5-style mixing does) and is scored task by
-    task (each task's prefix once per step, through its own template and verbalizer); with ``"task"`` each batch
+    With ``batching="mixed"`` (the default) a batch mixes tasks (as T5-style mixing does): each task's prefix is
+    computed once per step, and the rows of all tasks run in one forward pass over their own task's prefix
+    (``joint.joint_label_scores``; task by task where rows split off their text), each read through its own
+    template and verbalizer; with ``"task"`` each batch
     holds one task's rows (the tasks' batches shuffled together in their shares), so a step computes one prefix
     and pads to one task's lengths, as a single-task step does: faster, but each step then pulls a shared prompt
     towards one task (measured in docs/multitask.md). The loss is the mean over
@@ -94,12 +99,23 @@ class MixtureObjective:
         for j in batch:
             k, i = self.pairs[j]
             by_task.setdefault(k, []).append(i)
+        groups = [(self.tasks[k].model, [self.parts[k].train.ids[i] for i in rows]) for k, rows in by_task.items()]
+        groups = [(model, ids, model.prefix_kv()) for model, ids in groups]
+        scores = joint_label_scores(groups)  # all tasks' rows in one forward pass, where they can be joined
+        if scores is None:
+            scores = [model.label_scores(ids, prefix) for model, ids, prefix in groups]
         total = torch.zeros(())
-        for k, rows in by_task.items():
-            part, model = self.parts[k], self.tasks[k].model
-            scores = model.label_scores([part.train.ids[i] for i in rows], model.prefix_kv())
-            total = total + F.cross_entropy(scores, part.y_train[rows], reduction="sum")
+        for (k, rows), s in zip(by_task.items(), scores, strict=True):
+            total = total + F.cross_entropy(s, self.parts[k].y_train[rows].to(s.device), reduction="sum")
         return total / len(batch)
+
+    @contextmanager
+    def prefix_once(self, batch: list[int]) -> Iterator[None]:
+        """A step taken in parts (``Trainer``'s micro-batches): each task of the step computes its prefix once."""
+        with ExitStack() as stack:
+            for k in sorted({self.pairs[j][0] for j in batch}):
+                stack.enter_context(self.tasks[k].model.prefix_once())
+            yield
 
     @torch.no_grad()
     def validate(self) -> float:

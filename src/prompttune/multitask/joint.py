@@ -1,0 +1,107 @@
+"""One forward pass for a batch that mixes tasks: every row runs over its own task's prefix, all rows together.
+
+A mixed batch of a pack holds rows of several tasks, each with its own constant prefix (template text and soft
+tokens) and its own verbalizer. Scoring it task by task runs the backbone once per task on a few rows each
+(``MixtureObjective`` did, at 0.54x the examples/s of one task alone). Here each task's prefix is computed once
+(at batch size 1, with gradients, as a single-task step does), the prefixes are left-padded to the longest one
+(the padding masked), each row is given its task's, and the rows run as one batch: a key keeps the position it
+was computed at, and each row's tokens are numbered from the end of its own prefix, so a row scores as it does
+alone (a test checks the scores against each task's own ``label_scores``). Each task's label words are then read
+from its rows' last positions (multi-token words continue from those rows' keys/values, task by task: they are
+a few tokens per row).
+
+Rows whose task splits them ("late" soft tokens after the input, whose text runs without gradients) keep the
+task-by-task path, which is cheaper for them: ``joint_label_scores`` returns None.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompttune.core.backbone import KV
+from prompttune.scorer import PromptModel
+
+Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values
+
+
+def can_join(groups: list[Group]) -> bool:
+    """Whether the groups can run as one batch: one backbone, rows that carry their gradients whole."""
+    if len(groups) < 2 or len({id(m.backbone) for m, _, _ in groups}) > 1:
+        return False
+    return all(m.late_split(rows, prefix) is None and prefix for m, rows, prefix in groups)
+
+
+def _layout(groups: list[Group]) -> tuple[int, Tensor, Tensor, Tensor]:
+    """(prefix width, row ids (b, w) left-padded, attention (b, width + w), positions (b, w))."""
+    lengths = [prefix[0][0].shape[2] for _, _, prefix in groups]
+    width = max(lengths)
+    rows = [(x, p) for (_, batch, _), p in zip(groups, lengths, strict=True) for x in batch]
+    w = max(len(x) for x, _ in rows)
+    pad = groups[0][0].backbone.tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), w), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), w, dtype=torch.long)
+    lead = torch.zeros(len(rows), width, dtype=torch.long)
+    own = torch.zeros(len(rows), 1, dtype=torch.long)
+    for i, (x, p) in enumerate(rows):
+        if x:
+            ids[i, w - len(x) :] = torch.tensor(x)
+            mask[i, w - len(x) :] = 1
+        lead[i, width - p :] = 1
+        own[i] = p
+    positions = torch.maximum(own + mask.cumsum(1) - 1, own)
+    return width, ids, torch.cat([lead, mask], dim=1), positions
+
+
+def _prefixes(groups: list[Group], width: int) -> KV:
+    """Each row's task prefix, left-padded to ``width`` (zeros, masked out): (b, heads, width, d) per layer."""
+    out = []
+    for layer in range(len(groups[0][2])):
+        keys, values = [], []
+        for _, batch, prefix in groups:
+            k, v = prefix[layer]
+            gap = (0, 0, width - k.shape[2], 0)
+            keys.append(F.pad(k, gap).expand(len(batch), -1, -1, -1))
+            values.append(F.pad(v, gap).expand(len(batch), -1, -1, -1))
+        out.append((torch.cat(keys), torch.cat(values)))
+    return out
+
+
+def _inputs(groups: list[Group], ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Token ids for the batch, or embeddings where some task's rows carry soft tokens (its own table)."""
+    parts, start = [], 0
+    for model, batch, _ in groups:
+        parts.append(model.row_inputs(ids[start : start + len(batch)]))
+        start += len(batch)
+    if all(e is None for _, e in parts):
+        return torch.cat([i for i, _ in parts]), None
+    backbone = groups[0][0].backbone
+    return None, torch.cat([e if e is not None else backbone.embed(i) for i, e in parts])
+
+
+def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
+    """Each group's (rows, labels) scores, as ``PromptModel.label_scores`` gives them, from one forward pass of
+    all rows; None where the groups cannot be joined (``can_join``)."""
+    if not can_join(groups):
+        return None
+    backbone = groups[0][0].backbone
+    width, ids, attention, positions = _layout(groups)
+    need_more = any(m.max_form_len > 1 for m, _, _ in groups)
+    input_ids, embeds = _inputs(groups, ids)
+    out = backbone.run(
+        input_ids, attention, positions, _prefixes(groups, width), inputs_embeds=embeds, return_cache=need_more
+    )
+    hidden, cache = out if need_more else (out, None)
+    scores, start = [], 0
+    for model, batch, _ in groups:
+        rows = slice(start, start + len(batch))
+        start += len(batch)
+        rows_w = backbone.lm_rows(model.candidates)
+        first = F.log_softmax(hidden[rows, -1].float() @ rows_w.float().T, dim=-1)
+        form_scores = first[:, model.form_first]
+        if model.max_form_len > 1:
+            mine = [(k[rows], v[rows]) for k, v in cache]
+            form_scores = form_scores + model._continuations(mine, attention[rows], positions[rows], rows_w)
+        scores.append(model._forms_to_labels(form_scores))
+    return scores
