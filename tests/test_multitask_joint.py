@@ -79,3 +79,40 @@ def test_late_rows_keep_the_task_by_task_path(tiny_backbone, tmp_path):
     groups = [(t.model, p.train.ids[:2], t.model.prefix_kv()) for t, p in zip(obj.tasks, obj.parts, strict=True)]
     assert joint_label_scores(groups) is None  # their text runs without gradients, split off: cheaper alone
     obj.batch_loss(obj.epoch_batches(8, 0, 0)[0]).backward()  # and the mixed step still trains
+
+
+def test_joint_prefixes_equal_each_task_alone(tiny_backbone, tmp_path):
+    from prompttune.multitask.joint import joint_prefixes
+
+    obj, strategy = objective(tiny_backbone, tmp_path, "mpt")
+    models = [t.model for t in obj.tasks]
+    together = joint_prefixes(models)
+    alone = [m.prefix_kv() for m in models]
+    assert len({kv[0][0].shape[2] for kv in alone}) > 1  # leads of different lengths, padded in the joint pass
+    for a, b in zip(together, alone, strict=True):
+        assert len(a) == len(b)
+        for (ka, va), (kb, vb) in zip(a, b, strict=True):
+            assert ka.shape == kb.shape
+            torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-4)
+    sum(kv[-1][0].sum() + kv[-1][1].square().sum() for kv in together).backward()
+    g_together = grads(strategy)
+    sum(kv[-1][0].sum() + kv[-1][1].square().sum() for kv in alone).backward()
+    for a, b in zip(g_together, grads(strategy), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_a_step_in_parts_computes_the_prefixes_once(tiny_backbone, tmp_path, monkeypatch):
+    """Micro-batches read the step's prefixes (one joint pass); the gradient equals the whole batch's."""
+    obj, strategy = objective(tiny_backbone, tmp_path, "mpt")
+    batch = next(b for b in obj.epoch_batches(8, 0, 0) if len({obj.pairs[j][0] for j in b}) > 1)
+    obj.batch_loss(batch).backward()
+    whole = grads(strategy)
+    half = len(batch) // 2
+    with obj.prefix_once(batch):
+        assert all(t.model.in_step for t in obj.tasks if any(obj.pairs[j][0] == obj.tasks.index(t) for j in batch))
+        for part in (batch[:half], batch[half:]):
+            (obj.batch_loss(part) * len(part) / len(batch)).backward()
+    assert not any(t.model.in_step for t in obj.tasks)
+    for a, b in zip(whole, grads(strategy), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

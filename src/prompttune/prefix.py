@@ -101,21 +101,13 @@ class PrefixModel(nn.Module):
         if self._step_prefix is not None:  # nested: the outer step owns the prefix
             yield
             return
-        full = self.prefix_kv()
-        leaves = [tuple(t.detach().requires_grad_(t.requires_grad) for t in kv) for kv in full]
-        self._step_prefix = leaves
-        try:
+        with step_prefixes([self], [self.prefix_kv()]):
             yield
-        finally:
-            self._step_prefix = None
-        outputs, grads = [], []
-        for kv, kv_leaves in zip(full, leaves, strict=True):
-            for t, leaf in zip(kv, kv_leaves, strict=True):
-                if t.requires_grad and leaf.grad is not None:
-                    outputs.append(t)
-                    grads.append(leaf.grad)
-        if outputs:
-            torch.autograd.backward(outputs, grads)
+
+    @property
+    def in_step(self) -> bool:
+        """Inside ``prefix_once`` / ``step_prefixes``: ``prefix_kv`` returns the step's prefix."""
+        return self._step_prefix is not None
 
     def cached_prefix(self) -> KV:
         """The prefix's keys/values for inference: computed once, reused for every batch. Held as a
@@ -142,3 +134,27 @@ def step_prefix_once(objective, batch: list[int]) -> AbstractContextManager:
         return objective.prefix_once(batch)
     once = getattr(getattr(objective, "model", None), "prefix_once", None)
     return once() if once is not None else nullcontext()
+
+
+@contextmanager
+def step_prefixes(models: list[PrefixModel], prefixes: list[KV]) -> Iterator[None]:
+    """Each model's prefix for a step in parts is the given one (computed once; for several models possibly in one
+    pass): every part reads it as leaves of its own graph. On a normal exit the gradients the parts left on the
+    leaves run back through all the prefixes in one backward pass (one pass may have made them all)."""
+    leaves = [[tuple(t.detach().requires_grad_(t.requires_grad) for t in kv) for kv in full] for full in prefixes]
+    for model, mine in zip(models, leaves, strict=True):
+        model._step_prefix = mine
+    try:
+        yield
+    finally:
+        for model in models:
+            model._step_prefix = None
+    outputs, grads = [], []
+    for full, mine in zip(prefixes, leaves, strict=True):
+        for kv, kv_leaves in zip(full, mine, strict=True):
+            for t, leaf in zip(kv, kv_leaves, strict=True):
+                if t.requires_grad and leaf.grad is not None:
+                    outputs.append(t)
+                    grads.append(leaf.grad)
+    if outputs:
+        torch.autograd.backward(outputs, grads)

@@ -79,12 +79,23 @@ class SoftPromptMethod(nn.Module):
         Hard text before the first soft slot (system text, chat header) does not depend on any
         parameter: its keys/values are computed once and the rest of the prefix continues from them.
         """
-        lead, rest = split_lead(segments)
-        past = self._lead_kv(backbone, lead) if lead and rest else None
-        embeds = self.prefix_embeddings(backbone, rest if past is not None else segments)
+        past, embeds = self._prefix_inputs(backbone, segments)
         if embeds is None:  # nothing after the constant text (e.g. zero-shot's empty slots)
             return past or []
         return backbone.prefix_kv(embeds, past=past)
+
+    def prefix_inputs(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> tuple[KV | None, Tensor | None]:
+        """What ``prefix_kv`` runs: (the constant lead's keys/values or None, the (1, n, d) embeddings that follow
+        it or None), so several tasks' prefixes can run as one batch (``multitask.joint``). A method with its own
+        ``prefix_kv`` runs something else: it raises ``NotImplementedError`` here unless it says what."""
+        if type(self).prefix_kv is not SoftPromptMethod.prefix_kv:
+            raise NotImplementedError(f"{type(self).__name__} computes its prefix its own way")
+        return self._prefix_inputs(backbone, segments)
+
+    def _prefix_inputs(self, backbone: Backbone, segments: list[Tensor | SoftSlot]) -> tuple[KV | None, Tensor | None]:
+        lead, rest = split_lead(segments)
+        past = self._lead_kv(backbone, lead) if lead and rest else None
+        return past, self.prefix_embeddings(backbone, rest if past is not None else segments)
 
     def _lead_kv(self, backbone: Backbone, lead: list[Tensor]) -> KV:
         return self.shared_lead(backbone, lead).kv

@@ -10,6 +10,10 @@ alone (a test checks the scores against each task's own ``label_scores``). Each 
 from its rows' last positions (multi-token words continue from those rows' keys/values, task by task: they are
 a few tokens per row).
 
+The tasks' prefixes run as one batch too (``joint_prefixes``): a pack's tasks have as many soft tokens each,
+after constant text of their own (whose keys/values are kept), so their soft tokens run together over their
+leads (left-padded, masked) and the frozen weights are read once a step for all of them, not once per task.
+
 Rows whose task splits them ("late" soft tokens after the input, whose text runs without gradients) keep the
 task-by-task path, which is cheaper for them: ``joint_label_scores`` returns None.
 """
@@ -24,6 +28,46 @@ from prompttune.core.backbone import KV
 from prompttune.scorer import PromptModel
 
 Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values
+
+
+def joint_prefixes(models: list[PromptModel]) -> list[KV]:
+    """Each model's ``prefix_kv()``, with gradients; where the models' soft tokens are as many and their methods
+    run embeddings after a constant lead (``SoftPromptMethod.prefix_inputs``), computed in one forward pass."""
+    if len(models) < 2 or any(m.in_step for m in models) or len({id(m.backbone) for m in models}) > 1:
+        return [m.prefix_kv() for m in models]
+    try:
+        inputs = [m.method.prefix_inputs(m.backbone, m.segments) for m in models]
+    except NotImplementedError:
+        return [m.prefix_kv() for m in models]
+    if any(e is None for _, e in inputs) or len({e.shape[1] for _, e in inputs}) > 1:
+        return [m.prefix_kv() for m in models]
+    backbone = models[0].backbone
+    leads = [past[0][0].shape[2] if past else 0 for past, _ in inputs]
+    width, n = max(leads), inputs[0][1].shape[1]
+    past = _stack_leads([p for p, _ in inputs], leads, width) if width else None
+    attention = torch.cat([torch.tensor([[0] * (width - lead) + [1] * (lead + n)]) for lead in leads])
+    positions = torch.stack([torch.arange(lead, lead + n) for lead in leads])
+    embeds = torch.cat([e for _, e in inputs])
+    _, kv = backbone.run(None, attention, positions, past, inputs_embeds=embeds, return_cache=True)
+    return [[(k[i : i + 1, :, width - lead :], v[i : i + 1, :, width - lead :]) for k, v in kv]
+            for i, lead in enumerate(leads)]  # fmt: skip
+
+
+def _stack_leads(pasts: list[KV | None], leads: list[int], width: int) -> KV:
+    """The tasks' lead keys/values as one batch: (tasks, heads, width, d) per layer, each left-padded (zeros)."""
+    like = next(p for p in pasts if p)
+    out = []
+    for layer in range(len(like)):
+        pair = []
+        for j in (0, 1):
+            ref = like[layer][j]
+            blank = ref.new_zeros(1, ref.shape[1], width, ref.shape[3])
+            parts = [
+                F.pad(p[layer][j], (0, 0, width - n, 0)) if p else blank for p, n in zip(pasts, leads, strict=True)
+            ]
+            pair.append(torch.cat(parts))
+        out.append((pair[0], pair[1]))
+    return out
 
 
 def can_join(groups: list[Group]) -> bool:

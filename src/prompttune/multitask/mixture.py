@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,10 @@ from torch import Tensor
 
 from prompttune.batches import epoch_batches, grouped_batches
 from prompttune.core.errors import DataError
-from prompttune.multitask.joint import joint_label_scores
+from prompttune.multitask.joint import joint_label_scores, joint_prefixes
 from prompttune.multitask.specs import TaskData
 from prompttune.multitask.view import Stage
+from prompttune.prefix import step_prefixes
 from prompttune.prompt_task import PromptTask
 from prompttune.verbalizer_objective import VerbalizerObjective
 
@@ -57,14 +58,13 @@ def check_batching(batching: str) -> str:
 class MixtureObjective:
     """The Objective the Trainer trains a pack with. Its examples are the sampled (task, row) pairs.
 
-    With ``batching="mixed"`` (the default) a batch mixes tasks (as T5-style mixing does): each task's prefix is
-    computed once per step, and the rows of all tasks run in one forward pass over their own task's prefix
-    (``joint.joint_label_scores``; task by task where rows split off their text), each read through its own
-    template and verbalizer; with ``"task"`` each batch
-    holds one task's rows (the tasks' batches shuffled together in their shares), so a step computes one prefix
-    and pads to one task's lengths, as a single-task step does: faster, but each step then pulls a shared prompt
-    towards one task (measured in docs/multitask.md). The loss is the mean over
-    the batch's rows."""
+    With ``batching="mixed"`` (the default) a batch mixes tasks (as T5-style mixing does): the tasks' prefixes
+    are computed once per step, together in one pass (``joint.joint_prefixes``), and the rows of all tasks run
+    in one forward pass, each over its own task's prefix (``joint.joint_label_scores``; task by task where rows
+    split off their text), each read through its own template and verbalizer. With ``"task"`` each batch holds
+    one task's rows (the tasks' batches shuffled together in their shares), so a step computes one prefix and
+    pads to one task's lengths, as a single-task step does: faster, but each step then pulls a shared prompt
+    towards one task (measured in docs/multitask.md). The loss is the mean over the batch's rows."""
 
     metric = "mean accuracy"
     # the loss is a mean over rows: the Trainer may split a step into parts of this many padded tokens
@@ -99,8 +99,10 @@ class MixtureObjective:
         for j in batch:
             k, i = self.pairs[j]
             by_task.setdefault(k, []).append(i)
-        groups = [(self.tasks[k].model, [self.parts[k].train.ids[i] for i in rows]) for k, rows in by_task.items()]
-        groups = [(model, ids, model.prefix_kv()) for model, ids in groups]
+        models = [self.tasks[k].model for k in by_task]
+        prefixes = joint_prefixes(models)  # the tasks' prefixes in one pass (or the step's, computed once)
+        ids = [[self.parts[k].train.ids[i] for i in rows] for k, rows in by_task.items()]
+        groups = list(zip(models, ids, prefixes, strict=True))
         scores = joint_label_scores(groups)  # all tasks' rows in one forward pass, where they can be joined
         if scores is None:
             scores = [model.label_scores(ids, prefix) for model, ids, prefix in groups]
@@ -112,9 +114,9 @@ class MixtureObjective:
     @contextmanager
     def prefix_once(self, batch: list[int]) -> Iterator[None]:
         """A step taken in parts (``Trainer``'s micro-batches): each task of the step computes its prefix once."""
-        with ExitStack() as stack:
-            for k in sorted({self.pairs[j][0] for j in batch}):
-                stack.enter_context(self.tasks[k].model.prefix_once())
+        models = [self.tasks[k].model for k in sorted({self.pairs[j][0] for j in batch})]
+        models = [m for m in models if not m.in_step]  # nested: the outer step owns their prefixes
+        with step_prefixes(models, joint_prefixes(models)):
             yield
 
     @torch.no_grad()
