@@ -81,14 +81,18 @@ def test_late_rows_keep_the_task_by_task_path(tiny_backbone, tmp_path):
     obj.batch_loss(obj.epoch_batches(8, 0, 0)[0]).backward()  # and the mixed step still trains
 
 
-def test_joint_prefixes_equal_each_task_alone(tiny_backbone, tmp_path):
+def test_joint_prefixes_equal_each_task_alone(tiny_backbone, tmp_path, monkeypatch):
     from prompttune.multitask.joint import joint_prefixes
 
     obj, strategy = objective(tiny_backbone, tmp_path, "mpt")
     models = [t.model for t in obj.tasks]
-    together = joint_prefixes(models)
     alone = [m.prefix_kv() for m in models]
-    assert len({kv[0][0].shape[2] for kv in alone}) > 1  # leads of different lengths, padded in the joint pass
+    assert len({kv[0][0].shape[2] for kv in alone}) > 1  # prefixes of different lengths, padded in the joint pass
+    calls = []
+    real = type(tiny_backbone).run
+    monkeypatch.setattr(type(tiny_backbone), "run", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    together = joint_prefixes(models)
+    assert len(calls) == 1  # one pass for every task's prefix
     for a, b in zip(together, alone, strict=True):
         assert len(a) == len(b)
         for (ka, va), (kb, vb) in zip(a, b, strict=True):

@@ -31,26 +31,36 @@ Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' tok
 
 
 def joint_prefixes(models: list[PromptModel]) -> list[KV]:
-    """Each model's ``prefix_kv()``, with gradients; where the models' soft tokens are as many and their methods
-    run embeddings after a constant lead (``SoftPromptMethod.prefix_inputs``), computed in one forward pass."""
+    """Each model's ``prefix_kv()``, with gradients; where their methods run embeddings after a constant lead
+    (``SoftPromptMethod.prefix_inputs``), computed in one forward pass."""
     if len(models) < 2 or any(m.in_step for m in models) or len({id(m.backbone) for m in models}) > 1:
         return [m.prefix_kv() for m in models]
     try:
         inputs = [m.method.prefix_inputs(m.backbone, m.segments) for m in models]
     except NotImplementedError:
         return [m.prefix_kv() for m in models]
-    if any(e is None for _, e in inputs) or len({e.shape[1] for _, e in inputs}) > 1:
+    if any(e is None for _, e in inputs):
         return [m.prefix_kv() for m in models]
     backbone = models[0].backbone
     leads = [past[0][0].shape[2] if past else 0 for past, _ in inputs]
-    width, n = max(leads), inputs[0][1].shape[1]
+    sizes = [e.shape[1] for _, e in inputs]
+    width, n = max(leads), max(sizes)
+    if any(a == 0 and b < n for a, b in zip(leads, sizes, strict=True)):  # padding that would see no token at all
+        return [m.prefix_kv() for m in models]
     past = _stack_leads([p for p, _ in inputs], leads, width) if width else None
-    attention = torch.cat([torch.tensor([[0] * (width - lead) + [1] * (lead + n)]) for lead in leads])
-    positions = torch.stack([torch.arange(lead, lead + n) for lead in leads])
-    embeds = torch.cat([e for _, e in inputs])
+    # each task: [padding, its lead] as keys/values, then [padding, what follows its lead] run here (padding masked)
+    attention = torch.tensor(
+        [[0] * (width - a) + [1] * a + [0] * (n - b) + [1] * b for a, b in zip(leads, sizes, strict=True)]
+    )
+    positions = torch.stack([torch.arange(a + b - n, a + b).clamp(min=a) for a, b in zip(leads, sizes, strict=True)])
+    embeds = torch.cat([F.pad(e, (0, 0, n - e.shape[1], 0)) for _, e in inputs])
     _, kv = backbone.run(None, attention, positions, past, inputs_embeds=embeds, return_cache=True)
-    return [[(k[i : i + 1, :, width - lead :], v[i : i + 1, :, width - lead :]) for k, v in kv]
-            for i, lead in enumerate(leads)]  # fmt: skip
+
+    def own(t: Tensor, i: int) -> Tensor:
+        lead, rest = t[i : i + 1, :, width - leads[i] : width], t[i : i + 1, :, width + n - sizes[i] :]
+        return torch.cat([lead, rest], dim=2) if sizes[i] < n else t[i : i + 1, :, width - leads[i] :]
+
+    return [[(own(k, i), own(v, i)) for k, v in kv] for i in range(len(models))]
 
 
 def _stack_leads(pasts: list[KV | None], leads: list[int], width: int) -> KV:
