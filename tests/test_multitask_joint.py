@@ -120,3 +120,14 @@ def test_a_step_in_parts_computes_the_prefixes_once(tiny_backbone, tmp_path, mon
     assert not any(t.model.in_step for t in obj.tasks)
     for a, b in zip(whole, grads(strategy), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_label_words_in_several_chunks_continue_task_by_task(tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setattr("prompttune.label_forms.CONTINUATION_CHUNK", 1)  # every later token a chunk of its own
+    obj, _ = objective(tiny_backbone, tmp_path, "mpt")
+    assert any(len(t.model._cont_chunks) > 1 for t in obj.tasks)
+    groups = [(t.model, p.train.ids[:3], t.model.prefix_kv()) for t, p in zip(obj.tasks, obj.parts, strict=True)]
+    with torch.no_grad():
+        joint = joint_label_scores(groups)
+        for (model, ids, prefix), j in zip(groups, joint, strict=True):
+            torch.testing.assert_close(j, model.label_scores(ids, prefix), atol=1e-4, rtol=1e-4)

@@ -147,15 +147,60 @@ def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
         input_ids, attention, positions, _prefixes(groups, width), inputs_embeds=embeds, return_cache=need_more
     )
     hidden, cache = out if need_more else (out, None)
-    scores, start = [], 0
-    for model, batch, _ in groups:
-        rows = slice(start, start + len(batch))
+    spans, start = [], 0
+    for _, batch, _ in groups:
+        spans.append(slice(start, start + len(batch)))
         start += len(batch)
-        rows_w = backbone.lm_rows(model.candidates)
+    weights = [backbone.lm_rows(model.candidates) for model, _, _ in groups]
+    later = _joint_continuations(groups, spans, weights, cache, attention, positions) if need_more else None
+    scores = []
+    for g, (model, _, _) in enumerate(groups):
+        rows, rows_w = spans[g], weights[g]
         first = F.log_softmax(hidden[rows, -1].float() @ rows_w.float().T, dim=-1)
         form_scores = first[:, model.form_first]
-        if model.max_form_len > 1:
+        if later is not None and later[g] is not None:
+            form_scores = form_scores + later[g]
+        elif later is None and model.max_form_len > 1:
             mine = [(k[rows], v[rows]) for k, v in cache]
             form_scores = form_scores + model._continuations(mine, attention[rows], positions[rows], rows_w)
         scores.append(model._forms_to_labels(form_scores))
     return scores
+
+
+def _joint_continuations(groups, spans, weights, cache: KV, attention: Tensor, positions: Tensor):
+    """The 2nd.. tokens of every task's multi-token label words in one pass over all rows' keys/values (each row
+    runs its own task's continuation tokens, padded to the longest; see ``PromptModel._continuations``): per group
+    its (rows, forms) log-likelihoods, None for a task whose words are one token each. None when a task's words
+    take several chunks (each task then runs its own)."""
+    chunks = [model._cont_chunks for model, _, _ in groups]
+    if any(len(c) > 1 for c in chunks):
+        return None
+    dev, dtype = attention.device, cache[0][0].dtype
+    b, width = attention.shape
+    n = max(c[0].ids.shape[1] for c in chunks if c)
+    pad = groups[0][0].backbone.tokenizer.pad_token_id or 0
+    ids = torch.full((b, n), pad, dtype=torch.long, device=dev)
+    depth = torch.zeros(b, n, dtype=torch.long, device=dev)
+    seen = torch.eye(n, dtype=torch.bool, device=dev).repeat(b, 1, 1)  # padding steps see themselves (and the row)
+    for c, rows in zip(chunks, spans, strict=True):
+        if c:
+            m = c[0].ids.shape[1]
+            ids[rows, :m], depth[rows, :m], seen[rows, :m, :m] = c[0].ids, c[0].depth, c[0].visible
+    blocked = torch.finfo(dtype).min
+    row_mask = torch.zeros(b, 1, 1, width, dtype=dtype, device=dev).masked_fill_(
+        attention[:, None, None, :] == 0, blocked
+    )
+    tree = torch.zeros(b, 1, n, n, dtype=dtype, device=dev).masked_fill_(~seen[:, None], blocked)
+    mask = torch.cat([row_mask.expand(b, 1, n, width), tree], dim=-1)
+    backbone = groups[0][0].backbone
+    hidden = backbone.run(ids, mask, positions[:, -1:].to(dev) + 1 + depth, cache)  # (b, n, d)
+    out = []
+    for c, rows, rows_w in zip(chunks, spans, weights, strict=True):
+        if not c:
+            out.append(None)
+            continue
+        m = c[0].ids.shape[1]
+        logp = F.log_softmax(hidden[rows, :m].float() @ rows_w.float().T, dim=-1)  # (rows, m, C)
+        picked = logp.gather(2, c[0].target.expand(logp.shape[0], m)[..., None])[..., 0]
+        out.append(picked @ c[0].assign)
+    return out
