@@ -1,21 +1,21 @@
 """One forward pass for a batch that mixes tasks: every row runs over its own task's prefix, all rows together.
 
 A mixed batch of a pack holds rows of several tasks, each with its own constant prefix (template text and soft
-tokens) and its own verbalizer. Scoring it task by task runs the backbone once per task on a few rows each
-(``MixtureObjective`` did, at 0.54x the examples/s of one task alone). Here each task's prefix is computed once
-(at batch size 1, with gradients, as a single-task step does), the prefixes are left-padded to the longest one
-(the padding masked), each row is given its task's, and the rows run as one batch: a key keeps the position it
-was computed at, and each row's tokens are numbered from the end of its own prefix, so a row scores as it does
-alone (a test checks the scores against each task's own ``label_scores``). Each task's label words are then read
-from its rows' last positions (multi-token words continue from those rows' keys/values, task by task: they are
-a few tokens per row).
+tokens) and its own verbalizer. Scored task by task, a step ran the backbone once per task for its prefix, once
+per task for its rows and once per task for its multi-token label words (0.54x the examples/s of the tasks
+trained alone). Here each of the three is one pass for all tasks (0.83-0.92x, docs/multitask.md):
 
-The tasks' prefixes run as one batch too (``joint_prefixes``): a pack's tasks have as many soft tokens each,
-after constant text of their own (whose keys/values are kept), so their soft tokens run together over their
-leads (left-padded, masked) and the frozen weights are read once a step for all of them, not once per task.
+- ``joint_prefixes``: the tasks' soft tokens (and any text after them) run as one batch over their constant
+  leads (kept keys/values, left-padded to the longest, masked; each task's own length after its lead too);
+- ``joint_label_scores``: each row is given its task's prefix (left-padded, masked), and the rows run as one
+  batch: a key keeps the position it was computed at, and each row's tokens are numbered from the end of its own
+  prefix, so a row scores as it does alone. Each task's label words are read from its rows' last positions;
+- ``_joint_continuations``: the 2nd.. tokens of every task's multi-token label words, each row its own task's
+  (padded to the longest, under the row's tree mask), in one pass over all rows' keys/values.
 
-Rows whose task splits them ("late" soft tokens after the input, whose text runs without gradients) keep the
-task-by-task path, which is cheaper for them: ``joint_label_scores`` returns None.
+Tests check scores and gradients against each task's own ``label_scores`` and ``prefix_kv``. Rows whose task
+splits them ("late" soft tokens after the input, whose text runs without gradients) keep the task-by-task path,
+which is cheaper for them: ``joint_label_scores`` returns None; so do label words in several chunks.
 """
 
 from __future__ import annotations
