@@ -15,7 +15,8 @@ trained alone). Here each of the three is one pass for all tasks (0.83-0.92x, do
 
 Tests check scores and gradients against each task's own ``label_scores`` and ``prefix_kv``. Rows whose task
 splits them ("late" soft tokens after the input, whose text runs without gradients) keep the task-by-task path,
-which is cheaper for them: ``joint_label_scores`` returns None; so do label words in several chunks.
+which is cheaper for them (``joint_label_scores`` returns None); label words in several chunks continue task
+by task.
 """
 
 from __future__ import annotations
