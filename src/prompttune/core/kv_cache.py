@@ -7,6 +7,7 @@ Here each layer holds a buffer with room to spare; a step writes its keys/values
 view of the filled part. A full buffer grows by ``ROOM`` positions at a time (one copy per ``ROOM`` steps).
 
 Rows leave (``keep_rows``) and join (``join``) between steps for continuous batching (``generation/decode``).
+``stack_left_padded`` lays several prefixes out as one batch (mixed-task passes).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from prompttune.core.backbone import KV
 
 ROOM = 64  # positions a buffer grows by
 
@@ -97,3 +100,26 @@ class GrowingCache(DynamicCache):
             for la, lb in zip(a.kv(), b.kv(), strict=True)
         ]
         return cls(kv, kv[0][0].shape[0], config)
+
+
+def stack_left_padded(prefixes: list[KV | None], width: int, repeats: list[int] | None = None) -> KV:
+    """Per-layer (rows, kv_heads, width, head_dim) keys/values: each prefix (batch 1, or None: nothing) right-aligned
+    with zeros before it (to be masked out), repeated ``repeats[i]`` times (default once). Differentiable: training
+    stacks prefixes that carry gradients (``multitask.joint``), the server stacks cached ones (``serve.mixed``)."""
+    like = next((p for p in prefixes if p), None)
+    if like is None:
+        return []
+    repeats = repeats or [1] * len(prefixes)
+    out = []
+    for layer in range(len(like)):
+        pair = []
+        for j in (0, 1):
+            ref = like[layer][j]
+            blank = ref.new_zeros(1, ref.shape[1], width, ref.shape[3])
+            parts = [
+                (F.pad(p[layer][j], (0, 0, width - p[layer][j].shape[2], 0)) if p else blank).expand(r, -1, -1, -1)
+                for p, r in zip(prefixes, repeats, strict=True)
+            ]
+            pair.append(torch.cat(parts))
+        out.append((pair[0], pair[1]))
+    return out

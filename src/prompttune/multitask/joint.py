@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.backbone import KV
+from prompttune.core.kv_cache import stack_left_padded
 from prompttune.scorer import PromptModel
 
 Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values
@@ -48,7 +49,7 @@ def joint_prefixes(models: list[PromptModel]) -> list[KV]:
     width, n = max(leads), max(sizes)
     if any(a == 0 and b < n for a, b in zip(leads, sizes, strict=True)):  # padding that would see no token at all
         return [m.prefix_kv() for m in models]
-    past = _stack_leads([p for p, _ in inputs], leads, width) if width else None
+    past = stack_left_padded([p for p, _ in inputs], width) if width else None
     # each task: [padding, its lead] as keys/values, then [padding, what follows its lead] run here (padding masked)
     attention = torch.tensor(
         [[0] * (width - a) + [1] * a + [0] * (n - b) + [1] * b for a, b in zip(leads, sizes, strict=True)]
@@ -62,23 +63,6 @@ def joint_prefixes(models: list[PromptModel]) -> list[KV]:
         return torch.cat([lead, rest], dim=2) if sizes[i] < n else t[i : i + 1, :, width - leads[i] :]
 
     return [[(own(k, i), own(v, i)) for k, v in kv] for i in range(len(models))]
-
-
-def _stack_leads(pasts: list[KV | None], leads: list[int], width: int) -> KV:
-    """The tasks' lead keys/values as one batch: (tasks, heads, width, d) per layer, each left-padded (zeros)."""
-    like = next(p for p in pasts if p)
-    out = []
-    for layer in range(len(like)):
-        pair = []
-        for j in (0, 1):
-            ref = like[layer][j]
-            blank = ref.new_zeros(1, ref.shape[1], width, ref.shape[3])
-            parts = [
-                F.pad(p[layer][j], (0, 0, width - n, 0)) if p else blank for p, n in zip(pasts, leads, strict=True)
-            ]
-            pair.append(torch.cat(parts))
-        out.append((pair[0], pair[1]))
-    return out
 
 
 def can_join(groups: list[Group]) -> bool:
@@ -109,20 +93,6 @@ def _layout(groups: list[Group]) -> tuple[int, Tensor, Tensor, Tensor]:
     return width, ids, torch.cat([lead, mask], dim=1), positions
 
 
-def _prefixes(groups: list[Group], width: int) -> KV:
-    """Each row's task prefix, left-padded to ``width`` (zeros, masked out): (b, heads, width, d) per layer."""
-    out = []
-    for layer in range(len(groups[0][2])):
-        keys, values = [], []
-        for _, batch, prefix in groups:
-            k, v = prefix[layer]
-            gap = (0, 0, width - k.shape[2], 0)
-            keys.append(F.pad(k, gap).expand(len(batch), -1, -1, -1))
-            values.append(F.pad(v, gap).expand(len(batch), -1, -1, -1))
-        out.append((torch.cat(keys), torch.cat(values)))
-    return out
-
-
 def _inputs(groups: list[Group], ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """Token ids for the batch, or embeddings where some task's rows carry soft tokens (its own table)."""
     parts, start = [], 0
@@ -145,7 +115,12 @@ def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
     need_more = any(m.max_form_len > 1 for m, _, _ in groups)
     input_ids, embeds = _inputs(groups, ids)
     out = backbone.run(
-        input_ids, attention, positions, _prefixes(groups, width), inputs_embeds=embeds, return_cache=need_more
+        input_ids,
+        attention,
+        positions,
+        stack_left_padded([p for _, _, p in groups], width, [len(b) for _, b, _ in groups]),
+        inputs_embeds=embeds,
+        return_cache=need_more,
     )
     hidden, cache = out if need_more else (out, None)
     spans, start = [], 0

@@ -29,8 +29,8 @@ from torch import Tensor
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.errors import DataError
 from prompttune.core.generate import EmbedHook, GenerationConfig, Generator
-from prompttune.core.kv_cache import GrowingCache
-from prompttune.serve.mixed import _inputs, _stack_prefixes
+from prompttune.core.kv_cache import GrowingCache, stack_left_padded
+from prompttune.serve.mixed import _inputs
 
 
 @dataclass
@@ -178,7 +178,7 @@ def _first_step(backbone: Backbone, rows: list[GenRow]):
     if len(prefixes) == 1:  # passed unexpanded: not copied per row
         prefix = rows[0].prefix
     else:
-        prefix = _stack_prefixes([r.prefix for r in rows], prefixes, plen, top) or None
+        prefix = stack_left_padded([r.prefix for r in rows], top) or None
     hooks: dict[int, _Hook] = {}
     groups: dict[int, list[int]] = {}
     owners = []

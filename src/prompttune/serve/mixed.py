@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.backbone import KV
+from prompttune.core.kv_cache import stack_left_padded
 from prompttune.heads.model import HeadModel
 from prompttune.serve.cascade import run_rows
 
@@ -85,7 +86,9 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
         out = run_rows(backbone, input_ids, mask, positions, with_prefix, embeds, return_cache=need_cache)
         attention = mask  # the rows' cache holds the rows only
     else:  # encoders: every row's prefix laid out in front of it
-        prefix = prefixes[id(models[0])] if len(distinct) == 1 else _stack_prefixes(models, prefixes, plen, top)
+        prefix = (
+            prefixes[id(models[0])] if len(distinct) == 1 else stack_left_padded([prefixes[id(m)] for m in models], top)
+        )
         out = backbone.run(
             input_ids, attention, positions, prefix or None, inputs_embeds=embeds, return_cache=need_cache
         )
@@ -136,25 +139,6 @@ def _cascade_pays(backbone, plen: list[int]) -> bool:
 
 def _length(prefix: KV) -> int:
     return prefix[0][0].shape[2] if prefix else 0
-
-
-def _stack_prefixes(models, prefixes: dict, plen: list[int], top: int) -> KV:
-    """Per-layer (b, kv_heads, top, head_dim) keys/values: each row's prefix right-aligned, zeros before it."""
-    any_prefix = next((p for p in prefixes.values() if p), None)
-    if any_prefix is None:
-        return []
-    out = []
-    for layer in range(len(any_prefix)):
-        k0, v0 = any_prefix[layer]
-        keys = k0.new_zeros(len(models), k0.shape[1], top, k0.shape[3])
-        values = v0.new_zeros(len(models), v0.shape[1], top, v0.shape[3])
-        for i, m in enumerate(models):
-            if plen[i]:
-                k, v = prefixes[id(m)][layer]
-                keys[i, :, top - plen[i] :] = k[0]
-                values[i, :, top - plen[i] :] = v[0]
-        out.append((keys, values))
-    return out
 
 
 def _inputs(distinct, groups, ids: Tensor, backbone) -> tuple[Tensor | None, Tensor | None]:
