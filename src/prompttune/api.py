@@ -1,5 +1,5 @@
 """The library's verbs: load an artifact, train one from files. The task objects live in task.py (the base),
-prompt_task.py (label words) and heads/task.py (heads); everything here is importable from ``prompttune``.
+prompt_task.py (label words), heads/task.py (heads) and probe/ (linear probes); everything here is importable from ``prompttune``.
 
 import prompttune
 task = prompttune.load("runs/sst2")
@@ -23,14 +23,18 @@ from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
 from prompttune.methods.options import method_class, settings_for
 from prompttune.multitask.pack import select_task  # also registers packs (PackTask) for load
+from prompttune.probe import ProbeTask
 from prompttune.prompt_task import Prediction, PromptTask
 from prompttune.task import Task, load, split_validation
 from prompttune.train import Callback, TrainConfig, TrainResult
+
+PROBE = "probe"  # --head probe: a linear probe of the frozen decoder's layers (probe/), not a HEAD_KINDS head
 
 __all__ = [
     "Prediction",
     "PromptTask",
     "HeadTask",
+    "ProbeTask",
     "GenerationTask",
     "Task",
     "load",
@@ -97,8 +101,13 @@ def train_from_file(
         )
     if method is not None:
         method_class(method)  # an unknown method is an error before anything loads
-    if head is not None and head not in HEAD_KINDS:
-        raise DataError(f"--head {head}: unknown; choose one of {', '.join(sorted(HEAD_KINDS))}.")
+    if head is not None and head not in HEAD_KINDS and head != PROBE:
+        raise DataError(f"--head {head}: unknown; choose one of {', '.join(sorted([*HEAD_KINDS, PROBE]))}.")
+    if head == PROBE and (method not in (None, "zero-shot") or verbalizer or demos or calibrate or init_from):
+        raise DataError(
+            "--head probe: trains a linear read-out of the frozen model's layers, no prompt; leave out --method, "
+            "--verbalizer, --demos, --calibrate and --init-from (or choose another --head)."
+        )
     if limit is not None and limit < 1:
         raise DataError(f"--limit {limit}: must be at least 1 (or leave it out for every row).")
     if task_type not in (None, "generate"):
@@ -124,9 +133,12 @@ def train_from_file(
     method_config = settings_for(method, shared_settings, method_config)
     dist = init_from_env(device)  # under a launcher: join the run (a GPU rank picks its GPU) before loading
     if backbone is None:
-        backbone = Backbone.load(model or (HeadTask.default_model if kind else None), dtype=dtype, device=device)
-    if kind:
-        task: Task = HeadTask.for_data(backbone, train_ds, kind, method, method_config, config.seed, max_length)
+        head_model = HeadTask.default_model if kind and kind != PROBE else None  # a probe reads a decoder
+        backbone = Backbone.load(model or head_model, dtype=dtype, device=device)
+    if kind == PROBE:
+        task: Task = ProbeTask.for_data(backbone, train_ds, template)
+    elif kind:
+        task = HeadTask.for_data(backbone, train_ds, kind, method, method_config, config.seed, max_length)
     elif writes:
         task = GenerationTask.for_data(backbone, train_ds, method, method_config, config.seed, template)
     else:

@@ -186,7 +186,8 @@ class PromptTask(Task):
 
     @classmethod
     def reads(cls, manifest: dict) -> bool:
-        kinds = ("head", "generation", "pack", "mixture")  # read by HeadTask, GenerationTask, PackTask, MixtureTask
+        kinds = ("head", "generation", "pack", "mixture", "probe")  # read by HeadTask, GenerationTask, PackTask,
+        # MixtureTask, ProbeTask
         return not any(manifest.get(k) for k in kinds)
 
     @classmethod

@@ -38,15 +38,13 @@ class TrainingProgress(Callback):
         self.bar, self.task = bar, bar.add_task("training", total=None, info="")
 
     def on_step(self, ev: dict) -> None:
-        self.speed = f"{ev['examples_per_s']:.1f} ex/s, loss {ev['loss']:.3f}"
+        loss = f"loss {ev['loss']:.3f} " if ev.get("loss") is not None else ""  # none: a probe reading features
+        self.speed = f"{ev['examples_per_s']:.1f} ex/s" + (f", {loss.strip()}" if loss else "")
         if self.bar is None:
             return
         best = f" best val {self.best:.3f}" if self.best is not None else ""
         self.bar.update(
-            self.task,
-            completed=ev["step"],
-            total=ev["total"],
-            info=f"loss {ev['loss']:.3f} {ev['examples_per_s']:.1f} ex/s{best}",
+            self.task, completed=ev["step"], total=ev["total"], info=f"{loss}{ev['examples_per_s']:.1f} ex/s{best}"
         )
 
     def on_validation(self, ev: dict) -> None:

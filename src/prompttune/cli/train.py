@@ -33,8 +33,10 @@ def train(
     head: Annotated[
         str | None,
         typer.Option(
-            help="Read out with a trained head instead of a verbalizer: classification, tokens (tagging, IOB2) or "
-            "span (extractive QA). Default: tokens / span when the data has their fields. Default model: minilm."
+            help="Read out with a trained head instead of a verbalizer: classification, tokens (tagging, IOB2), "
+            "span (extractive QA), or probe (a logistic regression on a decoder layer's features of the rendered "
+            "rows; no prompt trains). Default: tokens / span when the data has their fields. Default model: minilm "
+            "(probe: the default decoder)."
         ),
     ] = None,
     task: Annotated[

@@ -185,11 +185,14 @@ class Backbone:
         prefix: KV | None,
         inputs_embeds: Tensor | None = None,
         return_cache: bool = False,
+        layers: tuple[int, ...] | None = None,
     ):
         """Hidden states of a batch that continues a prefix (expanded over the batch, not copied), or a decoder's
         cache object the caller keeps across steps (``core.kv_cache.GrowingCache``: extended in place).
 
-        attention_mask covers prefix + input; position_ids number the input from the prefix's end.
+        attention_mask covers prefix + input; position_ids number the input from the prefix's end. ``layers``
+        (decoders): instead of the last hidden state, a list of the outputs of those layers (0: the embeddings,
+        ``n_layers``: the last layer's, after the final norm).
         """
         from transformers import Cache, DynamicCache
 
@@ -210,8 +213,11 @@ class Backbone:
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
+            **({"output_hidden_states": True} if layers is not None else {}),
             **{self._cache_kwarg: cache},
         )
+        if layers is not None:
+            return [out.hidden_states[i] for i in layers]
         if return_cache:
             return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
         return out.last_hidden_state

@@ -92,7 +92,9 @@ class ServedTask:
             return sorted(self.task.model.template.variables)
         if self.kind == "generation":
             return sorted(self.template.variables)
-        return list(self.task.head_kind.fields)  # with the training target (tags, answers)
+        if hasattr(self.task, "head_kind"):
+            return list(self.task.head_kind.fields)  # with the training target (tags, answers)
+        return self.task.fields  # a probe: its template's fields
 
     @property
     def can_generate(self) -> bool:
@@ -286,7 +288,7 @@ class TaskTable:
         manifest, _ = artifact.read(path)  # a damaged or foreign folder is an error naming it
         backbone = self.backbone(manifest["backbone"]["id"])  # the artifact's own model, shared per id
         task = load(path, backbone)  # another backbone's artifact: an error naming both
-        kind = "head" if manifest.get("head") else "labels"
+        kind = "head" if manifest.get("head") or manifest.get("probe") else "labels"  # probes: answered as heads
         if kind == "head":
             task.model.trainable.eval()
         return ServedTask(name, source, shown, kind, backbone, task=task)
