@@ -2,12 +2,12 @@
 # The default recipe on longer rows and pairs (issue 18, 1): train on the first 2,000 rows of a data set in
 # ../shared/data (no tuning flags), evaluate on rows the run never saw, and print accuracy, wall time, peak
 # RSS and the load average before and after (the machine is shared: compare runs made under the same load).
-#   bash benchmarks/long_rows_recipe.sh ag_news|rte|mnli [OUT_DIR] [TRAIN FLAGS...]
+#   bash benchmarks/long_rows_recipe.sh ag_news|rte|mnli|qqp|mrpc [OUT_DIR] [TRAIN FLAGS...]
 # Held-out rows: ag_news rows 2,001-2,300 of train.jsonl; rte the last 490 rows of train.jsonl; mnli the
-# first 500 rows of validation_matched.jsonl.
+# first 500 rows of validation_matched.jsonl; qqp the last 500 rows of train.jsonl; mrpc validation.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME=${1:?ag_news, rte or mnli}
+NAME=${1:?ag_news, rte, mnli, qqp or mrpc}
 OUT=${2:-runs/$NAME-recipe}
 shift; shift || true
 DIR=../shared/data/$NAME
@@ -17,7 +17,9 @@ case $NAME in
   ag_news) sed -n 2001,2300p "$DIR/train.jsonl" > "$OUT/heldout.jsonl" ;;
   rte) tail -n 490 "$DIR/train.jsonl" > "$OUT/heldout.jsonl" ;;
   mnli) head -n 500 "$DIR/validation_matched.jsonl" > "$OUT/heldout.jsonl" ;;
-  *) echo "$NAME: choose ag_news, rte or mnli" >&2; exit 1 ;;
+  qqp) tail -n 500 "$DIR/train.jsonl" > "$OUT/heldout.jsonl" ;;
+  mrpc) cp "$DIR/validation.jsonl" "$OUT/heldout.jsonl" ;;
+  *) echo "$NAME: choose ag_news, rte, mnli, qqp or mrpc" >&2; exit 1 ;;
 esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 PT=.venv/bin/prompttune

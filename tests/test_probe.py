@@ -162,3 +162,20 @@ def _template():
     from prompttune.core.template import BUILTIN, Template
 
     return Template.from_spec(BUILTIN["classify-pair"])
+
+
+def test_pair_rows_default_to_a_probe_unless_a_prompt_is_asked_for(tiny_model_dir, tmp_path):
+    from prompttune.api import train_from_file
+    from prompttune.prompt_task import PromptTask
+    from prompttune.train import TrainConfig
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    config = TrainConfig(max_steps=1, batch_size=4, eval_every=1)
+    task, _, summary = train_from_file(data, tmp_path / "a", model=str(tiny_model_dir), config=config)
+    assert isinstance(task, ProbeTask) and summary["head"] == "probe"
+    for asked in ({"method": "prompt-tuning"}, {"template": "classify-pair"}, {"demos": 2}):
+        task, _, summary = train_from_file(data, None, model=str(tiny_model_dir), config=config, **asked)
+        assert isinstance(task, PromptTask) and "head" not in summary, asked
+    single = write_jsonl(tmp_path / "single.jsonl", [{"text": r["text_a"], "label": r["label"]} for r in ROWS])
+    task, _, _ = train_from_file(single, None, model=str(tiny_model_dir), config=config)
+    assert isinstance(task, PromptTask)  # single texts keep label words

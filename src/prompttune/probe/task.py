@@ -148,7 +148,8 @@ class ProbeTask(Task):
         for i, g in enumerate(grid, 1):
             best = max(best, g["val"])
             for cb in callbacks:
-                cb.on_validation({"step": i, "total": len(grid), "metric": "accuracy", "val": g["val"], "best_val": best})
+                event = {"step": i, "total": len(grid), "metric": "accuracy", "val": g["val"], "best_val": best}
+                cb.on_validation(event)
         self.model.head.fit(torch.cat([x, x_val]), torch.cat([y, y_val]), c)
         seconds = time.perf_counter() - t0
         chosen = next(i for i, g in enumerate(grid, 1) if g["c"] == c)
