@@ -54,6 +54,7 @@ def test_every_method_runs_and_the_reports_parse(task_file, tmp_path, tiny_model
     assert all(r["status"] == "ok" and 0 <= r["accuracy_mean"] <= 1 for r in rows.values()), rows
     assert rows["zero-shot"]["trainable_params"] == rows["calibrated"]["trainable_params"] == 0
     assert 0 < rows["prompt-tuning"]["trainable_params"] < rows["lora"]["trainable_params"]
+    assert rows["probe"]["trainable_params"] == 2 * 32 + 2 and rows["probe"]["kind"] == "probe"
     n_backbone = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(
         tiny_model_dir).parameters())  # fmt: skip
     assert rows["full-ft"]["trainable_params"] == n_backbone

@@ -9,6 +9,8 @@ Arms come from three places, none of them a list of method names in this file:
   not in ``all``: each needs its pack);
 - the searched arms registered in ``searched.SEARCHED`` (optimized, pez): readable prompts found on the rows
   (not in ``all``: each runs a search per cell, with settings of its own to choose).
+- ``probe``: a logistic regression on a decoder layer's features of the rendered rows (``prompttune.probe``;
+  nothing back-propagates through the model; the train/eval default for pair rows).
 
 Settings are one flat mapping per arm (``--method-option lora.r=16``): the keys in ``HARNESS_KEYS``
 steer training and read-out and apply to every arm; the rest go to the method's own config, which
@@ -40,6 +42,7 @@ HARD = {
     "calibrated": ({"calibrate": True}, False),
 }
 HARD_METHOD = "zero-shot"
+PROBE = "probe"  # kind and name of the probe arm (probe/): its L2 strength is chosen on validation, no lr
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Arm:
         return TrainConfig(
             max_steps=max_steps,
             batch_size=int(self.harness("batch_size", spec["batch_size"])),
-            lr=float(self.harness("lr")),
+            lr=float(lr) if (lr := self.harness("lr")) is not None else None,
             eval_every=int(self.harness("eval_every", 0) or max(1, max_steps // 4)),
             patience=int(self.harness("patience", 4)),
             warmup_steps=min(20, max(1, max_steps // 10)),
@@ -88,9 +91,9 @@ class Arm:
 
 
 def available() -> list[str]:
-    """Every arm name, in report order: hard prompts, soft methods, baselines."""
+    """Every arm name, in report order: hard prompts, soft methods, the probe, baselines."""
     soft = [m for m in sorted(METHODS) if m not in HARD and m != HARD_METHOD]
-    return list(HARD) + soft + list(BASELINES)
+    return list(HARD) + soft + [PROBE] + list(BASELINES)
 
 
 def resolve(names: list[str], options: dict[str, dict], model: str | None = None) -> list[Arm]:
@@ -108,6 +111,10 @@ def resolve(names: list[str], options: dict[str, dict], model: str | None = None
         elif name in METHODS:
             lr = METHODS[name].default_lr  # each method says what suits it
             arms.append(Arm(name, "soft prompt", name, {**SOFT_DEFAULTS, "lr": lr, **user}))
+        elif name == PROBE:
+            if user:
+                raise PromptTuneError(f"--method-option probe.{sorted(user)[0]}: the probe has no settings to give.")
+            arms.append(Arm(name, PROBE, PROBE, {}))
         elif name in BASELINES:
             arms.append(Arm(name, "baseline", name, {**BASELINES[name].defaults, **user}))
         elif name in SEARCHED:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from prompttune.compare.arms import Arm
+from prompttune.compare.arms import PROBE, Arm
 from prompttune.compare.baselines import BASELINES, create_model
 from prompttune.compare.searched import SEARCHED, SearchContext
 from prompttune.compare.split import make_split
@@ -30,13 +30,17 @@ from prompttune.core.errors import PromptTuneError
 from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.hard.fewshot import select_random
+from prompttune.probe import ProbeTask
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import PromptModel
 from prompttune.train import Callback
 
 
 def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, verbalizer: str | None, seed: int):
-    """The arm's PromptTask: a registry method, or a baseline's trainable backbone behind the same read-out."""
+    """The arm's task: a registry method's PromptTask, a baseline's trainable backbone behind the same read-out,
+    or a probe of the backbone's layers over the same template."""
+    if arm.kind == PROBE:
+        return ProbeTask.create(backbone, labels, tmpl)
     if arm.method not in BASELINES:
         return PromptTask.create(
             backbone, labels, arm.method, arm.method_config, tmpl, verbalizer=verbalizer, seed=seed
@@ -50,11 +54,10 @@ def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, 
     return PromptTask(create_model(arm.method, backbone, arm.method_config, build), arm.method, arm.method_config)
 
 
-def stored_bytes(task: PromptTask) -> int:
-    """What one more task costs on disk: its trained tensors plus its template and verbalizer."""
-    weights = sum(t.numel() * t.element_size() for t in task.model.method.trainable_state().values())
-    text = json.dumps({"template": task.model.template.to_dict(), "verbalizer": task.model.verbalizer.to_dict()})
-    return weights + len(text.encode())
+def stored_bytes(task) -> int:
+    """What one more task costs on disk: its trained tensors plus its template and verbalizer (or labels)."""
+    weights = sum(t.numel() * t.element_size() for t in task.model.trainable.trainable_state().values())
+    return weights + len(json.dumps(task.manifest_fields()).encode())
 
 
 def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict:

@@ -25,7 +25,10 @@ from prompttune.core.errors import DataError, PromptTuneError
 
 METRICS = {"bleu": ("bleu", "BLEU"), "rougeL": ("rougeL", "ROUGE-L"), "em": ("exact_match", "exact match")}
 DEFAULT_METHODS = "zero-shot,few-shot,prompt-tuning,prefix-tuning,lora"
-NOT_FOR_GENERATION = {"calibrated": "contextual calibration rescores label words; generation has none"}
+NOT_FOR_GENERATION = {
+    "calibrated": "contextual calibration rescores label words; generation has none",
+    "probe": "a probe classifies rows; it writes nothing",
+}
 SEARCHED_WHY = "it searches a prompt read out by label words; generation has none"  # compare/searched/
 
 

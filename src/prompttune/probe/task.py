@@ -139,8 +139,10 @@ class ProbeTask(Task):
             nonlocal done
             done += n
             rate = done / max(time.perf_counter() - t0, 1e-9)
+            info = f"reading features, {rate:.1f} ex/s"  # no loss: nothing trains until every row is read
+            event = {"step": done, "total": total, "loss": None, "lr": 0.0, "examples_per_s": rate, "info": info}
             for cb in callbacks:
-                cb.on_step({"step": done, "total": total, "loss": None, "lr": 0.0, "examples_per_s": rate})
+                cb.on_step(event)
 
         x, x_val = self.model.features(train_ds, progress), self.model.features(val_ds, progress)
         c, grid = choose_strength(x, y, x_val, y_val, len(self.labels))
