@@ -179,3 +179,46 @@ def test_pair_rows_default_to_a_probe_unless_a_prompt_is_asked_for(tiny_model_di
     single = write_jsonl(tmp_path / "single.jsonl", [{"text": r["text_a"], "label": r["label"]} for r in ROWS])
     task, _, _ = train_from_file(single, None, model=str(tiny_model_dir), config=config)
     assert isinstance(task, PromptTask)  # single texts keep label words
+
+
+def test_two_processes_fit_the_probe_one_process_fits(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        cmd = [sys.executable, "-m", "prompttune", "train", str(data), "--out", str(out), "--model",
+               str(tiny_model_dir), "--json", *(["--nproc", "2"] if n == 2 else [])]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert len([x for x in res.stdout.splitlines() if x.startswith("{")]) == 1  # rank 0 reports
+        outs[n] = load(out, str(tiny_model_dir))
+    one, two = outs[1].predict(ROWS[:6]), outs[2].predict(ROWS[:6])
+    for a, b in zip(one, two, strict=True):
+        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+
+
+def test_each_rank_reads_its_share_of_the_rows(tiny_backbone, monkeypatch):
+    from prompttune.probe import task as probe_task
+
+    class Rank:
+        def __init__(self, rank):
+            self.rank, self.world = rank, 2
+
+        def all_reduce_sum(self, t):
+            return t  # one rank's part alone: what it read itself
+
+    task = ProbeTask.for_data(tiny_backbone, from_records(ROWS))
+    ds = from_records(ROWS[:7])
+    whole = task.model.features(ds)
+    parts = []
+    for r in (0, 1):
+        monkeypatch.setattr(probe_task, "current", lambda r=r: Rank(r))
+        parts.append(task.model.shared_features(ds))
+    read = [set((p.abs().sum(-1) > 0).nonzero()[:, 0].tolist()) for p in parts]
+    assert read[0].isdisjoint(read[1]) and read[0] | read[1] == set(range(7)) and {len(x) for x in read} == {3, 4}
+    assert torch.allclose(parts[0] + parts[1], whole, atol=1e-5)

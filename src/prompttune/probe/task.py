@@ -26,6 +26,7 @@ from prompttune.core.data import Dataset
 from prompttune.core.errors import ArtifactError, DataError
 from prompttune.core.metrics import classification_report
 from prompttune.core.template import Template
+from prompttune.distributed.context import current
 from prompttune.probe.features import default_layers, row_features
 from prompttune.probe.head import ProbeHead, choose_strength
 from prompttune.prompt_task import PromptTask
@@ -67,6 +68,19 @@ class ProbeModel(nn.Module):
 
     def features(self, ds: Dataset, progress: Callable[[int], None] | None = None) -> Tensor:
         return row_features(self.prompt, self.prompt.encode(ds).ids, self.layers, progress)
+
+    def shared_features(self, ds: Dataset, progress: Callable[[int], None] | None = None) -> Tensor:
+        """``features``, in a data-parallel run (``--nproc``, torchrun) read in parts: each rank runs every
+        ``world``-th row by length and the parts are summed into the whole on every rank."""
+        ctx = current()
+        if ctx is None or ctx.world == 1:
+            return self.features(ds, progress)
+        ids = self.prompt.encode(ds).ids
+        mine = sorted(range(len(ids)), key=lambda i: len(ids[i]))[ctx.rank :: ctx.world]
+        part = row_features(self.prompt, [ids[i] for i in mine], self.layers, progress)
+        whole = torch.zeros(len(ids), len(self.layers) * self.backbone.hidden_size)
+        whole[mine] = part
+        return ctx.all_reduce_sum(whole)
 
 
 class ProbeTask(Task):
@@ -133,7 +147,9 @@ class ProbeTask(Task):
         prompt = self.model.prompt
         y, y_val = prompt.label_indices(train_ds), prompt.label_indices(val_ds)  # unknown labels: errors first
         prompt.encode(train_ds), prompt.encode(val_ds)  # every row error before the first forward pass
-        total, done, t0 = len(train_ds) + len(val_ds), 0, time.perf_counter()
+        ctx = current()
+        world = ctx.world if ctx is not None else 1
+        total, done, t0 = -(-len(train_ds) // world) + -(-len(val_ds) // world), 0, time.perf_counter()
 
         def progress(n: int) -> None:
             nonlocal done
@@ -144,7 +160,7 @@ class ProbeTask(Task):
             for cb in callbacks:
                 cb.on_step(event)
 
-        x, x_val = self.model.features(train_ds, progress), self.model.features(val_ds, progress)
+        x, x_val = self.model.shared_features(train_ds, progress), self.model.shared_features(val_ds, progress)
         c, grid = choose_strength(x, y, x_val, y_val, len(self.labels))
         best = 0.0
         for i, g in enumerate(grid, 1):
@@ -157,7 +173,7 @@ class ProbeTask(Task):
         chosen = next(i for i, g in enumerate(grid, 1) if g["c"] == c)
         history = [{"step": i, "val": g["val"], "c": g["c"]} for i, g in enumerate(grid, 1)]
         result = TrainResult(
-            metric="accuracy", steps=len(grid), train_seconds=seconds, train_examples=total,
+            metric="accuracy", steps=len(grid), train_seconds=seconds, train_examples=len(train_ds) + len(val_ds),
             best_val=grid[chosen - 1]["val"], best_step=chosen, history=history,
         )  # fmt: skip
         self.model.head.eval()
