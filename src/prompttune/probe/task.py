@@ -149,6 +149,7 @@ class ProbeTask(Task):
         prompt.encode(train_ds), prompt.encode(val_ds)  # every row error before the first forward pass
         ctx = current()
         world = ctx.world if ctx is not None else 1
+        callbacks = callbacks if ctx is None or ctx.is_main else ()  # one progress report: rank 0's, as the Trainer
         total, done, t0 = -(-len(train_ds) // world) + -(-len(val_ds) // world), 0, time.perf_counter()
 
         def progress(n: int) -> None:
