@@ -1,7 +1,8 @@
 """prompttune: adapt a frozen language model to many tasks through prompts.
 
 The public API: ``load`` an artifact, ``train`` one from files, or build a task (``PromptTask`` for label
-words, ``HeadTask`` for a trained head) on a ``Backbone`` and ``fit`` / ``evaluate`` / ``predict`` / ``save`` it.
+words, ``HeadTask`` for a trained head, ``ProbeTask`` for a probe of a decoder's layers) on a ``Backbone`` and
+``fit`` / ``evaluate`` / ``predict`` / ``save`` it.
 Names are imported on first use, so ``import prompttune`` (and ``prompttune --help``) stays fast.
 """
 
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "HeadTask": "prompttune.api",
     "Prediction": "prompttune.api",
+    "ProbeTask": "prompttune.api",
     "PromptTask": "prompttune.api",
     "Task": "prompttune.api",
     "load": "prompttune.api",
