@@ -43,6 +43,18 @@ def split_validation(train: Dataset, fraction: float = 0.1, seed: int = 0) -> tu
     return train.split(fraction, seed)
 
 
+def data_record(train: Dataset, val: Dataset, val_given: bool) -> dict:
+    """What a manifest records about the rows a task was fitted on (sources, hashes, counts)."""
+    return {
+        "train": train.source,
+        "train_hash": train.fingerprint(),
+        "n_train": len(train),
+        "val": val.source if val_given else "seeded 10% of train",
+        "val_hash": val.fingerprint(),
+        "n_val": len(val),
+    }
+
+
 class Task:
     """A prompt (hard, hard + soft, or soft + head) on a frozen backbone.
 
@@ -119,14 +131,7 @@ class Task:
         self.record = {
             "metrics": result.metrics(),
             "training": config.to_dict(),
-            "data": {
-                "train": train_ds.source,
-                "train_hash": train_ds.fingerprint(),
-                "n_train": len(train_ds),
-                "val": val_ds.source if val is not None else "seeded 10% of train",
-                "val_hash": val_ds.fingerprint(),
-                "n_val": len(val_ds),
-            },
+            "data": data_record(train_ds, val_ds, val is not None),
         }
         return result
 

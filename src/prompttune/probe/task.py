@@ -30,7 +30,7 @@ from prompttune.distributed.context import current
 from prompttune.probe.features import default_layers, row_features
 from prompttune.probe.head import ProbeHead, choose_strength
 from prompttune.prompt_task import PromptTask
-from prompttune.task import Data, Task, as_dataset, split_validation
+from prompttune.task import Data, Task, as_dataset, data_record, split_validation
 from prompttune.train import Callback, TrainConfig, TrainResult
 
 
@@ -181,14 +181,7 @@ class ProbeTask(Task):
         self.record = {
             "metrics": result.metrics(),
             "training": {"probe_c": c, "seed": config.seed},
-            "data": {
-                "train": train_ds.source,
-                "train_hash": train_ds.fingerprint(),
-                "n_train": len(train_ds),
-                "val": val_ds.source if val is not None else "seeded 10% of train",
-                "val_hash": val_ds.fingerprint(),
-                "n_val": len(val_ds),
-            },
+            "data": data_record(train_ds, val_ds, val is not None),
         }
         return result
 
