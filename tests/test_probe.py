@@ -36,18 +36,45 @@ ROWS = [{"text_a": a, "text_b": b, "label": label} for a, b, label in PAIRS] * 4
 def test_features_are_the_layer_states_of_the_whole_prompt_run_at_once(tiny_backbone):
     """Cached prefix + left-padded rows of different lengths give each row's last-token state in each chosen
     layer exactly as one uncached run of its full prompt does."""
-    task = ProbeTask.create(tiny_backbone, ["entailment", "not_entailment"], _template(), layers=(1, 2))
+    from prompttune.core import layer_states
+
     ds = from_records(ROWS[:6])
-    got = task.model.features(ds)
-    prompt = task.model.prompt
-    model = tiny_backbone.model
-    for i, row in enumerate(ds.rows):
-        prefix_ids = [t for s in prompt.segments if not isinstance(s, SoftSlot) for t in s.tolist()]
-        full = torch.tensor([prefix_ids + prompt.encode([row]).ids[0]])
-        with torch.no_grad():
-            states = model(full, output_hidden_states=True).hidden_states
-        want = torch.cat([states[1][0, -1], states[2][0, -1]]).float()
-        assert torch.allclose(got[i], want, atol=1e-4), i
+    for layers in ((1, 2), (1,)):  # with the last layer (all of them run), and below it (the pass stops early)
+        task = ProbeTask.create(tiny_backbone, ["entailment", "not_entailment"], _template(), layers=layers)
+        assert layer_states.can_stop_early(tiny_backbone.body, layers) == (layers == (1,))
+        got = task.model.features(ds)
+        prompt = task.model.prompt
+        for i, row in enumerate(ds.rows):
+            prefix_ids = [t for s in prompt.segments if not isinstance(s, SoftSlot) for t in s.tolist()]
+            full = torch.tensor([prefix_ids + prompt.encode([row]).ids[0]])
+            with torch.no_grad():
+                states = tiny_backbone.model(full, output_hidden_states=True).hidden_states
+            want = torch.cat([states[j][0, -1] for j in layers]).float()
+            assert torch.allclose(got[i], want, atol=1e-4), (layers, i)
+
+
+def test_an_early_stop_runs_no_layer_above_and_leaves_other_threads_alone(tiny_backbone):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prompttune.core import layer_states
+
+    body = tiny_backbone.body
+    ran = []
+    handle = body.layers[1].register_forward_hook(lambda m, a, o: ran.append(1))
+    hooks = {i: set(block._forward_hooks) for i, block in enumerate(body.layers)}  # transformers' own and ours
+    ids = torch.tensor([[5, 6, 7]])
+    mask, pos = torch.ones(1, 3, dtype=torch.long), torch.arange(3)[None]
+    try:
+        states = tiny_backbone.run(ids, mask, pos, None, layers=(1,))
+        assert ran == [] and states[0].shape == (1, 3, 32)
+        with ThreadPoolExecutor(2) as pool:  # a full pass in another thread while one thread stops early
+            full = pool.submit(tiny_backbone.run, ids, mask, pos, None)
+            early = pool.submit(tiny_backbone.run, ids, mask, pos, None, layers=(1,))
+            assert full.result().shape == (1, 3, 32) and early.result()[0].shape == (1, 3, 32)
+        assert hooks == {i: set(block._forward_hooks) for i, block in enumerate(body.layers)}  # its hooks are gone
+        assert layer_states.states_of(body, (1,), lambda: body(input_ids=ids))[0].shape == (1, 3, 32)
+    finally:
+        handle.remove()
 
 
 def test_head_equals_scikit_learn_logistic_regression():

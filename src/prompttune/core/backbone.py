@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prompttune.core import attention, defaults, lean, skinny
+from prompttune.core import attention, defaults, layer_states, lean, skinny
 from prompttune.core.errors import ModelError
 
 # A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
@@ -192,7 +192,7 @@ class Backbone:
 
         attention_mask covers prefix + input; position_ids number the input from the prefix's end. ``layers``
         (decoders): instead of the last hidden state, a list of the outputs of those layers (0: the embeddings,
-        ``n_layers``: the last layer's, after the final norm).
+        ``n_layers``: the last layer's, after the final norm); the layers above the highest asked for do not run.
         """
         from transformers import Cache, DynamicCache
 
@@ -207,15 +207,17 @@ class Backbone:
             if self.kind == "encoder":
                 return self._run_encoder(input_ids, attention_mask, position_ids, data, inputs_embeds, return_cache)
             cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
-        out = self.body(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **({"output_hidden_states": True} if layers is not None else {}),
-            **{self._cache_kwarg: cache},
-        )
+        kwargs = {
+            "input_ids": input_ids,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": True,
+            self._cache_kwarg: cache,
+        }
+        if layers is not None and layer_states.can_stop_early(self.body, layers):
+            return layer_states.states_of(self.body, layers, lambda: self.body(**kwargs))
+        out = self.body(**kwargs, **({"output_hidden_states": True} if layers is not None else {}))
         if layers is not None:
             return [out.hidden_states[i] for i in layers]
         if return_cache:
