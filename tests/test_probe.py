@@ -245,7 +245,7 @@ def test_each_rank_reads_its_share_of_the_rows(tiny_backbone, monkeypatch):
     parts = []
     for r in (0, 1):
         monkeypatch.setattr(probe_task, "current", lambda r=r: Rank(r))
-        parts.append(task.model.shared_features(ds))
+        parts.append(task.model.shared_features(task.model.prompt.encode(ds).ids))
     read = [set((p.abs().sum(-1) > 0).nonzero()[:, 0].tolist()) for p in parts]
     assert read[0].isdisjoint(read[1]) and read[0] | read[1] == set(range(7)) and {len(x) for x in read} == {3, 4}
     assert torch.allclose(parts[0] + parts[1], whole, atol=1e-5)

@@ -58,8 +58,8 @@ def pairs_default_to_probe(rows, chosen: dict) -> bool:
     Measured with the default decoder, 2,000 training rows each, held-out rows never trained on
     (``benchmarks/long_rows_recipe.sh``): RTE 0.641 vs 0.508 for prompt tuning, MNLI 0.590 vs 0.358,
     MRPC 0.730 vs 0.689, QQP 0.762 vs 0.624; the probe in 102-228 s and 1.25 GB (its forward pass stops at the
-    layer it reads), prompt tuning in 553-663 s
-    (its 780 s budget) and 1.9-2.3 GB. Soft prompts on the 135M decoder stay near chance on NLI pairs."""
+    layer it reads), prompt tuning in 553-663 s (its 780 s budget) and 1.9-2.3 GB. Soft prompts on the 135M
+    decoder stay near chance on NLI pairs."""
     return infer_fields(rows) == PAIR_FIELDS and not any(chosen.values())
 
 

@@ -69,13 +69,12 @@ class ProbeModel(nn.Module):
     def features(self, ds: Dataset, progress: Callable[[int], None] | None = None) -> Tensor:
         return row_features(self.prompt, self.prompt.encode(ds).ids, self.layers, progress)
 
-    def shared_features(self, ds: Dataset, progress: Callable[[int], None] | None = None) -> Tensor:
-        """``features``, in a data-parallel run (``--nproc``, torchrun) read in parts: each rank runs every
-        ``world``-th row by length and the parts are summed into the whole on every rank."""
+    def shared_features(self, ids: list[list[int]], progress: Callable[[int], None] | None = None) -> Tensor:
+        """The features of encoded rows; in a data-parallel run (``--nproc``, torchrun) read in parts: each rank
+        runs every ``world``-th row by length and the parts are summed into the whole on every rank."""
         ctx = current()
         if ctx is None or ctx.world == 1:
-            return self.features(ds, progress)
-        ids = self.prompt.encode(ds).ids
+            return row_features(self.prompt, ids, self.layers, progress)
         mine = sorted(range(len(ids)), key=lambda i: len(ids[i]))[ctx.rank :: ctx.world]
         part = row_features(self.prompt, [ids[i] for i in mine], self.layers, progress)
         whole = torch.zeros(len(ids), len(self.layers) * self.backbone.hidden_size)
@@ -146,7 +145,7 @@ class ProbeTask(Task):
             train_ds, val_ds = split_validation(train_ds, 0.1, config.seed)
         prompt = self.model.prompt
         y, y_val = prompt.label_indices(train_ds), prompt.label_indices(val_ds)  # unknown labels: errors first
-        prompt.encode(train_ds), prompt.encode(val_ds)  # every row error before the first forward pass
+        ids, ids_val = prompt.encode(train_ds).ids, prompt.encode(val_ds).ids  # row errors before any forward pass
         ctx = current()
         world = ctx.world if ctx is not None else 1
         callbacks = callbacks if ctx is None or ctx.is_main else ()  # one progress report: rank 0's, as the Trainer
@@ -161,7 +160,7 @@ class ProbeTask(Task):
             for cb in callbacks:
                 cb.on_step(event)
 
-        x, x_val = self.model.shared_features(train_ds, progress), self.model.shared_features(val_ds, progress)
+        x, x_val = self.model.shared_features(ids, progress), self.model.shared_features(ids_val, progress)
         c, grid = choose_strength(x, y, x_val, y_val, len(self.labels))
         best = 0.0
         for i, g in enumerate(grid, 1):
