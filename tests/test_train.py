@@ -169,3 +169,60 @@ def test_a_resume_with_more_steps_plans_for_them(tiny_backbone, sentiment_rows, 
     task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "ck")
     result = task.fit(ds, ds, replace(cfg, max_steps=4), checkpoint_dir=tmp_path / "ck", resume=True)
     assert result.steps == 4 and result.planned_steps == 4
+
+
+class _Scripted:
+    """An Objective whose validations return a fixed sequence: selection and patience in isolation."""
+
+    metric = "accuracy"
+
+    def __init__(self, vals):
+        self.trainable = _Weights()
+        self.lengths = [3] * 8
+        self.vals = list(vals)
+
+    def batch_loss(self, batch):
+        return (self.trainable.w**2).sum()
+
+    def validate(self):
+        return self.vals.pop(0)
+
+    def clear_cache(self):
+        pass
+
+
+class _Weights(torch.nn.Module):
+    lr_scales: dict = {}
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def parameter_groups(self):
+        return {"w": [self.w]}
+
+    def trainable_state(self):
+        return {"w": self.w.detach().clone()}
+
+    def load_trainable_state(self, state):
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+
+
+def test_a_tie_keeps_the_later_state_but_does_not_reset_patience():
+    """Validation after steps 1..: 0.8 (best), 0.7, 0.8 (tie: kept, as the more trained state), 0.7, 0.75 -> with
+    patience 4 the run stops at step 5, four validations after 0.8 was first reached, keeping step 3's state."""
+    from prompttune.train import Trainer
+
+    objective = _Scripted([0.5, 0.8, 0.7, 0.8, 0.7, 0.75, 0.9])
+    cfg = TrainConfig(max_steps=50, batch_size=8, lr=0.1, warmup_steps=0, eval_every=1, patience=4, ema=0)
+    states = []
+    cb = Callback(on_step=lambda e: states.append(objective.trainable.w.detach().clone()))
+    result = Trainer(objective, cfg, callbacks=[cb]).fit()
+    assert result.stopped_by == "patience" and result.steps == 5
+    assert (result.best_step, result.best_val) == (3, 0.8)
+    torch.testing.assert_close(objective.trainable.w.detach(), states[2])  # the state after step 3, not step 1
+
+
+def test_the_default_patience_is_six_validations():
+    assert TrainConfig().patience == 6

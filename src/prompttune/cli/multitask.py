@@ -32,7 +32,9 @@ StepsOpt = Annotated[int | None, typer.Option(help="Stop each run after this man
 BatchOpt = Annotated[int, typer.Option(help="Rows per step.")]
 LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate (default: prompt tuning's, 0.01).")]
 EvalOpt = Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")]
-PatienceOpt = Annotated[int, typer.Option(help="Stop after this many validations without improvement.")]
+PatienceOpt = Annotated[
+    int, typer.Option(help="Stop after this many validations without improvement (a tie keeps the later state).")
+]
 EmaOpt = Annotated[float, typer.Option(help="Keep an exponential moving average of the prompt (0: off).")]
 BudgetOpt = Annotated[float, typer.Option(help="Seconds of training per run at most (0: none).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the splits, init and batch order.")]
@@ -80,7 +82,7 @@ def train_multi(
     batch_size: BatchOpt = 16,
     lr: LrOpt = None,
     eval_every: EvalOpt = None,
-    patience: PatienceOpt = 4,
+    patience: PatienceOpt = 6,
     ema: EmaOpt = 0.9,
     time_budget: BudgetOpt = 1800.0,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint beside --out.")] = False,
@@ -152,7 +154,7 @@ def continual(
     batch_size: BatchOpt = 16,
     lr: LrOpt = None,
     eval_every: EvalOpt = None,
-    patience: PatienceOpt = 4,
+    patience: PatienceOpt = 6,
     ema: EmaOpt = 0.9,
     time_budget: BudgetOpt = 600.0,
     overwrite: OverwriteOpt = False,

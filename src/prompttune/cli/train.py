@@ -102,7 +102,9 @@ def train(
         int, typer.Option(help="Few-shot demos from the training rows, shown before each input (cached: free per row).")
     ] = 0,
     eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
-    patience: Annotated[int, typer.Option(help="Stop after this many validations without improvement.")] = 4,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many validations without improvement (a tie keeps the later state).")
+    ] = 6,
     ema: Annotated[
         float,
         typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
