@@ -226,3 +226,16 @@ def test_a_tie_keeps_the_later_state_but_does_not_reset_patience():
 
 def test_the_default_patience_is_six_validations():
     assert TrainConfig().patience == 6
+
+
+def test_the_api_defaults_are_the_cli_recipe():
+    """TrainConfig() (train_from_file, Task.fit) trains what `prompttune train` with no flags trains."""
+    import inspect
+
+    from prompttune.cli.train import train as train_command
+
+    cli = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
+    cfg = TrainConfig()
+    for name in ("epochs", "max_steps", "batch_size", "eval_every", "patience", "ema", "seed", "lr"):
+        assert getattr(cfg, name) == cli[name], name
+    assert cfg.time_budget_s == cli["time_budget"]

@@ -26,7 +26,7 @@ from prompttune.prefix import step_prefix_once
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
+    epochs: int = 5  # the same defaults as `prompttune train` (tests/test_train.py checks)
     max_steps: int | None = None
     batch_size: int = 16
     lr: float | None = None  # None: the method's own default (``SoftPromptMethod.default_lr``)
