@@ -197,7 +197,7 @@ def test_nproc_starts_torchrun_and_only_rank_0_reports(runs, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summaries = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["steps"] == 2  # one report: rank 0's
-    ref = runs("cli-ref", max_steps=2)
+    ref = runs("cli-ref", max_steps=2, warmup_steps=TrainConfig().warmup_steps)  # the CLI's warm-up
     single(ref)
     assert_same_prompt(Path(ref["out"]), Path(spec["out"]))
 

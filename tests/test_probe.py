@@ -226,7 +226,8 @@ def test_two_processes_fit_the_probe_one_process_fits(tiny_model_dir, tmp_path):
         outs[n] = load(out, str(tiny_model_dir))
     one, two = outs[1].predict(ROWS[:6]), outs[2].predict(ROWS[:6])
     for a, b in zip(one, two, strict=True):
-        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+        # features summed in another order (1 vs 2 threads a process), then L-BFGS to its tolerance: ~1e-4 apart
+        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-3)
 
 
 def test_each_rank_reads_its_share_of_the_rows(tiny_backbone, monkeypatch):
