@@ -136,7 +136,7 @@ def test_a_run_that_never_beat_step_zero_warns(run_main, data, tiny_model_dir, t
     run = train(run_main, data, tmp_path / "o", tiny_model_dir, "--lr", "1e-9", "--json")
     assert run.code == 0, run.err
     summary = json.loads(run.out.strip().splitlines()[-1])
-    if summary["best_step"] == 0:
+    if summary["best_val_accuracy"] <= summary["initial_val_accuracy"]:  # nothing beat step 0 (a tie may be kept)
         assert "warning:" in run.err and "untrained prompt" in run.err
         assert summary["warnings"]
     else:

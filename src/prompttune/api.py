@@ -183,10 +183,11 @@ def train_from_file(
     if out is not None and (dist is None or dist.is_main):  # one writer in a data-parallel run
         task.save(out, overwrite=overwrite or resume)
     warnings = []
-    if result.steps and result.best_step == 0:
+    if result.steps and result.initial_val is not None and result.best_val <= result.initial_val:
+        kept = "the initial one" if result.best_step == 0 else f"step {result.best_step}'s, which only ties it"
         warnings.append(
             f"no validation after step 0 beat the untrained prompt ({result.metric} {result.best_val:.4f}), so the "
-            f"saved prompt is the initial one: {result.steps} steps ran, {config.warmup_steps} of them warm-up. "
+            f"saved prompt is {kept}: {result.steps} steps ran, {config.warmup_steps} of them warm-up. "
             + (
                 f"The time budget ({config.time_budget_s:.0f} s) stopped it: raise --time-budget. "
                 if result.stopped_by == "time budget"

@@ -36,7 +36,7 @@ class TrainConfig:
     eval_every: int | None = None  # default: 4 validations an epoch
     # Validations without improvement before stopping. A validation that ties the best keeps the later (more
     # trained) state but does not reset the count: on SST-2's 200 validation rows, ties and near-ties are noise,
-    # and held-out accuracy kept rising through them (benchmarks/sst2_recipe.sh, 3 seeds: 0.870 -> 0.877 mean)
+    # and held-out accuracy kept rising through them (benchmarks/sst2_trajectory.py, 3 seeds: 0.870 -> 0.877 mean)
     patience: int = 6
     ema: float = 0.9  # validate and keep an exponential moving average of the prompt (0: off)
     seed: int = 0
