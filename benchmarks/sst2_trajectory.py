@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from prompttune import verbalizer_objective
 from prompttune.api import train_from_file
@@ -24,37 +25,63 @@ from prompttune.core.data import Dataset, load_rows
 from prompttune.train import TrainConfig
 
 
-def record(held: Dataset, log: list[dict]):
+class Recorder:
     """VerbalizerObjective.validate, replaced: one pass over the validation rows gives accuracy and cross-entropy,
-    and the held-out rows are scored with the same (averaged) prompt."""
-    encoded = {}
+    and the (averaged) state validated is kept, so that the held-out rows can be scored with any of them (or an
+    average of several) afterwards; ``every`` scores the held-out rows at every validation as it goes."""
+
+    def __init__(self, held: Dataset, every: bool):
+        self.held, self.every = held, every
+        self.log: list[dict] = []
+        self.states: list[dict] = []
+        self.objective = None
+        recorder = self
+
+        @torch.no_grad()
+        def validate(objective) -> float:
+            recorder.objective = objective
+            val = recorder.scores(objective.val.ids)
+            recorder.states.append({k: v.detach().clone() for k, v in objective.trainable.trainable_state().items()})
+            entry = {"val": float((val.argmax(-1) == objective.y_val).float().mean()),
+                     "val_ce": float(F.cross_entropy(val, objective.y_val))}  # fmt: skip
+            recorder.log.append(entry)
+            if recorder.every:
+                entry["held"] = recorder.held_accuracy()
+            print(json.dumps(entry), flush=True)
+            return entry["val"]
+
+        verbalizer_objective.VerbalizerObjective.validate = validate
+
+    def scores(self, ids) -> torch.Tensor:
+        pm = self.objective.model
+        prefix = pm.cached_prefix()
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids), len(pm.verbalizer.labels))
+        for k in range(0, len(order), 64):
+            idx = order[k : k + 64]
+            out[idx] = pm.label_scores([ids[i] for i in idx], prefix).cpu()
+        return out
 
     @torch.no_grad()
-    def validate(self) -> float:
-        pm = self.model
-        if not encoded:
-            encoded["h"], encoded["y"] = pm.encode(held), pm.label_indices(held)
-        prefix = pm.cached_prefix()
+    def held_accuracy(self, state: dict | None = None) -> float:
+        """Held-out accuracy of the current state, or of ``state`` loaded first."""
+        pm = self.objective.model
+        if state is not None:
+            self.objective.trainable.load_trainable_state(state)
+            self.objective.clear_cache()
+        if not hasattr(self, "held_ids"):
+            self.held_ids, self.held_y = pm.encode(self.held).ids, pm.label_indices(self.held)
+        return float((self.scores(self.held_ids).argmax(-1) == self.held_y).float().mean())
 
-        def scores(ids):
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            out = torch.empty(len(ids), len(pm.verbalizer.labels))
-            for k in range(0, len(order), 64):
-                idx = order[k : k + 64]
-                out[idx] = pm.label_scores([ids[i] for i in idx], prefix).cpu()
-            return out
-
-        val_scores, held_scores = scores(self.val.ids), scores(encoded["h"].ids)
-        acc = float((val_scores.argmax(-1) == self.y_val).float().mean())
-        log.append({
-            "val": acc,
-            "val_ce": float(F.cross_entropy(val_scores, self.y_val)),
-            "held": float((held_scores.argmax(-1) == encoded["y"]).float().mean()),
-        })  # fmt: skip
-        print(json.dumps(log[-1]), flush=True)
+    def held_at(self, idx: list[int]) -> float:
+        """Held-out accuracy of the average of the states validated at log indices ``idx`` (one: that state)."""
+        if len(idx) == 1 and "held" in self.log[idx[0]]:
+            return self.log[idx[0]]["held"]
+        state = {k: torch.stack([self.states[i][k] for i in idx]).mean(0) for k in self.states[idx[0]]}
+        acc = self.held_accuracy(state)
+        if len(idx) == 1:
+            self.log[idx[0]]["held"] = acc
         return acc
-
-    verbalizer_objective.VerbalizerObjective.validate = validate
 
 
 def replay(log: list[dict], patience: int, ties_later: bool) -> tuple[int, int]:
@@ -77,27 +104,45 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="the CLI recipe's 5")
     ap.add_argument("--max-steps", type=int, default=None, help="a shorter run (a smoke test of the script)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--every", action="store_true", help="score the held-out rows at every validation (slow)")
     args = ap.parse_args()
     rows = load_rows(args.data)
     held = Dataset(rows.rows[-1000:], f"{args.data} (last 1,000 rows)")
-    log: list[dict] = []
-    record(held, log)
+    rec = Recorder(held, args.every)
     cfg = TrainConfig(
         epochs=args.epochs, max_steps=args.max_steps, patience=10**6, time_budget_s=None, seed=args.seed, ema=args.ema
     )
     _, result, _ = train_from_file(args.data, None, limit=2000, config=cfg)
+    log = rec.log
     for entry, h in zip(log, result.history, strict=True):
         entry["step"] = h["step"]
-    rules = {}
+    # Rules with one state: the trainer's earlier and current; the lowest cross-entropy; accuracy with
+    # cross-entropy breaking ties; the last state. Rules that average validated states: the k best by accuracy,
+    # every state from the first best on, and from the first best to where patience 6 stops.
+    picks: dict[str, list[int]] = {}
     for name, patience, ties in (("strict, patience 4", 4, False), ("ties later, patience 6", 6, True)):
         kept, stop = replay(log, patience, ties)
-        rules[name] = {"kept_step": log[kept]["step"], "held": log[kept]["held"], "stopped_at": log[stop]["step"]}
-        kept_at, held_acc, stop_at = log[kept]["step"], log[kept]["held"], log[stop]["step"]
-        print(f"{name:24} keeps step {kept_at:4} (held-out {held_acc:.3f}), stops at {stop_at}")
-    print(f"{'last step':24} held-out {log[-1]['held']:.3f}")
+        picks[f"{name} (stops at {log[stop]['step']})"] = [kept]
+    picks["lowest val cross-entropy"] = [min(range(len(log)), key=lambda i: log[i]["val_ce"])]
+    by_acc = sorted(range(1, len(log)), key=lambda i: (-log[i]["val"], log[i]["val_ce"]))
+    picks["accuracy, ties by cross-entropy"] = by_acc[:1]
+    picks["last step"] = [len(log) - 1]
+    for k in (3, 5):
+        picks[f"average of the {k} best"] = sorted(by_acc[:k])
+    first_best = max(range(len(log)), key=lambda i: (log[i]["val"], -i))
+    picks["average from the first best on"] = list(range(first_best, len(log)))
+    _, stop = replay(log, 6, True)
+    first = max(range(stop + 1), key=lambda i: (log[i]["val"], -i))
+    picks["average, first best to the stop"] = list(range(first, stop + 1))
+    rules = {}
+    for name, idx in picks.items():
+        rules[name] = {"steps": [log[i]["step"] for i in idx], "held": rec.held_at(idx)}
+        print(f"{name:40} held-out {rules[name]['held']:.3f}  (steps {rules[name]['steps']})", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"seed": args.seed, "ema": args.ema, "log": log, "rules": rules}, indent=1))
+        flat = {f"{i}/{k}": v.contiguous() for i, st in enumerate(rec.states) for k, v in st.items()}
+        save_file(flat, args.out.with_suffix(".states.safetensors"))  # every validated state, for other rules
 
 
 if __name__ == "__main__":

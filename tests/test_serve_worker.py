@@ -36,3 +36,19 @@ def test_a_failing_batch_is_a_500_and_the_worker_goes_on(tiny_model_dir, monkeyp
         app.state.server.batcher.stop(5)
         r = c.get("/healthz")
         assert r.status_code == 503 and "not running" in r.json()["status"]
+
+
+def test_the_worker_hands_freed_heap_back(tiny_model_dir, monkeypatch):
+    """Batches of every shape leave glibc's heap holding freed blocks: the worker trims it every few batches
+    (and at once after a batch that grew resident memory), so a long-running server's memory does not drift."""
+    from prompttune.core import backbone
+
+    trims = []
+    monkeypatch.setattr(backbone, "release_memory", lambda: trims.append(1))
+    table = build_table(ServeConfig(model=str(tiny_model_dir)), ["zs=classify"], {"zs": "negative,positive"})
+    app = create_app(ServeConfig(timeout_s=60), table)
+    with ThreadedServer(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        for i in range(10):  # one request at a time: ten batches
+            r = c.post("/v1/tasks/zs/predict", json={"inputs": [f"row {i}"]})
+            assert r.status_code == 200
+        assert trims, "ten batches and no trim"

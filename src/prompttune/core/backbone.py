@@ -356,9 +356,10 @@ def resident_bytes() -> int:
 
 
 class HeapTrim:
-    """Training's heap keeper: ``after_step`` hands freed heap back (``release_memory``) every ``every`` steps, and
-    as soon as resident memory has grown ``growth`` bytes since the last trim (long rows of varied shapes grow
-    the heap ~100 MB a step; a trim every step costs ~13% of a short-row step, so it happens only when needed)."""
+    """The heap keeper of training steps and of the server's batches: a call hands freed heap back
+    (``release_memory``) every ``every`` steps, and as soon as resident memory has grown ``growth`` bytes since the
+    last trim (long rows of varied shapes grow the heap ~100 MB a step; a trim every step costs ~13% of a short-row
+    step, so it happens only when needed)."""
 
     def __init__(self, growth: int = 64 << 20, every: int = 10):
         self.growth, self.every = growth, every

@@ -14,6 +14,7 @@ Results are handed to the caller's event loop with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
@@ -131,8 +132,13 @@ class Batcher:
     def _work(self) -> None:
         import torch
 
+        from prompttune.core.backbone import HeapTrim
+
+        # batches of every shape (tasks' prefixes, rows' lengths, labels) leave glibc's heap holding freed blocks:
+        # hand them back every few batches, and at once after a batch that grew it (as training does)
+        heap = HeapTrim()
         with torch.no_grad():
-            while True:
+            for batches in itertools.count(1):
                 jobs, stop = self._take()
                 if stop:
                     return
@@ -143,6 +149,7 @@ class Batcher:
                 # batch's requests with a 500 and the worker goes on: a dead worker would leave every request
                 # waiting for its timeout behind a server that still answers /healthz
                 self._guard(live, lambda live=live: self._run(live))
+                heap(batches)
 
     @property
     def alive(self) -> bool:
