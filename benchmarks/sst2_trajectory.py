@@ -4,6 +4,7 @@ accuracy and cross-entropy, run to the end of its schedule (no patience, no time
 selection rules over the recorded validations, which is exact (selection does not change the trajectory):
 
     .venv/bin/python benchmarks/sst2_trajectory.py [--seed 0] [--ema 0.9] [--out runs/sst2-trajectory-0.json]
+    .venv/bin/python benchmarks/sst2_trajectory.py --replay runs/sst2-trajectory-0.json   # new rules, old states
 
 Prints one line per validation and, per rule, the step it keeps and that step's held-out accuracy. The trainer's
 rule (a tie keeps the later state; patience counts strict improvements, 6 by default) came from these runs.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from prompttune import verbalizer_objective
 from prompttune.api import train_from_file
@@ -105,10 +106,13 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None, help="a shorter run (a smoke test of the script)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--every", action="store_true", help="score the held-out rows at every validation (slow)")
+    ap.add_argument("--replay", type=Path, default=None, help="an earlier --out: replay the rules on its states")
     args = ap.parse_args()
     rows = load_rows(args.data)
     held = Dataset(rows.rows[-1000:], f"{args.data} (last 1,000 rows)")
     rec = Recorder(held, args.every)
+    if args.replay:  # one step builds the objective; then the recorded run's log and states replace this one's
+        args.max_steps, args.out = 1, None
     cfg = TrainConfig(
         epochs=args.epochs, max_steps=args.max_steps, patience=10**6, time_budget_s=None, seed=args.seed, ema=args.ema
     )
@@ -116,6 +120,22 @@ def main() -> None:
     log = rec.log
     for entry, h in zip(log, result.history, strict=True):
         entry["step"] = h["step"]
+    if args.replay:
+        log = rec.log = json.loads(args.replay.read_text())["log"]
+        flat = load_file(args.replay.with_suffix(".states.safetensors"))
+        rec.states = [{} for _ in log]
+        for key, value in flat.items():
+            i, name = key.split("/", 1)
+            rec.states[int(i)][name] = value
+    rules = replay_rules(log, rec)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"seed": args.seed, "ema": args.ema, "log": log, "rules": rules}, indent=1))
+        flat = {f"{i}/{k}": v.contiguous() for i, st in enumerate(rec.states) for k, v in st.items()}
+        save_file(flat, args.out.with_suffix(".states.safetensors"))  # every validated state, for other rules
+
+
+def replay_rules(log: list[dict], rec: Recorder) -> dict:
     # Rules with one state: the trainer's earlier and current; the lowest cross-entropy; accuracy with
     # cross-entropy breaking ties; the last state. Rules that average validated states: the k best by accuracy,
     # every state from the first best on, and from the first best to where patience 6 stops.
@@ -134,15 +154,19 @@ def main() -> None:
     _, stop = replay(log, 6, True)
     first = max(range(stop + 1), key=lambda i: (log[i]["val"], -i))
     picks["average, first best to the stop"] = list(range(first, stop + 1))
+    # Rules a trainer that stops can follow: the k best of what it validated before its patience ran out.
+    for patience in (6, 10):
+        _, stop = replay(log, patience, True)
+        seen = sorted(range(1, stop + 1), key=lambda i: (-log[i]["val"], log[i]["val_ce"]))
+        for k in (2, 3):
+            picks[f"average of the {k} best to stop, patience {patience}"] = sorted(seen[:k])
+            later = sorted(range(1, stop + 1), key=lambda i: (-log[i]["val"], -i))  # what the trainer can rank by
+            picks[f"average of the {k} best to stop, patience {patience}, ties later"] = sorted(later[:k])
     rules = {}
     for name, idx in picks.items():
         rules[name] = {"steps": [log[i]["step"] for i in idx], "held": rec.held_at(idx)}
         print(f"{name:40} held-out {rules[name]['held']:.3f}  (steps {rules[name]['steps']})", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"seed": args.seed, "ema": args.ema, "log": log, "rules": rules}, indent=1))
-        flat = {f"{i}/{k}": v.contiguous() for i, st in enumerate(rec.states) for k, v in st.items()}
-        save_file(flat, args.out.with_suffix(".states.safetensors"))  # every validated state, for other rules
+    return rules
 
 
 if __name__ == "__main__":
