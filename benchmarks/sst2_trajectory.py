@@ -165,7 +165,17 @@ def replay_rules(log: list[dict], rec: Recorder) -> dict:
     rules = {}
     for name, idx in picks.items():
         rules[name] = {"steps": [log[i]["step"] for i in idx], "held": rec.held_at(idx)}
-        print(f"{name:40} held-out {rules[name]['held']:.3f}  (steps {rules[name]['steps']})", flush=True)
+        if len(idx) == 1:
+            rules[name]["val"] = log[idx[0]]["val"]
+        else:  # held_at left the average loaded: its own validation accuracy (a trainer could check it)
+            with torch.no_grad():
+                val = rec.scores(rec.objective.val.ids).argmax(-1) == rec.objective.y_val
+            rules[name]["val"] = float(val.float().mean())
+        print(
+            f"{name:40} held-out {rules[name]['held']:.3f}  val {rules[name]['val']:.3f}  "
+            f"(steps {rules[name]['steps']})",
+            flush=True,
+        )
     return rules
 
 

@@ -56,12 +56,15 @@ def test_training_is_deterministic_under_a_seed(tiny_backbone, sentiment_rows):
     torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.8])
-def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, tmp_path, ema):
-    cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=4, patience=100, seed=2, ema=ema)
+@pytest.mark.parametrize(("ema", "average_best"), [(0.0, 1), (0.8, 1), (0.8, 3)])
+def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, tmp_path, ema, average_best):
+    cfg = TrainConfig(
+        max_steps=12, batch_size=8, lr=0.05, eval_every=4, patience=100, seed=2, ema=ema, average_best=average_best
+    )
     task = make(tiny_backbone, seed=2)
     ds = dataset(sentiment_rows)
-    task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "full")
+    full_result = task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "full")
+    full_prompt = task.model.method.embeddings.detach().clone()
 
     def kill_at_step_9(ev):
         if ev.get("step") == 9:
@@ -72,7 +75,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_backbone, sentiment_rows, t
         task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "killed", callbacks=[Callback(on_step=kill_at_step_9)])
     task = make(tiny_backbone, seed=99)  # a different init: everything must come from the checkpoint
     result = task.fit(ds, ds, cfg, checkpoint_dir=tmp_path / "killed", resume=True)
-    assert result.steps == 12
+    assert result.steps == 12 and result.kept_steps == full_result.kept_steps
+    torch.testing.assert_close(task.model.method.embeddings.detach(), full_prompt, rtol=1e-6, atol=1e-7)
     full = load_file(tmp_path / "full" / "state.safetensors")
     resumed = load_file(tmp_path / "killed" / "state.safetensors")
     assert full.keys() == resumed.keys()
@@ -239,3 +243,46 @@ def test_the_api_defaults_are_the_cli_recipe():
     for name in ("epochs", "max_steps", "batch_size", "eval_every", "patience", "ema", "seed", "lr"):
         assert getattr(cfg, name) == cli[name], name
     assert cfg.time_budget_s == cli["time_budget"]
+
+
+def test_average_best_ends_with_the_mean_of_the_k_best_validated_states(tiny_backbone, sentiment_rows, monkeypatch):
+    """Validation values scripted: the run keeps the 3 best (a tie goes to the later state), ends with their mean,
+    and validates that mean once more."""
+    from prompttune.train import Trainer
+
+    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.75])  # steps 0, 2, 4, ..., 12; then the average
+    seen: dict[int, torch.Tensor] = {}
+
+    def validate(self):
+        seen[len(seen) * 2] = self.parts.trainable_state()["embeddings"].detach().clone()
+        return next(values)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=2, patience=100, ema=0.0, average_best=3)
+    result = task.fit(ds, ds, cfg)
+    assert result.kept_steps == [4, 8, 10]  # 0.9, 0.9 and 0.8; 0.75 at step 14 is the average's own validation
+    assert result.best_val == 0.9 and result.best_step == 8 and result.averaged_val == 0.75
+    mean = torch.stack([seen[4], seen[8], seen[10]]).mean(0)
+    torch.testing.assert_close(task.model.method.embeddings.detach(), mean)
+    assert result.metrics()["kept_steps"] == [4, 8, 10]
+
+
+def test_kept_states_rank_by_value_then_later_step_and_round_trip():
+    from prompttune.kept_states import KeptStates
+
+    kept = KeptStates(2)
+    state = lambda x: {"w": torch.full((2,), float(x)), "n": torch.tensor([x])}  # noqa: E731
+    assert kept.offer(0.5, 0, state(0)) and kept.offer(0.7, 1, state(1)) and kept.offer(0.7, 2, state(2))
+    assert not kept.offer(0.6, 3, state(3))  # below both kept states
+    assert kept.steps == [1, 2]
+    avg = kept.averaged()
+    torch.testing.assert_close(avg["w"], torch.full((2,), 1.5))
+    assert avg["n"].tolist() == [2]  # not floating point: the best (the later of the tie)'s
+    tensors, ranks = kept.to_tensors()
+    again = KeptStates(2)
+    again.load(tensors, ranks)
+    assert again.steps == [1, 2] and torch.equal(again.averaged()["w"], avg["w"])
+    with pytest.raises(PromptTuneError, match="--average-best 0"):
+        TrainConfig(average_best=0)

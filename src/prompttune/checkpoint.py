@@ -15,11 +15,13 @@ from prompttune.core import atomic
 from prompttune.core.errors import PromptTuneError
 
 
-def save_checkpoint(self, step: int, best_state: dict, result) -> None:
-    """Write the Trainer's whole state (parameters, best and averaged states, optimizer) atomically."""
+def save_checkpoint(self, step: int, kept, result) -> None:
+    """Write the Trainer's whole state (parameters, the kept best states, the moving average, the optimizer)
+    atomically. ``kept`` is the run's KeptStates."""
     opt = self.optimizer.state_dict()
     tensors = {f"param.{k}": v.cpu().contiguous() for k, v in self.parts.trainable_state().items()}
-    tensors |= {f"best.{k}": v.cpu().contiguous() for k, v in best_state.items()}
+    kept_tensors, kept_ranks = kept.to_tensors("kept")
+    tensors |= kept_tensors
     tensors |= {f"ema.{k}": v.cpu().contiguous() for k, v in (self.ema or {}).items()}
     meta_state = {}
     for pid, st in opt["state"].items():
@@ -33,6 +35,7 @@ def save_checkpoint(self, step: int, best_state: dict, result) -> None:
         "config": self.config.to_dict(),
         "param_groups": opt["param_groups"],
         "opt_scalars": meta_state,
+        "kept": kept_ranks,  # [validation value, step] of each kept state, best first
         "result": {**asdict(result)},
         "data": self.data_fingerprint,
     }
@@ -44,8 +47,9 @@ def save_checkpoint(self, step: int, best_state: dict, result) -> None:
     atomic.write_dir(self.checkpoint_dir, fill)
 
 
-def load_checkpoint(self, result):
-    """(step, best state, result so far) from the checkpoint, after checking it was made with these settings."""
+def load_checkpoint(self, result, kept):
+    """(step, result so far) from the checkpoint, after checking it was made with these settings; the kept best
+    states go back into ``kept`` (a KeptStates)."""
     d = self.checkpoint_dir
     if d is None or not (d / "state.json").exists():
         raise PromptTuneError(
@@ -71,7 +75,12 @@ def load_checkpoint(self, result):
     device = self.params[0].device if self.params else torch.device("cpu")  # the moving average lives there
     tensors = {k: v if k.startswith("opt.") else v.to(device) for k, v in tensors.items()}
     self.parts.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    if "kept" in info:
+        kept.load({k: v for k, v in tensors.items() if k.startswith("kept.")}, info["kept"], "kept")
+    else:  # written before several states were kept: its one best state
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        r = info["result"]
+        kept.entries = [(r.get("best_val", r.get("best_val_accuracy", 0.0)), r["best_step"], best)]
     self.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
     state: dict = {}
     for k, v in tensors.items():
@@ -93,4 +102,4 @@ def load_checkpoint(self, result):
         {"step": h["step"], "val": h.get("val", h.get("val_accuracy"))} | ({"loss": h["loss"]} if "loss" in h else {})
         for h in r["history"]
     ]
-    return info["step"], best, result
+    return info["step"], result

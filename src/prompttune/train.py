@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +21,9 @@ from prompttune.core.backbone import HeapTrim, release_memory
 from prompttune.core.errors import PromptTuneError
 from prompttune.distributed.context import init_from_env
 from prompttune.distributed.step import backward_shard
+from prompttune.kept_states import KeptStates
 from prompttune.prefix import step_prefix_once
+from prompttune.train_result import TrainResult as TrainResult  # re-exported
 
 
 @dataclass
@@ -39,6 +41,8 @@ class TrainConfig:
     # and held-out accuracy kept rising through them (benchmarks/sst2_trajectory.py, 3 seeds: 0.870 -> 0.877 mean)
     patience: int = 6
     ema: float = 0.9  # validate and keep an exponential moving average of the prompt (0: off)
+    # The run ends with the mean of its k best validated states (kept_states.py; 1: the best state alone)
+    average_best: int = 1
     seed: int = 0
     backbone_dropout: bool = False  # head tasks: the frozen backbone's own dropout stays on in training steps
     # Seconds of training (steps + validation) after which the run validates once more and stops, keeping the
@@ -59,6 +63,8 @@ class TrainConfig:
             raise PromptTuneError(f"--ema {self.ema}: must be in [0, 1) (0 turns the moving average off).")
         if self.eval_every is not None and self.eval_every < 1:
             raise PromptTuneError(f"--eval-every {self.eval_every}: must be at least 1.")
+        if self.average_best < 1:
+            raise PromptTuneError(f"--average-best {self.average_best}: must be at least 1 (1: keep the best state).")
         if self.patience < 1:
             raise PromptTuneError(f"--patience {self.patience}: must be at least 1.")
         if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
@@ -72,49 +78,6 @@ class TrainConfig:
     def with_lr(self, default_lr: float) -> TrainConfig:
         """This config with ``lr`` set (the given default when it is None)."""
         return self if self.lr is not None else replace(self, lr=default_lr)
-
-
-@dataclass
-class TrainResult:
-    metric: str = "accuracy"  # the name of the validation metric (accuracy, entity F1, QA F1, ...)
-    steps: int = 0
-    train_seconds: float = 0.0
-    train_examples: int = 0
-    best_val: float = 0.0  # the best validation value of ``metric`` (higher is better)
-    best_step: int = 0
-    history: list[dict] = field(default_factory=list)  # {"step", "val", "loss"} per validation
-    stopped_early: bool = False
-    eval_seconds: float = 0.0  # time spent validating, excluded from train_seconds
-    stopped_by: str | None = None  # "patience", "time budget", or None (the planned steps ran)
-    # The step the learning rate decays to 0 at: the configured total, brought forward at a validation when the
-    # time budget will stop the run sooner (0: not planned yet)
-    planned_steps: int = 0
-    planned_from: int = 0  # the configured total that plan was made from (a resume with another total replans)
-
-    @property
-    def train_examples_per_s(self) -> float:
-        return self.train_examples / self.train_seconds if self.train_seconds else 0.0
-
-    @property
-    def initial_val(self) -> float | None:
-        """The metric before any training step (None when training resumed without it)."""
-        return self.history[0]["val"] if self.history and self.history[0]["step"] == 0 else None
-
-    def metrics(self) -> dict:
-        """What an artifact's manifest records about its training."""
-        return {
-            "metric": self.metric,
-            "best_val": self.best_val,
-            "initial_val": self.initial_val,
-            "best_step": self.best_step,
-            "steps": self.steps,
-            "train_seconds": self.train_seconds,
-            "train_examples_per_s": self.train_examples_per_s,
-            "stopped_early": self.stopped_early,
-            "stopped_by": self.stopped_by,
-            "planned_steps": self.planned_steps,
-            "history": self.history,
-        }
 
 
 class Callback:
@@ -218,10 +181,10 @@ class Trainer:
         total = cfg.max_steps or per_epoch * cfg.epochs  # --max-steps overrides --epochs
         eval_every = cfg.eval_every or max(10, per_epoch // 4)
         result = TrainResult(metric=objective.metric)
-        best_state = self.parts.trainable_state()
+        kept = KeptStates(cfg.average_best)
         start_step = 0
         if resume:
-            start_step, best_state, result = self._load_checkpoint(result)
+            start_step, result = self._load_checkpoint(result, kept)
         if not self.params:
             raise PromptTuneError("this method has no trainable parameters; nothing to train.")
         if self.dist is not None:  # every rank starts from rank 0's parameters
@@ -232,6 +195,7 @@ class Trainer:
             result.best_val = self.validate()
             result.eval_seconds += time.perf_counter() - t_eval  # counts toward the time budget
             result.history.append({"step": 0, "val": result.best_val})
+            kept.offer(result.best_val, 0, self.parts.trainable_state())
         # validations since the best value was first reached (a tie keeps the later state, the count runs on)
         reached = next((i for i, h in enumerate(result.history) if h["val"] >= result.best_val), 0)
         bad_evals = len(result.history) - 1 - reached
@@ -274,11 +238,9 @@ class Trainer:
                     bad_evals = 0 if val > result.best_val else bad_evals + 1
                     if val >= result.best_val:  # a tie: the later, more trained state is kept
                         result.best_val, result.best_step = val, step
-                        best_state = (
-                            {k: v.clone() for k, v in self.ema.items()} if self.ema else self.parts.trainable_state()
-                        )
+                    kept.offer(val, step, self.ema or self.parts.trainable_state())
                     self._replan(result, step, time.perf_counter() - t0)
-                    self._save_checkpoint(step, best_state, result)
+                    self._save_checkpoint(step, kept, result)
                     event = {"step": step, "total": result.planned_steps, "metric": result.metric, "val": val}
                     for cb in self.callbacks:
                         cb.on_validation(event | {"best_val": result.best_val})
@@ -292,7 +254,12 @@ class Trainer:
             if result.stopped_early:
                 break
         result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
-        self.parts.load_trainable_state(best_state)
+        self.parts.load_trainable_state(kept.averaged())
+        result.kept_steps = kept.steps
+        if len(kept.entries) > 1:  # the average was never validated as such: once, for the record
+            t_eval = time.perf_counter()
+            result.averaged_val = self.validate()
+            result.eval_seconds += time.perf_counter() - t_eval
         self.parts.eval()
         objective.clear_cache()
         return result
@@ -390,9 +357,9 @@ class Trainer:
             self.parts.train(was_training)
 
     # --- checkpoints (checkpoint.py) ---------------------------------------------------------------
-    def _save_checkpoint(self, step: int, best_state: dict, result: TrainResult) -> None:
+    def _save_checkpoint(self, step: int, kept: KeptStates, result: TrainResult) -> None:
         if self.checkpoint_dir is not None and (self.dist is None or self.dist.is_main):
-            save_checkpoint(self, step, best_state, result)
+            save_checkpoint(self, step, kept, result)
 
-    def _load_checkpoint(self, result: TrainResult):
-        return load_checkpoint(self, result)
+    def _load_checkpoint(self, result: TrainResult, kept: KeptStates):
+        return load_checkpoint(self, result, kept)
