@@ -240,7 +240,7 @@ def test_the_api_defaults_are_the_cli_recipe():
 
     cli = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
     cfg = TrainConfig()
-    for name in ("epochs", "max_steps", "batch_size", "eval_every", "patience", "ema", "seed", "lr"):
+    for name in ("epochs", "max_steps", "batch_size", "eval_every", "patience", "ema", "average_best", "seed", "lr"):
         assert getattr(cfg, name) == cli[name], name
     assert cfg.time_budget_s == cli["time_budget"]
 

@@ -109,6 +109,10 @@ def train(
         float,
         typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
     ] = 0.9,
+    average_best: Annotated[
+        int,
+        typer.Option(help="End with the mean of the K best validated (averaged) prompts (1: the best alone)."),
+    ] = 1,
     time_budget: Annotated[
         float,
         typer.Option(
@@ -172,6 +176,7 @@ def train(
         patience=patience,
         seed=seed,
         ema=ema,
+        average_best=average_best,
         time_budget_s=time_budget if time_budget > 0 else None,
     )
     from prompttune.distributed.env import is_main_process
