@@ -131,6 +131,20 @@ def test_train_human_output_and_resume(tmp_path, tiny_model_dir):
     assert last_json(resumed.stdout)["steps"] == 4
 
 
+def test_train_average_best_saves_and_reports_the_mean(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", rows(4))
+    art = tmp_path / "art"
+    common = [data, "--out", art, "--model", tiny_model_dir, "--batch-size", "4", "--num-virtual-tokens", "4"]
+    result = invoke("train", *common, "--max-steps", "6", "--eval-every", "2", "--average-best", "2")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "saved the mean of the states validated at steps" in said
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert len(manifest["metrics"]["kept_steps"]) == 2 and manifest["metrics"]["averaged_val"] is not None
+    with pytest.raises(PromptTuneError, match="--average-best 0: must be at least 1"):
+        invoke("train", *common, "--overwrite", "--average-best", "0")
+
+
 def test_train_zero_shot(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "train.jsonl", rows(4))
     result = invoke(

@@ -207,6 +207,8 @@ def train_from_file(
         "best_val_accuracy": result.best_val,  # the validation metric named by "metric" (kept for old readers)
         "initial_val_accuracy": result.initial_val,
         "best_step": result.best_step,
+        "kept_steps": result.kept_steps,  # the validated states averaged into the saved one (--average-best)
+        "averaged_val": result.averaged_val,  # that average's own validation value (None: one state kept)
         "stopped_early": result.stopped_early,
         "stopped_by": result.stopped_by,  # "patience", "time budget" (TrainConfig.time_budget_s) or None
         "n_train": len(train_ds),

@@ -243,3 +243,8 @@ def train(
             f"after {result['steps']} steps ({result['train_seconds']:.0f} s, "
             f"{result['train_examples_per_s']:.1f} examples/s)"
         )
+        if result["averaged_val"] is not None:
+            out.print(
+                f"saved the mean of the states validated at steps {', '.join(map(str, result['kept_steps']))}: "
+                f"validation {result['metric']} {result['averaged_val']:.4f}"
+            )
