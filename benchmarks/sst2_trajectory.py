@@ -162,6 +162,8 @@ def replay_rules(log: list[dict], rec: Recorder) -> dict:
             picks[f"average of the {k} best to stop, patience {patience}"] = sorted(seen[:k])
             later = sorted(range(1, stop + 1), key=lambda i: (-log[i]["val"], -i))  # what the trainer can rank by
             picks[f"average of the {k} best to stop, patience {patience}, ties later"] = sorted(later[:k])
+    by_ce = sorted(range(1, len(log)), key=lambda i: log[i]["val_ce"])
+    picks["average of the 3 lowest cross-entropy"] = sorted(by_ce[:3])
     rules = {}
     for name, idx in picks.items():
         rules[name] = {"steps": [log[i]["step"] for i in idx], "held": rec.held_at(idx)}

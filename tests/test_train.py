@@ -97,7 +97,7 @@ def test_resume_with_other_settings_is_refused(tiny_backbone, sentiment_rows, tm
 def test_early_stopping_keeps_the_best_state(tiny_backbone, sentiment_rows):
     task = make(tiny_backbone)
     ds = dataset(sentiment_rows)
-    cfg = TrainConfig(max_steps=200, batch_size=8, lr=1e-6, warmup_steps=1, eval_every=2, patience=2)
+    cfg = TrainConfig(max_steps=200, batch_size=8, lr=1e-6, warmup_steps=1, eval_every=2, patience=2, average_best=1)
     start = task.model.method.embeddings.detach().clone()
     result = task.fit(ds, ds, cfg)
     assert result.stopped_early and result.steps < 200
@@ -219,7 +219,9 @@ def test_a_tie_keeps_the_later_state_but_does_not_reset_patience():
     from prompttune.train import Trainer
 
     objective = _Scripted([0.5, 0.8, 0.7, 0.8, 0.7, 0.75, 0.9])
-    cfg = TrainConfig(max_steps=50, batch_size=8, lr=0.1, warmup_steps=0, eval_every=1, patience=4, ema=0)
+    cfg = TrainConfig(
+        max_steps=50, batch_size=8, lr=0.1, warmup_steps=0, eval_every=1, patience=4, ema=0, average_best=1
+    )
     states = []
     cb = Callback(on_step=lambda e: states.append(objective.trainable.w.detach().clone()))
     result = Trainer(objective, cfg, callbacks=[cb]).fit()
@@ -228,8 +230,30 @@ def test_a_tie_keeps_the_later_state_but_does_not_reset_patience():
     torch.testing.assert_close(objective.trainable.w.detach(), states[2])  # the state after step 3, not step 1
 
 
-def test_the_default_patience_is_six_validations():
-    assert TrainConfig().patience == 6
+def test_a_tie_goes_to_the_lower_validation_loss_where_the_objective_reports_one():
+    from prompttune.train import Trainer
+
+    class WithLoss(_Scripted):
+        def __init__(self, vals, losses):
+            super().__init__(vals)
+            self.losses = list(losses)
+
+        def validate(self):
+            self.val_loss = self.losses.pop(0)
+            return super().validate()
+
+    objective = WithLoss([0.5, 0.8, 0.8, 0.8, 0.7], [1.0, 0.3, 0.2, 0.4, 0.1])
+    cfg = TrainConfig(max_steps=4, batch_size=8, lr=0.1, warmup_steps=0, eval_every=1, ema=0, average_best=1)
+    states = []
+    cb = Callback(on_step=lambda e: states.append(objective.trainable.w.detach().clone()))
+    result = Trainer(objective, cfg, callbacks=[cb]).fit()
+    assert (result.best_step, result.best_val) == (2, 0.8)  # step 2's loss 0.2 beats steps 1 and 3
+    torch.testing.assert_close(objective.trainable.w.detach(), states[1])
+    assert [h["val_loss"] for h in result.history] == [1.0, 0.3, 0.2, 0.4, 0.1]
+
+
+def test_the_default_recipe_waits_ten_validations_and_averages_the_three_best():
+    assert (TrainConfig().patience, TrainConfig().average_best) == (10, 3)
 
 
 def test_the_api_defaults_are_the_cli_recipe():
@@ -286,3 +310,27 @@ def test_kept_states_rank_by_value_then_later_step_and_round_trip():
     assert again.steps == [1, 2] and torch.equal(again.averaged()["w"], avg["w"])
     with pytest.raises(PromptTuneError, match="--average-best 0"):
         TrainConfig(average_best=0)
+
+
+def test_kept_states_break_ties_by_the_lower_validation_loss():
+    from prompttune.kept_states import KeptStates
+
+    kept = KeptStates(1)
+    state = {"w": torch.zeros(1)}
+    kept.offer(0.8, 4, state, loss=0.30)
+    assert not kept.offer(0.8, 8, state, loss=0.35)  # a tie on accuracy with a higher loss: not kept
+    assert kept.best == (0.8, 4)
+    assert kept.offer(0.8, 12, state, loss=0.25) and kept.best == (0.8, 12)
+    assert kept.offer(0.9, 16, state, loss=0.5) and kept.best == (0.9, 16)  # the metric comes first
+    tensors, ranks = kept.to_tensors()
+    again = KeptStates(1)
+    again.load(tensors, ranks)
+    assert again.entries[0][3] == 0.5
+
+
+def test_verbalizer_validation_reports_its_loss_and_history_records_it(tiny_backbone, sentiment_rows):
+    task = make(tiny_backbone)
+    ds = dataset(sentiment_rows)
+    result = task.fit(ds, ds, TrainConfig(max_steps=4, batch_size=8, eval_every=2))
+    assert [h["step"] for h in result.history] == [0, 2, 4]
+    assert all(h["val_loss"] > 0 for h in result.history)

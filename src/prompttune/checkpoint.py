@@ -35,7 +35,7 @@ def save_checkpoint(self, step: int, kept, result) -> None:
         "config": self.config.to_dict(),
         "param_groups": opt["param_groups"],
         "opt_scalars": meta_state,
-        "kept": kept_ranks,  # [validation value, step] of each kept state, best first
+        "kept": kept_ranks,  # [validation value, step, validation loss] of each kept state, best first
         "result": {**asdict(result)},
         "data": self.data_fingerprint,
     }
@@ -80,7 +80,7 @@ def load_checkpoint(self, result, kept):
     else:  # written before several states were kept: its one best state
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         r = info["result"]
-        kept.entries = [(r.get("best_val", r.get("best_val_accuracy", 0.0)), r["best_step"], best)]
+        kept.entries = [(r.get("best_val", r.get("best_val_accuracy", 0.0)), r["best_step"], best, None)]
     self.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
     state: dict = {}
     for k, v in tensors.items():
@@ -99,7 +99,8 @@ def load_checkpoint(self, result, kept):
     result.planned_from = r.get("planned_from", 0)
     result.best_val = r.get("best_val", r.get("best_val_accuracy", 0.0))
     result.history = [
-        {"step": h["step"], "val": h.get("val", h.get("val_accuracy"))} | ({"loss": h["loss"]} if "loss" in h else {})
+        {"step": h["step"], "val": h.get("val", h.get("val_accuracy"))}
+        | {k: h[k] for k in ("loss", "val_loss") if k in h}
         for h in r["history"]
     ]
     return info["step"], result

@@ -1,7 +1,8 @@
-"""The states a training run keeps: the ``k`` best validated (moving-averaged) states, ranked by validation value
-with a tie going to the later state, and what the run ends with: their element-wise mean (k = 1: the best state
-alone). Averaging the best few checkpoints of one run ("checkpoint averaging") smooths the validation noise that
-picks any single one of them: on SST-2's 200 validation rows a point is one row (benchmarks/sst2_trajectory.py)."""
+"""The states a training run keeps: the ``k`` best validated (moving-averaged) states, ranked by validation value,
+a tie going to the lower validation loss where the objective reports one, else to the later state; and what the
+run ends with: their element-wise mean (k = 1: the best state alone). Averaging the best few checkpoints of one run
+("checkpoint averaging") smooths the validation noise that picks any single one of them: on SST-2's 200
+validation rows a point of accuracy is one row (benchmarks/sst2_trajectory.py)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,36 @@ class KeptStates:
         if k < 1:
             raise ValueError(f"--average-best {k}: must be at least 1.")
         self.k = k
-        self.entries: list[tuple[float, int, dict]] = []  # (value, step, state), best first
+        self.entries: list[tuple[float, int, dict, float | None]] = []  # (value, step, state, loss), best first
 
-    def offer(self, value: float, step: int, state: dict) -> bool:
-        """Keep ``state`` (validated at ``step`` with ``value``) if it ranks among the k best; True if it was kept."""
-        if len(self.entries) == self.k and (value, step) < self.entries[-1][:2]:
+    @staticmethod
+    def _rank(value: float, step: int, loss: float | None) -> tuple:
+        return (value, -loss if loss is not None else 0.0, step)
+
+    def offer(self, value: float, step: int, state: dict, loss: float | None = None) -> bool:
+        """Keep ``state`` (validated at ``step`` with ``value`` and ``loss``) if it ranks among the k best; True if
+        it was kept."""
+        rank = self._rank(value, step, loss)
+        if len(self.entries) == self.k and rank < self._rank(*self._key(self.entries[-1])):
             return False
-        self.entries.append((value, step, {name: t.detach().clone() for name, t in state.items()}))
-        self.entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        self.entries.append((value, step, {name: t.detach().clone() for name, t in state.items()}, loss))
+        self.entries.sort(key=lambda e: self._rank(*self._key(e)), reverse=True)
         del self.entries[self.k :]
         return True
+
+    @staticmethod
+    def _key(entry: tuple) -> tuple:
+        return entry[0], entry[1], entry[3]
+
+    @property
+    def best(self) -> tuple[float, int]:
+        """(value, step) of the best kept state."""
+        return self.entries[0][0], self.entries[0][1]
 
     @property
     def steps(self) -> list[int]:
         """The kept states' steps, in training order."""
-        return sorted(step for _, step, _ in self.entries)
+        return sorted(e[1] for e in self.entries)
 
     def averaged(self) -> dict:
         """The mean of the kept states (floating-point tensors; any other tensor is the best state's)."""
@@ -46,13 +62,13 @@ class KeptStates:
 
     # --- checkpoints ------------------------------------------------------------------------------
     def to_tensors(self, prefix: str = "kept") -> tuple[dict, list[list]]:
-        """Flat tensors and the [value, step] of each kept state, for a checkpoint."""
+        """Flat tensors and the [value, step, loss] of each kept state, for a checkpoint."""
         tensors = {
             f"{prefix}.{i}.{name}": t.cpu().contiguous()
-            for i, (_, _, st) in enumerate(self.entries)
-            for name, t in st.items()
+            for i, entry in enumerate(self.entries)
+            for name, t in entry[2].items()
         }
-        return tensors, [[value, step] for value, step, _ in self.entries]
+        return tensors, [[value, step, loss] for value, step, _, loss in self.entries]
 
     def load(self, tensors: dict, ranks: list[list], prefix: str = "kept") -> None:
         """Back from ``to_tensors``' output (tensors already on their device)."""
@@ -61,4 +77,7 @@ class KeptStates:
             if key.startswith(prefix + "."):
                 i, name = key[len(prefix) + 1 :].split(".", 1)
                 states[int(i)][name] = t
-        self.entries = [(float(v), int(s), st) for (v, s), st in zip(ranks, states, strict=True)][: self.k]
+        self.entries = [
+            (float(r[0]), int(r[1]), st, None if len(r) < 3 or r[2] is None else float(r[2]))
+            for r, st in zip(ranks, states, strict=True)
+        ][: self.k]

@@ -29,6 +29,7 @@ class VerbalizerObjective:
     # The loss is a mean over rows: the Trainer may accumulate a step's gradient over parts of at most this many
     # padded tokens (long rows then hold one part's activations and keys/values at a time)
     micro_batch_tokens = 1024
+    val_loss: float | None = None  # the last validation's cross-entropy (Objective.val_loss)
 
     def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
         self.model, self.trainable = model, model.method
@@ -52,6 +53,8 @@ class VerbalizerObjective:
         scores = torch.empty(len(self.val.ids), len(pm.verbalizer.labels))
         for idx, heads in self._val_batches:
             scores[idx] = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads).cpu()
+        # the Trainer breaks accuracy ties by it: on a few hundred rows, accuracy moves a row at a time
+        self.val_loss = float(F.cross_entropy(scores, self.y_val))
         return float((scores.argmax(-1) == self.y_val).float().mean())
 
     @torch.no_grad()
@@ -64,12 +67,14 @@ class VerbalizerObjective:
             ids = self.val.ids
             mine = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world]
             self._shard_batches = self._plan_validation(prefix, rows=mine)
-        counts = torch.zeros(2, dtype=torch.float64)
+        counts = torch.zeros(3, dtype=torch.float64)
         for idx, heads in self._shard_batches:
-            scores = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads)
-            counts[0] += float((scores.argmax(-1).cpu() == self.y_val[idx]).sum())
+            scores = pm.label_scores([self.val.ids[i] for i in idx], prefix, heads).cpu()
+            counts[0] += float((scores.argmax(-1) == self.y_val[idx]).sum())
             counts[1] += len(idx)
-        correct, n = reduce(counts).tolist()
+            counts[2] += float(F.cross_entropy(scores.float(), self.y_val[idx], reduction="sum"))
+        correct, n, loss = reduce(counts).tolist()
+        self.val_loss = loss / n
         return float(torch.tensor(correct, dtype=torch.float32) / torch.tensor(n, dtype=torch.float32))
 
     def _plan_validation(

@@ -103,16 +103,19 @@ def train(
     ] = 0,
     eval_every: Annotated[int | None, typer.Option(help="Validate every K steps (default: 4 times an epoch).")] = None,
     patience: Annotated[
-        int, typer.Option(help="Stop after this many validations without improvement (a tie keeps the later state).")
-    ] = 6,
+        int, typer.Option(help="Stop after this many validations without a strict improvement of the metric.")
+    ] = 10,
     ema: Annotated[
         float,
         typer.Option(help="Validate and keep an exponential moving average of the prompt with this decay (0: off)."),
     ] = 0.9,
     average_best: Annotated[
         int,
-        typer.Option(help="End with the mean of the K best validated (averaged) prompts (1: the best alone)."),
-    ] = 1,
+        typer.Option(
+            help="End with the mean of the K best validated (averaged) prompts, ties broken by validation loss "
+            "(1: the best alone)."
+        ),
+    ] = 3,
     time_budget: Annotated[
         float,
         typer.Option(
