@@ -4,11 +4,12 @@ accuracy and cross-entropy, run to the end of its schedule (no patience, no time
 selection rules over the recorded validations, which is exact (selection does not change the trajectory):
 
     .venv/bin/python benchmarks/sst2_trajectory.py [--seed 0] [--ema 0.9] [--out runs/sst2-trajectory-0.json]
-    .venv/bin/python benchmarks/sst2_trajectory.py --replay runs/sst2-trajectory-0.json   # new rules, old states
+    .venv/bin/python benchmarks/sst2_trajectory.py --replay runs/sst2-trajectory-0.json --seed 0  # new rules, old states
+    (--seed: the recorded run's, whose validation split scores the averaged states)
 
 Prints one line per validation and, per rule, the step it keeps and that step's held-out accuracy. The trainer's
-rule (a tie keeps the later state; patience counts strict improvements, 6 by default) came from these runs.
-"""
+rule came from these runs: patience 10 (strict improvements), then the mean of the 3 best validated states, an
+accuracy tie ranked by validation cross-entropy (TrainConfig.patience / average_best)."""
 
 from __future__ import annotations
 
@@ -114,7 +115,13 @@ def main() -> None:
     if args.replay:  # one step builds the objective; then the recorded run's log and states replace this one's
         args.max_steps, args.out = 1, None
     cfg = TrainConfig(
-        epochs=args.epochs, max_steps=args.max_steps, patience=10**6, time_budget_s=None, seed=args.seed, ema=args.ema
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        patience=10**6,
+        time_budget_s=None,
+        seed=args.seed,
+        ema=args.ema,
+        average_best=1,  # one log entry per validation: the rules average states afterwards
     )
     _, result, _ = train_from_file(args.data, None, limit=2000, config=cfg)
     log = rec.log
