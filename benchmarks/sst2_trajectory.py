@@ -4,7 +4,7 @@ accuracy and cross-entropy, run to the end of its schedule (no patience, no time
 selection rules over the recorded validations, which is exact (selection does not change the trajectory):
 
     .venv/bin/python benchmarks/sst2_trajectory.py [--seed 0] [--ema 0.9] [--out runs/sst2-trajectory-0.json]
-    .venv/bin/python benchmarks/sst2_trajectory.py --replay runs/sst2-trajectory-0.json --seed 0  # new rules, old states
+    .venv/bin/python benchmarks/sst2_trajectory.py --replay runs/sst2-trajectory-0.json --seed 0  # new rules
     (--seed: the recorded run's, whose validation split scores the averaged states)
 
 Prints one line per validation and, per rule, the step it keeps and that step's held-out accuracy. The trainer's
