@@ -274,7 +274,7 @@ def test_average_best_ends_with_the_mean_of_the_k_best_validated_states(tiny_bac
     and validates that mean once more."""
     from prompttune.train import Trainer
 
-    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.75])  # steps 0, 2, 4, ..., 12; then the average
+    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.85])  # steps 0, 2, 4, ..., 12; then the average
     seen: dict[int, torch.Tensor] = {}
 
     def validate(self):
@@ -286,11 +286,32 @@ def test_average_best_ends_with_the_mean_of_the_k_best_validated_states(tiny_bac
     ds = dataset(sentiment_rows)
     cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=2, patience=100, ema=0.0, average_best=3)
     result = task.fit(ds, ds, cfg)
-    assert result.kept_steps == [4, 8, 10]  # 0.9, 0.9 and 0.8; 0.75 at step 14 is the average's own validation
-    assert result.best_val == 0.9 and result.best_step == 8 and result.averaged_val == 0.75
+    assert result.kept_steps == [4, 8, 10]  # 0.9, 0.9 and 0.8; 0.85 at "step 14" is the average's own validation
+    assert result.best_val == 0.9 and result.best_step == 8 and result.averaged_val == 0.85
     mean = torch.stack([seen[4], seen[8], seen[10]]).mean(0)
     torch.testing.assert_close(task.model.method.embeddings.detach(), mean)
     assert result.metrics()["kept_steps"] == [4, 8, 10]
+
+    # an average that validates below every state in it is dropped for the best state
+    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.7])
+    seen.clear()
+    task = make(tiny_backbone)
+    result = task.fit(ds, ds, cfg)
+    assert result.kept_steps == [8] and result.averaged_val is None
+    torch.testing.assert_close(task.model.method.embeddings.detach(), seen[8])
+
+
+def test_the_untrained_start_is_never_averaged_into_trained_states():
+    from prompttune.kept_states import KeptStates
+
+    kept = KeptStates(3)
+    for step, value in ((0, 0.6), (2, 0.8), (4, 0.5)):
+        kept.offer(value, step, {"w": torch.full((1,), float(step))})
+    assert kept.steps == [2, 4] and kept.averaged()["w"].item() == 3.0
+    alone = KeptStates(3)
+    alone.offer(0.9, 0, {"w": torch.zeros(1)})
+    alone.offer(0.5, 2, {"w": torch.ones(1)})
+    assert alone.steps == [0] and alone.averaged()["w"].item() == 0.0
 
 
 def test_kept_states_rank_by_value_then_later_step_and_round_trip():

@@ -42,22 +42,30 @@ class KeptStates:
 
     @property
     def steps(self) -> list[int]:
-        """The kept states' steps, in training order."""
-        return sorted(e[1] for e in self.entries)
+        """The averaged states' steps, in training order."""
+        return sorted(e[1] for e in self.averaged_entries)
+
+    @property
+    def averaged_entries(self) -> list[tuple]:
+        """The kept states that are averaged: all of them, except that the untrained start (step 0) is never mixed
+        into trained states (it is kept alone only when nothing beat it)."""
+        if self.entries and self.entries[0][1] != 0:
+            return [e for e in self.entries if e[1] != 0]
+        return self.entries[:1]
+
+    def best_state(self) -> dict:
+        return {name: t.clone() for name, t in self.entries[0][2].items()}
 
     def averaged(self) -> dict:
-        """The mean of the kept states (floating-point tensors; any other tensor is the best state's)."""
+        """The mean of the averaged states (floating-point tensors that differ between them; any other tensor, e.g.
+        a frozen part, is the best state's, bit for bit)."""
         if not self.entries:
             raise ValueError("no state kept yet")
-        best = self.entries[0][2]
-        if len(self.entries) == 1:
-            return {name: t.clone() for name, t in best.items()}
-        out = {}
-        for name, t in best.items():
-            if t.is_floating_point():
-                out[name] = torch.stack([e[2][name].float() for e in self.entries]).mean(0).to(t.dtype)
-            else:
-                out[name] = t.clone()
+        entries = self.averaged_entries
+        out = self.best_state()
+        for name, t in out.items():
+            if t.is_floating_point() and any(not torch.equal(e[2][name], t) for e in entries[1:]):
+                out[name] = torch.stack([e[2][name].float() for e in entries]).mean(0).to(t.dtype)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------------

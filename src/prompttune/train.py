@@ -261,10 +261,13 @@ class Trainer:
         result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
         self.parts.load_trainable_state(kept.averaged())
         result.kept_steps = kept.steps
-        if len(kept.entries) > 1:  # the average was never validated as such: once, for the record
+        if len(result.kept_steps) > 1:  # the average was never validated as such: once
             t_eval = time.perf_counter()
             result.averaged_val = self.validate()
             result.eval_seconds += time.perf_counter() - t_eval
+            if result.averaged_val < min(e[0] for e in kept.averaged_entries):  # worse than each of its states
+                self.parts.load_trainable_state(kept.best_state())
+                result.kept_steps, result.averaged_val = [result.best_step], None
         self.parts.eval()
         objective.clear_cache()
         return result
