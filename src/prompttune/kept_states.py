@@ -17,23 +17,19 @@ class KeptStates:
         self.entries: list[tuple[float, int, dict, float | None]] = []  # (value, step, state, loss), best first
 
     @staticmethod
-    def _rank(value: float, step: int, loss: float | None) -> tuple:
+    def _rank(entry: tuple) -> tuple:
+        value, step, _, loss = entry
         return (value, -loss if loss is not None else 0.0, step)
 
     def offer(self, value: float, step: int, state: dict, loss: float | None = None) -> bool:
         """Keep ``state`` (validated at ``step`` with ``value`` and ``loss``) if it ranks among the k best; True if
         it was kept."""
-        rank = self._rank(value, step, loss)
-        if len(self.entries) == self.k and rank < self._rank(*self._key(self.entries[-1])):
+        if len(self.entries) == self.k and self._rank((value, step, None, loss)) < self._rank(self.entries[-1]):
             return False
         self.entries.append((value, step, {name: t.detach().clone() for name, t in state.items()}, loss))
-        self.entries.sort(key=lambda e: self._rank(*self._key(e)), reverse=True)
+        self.entries.sort(key=self._rank, reverse=True)
         del self.entries[self.k :]
         return True
-
-    @staticmethod
-    def _key(entry: tuple) -> tuple:
-        return entry[0], entry[1], entry[3]
 
     @property
     def best(self) -> tuple[float, int]:
