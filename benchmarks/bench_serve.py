@@ -33,6 +33,10 @@ its resident memory (VmRSS) is read after the load. Configurations, side by side
                  --many-cache-mb, --prefix-cache-dtype --many-cache-dtype (int8: a quarter of float32),
                  uniform traffic over all: throughput / (a)                      target >= 0.7
                  and RSS / (c)'s                                                 target <= 1.5
+  each alone     (--each-alone) the 8-task server of (a), the same load sent to one task at a time: what the mix
+                 would give if mixing itself cost nothing (8 / the sum of 1 / each task's req/s, since uniform
+                 traffic spends 1/8 of its requests on each), so mixed / that is the cost of mixing alone, apart
+                 from the heavier tasks' longer prefixes                                    (reported)
   long prefix    the classify template with ~--long-prefix tokens of system text vs as it is (~20-40 prefix
                  tokens), one server holding both, each loaded alone: long / short throughput  target >= 0.8
 
@@ -166,6 +170,7 @@ def main() -> None:
     ap.add_argument("--many-cache-mb", type=float, default=256.0, help="--prefix-cache-mb of the many-task server")
     ap.add_argument("--many-cache-dtype", default="int8", help="--prefix-cache-dtype of the many-task server")
     ap.add_argument("--long-prefix", type=int, default=1000, help="tokens of the long system text (0: skip)")
+    ap.add_argument("--each-alone", action="store_true", help="also load (a)'s server one task at a time")
     ap.add_argument("--skip", default="", help="comma-separated configurations to leave out: b,d,e")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
@@ -188,7 +193,17 @@ def main() -> None:
         threads = os.environ.get("OMP_NUM_THREADS", "unset")
         print(f"8 tasks; {args.requests} requests x 1 row, {args.clients} clients, uniform random task; "
               f"OMP_NUM_THREADS={threads}; load {machine_load()}", flush=True)  # fmt: skip
-        serve("a", b["tasks"], b["labels"], [("a_mixed", lambda n: True)], batch, args, folder, results)
+        targets = [("a_mixed", lambda n: True)]
+        if args.each_alone:
+            names = [t.split("=", 1)[0] for t in b["tasks"]]
+            targets += [(f"alone_{n}", lambda m, n=n: m == n) for n in names]
+        serve("a", b["tasks"], b["labels"], targets, batch, args, folder, results)
+        if args.each_alone:
+            alone = [results[f"alone_{n}"]["req_per_s"] for n in names]
+            results["each_alone"] = {
+                "req_per_s": len(alone) / sum(1 / x for x in alone) if all(alone) else 0.0,
+                "per_task": dict(zip(names, alone, strict=True)),
+            }
         if "b" not in skip:
             one = ["--max-batch", "1", "--max-wait-ms", "0"]
             serve("b", b["tasks"], b["labels"], [("b_batch1", lambda n: True)], one, args, folder, results)
@@ -229,6 +244,7 @@ def report(results: dict, args) -> None:
             print(f"{label:40s} {r['req_per_s']:9.2f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f} {r['errors']:6d} {rss}")
     checks = [("mixed / batch 1", "a_mixed", "b_batch1", "req_per_s", ">=", 3.0),
               ("mixed / one task", "a_mixed", "c_one_task", "req_per_s", ">=", 0.8),
+              ("mixed / each task alone (the mix's cost)", "a_mixed", "each_alone", "req_per_s", ">=", 0.8),
               ("mixed / predict processes", "a_mixed", "d_predict", "req_per_s", ">=", 10.0),
               ("mixed / PEFT", "a_mixed", "e_peft", "req_per_s", ">=", 3.0),
               ("RSS 8 tasks / 1 task", "a_mixed", "c_one_task", "rss_mb", "<=", 1.15),
@@ -243,7 +259,11 @@ def report(results: dict, args) -> None:
             ok = v is not None and (v >= target if op == ">=" else v <= target)
             ratios[label] = {"value": v, "target": f"{op} {target}", "met": ok}
             print(f"{label:40s} {v:8.3f} {op + ' ' + str(target):>9s}  {'met' if ok else 'NOT met'}")
-    errors = sum(r["errors"] for r in results.values())
+    if "each_alone" in results:
+        per = ", ".join(f"{n} {v:.1f}" for n, v in results["each_alone"]["per_task"].items())
+        print(f"each task alone on the 8-task server (req/s): {per}; if mixing were free: "
+              f"{results['each_alone']['req_per_s']:.1f}")  # fmt: skip
+    errors = sum(r.get("errors", 0) for r in results.values())
     print(f"errors in all: {errors}; load average now {machine_load()}; mixed run's load {a['load_avg']}")
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "ratios": ratios, "errors": errors}
     if args.json_out:
