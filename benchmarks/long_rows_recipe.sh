@@ -2,12 +2,14 @@
 # The default recipe on longer rows and pairs (issue 18, 1): train on the first 2,000 rows of a data set in
 # ../shared/data (no tuning flags), evaluate on rows the run never saw, and print accuracy, wall time, peak
 # RSS and the load average before and after (the machine is shared: compare runs made under the same load).
-#   bash benchmarks/long_rows_recipe.sh ag_news|rte|mnli|qqp|mrpc [OUT_DIR] [TRAIN FLAGS...]
+#   bash benchmarks/long_rows_recipe.sh ag_news|rte|mnli|qqp|mrpc|dbpedia_14|emotion [OUT_DIR] [TRAIN FLAGS...]
 # Held-out rows: ag_news rows 2,001-2,300 of train.jsonl; rte the last 490 rows of train.jsonl; mnli the
-# first 500 rows of validation_matched.jsonl; qqp the last 500 rows of train.jsonl; mrpc validation.jsonl.
+# first 500 rows of validation_matched.jsonl; qqp the last 500 rows of train.jsonl; mrpc validation.jsonl;
+# dbpedia_14 (14 topics, labels of several tokens such as EducationalInstitution) and emotion (6 labels) the
+# first 500 rows of test.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME=${1:?ag_news, rte, mnli, qqp or mrpc}
+NAME=${1:?ag_news, rte, mnli, qqp, mrpc, dbpedia_14 or emotion}
 OUT=${2:-runs/$NAME-recipe}
 shift; shift || true
 DIR=../shared/data/$NAME
@@ -19,7 +21,8 @@ case $NAME in
   mnli) head -n 500 "$DIR/validation_matched.jsonl" > "$OUT/heldout.jsonl" ;;
   qqp) tail -n 500 "$DIR/train.jsonl" > "$OUT/heldout.jsonl" ;;
   mrpc) cp "$DIR/validation.jsonl" "$OUT/heldout.jsonl" ;;
-  *) echo "$NAME: choose ag_news, rte, mnli, qqp or mrpc" >&2; exit 1 ;;
+  dbpedia_14|emotion) head -n 500 "$DIR/test.jsonl" > "$OUT/heldout.jsonl" ;;
+  *) echo "$NAME: choose ag_news, rte, mnli, qqp, mrpc, dbpedia_14 or emotion" >&2; exit 1 ;;
 esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 PT=.venv/bin/prompttune

@@ -1,15 +1,19 @@
 """OpenAI-compatible routes: ``model`` names the task whose prompt (soft or hard) the text continues.
 
     GET  /v1/models                  one entry per task
-    POST /v1/completions             {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed"}
+    POST /v1/completions             {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed",
+                                      "num_beams", "length_penalty"}
     POST /v1/chat/completions        {"model", "messages", ...}: the last user message fills the task's field
 
 A label-word task (an artifact or a hard prompt with labels) continues its own prompt with free text
 (as ``PromptTask.generate``); a generation template renders the text into its field (as ``Generator.complete``).
 Completions waiting in the queue together, of any tasks, are decoded in one batched loop (``decode.py``).
-Decoding is greedy unless ``temperature`` > 0 (then sampled, with ``top_p``). With ``stream`` the answer
-comes as server-sent events in the OpenAI chunk format, token by token as the worker decodes (``streaming.py``),
-ending with ``data: [DONE]``; the pieces add up to the text the same request without ``stream`` returns.
+Decoding is greedy unless ``temperature`` > 0 (then sampled, with ``top_p``) or ``num_beams`` > 1 (beam search,
+``core/beam.py``, ranked with ``length_penalty``: two fields outside OpenAI's schema, as vLLM takes its own
+sampling settings; the ``openai`` client sends them with ``extra_body``). With ``stream`` the answer comes as
+server-sent events in the OpenAI chunk format, token by token as the worker decodes (``streaming.py``), ending
+with ``data: [DONE]``; the pieces add up to the text the same request without ``stream`` returns. A beam search
+streams its text in one piece at the end: until then any beam may still win.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from prompttune.serve.http import ApiError, Server, as_api_error, text_size
 from prompttune.serve.streaming import TokenStream, sse
 from prompttune.serve.tasks import ServedTask
 
-COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n", "user"}
+COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n", "user",
+                     "num_beams", "length_penalty"}  # fmt: skip
 CHAT_FIELDS = (COMPLETION_FIELDS - {"prompt"}) | {"messages", "max_completion_tokens", "stream_options"}
 IGNORED = {"user", "stream_options"}  # accepted and not used
 DEFAULT_MAX_TOKENS = 64
@@ -124,6 +129,11 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
         raise ApiError(422, "'stop' must be a string or a list of strings.")
     temperature = body.get("temperature", 0.0)
     top_p = body.get("top_p", 1.0)
+    beams = body.get("num_beams", 1)
+    beams = 1 if beams is None else beams
+    if isinstance(beams, bool) or not isinstance(beams, int):
+        raise ApiError(422, f"'num_beams' is {beams!r}: give a whole number (1: no beam search).")
+    length_penalty = body.get("length_penalty", 1.0)
     try:
         config = GenerationConfig(
             max_new_tokens=max_tokens,
@@ -131,6 +141,8 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
             top_p=1.0 if top_p is None else top_p,
             seed=body.get("seed") or 0,
             stop=tuple(stop),
+            num_beams=beams,
+            length_penalty=1.0 if length_penalty is None else length_penalty,
         )
     except PromptTuneError as e:  # names the setting; the request field has the same name
         raise ApiError(422, str(e).replace(" (--", " (field of the request; flag --", 1)) from None

@@ -103,7 +103,8 @@ class TokenStream:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.deltas = TextDeltas(decode, config.stop)
         self.closed = False
-        self.config = ReportingConfig.of(config, self._on_tokens)
+        # beam search reports nothing: until it ends any beam may win, so its text comes whole as the last piece
+        self.config = config if config.num_beams > 1 else ReportingConfig.of(config, self._on_tokens)
 
     def _on_tokens(self, ids: list[int]) -> None:  # the worker thread
         if self.closed:
