@@ -274,7 +274,7 @@ def test_average_best_ends_with_the_mean_of_the_k_best_validated_states(tiny_bac
     and validates that mean once more."""
     from prompttune.train import Trainer
 
-    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.85])  # steps 0, 2, 4, ..., 12; then the average
+    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.88, 0.6, 0.89])  # steps 0, 2, 4, ..., 12; then the average
     seen: dict[int, torch.Tensor] = {}
 
     def validate(self):
@@ -286,19 +286,46 @@ def test_average_best_ends_with_the_mean_of_the_k_best_validated_states(tiny_bac
     ds = dataset(sentiment_rows)
     cfg = TrainConfig(max_steps=12, batch_size=8, lr=0.05, eval_every=2, patience=100, ema=0.0, average_best=3)
     result = task.fit(ds, ds, cfg)
-    assert result.kept_steps == [4, 8, 10]  # 0.9, 0.9 and 0.8; 0.85 at "step 14" is the average's own validation
-    assert result.best_val == 0.9 and result.best_step == 8 and result.averaged_val == 0.85
+    assert result.kept_steps == [4, 8, 10]  # 0.9, 0.9 and 0.88; 0.89 at "step 14" is the average's own validation
+    assert result.best_val == 0.9 and result.best_step == 8 and result.averaged_val == 0.89
     mean = torch.stack([seen[4], seen[8], seen[10]]).mean(0)
     torch.testing.assert_close(task.model.method.embeddings.detach(), mean)
     assert result.metrics()["kept_steps"] == [4, 8, 10]
 
+    # a kept state more than a standard error below the best (80 validation rows: 0.034 at 0.9) is not averaged
+    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.9])
+    seen.clear()
+    task = make(tiny_backbone)
+    result = task.fit(ds, ds, cfg)
+    assert result.kept_steps == [4, 8] and result.averaged_val == 0.9
+    torch.testing.assert_close(task.model.method.embeddings.detach(), torch.stack([seen[4], seen[8]]).mean(0))
+
     # an average that validates below every state in it is dropped for the best state
-    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.8, 0.6, 0.7])
+    values = iter([0.5, 0.6, 0.9, 0.7, 0.9, 0.88, 0.6, 0.7])
     seen.clear()
     task = make(tiny_backbone)
     result = task.fit(ds, ds, cfg)
     assert result.kept_steps == [8] and result.averaged_val is None
     torch.testing.assert_close(task.model.method.embeddings.detach(), seen[8])
+
+
+def test_only_states_within_a_standard_error_of_the_best_are_averaged():
+    """DBpedia-14, a run the time budget stopped while it still climbed: the mean of its states at 0.48 / 0.79 /
+    0.89 validated 0.775; with 200 validation rows (one standard error 0.022 at 0.89) the best state stays alone."""
+    from prompttune.kept_states import KeptStates, standard_error
+
+    assert standard_error(0.89, 200) == pytest.approx((0.89 * 0.11 / 200) ** 0.5)
+    assert standard_error(1.0, 50) == 1 / 50 and standard_error(0.9, None) is None  # one row's worth at least
+    kept = KeptStates(3, within=standard_error(0.89, 200))
+    for step, value in ((28, 0.48), (56, 0.79), (80, 0.89)):
+        kept.offer(value, step, {"w": torch.full((1,), float(step))})
+    assert kept.steps == [80] and kept.averaged()["w"].item() == 80.0
+    kept.within = None  # rows unknown: every kept state, as before
+    assert kept.steps == [28, 56, 80]
+    close = KeptStates(3, within=standard_error(0.885, 200))  # SST-2, seed 1: 0.885, 0.885, 0.87 all averaged
+    for step, value in ((252, 0.87), (336, 0.885), (350, 0.885)):
+        close.offer(value, step, {"w": torch.full((1,), float(step))})
+    assert close.steps == [252, 336, 350]
 
 
 def test_the_untrained_start_is_never_averaged_into_trained_states():

@@ -2,18 +2,36 @@
 a tie going to the lower validation loss where the objective reports one, else to the later state; and what the
 run ends with: their element-wise mean (k = 1: the best state alone). Averaging the best few checkpoints of one run
 ("checkpoint averaging") smooths the validation noise that picks any single one of them: on SST-2's 200
-validation rows a point of accuracy is one row (benchmarks/sst2_trajectory.py)."""
+validation rows a point of accuracy is one row (benchmarks/sst2_trajectory.py).
+
+Only states within ``within`` of the best join the mean (``standard_error``: one standard error of the best's
+validation value, the "one-SE" rule); a state further below is a worse state, not noise around the best. On
+DBpedia-14 a run the time budget stopped while it still climbed kept steps 28 / 56 / 80 at 0.48 / 0.79 / 0.89: their
+mean validated 0.775 and scored 0.792 held-out, where the step-80 state alone validated 0.89."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 
+def standard_error(value: float, rows: int | None) -> float | None:
+    """One standard error of a validation value that is a mean over ``rows`` rows of [0, 1] scores:
+    sqrt(p (1 - p) / n), the largest such a mean can have (exact for accuracy), and at least one row's worth
+    (1 / n); None when the rows are not known."""
+    if not rows:
+        return None
+    p = min(1.0, max(0.0, value))
+    return max(math.sqrt(p * (1 - p) / rows), 1 / rows)
+
+
 class KeptStates:
-    def __init__(self, k: int = 1):
+    def __init__(self, k: int = 1, within: float | None = None):
         if k < 1:
             raise ValueError(f"--average-best {k}: must be at least 1.")
         self.k = k
+        self.within = within  # a state joins the mean only this close to the best's value (None: every kept state)
         self.entries: list[tuple[float, int, dict, float | None]] = []  # (value, step, state, loss), best first
 
     @staticmethod
@@ -43,10 +61,12 @@ class KeptStates:
 
     @property
     def averaged_entries(self) -> list[tuple]:
-        """The kept states that are averaged: all of them, except that the untrained start (step 0) is never mixed
-        into trained states (it is kept alone only when nothing beat it)."""
+        """The kept states that are averaged: those within ``within`` of the best's value, except that the untrained
+        start (step 0) is never mixed into trained states (it is kept alone only when nothing beat it)."""
         if self.entries and self.entries[0][1] != 0:
-            return [e for e in self.entries if e[1] != 0]
+            best = self.entries[0][0]
+            close = [e for e in self.entries if self.within is None or e[0] >= best - self.within]
+            return [e for e in close if e[1] != 0]
         return self.entries[:1]
 
     def best_state(self) -> dict:

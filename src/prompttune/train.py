@@ -21,7 +21,7 @@ from prompttune.core.backbone import HeapTrim, release_memory
 from prompttune.core.errors import PromptTuneError
 from prompttune.distributed.context import init_from_env
 from prompttune.distributed.step import backward_shard
-from prompttune.kept_states import KeptStates
+from prompttune.kept_states import KeptStates, standard_error
 from prompttune.prefix import step_prefix_once
 from prompttune.train_result import TrainResult as TrainResult  # re-exported
 
@@ -128,6 +128,8 @@ class Objective(Protocol):
     # Optional ``loss_weight(batch)``: what the loss is a mean over (default rows; e.g. tokens), see loss_weight_of
     # Optional ``val_loss``: set by ``validate`` to the validation loss, which breaks ties of the metric when states
     # are ranked (kept_states.py); without it a tie goes to the later state
+    # Optional ``val_rows``: how many rows (or inputs) the validation metric is a mean over; it sets which kept
+    # states are close enough to the best to be averaged (one standard error); without it every kept state is
     def validate(self) -> float: ...
 
     def clear_cache(self) -> None:
@@ -259,6 +261,8 @@ class Trainer:
             if result.stopped_early:
                 break
         result.train_seconds = time.perf_counter() - t0 - result.eval_seconds
+        # only states within one standard error of the best are averaged (kept_states.py)
+        kept.within = standard_error(kept.best[0], getattr(objective, "val_rows", None))
         self.parts.load_trainable_state(kept.averaged())
         result.kept_steps = kept.steps
         if len(result.kept_steps) > 1:  # the average was never validated as such: once

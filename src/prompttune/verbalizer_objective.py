@@ -36,6 +36,7 @@ class VerbalizerObjective:
         self.y_val = model.label_indices(val)  # a validation label the verbalizer does not know: an error first
         self.y_train = model.label_indices(train)
         self.train, self.val = model.encode(train), model.encode(val)
+        self.val_rows = len(self.val.ids)  # what the accuracy is a mean over (kept_states.standard_error)
         self.lengths = [len(x) for x in self.train.ids]
         self._val_batches: list[tuple[list[int], RowHeads | None]] | None = None
         self._shard_batches: list[tuple[list[int], RowHeads | None]] | None = None  # a data-parallel rank's part

@@ -113,6 +113,7 @@ class GenerationObjective:
         if len(groups) > VALIDATION_INPUTS:
             groups = random.Random(seed).sample(groups, VALIDATION_INPUTS)
         self.val = groups
+        self.val_rows = len(groups)  # ROUGE-L is a mean over these inputs (kept_states.standard_error)
         self.lengths = [len(x.ids) + len(x.target) for x in self.examples]
         self.micro_batch_tokens = activation_tokens(GenerationObjective.micro_batch_tokens, self.model.backbone)
 

@@ -33,6 +33,7 @@ class HeadObjective:
         self, kind: HeadKind, model: HeadModel, train: list, val: Dataset, batch_size: int = 64, dropout: bool = False
     ):
         self.kind, self.model, self.train, self.val, self.batch_size = kind, model, train, val, batch_size
+        self.val_rows = len(val.rows)  # what the metric is a mean over (kept_states.standard_error)
         self.trainable = model.trainable
         self.metric = kind.metric
         self.lengths = [kind.length(e) for e in train]

@@ -82,6 +82,7 @@ class MixtureObjective:
         self.tasks, self.data, self.trainable = tasks, data, stage
         self.batching = check_batching(batching)
         self.parts = [VerbalizerObjective(t.model, d.train, d.val) for t, d in zip(tasks, data, strict=True)]
+        self.val_rows = sum(p.val_rows for p in self.parts)  # the mean accuracy's standard error, as if one pool
         self.pairs = sample_rows([len(d.train) for d in data], temperature, seed)
         self.lengths = [len(self.parts[k].train.ids[i]) for k, i in self.pairs]
         self.last_val: dict[str, float] = {}
