@@ -31,6 +31,7 @@ class TrainingProgress(Callback):
         self.console, self.bar, self.task = console, None, None
         self.best: float | None = None
         self.speed = ""
+        self.shown = ""  # the bar's loss and speed, as of the last step
         if bar is not None:
             self.attach(bar)
 
@@ -42,13 +43,16 @@ class TrainingProgress(Callback):
         self.speed = f"{ev['examples_per_s']:.1f} ex/s" + (f", {loss.strip()}" if loss else "")
         if self.bar is None:
             return
-        best = f" best val {self.best:.3f}" if self.best is not None else ""
-        self.bar.update(
-            self.task, completed=ev["step"], total=ev["total"], info=f"{loss}{ev['examples_per_s']:.1f} ex/s{best}"
-        )
+        self.shown = f"{loss}{ev['examples_per_s']:.1f} ex/s"
+        self.bar.update(self.task, completed=ev["step"], total=ev["total"], info=self.shown + self._best())
+
+    def _best(self) -> str:
+        return f" best val {self.best:.3f}" if self.best is not None else ""
 
     def on_validation(self, ev: dict) -> None:
         self.best = ev["best_val"]
+        if self.bar is not None:  # the bar shows the new best now, not at the next step (the last has none)
+            self.bar.update(self.task, info=self.shown + self._best())
         if self.bar is None or not self.console.is_terminal:
             self.console.print(
                 f"step {ev['step']}/{ev['total']} val {ev['metric']} {ev['val']:.4f} "

@@ -1,0 +1,22 @@
+"""The training bar: the best validation it shows is the latest, also after the last step's validation."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from prompttune.cli.progress import TrainingProgress, progress_bar
+
+
+def test_the_bar_shows_a_new_best_as_soon_as_it_is_validated():
+    console = Console(file=io.StringIO(), force_terminal=True)
+    bar = progress_bar(console)
+    progress = TrainingProgress(console, bar)
+    progress.on_step({"step": 79, "total": 80, "loss": 0.5, "examples_per_s": 2.3})
+    progress.on_validation({"step": 79, "total": 80, "metric": "accuracy", "val": 0.79, "best_val": 0.79})
+    assert "best val 0.790" in bar.tasks[0].fields["info"]
+    progress.on_step({"step": 80, "total": 80, "loss": 0.45, "examples_per_s": 2.3})
+    progress.on_validation({"step": 80, "total": 80, "metric": "accuracy", "val": 0.89, "best_val": 0.89})
+    info = bar.tasks[0].fields["info"]
+    assert "best val 0.890" in info and "loss 0.450" in info and "2.3 ex/s" in info
