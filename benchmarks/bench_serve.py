@@ -197,6 +197,7 @@ def main() -> None:
         if args.each_alone:
             names = [t.split("=", 1)[0] for t in b["tasks"]]
             targets += [(f"alone_{n}", lambda m, n=n: m == n) for n in names]
+            targets += [("a_mixed_again", lambda n: True)]  # the mix again after them: the machine's drift shows
         serve("a", b["tasks"], b["labels"], targets, batch, args, folder, results)
         if args.each_alone:
             alone = [results[f"alone_{n}"]["req_per_s"] for n in names]
@@ -262,7 +263,8 @@ def report(results: dict, args) -> None:
     if "each_alone" in results:
         per = ", ".join(f"{n} {v:.1f}" for n, v in results["each_alone"]["per_task"].items())
         print(f"each task alone on the 8-task server (req/s): {per}; if mixing were free: "
-              f"{results['each_alone']['req_per_s']:.1f}")  # fmt: skip
+              f"{results['each_alone']['req_per_s']:.1f}; the mix again after them: "
+              f"{results['a_mixed_again']['req_per_s']:.1f}")  # fmt: skip
     errors = sum(r.get("errors", 0) for r in results.values())
     print(f"errors in all: {errors}; load average now {machine_load()}; mixed run's load {a['load_avg']}")
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "ratios": ratios, "errors": errors}
