@@ -112,8 +112,8 @@ def train(
     average_best: Annotated[
         int,
         typer.Option(
-            help="End with the mean of the K best validated (averaged) prompts, ties broken by validation loss "
-            "(1: the best alone)."
+            help="End with the mean of the K best validated (averaged) prompts, ties broken by validation loss; "
+            "only those within one standard error of the best's validation value join (1: the best alone)."
         ),
     ] = 3,
     time_budget: Annotated[
