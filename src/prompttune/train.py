@@ -129,7 +129,7 @@ class Objective(Protocol):
     # Optional ``val_loss``: set by ``validate`` to the validation loss, which breaks ties of the metric when states
     # are ranked (kept_states.py); without it a tie goes to the later state
     # Optional ``val_rows``: how many rows (or inputs) the validation metric is a mean over; it sets which kept
-    # states are close enough to the best to be averaged (one standard error); without it every kept state is
+    # states are close enough to the best to be averaged (one standard error); without it every kept state is averaged
     def validate(self) -> float: ...
 
     def clear_cache(self) -> None:
