@@ -129,10 +129,7 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
         raise ApiError(422, "'stop' must be a string or a list of strings.")
     temperature = body.get("temperature", 0.0)
     top_p = body.get("top_p", 1.0)
-    beams = body.get("num_beams", 1)
-    beams = 1 if beams is None else beams
-    if isinstance(beams, bool) or not isinstance(beams, int):
-        raise ApiError(422, f"'num_beams' is {beams!r}: give a whole number (1: no beam search).")
+    beams = body.get("num_beams", 1)  # checked by GenerationConfig, as the other settings are
     length_penalty = body.get("length_penalty", 1.0)
     try:
         config = GenerationConfig(
@@ -141,7 +138,7 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
             top_p=1.0 if top_p is None else top_p,
             seed=body.get("seed") or 0,
             stop=tuple(stop),
-            num_beams=beams,
+            num_beams=1 if beams is None else beams,
             length_penalty=1.0 if length_penalty is None else length_penalty,
         )
     except PromptTuneError as e:  # names the setting; the request field has the same name
