@@ -75,6 +75,9 @@ class Encoded:
 
 
 class PromptModel(PrefixModel):
+    mixes = True  # its rows can join the server's mixed batches over a cached prefix (``serve.mixed``)
+    generates = True  # it can write text after its prompt
+
     def __init__(
         self,
         backbone: Backbone,

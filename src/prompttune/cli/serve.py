@@ -16,9 +16,9 @@ def serve(
         typer.Argument(
             metavar="[TASK]...",
             help="NAME=SOURCE, SOURCE being an artifact directory, a registry reference (name@production), a "
-            "template file or a built-in template name. A template with label words (--labels, or stored in the "
-            "registry) is a zero-shot classifier; one without is a generation task. More can be added while "
-            "the server runs (POST /v1/tasks).",
+            "template file, a built-in template name, or one task of a pack as PACK#TASK. A template with label "
+            "words (--labels, or stored in the registry) is a zero-shot classifier; one without is a generation "
+            "task. More can be added while the server runs (POST /v1/tasks).",
         ),
     ] = None,
     host: Annotated[

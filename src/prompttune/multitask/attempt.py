@@ -12,8 +12,8 @@ as in the paper (its attention also covers the target prompt; √d keeps the log
 first mixture is close to uniform). Only P_t and the attention module train; the source prompts are buffers,
 saved in the artifact so it stands alone. The prompt differs per row, so the soft tokens in the constant
 prefix (the early templates' ``[soft]``) are run per row, batched; in the late templates the prefix stays
-constant and only the rows' soft tokens change. `eval`/`predict` load it like any artifact; the server
-(mixed batches over cached prefixes) does not serve it.
+constant and only the rows' soft tokens change. `eval`/`predict` load it like any artifact; the server scores
+its rows per task with ``score`` (not in mixed batches over cached prefixes) and does not generate with it.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ class MixturePromptModel(PromptModel):
     asks the method for their prompts and runs the prefix per row when it holds soft tokens."""
 
     method: PromptMixture
+    mixes = False  # the prompt differs per row: the server scores its rows with ``score``, per task
+    generates = False
 
     @property
     def soft_prefix(self) -> bool:

@@ -3,7 +3,8 @@
 A batch closes at ``max_batch`` rows or ``max_wait_ms`` after its first job, whichever comes first. Rows of
 label-word tasks on one backbone go through ONE forward pass whatever their tasks (``mixed.score_mixed``,
 in chunks of ``max_batch`` rows), with them classification-head tasks pooled at the last token (a decoder's;
-``mixed.mixable_head``); other head tasks' rows are batched per task (``Task.predictions``); completions
+``mixed.mixable_head``); an ATTEMPT mixture's rows (a prompt per row: ``PromptModel.mixes`` false) are scored
+per task with ``PromptModel.score``; other head tasks' rows are batched per task (``Task.predictions``); completions
 (kind "generate") of any tasks are decoded together in one batched loop (``decode.decode``), after the batch's
 scoring, up to ``max_batch`` rows a loop. A job whose caller gave up (timeout) is skipped.
 Every forward pass holds its tasks' prefixes through the prefix cache (``prefix_cache.PrefixCache.use``);
@@ -232,6 +233,7 @@ class Batcher:
                 j.finish(error=RuntimeError(f"{type(e).__name__}: {e}"))
 
     def _score_labels(self, jobs: list[Job]) -> None:
+        from prompttune.scorer import Encoded
         from prompttune.serve.mixed import score_mixed
 
         encoded: dict[int, list[list[int]]] = {}
@@ -246,6 +248,14 @@ class Batcher:
             scores: dict[int, list] = {id(j): [None] * j.size for j in group}
 
             def run(group=group, models=models, scores=scores) -> None:
+                for model in [m for m in models if not m.mixes]:  # a prompt per row (ATTEMPT): its task alone
+                    mine = [(j, k, ids) for j in group if j.served.task.model is model
+                            for k, ids in enumerate(encoded[id(j)])]  # fmt: skip
+                    with self.cache.use([model]):
+                        out = model.score(Encoded([ids for _, _, ids in mine]), batch_size=self.max_batch)
+                    for (j, k, _), o in zip(mine, out, strict=True):
+                        scores[id(j)][k] = o
+                models = [m for m in models if m.mixes]
                 for part in self.cache.groups(models):  # tasks whose prefixes fit the budget together
                     inside = {id(m) for m in part}
                     items = [(j, k, ids) for j in group if id(j.served.task.model) in inside

@@ -113,7 +113,8 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
         raise ApiError(422, "'model' must name a task (GET /v1/models lists them).")
     served = server.task_for(request, name)
     if not served.can_generate:
-        raise ApiError(422, f"task {name!r} is a {served.kind} task: it does not generate text; use "
+        what = "an ATTEMPT mixture (a prompt per input)" if served.kind == "labels" else f"a {served.kind} task"
+        raise ApiError(422, f"task {name!r} is {what}: it does not generate text; use "
                             f"POST /v1/tasks/{name}/predict.")  # fmt: skip
     if body.get("n", 1) != 1:
         raise ApiError(422, "'n' must be 1 (one completion per request).")

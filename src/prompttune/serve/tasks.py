@@ -3,6 +3,8 @@
 A SOURCE is what ``prompttune eval`` accepts as a PROMPT (``registry.resolve.resolve_prompt``):
 - an artifact directory (a soft prompt with label words, or a head task), loaded with ``task.load`` onto
   the backbone its manifest names (shared with every other task on that model);
+- one task of a pack (``train-multi`` / ``continual``): ``PACK#TASK`` (a pack without ``#TASK`` is an error
+  listing its tasks); the same works for a pack in the registry (``packs@production#sst2``);
 - a registry reference (``sst2@production``): a soft-prompt version is an artifact, a template version a
   hard prompt (with the label words it was stored with, if any);
 - a template file or a built-in template name: with label words (given, or stored) a zero-shot label-word
@@ -62,6 +64,34 @@ def parse_task_spec(spec: str) -> tuple[str, str]:
     return check_name(name, "TASK"), source
 
 
+def split_pack_task(source: str) -> tuple[str, str | None]:
+    """``PACK#TASK`` -> (PACK, TASK); a source without ``#`` (or an existing path holding one) -> (source, None)."""
+    if not isinstance(source, str) or "#" not in source or Path(source).exists():
+        return source, None
+    base, _, pick = source.rpartition("#")
+    if not base or not pick:
+        raise DataError(f"source {source!r}: write PACK#TASK, e.g. runs/pack#sst2 (one task of a pack).")
+    return base, pick
+
+
+def pack_task(task, pick: str | None, name: str, source: str):
+    """The task to serve from a loaded artifact: itself, or the pack's task ``pick`` (``PACK#TASK``)."""
+    from prompttune.multitask.pack import PackTask
+
+    if not isinstance(task, PackTask):
+        if pick is not None:
+            raise DataError(f"task {name!r}: {source} is a single-task artifact, not a pack; leave out #{pick}.")
+        return task
+    if pick is None:
+        raise DataError(
+            f"task {name!r}: {source} is a pack of {len(task.names)} tasks ({', '.join(task.names)}); serve one "
+            f"as NAME={source}#TASK, e.g. {task.names[0]}={source}#{task.names[0]}."
+        )
+    if pick not in task.names:
+        raise DataError(f"task {name!r}: pack {source} has no task {pick!r}; it has {', '.join(task.names)}.")
+    return task.task(pick)
+
+
 def parse_labels(spec: str, flag: str = "--labels") -> list[str]:
     labels = [x.strip() for x in spec.split(",") if x.strip()]
     if len(labels) < 2 or len(labels) > MAX_LABELS or len(set(labels)) != len(labels):
@@ -98,7 +128,9 @@ class ServedTask:
 
     @property
     def can_generate(self) -> bool:
-        return self.kind in ("labels", "generation")
+        if self.kind == "labels":
+            return self.task.model.generates  # an ATTEMPT mixture classifies only
+        return self.kind == "generation"
 
     @property
     def prefix_owner(self):
@@ -255,11 +287,12 @@ class TaskTable:
 
         if not isinstance(source, str) or not source.strip():
             raise DataError(f"task {name!r}: source must be an artifact directory, registry reference or template.")
-        follows = source if followed(source) else None
+        base, pick = split_pack_task(source)
+        follows = base if followed(base) else None  # the registry reference (a pack task keeps its #TASK in source)
         # the version first, then the load: a label moving in between is seen (and loaded) at the next check
-        version = self.registry_client().get(follows, payload=False) if follows else None
+        version = self.registry_client().get(base, payload=False) if follows else None
         try:
-            kind, target, shown = resolve_prompt(source, self.registry)
+            kind, target, shown = resolve_prompt(base, self.registry)
         except OSError as e:  # e.g. a long inline template read as a path: "File name too long"
             raise DataError(
                 f"task {name!r}: source {source[:60]!r}...: {e.strerror}; give an artifact directory, a registry "
@@ -269,11 +302,13 @@ class TaskTable:
             if labels or verbalizer:
                 raise DataError(f"task {name!r}: labels / verbalizer apply to hard prompts; an artifact has its own.")
             try:
-                served = self._load_artifact(name, source, Path(target), shown)
+                served = self._load_artifact(name, source, Path(target), shown, pick)
             finally:
                 tmp = Path(target).parent
-                if not Path(source).is_dir() and tmp.name.startswith("prompttune-registry-"):
+                if not Path(base).is_dir() and tmp.name.startswith("prompttune-registry-"):
                     shutil.rmtree(tmp, ignore_errors=True)  # written from the registry to load
+        elif pick is not None:
+            raise DataError(f"task {name!r}: {base} is a template, not a pack; leave out #{pick}.")
         else:
             served = self._load_template(name, source, target, shown, labels, verbalizer)
         served.follows, served.options = follows, (labels, verbalizer)
@@ -281,14 +316,16 @@ class TaskTable:
             served.version_number, served.version_hash = version.number, version.hash
         return served
 
-    def _load_artifact(self, name: str, source: str, path: Path, shown: str) -> ServedTask:
+    def _load_artifact(self, name: str, source: str, path: Path, shown: str, pick: str | None) -> ServedTask:
         from prompttune.api import load  # importing api registers every task kind (PromptTask, HeadTask, packs)
         from prompttune.core import artifact
 
         manifest, _ = artifact.read(path)  # a damaged or foreign folder is an error naming it
         backbone = self.backbone(manifest["backbone"]["id"])  # the artifact's own model, shared per id
-        task = load(path, backbone)  # another backbone's artifact: an error naming both
+        task = pack_task(load(path, backbone), pick, name, source)  # another backbone's: an error naming both
         kind = "head" if manifest.get("head") or manifest.get("probe") else "labels"  # probes: answered as heads
+        if pick is not None:
+            shown = f"{shown}#{pick}"
         if kind == "head":
             task.model.trainable.eval()
         return ServedTask(name, source, shown, kind, backbone, task=task)
