@@ -13,7 +13,7 @@ ONE_LABEL_MIN_ROWS = 20
 
 def classification_report(pred: torch.Tensor, gold: torch.Tensor, labels: list[str]) -> dict:
     n = len(gold)
-    out: dict = {"accuracy": float((pred == gold).float().mean()) if n else 0.0, "n": n, "per_class": {}}
+    out: dict = {"accuracy": int((pred == gold).sum()) / n if n else 0.0, "n": n, "per_class": {}}
     f1s = []
     for i, label in enumerate(labels):
         tp = int(((pred == i) & (gold == i)).sum())

@@ -67,7 +67,7 @@ def choose_strength(
         head = ProbeHead(x.shape[1], n_labels)
         head.fit(x, y, c)
         with torch.no_grad():
-            acc = float((head(x_val).argmax(-1) == y_val).float().mean())
+            acc = int((head(x_val).argmax(-1) == y_val).sum()) / len(y_val)
         grid.append({"c": c, "val": acc})
     best = max(grid, key=lambda g: (g["val"], -g["c"]))
     return best["c"], grid
