@@ -165,8 +165,19 @@ def test_missing_artifact_dir(tmp_path):
 
 def test_dir_without_manifest(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ArtifactError, match="not a prompttune artifact"):
+    with pytest.raises(ArtifactError, match="not a prompttune artifact") as e:
         prompttune.load(tmp_path / "empty")
+    assert "pass that" not in str(e.value)
+
+
+def test_dir_holding_an_artifact_names_it(saved, tmp_path):
+    """`prompttune continual --out DIR` writes DIR/pack: DIR itself is an error that names DIR/pack."""
+    import shutil
+
+    shutil.copytree(saved[1], tmp_path / "run" / "pack")
+    with pytest.raises(ArtifactError) as e:
+        prompttune.load(tmp_path / "run")
+    assert f"it holds {tmp_path / 'run' / 'pack'}: pass that" in str(e.value)
 
 
 def test_damaged_manifest(saved, tiny_backbone):

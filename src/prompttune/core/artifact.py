@@ -88,7 +88,9 @@ def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not path.exists():
         raise ArtifactError(f"{path}: no such artifact. Train one with: prompttune train DATA --out {path}")
     if not (path / MANIFEST).exists():
-        raise ArtifactError(f"{path}: not a prompttune artifact (no {MANIFEST}).")
+        inside = sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))[:3] if path.is_dir() else []
+        hint = f"; it holds {' and '.join(map(str, inside))}: pass that" if inside else ""  # e.g. continual's DIR/pack
+        raise ArtifactError(f"{path}: not a prompttune artifact (no {MANIFEST}){hint}.")
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
