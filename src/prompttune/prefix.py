@@ -27,6 +27,7 @@ class PrefixModel(nn.Module):
     segments: list[Tensor | SoftSlot]  # the constant prefix: token ids and soft slots
 
     prefix_store_dtype: torch.dtype | None = None  # keep the cached prefix in this dtype (None: as computed)
+    mixes = True  # its rows can join the server's mixed batches over a cached prefix (``serve.mixed``)
 
     def __init__(self) -> None:
         super().__init__()

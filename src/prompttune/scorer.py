@@ -75,7 +75,6 @@ class Encoded:
 
 
 class PromptModel(PrefixModel):
-    mixes = True  # its rows can join the server's mixed batches over a cached prefix (``serve.mixed``)
     generates = True  # it can write text after its prompt
 
     def __init__(
