@@ -93,7 +93,12 @@ def run_prompttune(args) -> dict:
     task.model.method.eval()
     if args.table:
         save_file({"prompt_embeddings": task.model.method.table().detach().float().contiguous()}, args.table)
-    decoding = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    decoding = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        draft_tokens=args.draft_tokens,
+    )
     examples = task.model.encode(from_records([{"input": x} for x in inputs]).rows, targets=False)
     order = sorted(range(len(inputs)), key=lambda i: len(examples[i].ids))
     examples = [examples[i] for i in order]
@@ -271,6 +276,13 @@ def main() -> None:
     ap.add_argument("--max-target-tokens", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=0,
+        help="prompttune's side: prompt-lookup decoding with up to N drafted tokens a step (PEFT's batched generate "
+        "has none: transformers' prompt lookup takes one row at a time)",
+    )
+    ap.add_argument(
         "--rounds", type=int, default=1, help="run the two sides alternately this many times; medians are reported"
     )
     ap.add_argument("--table", default=None, help="(internal) where prompttune leaves its prefix table for PEFT")
@@ -295,6 +307,7 @@ def main() -> None:
         f"x batch {args.batch_size} ({args.train_rows} rows, targets <= {args.max_target_tokens} tokens), "
         f"{args.virtual_tokens} virtual tokens, MLP {args.encoder_hidden}, lr {args.lr}; greedy generation of up to "
         f"{args.max_new_tokens} tokens for {args.gen_rows} inputs, batch {args.batch_size}, "
+        f"{f'prompttune drafting {args.draft_tokens} tokens a step, ' if args.draft_tokens else ''}"
         f"{'the same prefix' if b.get('same_prefix') else 'each side its own prefix'}; threads {a['threads']}"
     )
     print(f"{'':26}{'prompttune':>12}{'PEFT':>12}{'ratio':>9}")

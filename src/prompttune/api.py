@@ -277,7 +277,9 @@ def evaluate(
     if task_name is not None:
         raise DataError(f"--task {task_name}: picks a task of a pack; {shown} is not an artifact.")
     if decoding:
-        raise DataError(f"--num-beams / --length-penalty: for generation artifacts; {shown} is a hard prompt.")
+        raise DataError(
+            f"--num-beams / --length-penalty / --draft-tokens: for generation artifacts; {shown} is a hard prompt."
+        )
     pool = load_rows(demos_from) if demos_from else None
     check = load_rows(calibration_rows) if calibration_rows else None
     if on_load:

@@ -16,6 +16,14 @@ PenaltyOpt = Annotated[
     float | None,
     typer.Option("--length-penalty", help="With --num-beams: a text scores sum(log p) / tokens ** this (default 1)."),
 ]
+DraftOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--draft-tokens",
+        help="A generation artifact, greedy: check up to N tokens drafted from n-grams already seen (the input, "
+        "the text written) in each step's pass (prompt-lookup decoding: same text, fewer passes; 0-8).",
+    ),
+]
 LengthPenaltyOpt = Annotated[
     float,
     typer.Option(help="Beam search: a text scores sum(log p) / tokens ** this (1: mean per token; 0: the sum)."),
@@ -66,6 +74,7 @@ def evaluate(
     ] = None,
     num_beams: BeamsOpt = None,
     length_penalty: PenaltyOpt = None,
+    draft_tokens: DraftOpt = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -94,7 +103,7 @@ def evaluate(
             model=model,
             progress=lambda n: bar.advance(task, n),
             task_name=task_name,
-            decoding=_decoding(num_beams, length_penalty),
+            decoding=_decoding(num_beams, length_penalty, draft_tokens),
             **Settings.backbone_args(),
         )
     show_warnings(err, report)
@@ -113,6 +122,7 @@ def predict(
     ] = None,
     num_beams: BeamsOpt = None,
     length_penalty: PenaltyOpt = None,
+    draft_tokens: DraftOpt = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -124,7 +134,7 @@ def predict(
     if not texts and not file:
         raise PromptTuneError("predict: give texts as arguments or --file rows.jsonl.")
     set_threads()
-    decoding = _decoding(num_beams, length_penalty)
+    decoding = _decoding(num_beams, length_penalty, draft_tokens)
     rows = predict_rows(
         artifact_dir, file or texts, model, task_name=task_name, decoding=decoding, **Settings.backbone_args()
     )
@@ -135,9 +145,11 @@ def predict(
             out.print(format_prediction(r), markup=False, highlight=False, soft_wrap=True)
 
 
-def _decoding(num_beams: int | None, length_penalty: float | None) -> dict | None:
-    """--num-beams / --length-penalty as a generation artifact's decoding changes (None: the artifact's own)."""
-    changes = {k: v for k, v in (("num_beams", num_beams), ("length_penalty", length_penalty)) if v is not None}
+def _decoding(num_beams: int | None, length_penalty: float | None, draft_tokens: int | None) -> dict | None:
+    """--num-beams / --length-penalty / --draft-tokens as a generation artifact's decoding changes (None: the
+    artifact's own)."""
+    given = (("num_beams", num_beams), ("length_penalty", length_penalty), ("draft_tokens", draft_tokens))
+    changes = {k: v for k, v in given if v is not None}
     return changes or None
 
 

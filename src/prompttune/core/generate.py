@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: a chain file is checked
 MAX_NEW_TOKENS = 4096  # per call, whatever the model's context allows
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 200
 MAX_BEAMS = 16  # hypotheses per row at most (each carries its own copy of the prefix's keys/values)
+MAX_DRAFT_TOKENS = 8  # prompt-lookup decoding: drafted tokens per row and step at most
 SENTENCE_GRACE_TOKENS = 32  # finish_sentence: tokens past max_new_tokens allowed to end the sentence
 DEFAULT_REPETITION_PENALTY = 1.1
 DEFAULT_NO_REPEAT_NGRAM = 4
@@ -74,6 +75,7 @@ class GenerationConfig:
     finish_sentence: bool = False
     num_beams: int = 1  # > 1: beam search (core/beam.py), deterministic
     length_penalty: float = 1.0  # beam search: a hypothesis scores sum(log p) / tokens ** length_penalty
+    draft_tokens: int = 0  # greedy, batched: tokens drafted per step from n-grams seen (``generation/lookup``)
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -82,6 +84,7 @@ class GenerationConfig:
         _whole("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, 64)
         _whole("seed", self.seed, 0, 2**63 - 1)
         _whole("num_beams", self.num_beams, 1, MAX_BEAMS)
+        _whole("draft_tokens", self.draft_tokens, 0, MAX_DRAFT_TOKENS)
         _number("length_penalty", self.length_penalty, "a number from -10 to 10 (0: sum of log-probs)", _lp_ok)
         if self.num_beams > 1 and (self.temperature > 0 or self.finish_sentence):
             raise DataError(

@@ -6,7 +6,8 @@ and glibc keeps the freed blocks: decoding 80 E2E rows over such a prefix left t
 Here each layer holds a buffer with room to spare; a step writes its keys/values into it and the model reads a
 view of the filled part. A full buffer grows by ``ROOM`` positions at a time (one copy per ``ROOM`` steps).
 
-Rows leave (``keep_rows``) and join (``join``) between steps for continuous batching (``generation/decode``).
+Rows leave (``keep_rows``) and join (``join``) between steps for continuous batching (``generation/decode``);
+``crop`` drops a step's last positions (drafted tokens that no row kept: ``generation/lookup``).
 ``stack_left_padded`` lays several prefixes out as one batch (mixed-task passes).
 """
 
@@ -65,6 +66,13 @@ class GrowingLayer(DynamicLayer):
         self._k = self._v = None
         self.length = 0
         self.update(keys, values)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` positions (transformers' convention: a negative count); the buffer
+        keeps them as room."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop: give a negative count of positions to remove, not {tokens_to_remove}")
+        self._set_length(max(0, self.length + tokens_to_remove))
 
     def keep_rows(self, rows: Tensor) -> None:
         self._k, self._v = self._k[rows.to(self._k.device)], self._v[rows.to(self._v.device)]

@@ -13,6 +13,13 @@ already writing: their keys/values are left-padded to a common width (masked; a 
 computed at, so the columns' order does not matter) and each row keeps its own positions. The keys/values
 grow in place (``core.kv_cache.GrowingCache``), not by concatenation: a step copies no cache.
 
+With ``draft_tokens`` (prompt-lookup decoding, ``generation/lookup``) a step's rows also take up to that many
+drafted tokens each; every one greedy decoding would have chosen at its place is kept (with the choice after it),
+so a step can write several tokens per row. The drafted tokens no row kept are masked out, and the cache is cut
+back where no row kept any. On E2E with a trained prefix (64 inputs, 16 slots, bfloat16) 2 drafted tokens took
+143 passes down to 84 and 175 -> 217 tokens/s; in float32 106 -> 116 tokens/s, all 64 outputs identical (in
+bfloat16 a wider product rounds differently: 43 of 64 outputs were identical, the rest part at near-ties).
+
 Token for token what ``core.generate.Generator`` writes for each row alone (greedy, the same repetition
 settings over each row's generated tokens). Sampling and ``finish_sentence`` go through ``Generator`` row by
 row.
@@ -31,6 +38,7 @@ from torch import Tensor
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.generate import GenerationConfig
 from prompttune.core.kv_cache import GrowingCache
+from prompttune.generation.lookup import NgramDrafts
 
 ADMIT_FRACTION = 4  # new rows join when a quarter of the slots is free (or no row is writing)
 
@@ -124,6 +132,49 @@ def greedy_batch(
                 going.append(j)
         return going
 
+    lookup = NgramDrafts(config.draft_tokens) if config.draft_tokens else None
+    contexts = [[t for t in r if t >= 0] for r in rows] if lookup else []  # inputs' token ids (no soft slots)
+
+    def step(live: _Batch, writing: list[int]) -> _Batch:
+        """One step of every live row: its last token (and drafted ones, ``draft_tokens``) through the model."""
+        drafts = [[] for _ in live.rows]
+        if lookup:
+            for j in writing:
+                i = live.rows[j]
+                drafts[j] = lookup.propose(contexts[i] + out[i], limits[i] - len(out[i]) - 1)
+        width, b = 1 + max(map(len, drafts)), len(live.rows)
+        input_ids = torch.full((b, width), pad, dtype=torch.long)
+        for j, (t, d) in enumerate(zip(step_tokens, drafts, strict=True)):
+            input_ids[j, : 1 + len(d)] = torch.tensor([t, *d])
+        before = live.attention.shape[1]
+        attention = torch.cat([live.attention, torch.ones(b, width, dtype=torch.long)], dim=1)
+        # a finished row's position stays put (its output is never read; no position past the model's limit)
+        moving = torch.tensor([[int(not d)] for d in done])
+        hidden = backbone.run(input_ids, attention, live.positions + moving * torch.arange(1, width + 1), live.cache)
+        logits = head(hidden[writing] if len(writing) < b else hidden).float()  # (writing, width, vocab)
+        kept = [0] * b  # drafted tokens each row kept: the greedy choice at their place was theirs
+        active = list(range(len(writing)))  # indices into ``writing`` still reading their drafts
+        for s in range(width):
+            nxt = choose([live.rows[writing[a]] for a in active], logits[active, s])
+            going = set(written([live.rows[writing[a]] for a in active], nxt))
+            follow = []
+            for n, (a, t) in enumerate(zip(active, nxt, strict=True)):
+                j = writing[a]
+                step_tokens[j], done[j] = t, n not in going
+                if not done[j] and s < len(drafts[j]) and drafts[j][s] == t:  # t is already the next input
+                    kept[j] += 1
+                    follow.append(a)
+            active = follow
+        if lookup:
+            for j in writing:
+                lookup.note(out[live.rows[j]])
+        for j, k in enumerate(kept):  # drafted tokens not kept: masked out, then cut where no row kept any
+            attention[j, before + 1 + k :] = 0
+        width = 1 + max(kept)
+        live.cache.crop(before + width - attention.shape[1])
+        positions = live.positions + moving * (1 + torch.tensor([kept]).T)  # each row's last kept position
+        return _Batch(live.rows, live.cache, attention[:, : before + width], positions)
+
     done: list[bool] = []  # per live row: finished (its slot idles until the next admission compacts the batch)
     while live.rows or pending:
         writing = [j for j, d in enumerate(done) if not d]
@@ -141,18 +192,7 @@ def greedy_batch(
             going = written(batch.rows, nxt)
             joined, joined_tokens = _keep(batch, going), [nxt[j] for j in going]
         if writing:
-            input_ids = torch.tensor(step_tokens)[:, None]
-            attention = torch.cat([live.attention, torch.ones(len(live.rows), 1, dtype=torch.long)], dim=1)
-            # a finished row's position stays put (its output is never read; no position past the model's limit)
-            positions = live.positions + torch.tensor([[int(not d)] for d in done])
-            hidden = backbone.run(input_ids, attention, positions, live.cache)  # the cache grows in place
-            live = _Batch(live.rows, live.cache, attention, positions)
-            logits = head(hidden[writing, -1]) if len(writing) < len(live.rows) else head(hidden[:, -1])
-            nxt = choose([live.rows[j] for j in writing], logits.float())
-            going = set(written([live.rows[j] for j in writing], nxt))
-            for n, (j, t) in enumerate(zip(writing, nxt, strict=True)):
-                step_tokens[j] = t
-                done[j] = n not in going
+            live = step(live, writing)
         if joined.rows:
             live, step_tokens = _join(live, joined, backbone.model.config), step_tokens + joined_tokens
             done += [False] * len(joined.rows)
