@@ -143,9 +143,8 @@ def greedy_batch(
                 i = live.rows[j]
                 drafts[j] = lookup.propose(contexts[i] + out[i], limits[i] - len(out[i]) - 1)
         width, b = 1 + max(map(len, drafts)), len(live.rows)
-        input_ids = torch.full((b, width), pad, dtype=torch.long)
-        for j, (t, d) in enumerate(zip(step_tokens, drafts, strict=True)):
-            input_ids[j, : 1 + len(d)] = torch.tensor([t, *d])
+        padded = [[t, *d] + [pad] * (width - 1 - len(d)) for t, d in zip(step_tokens, drafts, strict=True)]
+        input_ids = torch.tensor(padded, dtype=torch.long)  # (b, width): without drafts, each row's last token
         before = live.attention.shape[1]
         attention = torch.cat([live.attention, torch.ones(b, width, dtype=torch.long)], dim=1)
         # a finished row's position stays put (its output is never read; no position past the model's limit)
@@ -168,10 +167,11 @@ def greedy_batch(
         if lookup:
             for j in writing:
                 lookup.note(out[live.rows[j]])
-        for j, k in enumerate(kept):  # drafted tokens not kept: masked out, then cut where no row kept any
-            attention[j, before + 1 + k :] = 0
-        width = 1 + max(kept)
-        live.cache.crop(before + width - attention.shape[1])
+        if width > 1:  # drafted tokens not kept: masked out, then cut where no row kept any
+            for j, k in enumerate(kept):
+                attention[j, before + 1 + k :] = 0
+            width = 1 + max(kept)
+            live.cache.crop(before + width - attention.shape[1])
         positions = live.positions + moving * (1 + torch.tensor([kept]).T)  # each row's last kept position
         return _Batch(live.rows, live.cache, attention[:, : before + width], positions)
 
