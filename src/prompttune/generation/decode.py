@@ -154,7 +154,7 @@ def greedy_batch(
         kept = [0] * b  # drafted tokens each row kept: the greedy choice at their place was theirs
         active = list(range(len(writing)))  # indices into ``writing`` still reading their drafts
         for s in range(width):
-            nxt = choose([live.rows[writing[a]] for a in active], logits[active, s])
+            nxt = choose([live.rows[writing[a]] for a in active], logits[:, s] if s == 0 else logits[active, s])
             going = set(written([live.rows[writing[a]] for a in active], nxt))
             follow = []
             for n, (a, t) in enumerate(zip(active, nxt, strict=True)):

@@ -6,10 +6,11 @@ can check guesses at the next tokens for free-ish: the row's next inputs are its
 drafted tokens, and every drafted token that equals what greedy decoding chooses at its place is kept, plus the
 token chosen after the last kept one. Greedy output is unchanged (up to float rounding of a wider product).
 
-The drafts come from n-grams already seen (Saxena's prompt lookup decoding, vLLM's ``ngram`` speculator): the
-last ``n`` tokens (3, then 2, then 1) are looked up in what this call has written so far, over all rows (data-to-
-text outputs repeat their phrasing from row to row: "... is a coffee shop near ... in the riverside area"), then
-earlier in the row's own input and output (names and values copied from the input).
+The drafts come from n-grams already seen (Saxena's prompt lookup decoding, vLLM's ``ngram`` speculator): for n
+= 3, 2, 1 in turn, the row's last n tokens are looked up first (n >= 2) in what this call has written so far, over
+all rows (data-to-text outputs repeat their phrasing from row to row: "... is a coffee shop near ... in the
+riverside area"), then earlier in the row's own input and output (names and values copied from the input); the
+first match gives the draft.
 """
 
 from __future__ import annotations
