@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prompttune.core import attention, defaults, layer_states, lean, skinny
+from prompttune.core import attention, decode_step, defaults, layer_states, lean, skinny
 from prompttune.core.errors import ModelError
 
 # A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
@@ -201,6 +201,8 @@ class Backbone:
         attention_mask, position_ids = attention_mask.to(dev), position_ids.to(dev)
         if isinstance(prefix, Cache):  # a decoder's cache the caller keeps (decoding): updated in place
             cache = prefix
+            if self._steps_directly(input_ids, inputs_embeds, attention_mask, cache, return_cache, layers):
+                return decode_step.step(self.body, input_ids, attention_mask, position_ids, cache)
         else:
             batch = attention_mask.shape[0]
             data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
@@ -223,6 +225,25 @@ class Backbone:
         if return_cache:
             return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
         return out.last_hidden_state
+
+    @functools.cached_property
+    def fast_steps(self) -> bool:
+        """Decoding steps skip transformers' per-call glue (``core.decode_step``): Llama decoders only."""
+        return self.kind == "decoder" and decode_step.supports(self.model)
+
+    def _steps_directly(self, input_ids, inputs_embeds, attention_mask, cache, return_cache, layers) -> bool:
+        return (
+            self.fast_steps
+            and input_ids is not None
+            and inputs_embeds is None
+            and layers is None
+            and not return_cache
+            and not torch.is_grad_enabled()
+            and not self.model.training
+            and getattr(cache, "grows_in_place", False)
+            and input_ids.shape[1] <= decode_step.MAX_STEP_TOKENS
+            and attention_mask.shape[1] == cache.get_seq_length() + input_ids.shape[1]
+        )
 
     def _run_encoder(self, input_ids, attention_mask, position_ids, prefix, inputs_embeds, return_cache):
         """Encoders: every token of the input attends to the prefix (always) and to the unmasked input."""

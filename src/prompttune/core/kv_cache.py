@@ -83,6 +83,8 @@ class GrowingCache(DynamicCache):
     """A ``DynamicCache`` of ``GrowingLayer``s, started from per-layer keys/values (e.g. a task's prefix expanded
     over ``batch`` rows: copied once into the buffers)."""
 
+    grows_in_place = True  # its layers' ``update`` writes into their buffers (``core.decode_step`` relies on it)
+
     def __init__(self, kv: list[tuple[Tensor, Tensor]] | None, batch: int, config) -> None:
         super().__init__(config=config)
         self.layers = [GrowingLayer() for _ in self.layers]

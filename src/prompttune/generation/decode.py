@@ -89,7 +89,8 @@ def greedy_batch(
     ends, tok = backbone.end_token_ids, backbone.tokenizer
     out: list[list[int]] = [[] for _ in rows]
     limits = [min(config.max_new_tokens, backbone.max_length - p - len(r)) for r in rows]
-    pending = deque(i for i in range(len(rows)) if limits[i] > 0)
+    # longest prompts first: their texts tend to be the longest, so the batch ends on short rows, not a long tail
+    pending = deque(sorted((i for i in range(len(rows)) if limits[i] > 0), key=lambda i: -len(rows[i])))
     live = _Batch()
     step_tokens: list[int] = []  # the live rows' last tokens, the next step's input
 

@@ -1,0 +1,96 @@
+"""core.decode_step: a decoding step without transformers' per-call glue equals transformers' forward bit for bit
+(float32 and bfloat16, left padding, a short prompt, one and several new tokens per row, after a crop), is what ``Backbone.run``
+takes for decoding steps only, and leaves greedy decoding's text unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prompttune.core import decode_step
+from prompttune.core.backbone import Backbone
+from prompttune.core.data import from_records
+from prompttune.core.generate import GenerationConfig
+from prompttune.core.kv_cache import GrowingCache
+from prompttune.generation.task import GenerationTask
+
+
+def _prefilled(backbone: Backbone, seed: int = 0):
+    """A cache of 3 rows over a prompt of 7 tokens, the first row left-padded by 3 and the second by 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(backbone.tokenizer), (3, 7), generator=g)
+    attention = torch.ones(3, 7, dtype=torch.long)
+    attention[0, :3] = 0
+    attention[1, :1] = 0
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    cache = GrowingCache(None, 3, backbone.model.config)
+    with torch.no_grad():
+        backbone.run(ids, attention, positions, cache)
+    return cache, attention, positions[:, -1:]
+
+
+def _steps(backbone: Backbone, widths: list[int], crop_after: int | None = None) -> list[torch.Tensor]:
+    """Hidden states of decoding steps of the given widths (tokens per row) over ``_prefilled``'s cache."""
+    cache, attention, last = _prefilled(backbone)
+    g = torch.Generator().manual_seed(1)
+    outs = []
+    with torch.no_grad():
+        for n, width in enumerate(widths):
+            ids = torch.randint(5, len(backbone.tokenizer), (3, width), generator=g)
+            attention = torch.cat([attention, torch.ones(3, width, dtype=torch.long)], dim=1)
+            positions = last + torch.arange(1, width + 1)
+            outs.append(backbone.run(ids, attention, positions, cache))
+            last = positions[:, -1:]
+            if n == crop_after and width > 1:  # the step's last tokens dropped, as drafted tokens no row kept
+                cache.crop(-(width - 1))
+                attention, last = attention[:, : cache.get_seq_length()], last - (width - 1)
+    return outs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_steps_equal_transformers_forward(tiny_model_dir, dtype, monkeypatch):
+    backbone = Backbone.load(str(tiny_model_dir), dtype=dtype)
+    assert backbone.fast_steps
+    calls = []
+    real = decode_step.step
+    monkeypatch.setattr(decode_step, "step", lambda *a: calls.append(a[1].shape) or real(*a))
+    widths = [1, 3, 1, 2, 1]
+    fast = _steps(backbone, widths, crop_after=1)
+    assert calls == [(3, 7)] + [(3, w) for w in widths]  # the prompt (7 tokens) and every step: the direct path
+    backbone.fast_steps = False  # transformers' forward
+    slow = _steps(backbone, widths, crop_after=1)
+    assert len(calls) == 1 + len(widths)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_mask_is_causal_among_new_tokens_and_keeps_padding_closed():
+    attention = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    mask = decode_step.additive_mask(attention, 3, torch.float32)
+    assert mask.shape == (2, 1, 2, 5)
+    closed = mask < 0
+    assert closed[0, 0, :, 0].all()  # padding stays closed
+    assert closed[:, 0, 0, 4].all()  # the first new token does not see the second
+    assert not closed[:, 0, 0, 1:4].any() and not closed[:, 0, 1, 1:].any()
+
+
+def test_not_taken_with_gradients_or_other_architectures(tiny_backbone, monkeypatch):
+    cache, attention, last = _prefilled(tiny_backbone)
+    monkeypatch.setattr(decode_step, "step", lambda *a: pytest.fail("the direct step ran"))
+    ids = torch.tensor([[7], [8], [9]])
+    attention = torch.cat([attention, torch.ones(3, 1, dtype=torch.long)], dim=1)
+    with torch.enable_grad():
+        tiny_backbone.run(ids, attention, last + 1, cache)  # gradients asked for: transformers' forward
+    config = tiny_backbone.model.config
+    monkeypatch.setattr(config, "model_type", "qwen3")
+    assert not decode_step.supports(tiny_backbone.model)
+
+
+def test_greedy_text_unchanged(tiny_model_dir):
+    backbone = Backbone.load(str(tiny_model_dir))
+    task = GenerationTask.create(backbone, "prefix-tuning", {"num_virtual_tokens": 4}, None, seed=2)
+    config = GenerationConfig(max_new_tokens=12, repetition_penalty=1.0, no_repeat_ngram_size=0, draft_tokens=2)
+    rows = from_records([{"input": w} for w in ["a great movie", "no", "the cat sat on the mat", "bad"]]).rows
+    fast = task.write(rows, config)
+    backbone.fast_steps = False
+    assert task.write(rows, config) == fast
