@@ -1,6 +1,7 @@
-"""core.decode_step: a decoding step without transformers' per-call glue equals transformers' forward bit for bit
-(float32 and bfloat16, left padding, a short prompt, one and several new tokens per row, after a crop), is what ``Backbone.run``
-takes for decoding steps only, and leaves greedy decoding's text unchanged."""
+"""core.decode_step: a decoding step without transformers' per-call glue equals transformers' forward to float
+rounding (the attention runs in PyTorch's fused kernel; float32 and bfloat16, left padding, a short prompt, one and
+several new tokens per row, after a crop), is what ``Backbone.run`` takes for decoding steps only, and leaves greedy
+decoding's text unchanged."""
 
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def test_steps_equal_transformers_forward(tiny_model_dir, dtype, monkeypatch):
     backbone.fast_steps = False  # transformers' forward
     slow = _steps(backbone, widths, crop_after=1)
     assert len(calls) == 1 + len(widths)
+    tol = 1e-5 if dtype == "float32" else 3e-2
     for a, b in zip(fast, slow, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
 
 
 def test_mask_is_causal_among_new_tokens_and_keeps_padding_closed():

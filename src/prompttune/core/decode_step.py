@@ -20,6 +20,7 @@ new tokens per row; everything else (prompts, training, other architectures) run
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core import attention as attention_fns
@@ -63,6 +64,8 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
     hidden = body.embed_tokens(input_ids)
     cos, sin = body.rotary_emb(hidden, position_ids)
     mask = additive_mask(attention_mask, cache.get_seq_length(), hidden.dtype)
+    groups = body.layers[0].self_attn.config.num_attention_heads // body.layers[0].self_attn.config.num_key_value_heads
+    mask = mask[:, :, None].expand(b, 1, groups, s, mask.shape[-1]).reshape(b, 1, groups * s, mask.shape[-1])
     for i, layer in enumerate(body.layers):
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
@@ -72,8 +75,17 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
         v = attn.v_proj(x).view(shape).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         k, v = cache.layers[i].update(k, v)
-        out, _ = attention_fns.attend(q, k, v, mask, attn.scaling, 0.0, False)
-        hidden = hidden + attn.o_proj(out.reshape(b, s, -1).contiguous())
+        out = _attention(q, k, v, mask, attn.scaling)
+        hidden = hidden + attn.o_proj(out)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return body.norm(hidden)
 
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scaling: float) -> Tensor:
+    """(b, s, heads x head_dim) attention output. The query heads that share a key/value head go side by side as
+    one block of ``groups x s`` queries (as ``attention.attend`` lays them), so PyTorch's fused kernel reads each
+    key/value head once, where it lies in the cache (no copy); ``mask`` is already laid out per block row."""
+    b, h, s, d = q.shape
+    kv = k.shape[1]
+    out = F.scaled_dot_product_attention(q.reshape(b, kv, (h // kv) * s, d), k, v, attn_mask=mask, scale=scaling)
+    return out.view(b, h, s, d).transpose(1, 2).reshape(b, s, h * d)
