@@ -1,20 +1,21 @@
 """A decoding step of a Llama decoder without transformers' per-call glue.
 
 A decoding step runs the whole frozen decoder on one token (or a few drafted ones) per row. On the default decoder
-in bfloat16 the weight products of such a step take ~20 ms on this 2-core CPU (they read the 270 MB of weights
-once: memory bound) and transformers' forward took ~50 ms in all; the rest is work done per call: the 4-D mask
-built again from the 2-D one, keyword plumbing and dispatch through deprecation and output-capturing wrappers in
-each of the 30 layers, the attention-function lookup. ``step`` runs the same modules in the same order (the
-norms, projections, MLP blocks and rotary embedding are the model's own modules, called as they are: a LoRA or
-skinny linear layer stays in force), with the additive mask built once per step and the keys/values written
-straight into the caller's ``GrowingCache``. Outputs equal transformers' forward bit for bit (same operations on
-the same numbers; tested in float32 and bfloat16). Measured (``benchmarks/bench_generation_vs_peft.py``,
-``/tmp`` step timer): 16 rows over 60 cached positions, bfloat16, 50 -> 46 ms a step; E2E greedy generation
-(64 inputs, 16 slots) 170 -> 187 tokens/s.
+in bfloat16 the weight products of a step of 16 rows take ~22 ms on this 2-core CPU (they read the 270 MB of
+weights once: memory bound) and transformers' forward took ~50 ms in all: the rest was work done per call (the
+4-D mask built again from the 2-D one, keyword plumbing and dispatch through deprecation and output-capturing
+wrappers in each of the 30 layers) and the eager attention's batched products, which copy each layer's keys and
+values out of the cache's buffer first (~5 ms a step). ``step`` runs the model's own norms, projections, MLP blocks
+and rotary embedding in the same order (called as they are: a LoRA or skinny linear layer stays in force), builds
+the additive mask once, writes the keys/values straight into the caller's ``GrowingCache`` and attends in
+PyTorch's fused CPU kernel with the query heads of each key/value head as one block of queries, reading the cache
+where it lies. Outputs equal transformers' forward to float rounding (tested in float32 and bfloat16). Measured on
+16 rows over 60-95 cached positions in bfloat16: 50 -> 38-39 ms a step.
 
 Used by ``Backbone.run`` for decoders whose layers have exactly Llama's structure (``model_type`` llama, the
-project's grouped attention), without gradients, on a cache the caller keeps, for at most ``MAX_STEP_TOKENS``
-new tokens per row; everything else (prompts, training, other architectures) runs transformers' forward.
+project's grouped attention), without gradients, on a cache the caller keeps (``grows_in_place``), for at most
+``MAX_STEP_TOKENS`` new tokens per row; everything else (longer prompts, training, other architectures) runs
+transformers' forward.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
     hidden = body.embed_tokens(input_ids)
     cos, sin = body.rotary_emb(hidden, position_ids)
     mask = additive_mask(attention_mask, cache.get_seq_length(), hidden.dtype)
-    groups = body.layers[0].self_attn.config.num_attention_heads // body.layers[0].self_attn.config.num_key_value_heads
+    groups = body.config.num_attention_heads // body.config.num_key_value_heads  # query heads per key/value head
     mask = mask[:, :, None].expand(b, 1, groups, s, mask.shape[-1]).reshape(b, 1, groups * s, mask.shape[-1])
     for i, layer in enumerate(body.layers):
         attn = layer.self_attn
