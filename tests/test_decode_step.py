@@ -96,3 +96,63 @@ def test_greedy_text_unchanged(tiny_model_dir):
     fast = task.write(rows, config)
     backbone.fast_steps = False
     assert task.write(rows, config) == fast
+
+
+def _storage_bytes(model) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
+
+
+def test_joined_products_hold_the_weights_once(tiny_model_dir):
+    backbone = Backbone.load(str(tiny_model_dir), dtype="bfloat16")  # float32 keeps its products apart
+    attn = backbone.model.get_decoder().layers[0].self_attn
+    before = {n: getattr(attn, n).weight.detach().clone() for n in ("q_proj", "k_proj", "v_proj")}
+    total = _storage_bytes(backbone.model)
+    _steps(backbone, [1])
+    stack = decode_step.joined(attn, ("q_proj", "k_proj", "v_proj"))
+    assert stack is not None and stack.sizes == tuple(w.shape[0] for w in before.values())
+    for n, w in before.items():  # each layer's weight is a view of the stack, with its own values
+        assert getattr(attn, n).weight.untyped_storage().data_ptr() == stack.weight.untyped_storage().data_ptr()
+        torch.testing.assert_close(getattr(attn, n).weight, w, rtol=0, atol=0)
+    assert _storage_bytes(backbone.model) == total  # stacked, not copied
+    assert decode_step.joined(attn, ("q_proj", "k_proj", "v_proj")) is stack  # kept while the weights are
+    new = torch.nn.Parameter(before["k_proj"] * 2, requires_grad=False)
+    attn.k_proj.weight = new  # a replaced weight (model.to(...), a load) is stacked again, with its values
+    again = decode_step.joined(attn, ("q_proj", "k_proj", "v_proj"))
+    assert again is not stack
+    torch.testing.assert_close(again.weight[stack.sizes[0] : sum(stack.sizes[:2])], before["k_proj"] * 2)
+
+
+class _Wrapped(torch.nn.Linear):
+    """A linear layer of another type (as LoRA's are): it must run as itself."""
+
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+def test_layers_that_are_not_plain_run_as_themselves(tiny_model_dir):
+    backbone = Backbone.load(str(tiny_model_dir), dtype="bfloat16")
+    layer = backbone.model.get_decoder().layers[1]
+    for module, name in ((layer.self_attn, "v_proj"), (layer.mlp, "up_proj")):
+        old = getattr(module, name)
+        new = _Wrapped(old.in_features, old.out_features, bias=False)
+        new.weight = old.weight
+        setattr(module, name, new)
+    layer.self_attn.q_proj.weight.requires_grad_(True)  # a weight being trained is not stacked either
+    assert decode_step.joined(layer.self_attn, ("q_proj", "k_proj", "v_proj")) is None
+    assert decode_step.joined(layer.mlp, ("gate_proj", "up_proj")) is None
+    fast = _steps(backbone, [1, 2])
+    backbone.fast_steps = False
+    slow = _steps(backbone, [1, 2])
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_dense_gives_row_major_strides():
+    odd = torch.randn(6, 4).T.view(4, 1, 6)  # a product's transpose, as the step's products leave it
+    assert odd.stride() != (6, 6, 1)
+    dense = decode_step._dense(odd)
+    assert dense.stride() == (6, 6, 1)
+    torch.testing.assert_close(dense, odd, rtol=0, atol=0)
+    plain = torch.randn(2, 3)
+    assert decode_step._dense(plain) is plain

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from prompttune.core import backbone
+from prompttune.core import heap
 
 
 def test_the_heap_is_trimmed_every_tenth_step_and_when_resident_memory_grew(monkeypatch):
     rss = {"now": 1_000 << 20}
     trims: list[int] = []
-    monkeypatch.setattr(backbone, "resident_bytes", lambda: rss["now"])
-    monkeypatch.setattr(backbone, "release_memory", lambda: trims.append(rss["now"]))
-    trim = backbone.HeapTrim(growth=64 << 20, every=10)
+    monkeypatch.setattr(heap, "resident_bytes", lambda: rss["now"])
+    monkeypatch.setattr(heap, "release_memory", lambda: trims.append(rss["now"]))
+    trim = heap.HeapTrim(growth=64 << 20, every=10)
     for step in range(1, 10):  # memory steady: nothing until step 10
         trim(step)
     assert trims == []
@@ -27,4 +27,4 @@ def test_the_heap_is_trimmed_every_tenth_step_and_when_resident_memory_grew(monk
 
 
 def test_resident_bytes_reads_this_process():
-    assert backbone.resident_bytes() > 10 << 20  # the interpreter and torch alone hold more than 10 MB
+    assert heap.resident_bytes() > 10 << 20  # the interpreter and torch alone hold more than 10 MB

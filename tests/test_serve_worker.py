@@ -41,10 +41,10 @@ def test_a_failing_batch_is_a_500_and_the_worker_goes_on(tiny_model_dir, monkeyp
 def test_the_worker_hands_freed_heap_back(tiny_model_dir, monkeypatch):
     """Batches of every shape leave glibc's heap holding freed blocks: the worker trims it every few batches
     (and at once after a batch that grew resident memory), so a long-running server's memory does not drift."""
-    from prompttune.core import backbone
+    from prompttune.core import heap
 
     trims = []
-    monkeypatch.setattr(backbone, "release_memory", lambda: trims.append(1))
+    monkeypatch.setattr(heap, "release_memory", lambda: trims.append(1))
     table = build_table(ServeConfig(model=str(tiny_model_dir)), ["zs=classify"], {"zs": "negative,positive"})
     app = create_app(ServeConfig(timeout_s=60), table)
     with ThreadedServer(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:

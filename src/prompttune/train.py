@@ -17,8 +17,8 @@ import torch
 from prompttune.batches import epoch_batches as epoch_batches  # re-exported
 from prompttune.batches import loss_weight_of, micro_batches, objective_batches
 from prompttune.checkpoint import load_checkpoint, save_checkpoint
-from prompttune.core.backbone import HeapTrim, release_memory
 from prompttune.core.errors import PromptTuneError
+from prompttune.core.heap import HeapTrim, release_memory
 from prompttune.distributed.context import init_from_env
 from prompttune.distributed.step import backward_shard
 from prompttune.kept_states import KeptStates, standard_error

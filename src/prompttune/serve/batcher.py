@@ -133,7 +133,7 @@ class Batcher:
     def _work(self) -> None:
         import torch
 
-        from prompttune.core.backbone import HeapTrim
+        from prompttune.core.heap import HeapTrim
 
         # batches of every shape (tasks' prefixes, rows' lengths, labels) leave glibc's heap holding freed blocks:
         # hand them back every few batches, and at once after a batch that grew it (as training does)
