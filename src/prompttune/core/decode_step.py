@@ -87,9 +87,9 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
         shape = (b, s, -1, attn.head_dim)
         qkv = joined(attn, _QKV)
         if qkv is None:
-            q = _linear(attn.q_proj, x).view(shape).transpose(1, 2)
-            k = _linear(attn.k_proj, x).view(shape).transpose(1, 2)
-            v = _linear(attn.v_proj, x).view(shape).transpose(1, 2)
+            q = linear(attn.q_proj, x).view(shape).transpose(1, 2)
+            k = linear(attn.k_proj, x).view(shape).transpose(1, 2)
+            v = linear(attn.v_proj, x).view(shape).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
         else:  # one product; q and k rotated together (the same elementwise steps as apply_rotary_pos_emb)
             heads = [n // attn.head_dim for n in qkv.sizes]
@@ -99,7 +99,7 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
             q, k, v = qk[:, : heads[0]], qk[:, heads[0] :], y[:, heads[0] + heads[1] :]
         k, v = cache.layers[i].update(k, v)
         out = _attention(q, k, v, mask, attn.scaling)
-        hidden = hidden + _linear(attn.o_proj, out)
+        hidden = hidden + linear(attn.o_proj, out)
         x = layer.post_attention_layernorm(hidden)
         mlp = layer.mlp
         gate_up = joined(mlp, _GATE_UP) if _is_silu(getattr(mlp, "act_fn", None)) else None
@@ -108,7 +108,7 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
         else:
             y = _product(x, gate_up.weight)
             n = gate_up.sizes[0]
-            hidden = hidden + _linear(mlp.down_proj, F.silu(y[..., :n]) * y[..., n:])
+            hidden = hidden + linear(mlp.down_proj, F.silu(y[..., :n]) * y[..., n:])
     if _restacked[0]:  # the separate weights were freed (~140 MB in bfloat16): glibc would keep that memory
         _restacked[0] = False
         heap.release_memory()
@@ -118,9 +118,9 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
 _PLAIN = (torch.nn.Linear, skinny.SkinnyLinear)
 
 
-def _linear(module, x: Tensor) -> Tensor:
-    """``module(x)``; a plain linear layer as ``_product`` (any other, e.g. LoRA's, on a contiguous copy of ``x``:
-    transformers' layers expect one)."""
+def linear(module, x: Tensor) -> Tensor:
+    """``module(x)``; a plain linear layer (a decoder's LM head too) as ``_product``. Any other (LoRA's) gets a
+    row-major copy of ``x``: transformers' layers expect one."""
     return _product(x, module.weight, module.bias) if type(module) in _PLAIN else module(_dense(x))
 
 

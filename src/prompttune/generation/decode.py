@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prompttune.core import decode_step
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.generate import GenerationConfig
 from prompttune.core.kv_cache import GrowingCache
@@ -107,7 +108,7 @@ def greedy_batch(
         input_ids, embeds = embed(ids)
         cache = GrowingCache(prefix, len(new), backbone.model.config)  # the prefix copied once, room to grow
         hidden = backbone.run(input_ids, attention, positions, cache, inputs_embeds=embeds)
-        return _Batch(list(new), cache, attention, positions[:, -1:]), head(hidden[:, -1]).float()
+        return _Batch(list(new), cache, attention, positions[:, -1:]), decode_step.linear(head, hidden[:, -1]).float()
 
     def choose(batch_rows: list[int], logits: Tensor) -> list[int]:
         """Each row's next token (after the repetition settings, over the row's own tokens so far)."""
@@ -151,7 +152,8 @@ def greedy_batch(
         # a finished row's position stays put (its output is never read; no position past the model's limit)
         moving = torch.tensor([[int(not d)] for d in done])
         hidden = backbone.run(input_ids, attention, live.positions + moving * torch.arange(1, width + 1), live.cache)
-        logits = head(hidden[writing] if len(writing) < b else hidden).float()  # (writing, width, vocab)
+        picked = hidden[writing] if len(writing) < b else hidden
+        logits = decode_step.linear(head, picked).float()  # (writing, width, vocab)
         kept = [0] * b  # drafted tokens each row kept: the greedy choice at their place was theirs
         active = list(range(len(writing)))  # indices into ``writing`` still reading their drafts
         for s in range(width):

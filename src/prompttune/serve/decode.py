@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from prompttune.core import decode_step
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.errors import DataError
 from prompttune.core.generate import EmbedHook, GenerationConfig, Generator
@@ -112,7 +113,7 @@ def _loop(backbone: Backbone, states: list[_State]) -> list[str | BaseException]
     live = list(range(len(states)))  # indices into states of the rows still decoding
     for step in range(max(s.limit for s in states)):
         hidden = backbone.run(input_ids, attention, positions, cache, inputs_embeds=embeds)
-        logits = head(hidden[:, -1]).float()  # (live, vocab)
+        logits = decode_step.linear(head, hidden[:, -1]).float()  # (live, vocab)
         picked: list[int | None] = []
         for j, k in enumerate(live):
             s = states[k]
