@@ -20,3 +20,21 @@ def test_the_bar_shows_a_new_best_as_soon_as_it_is_validated():
     progress.on_validation({"step": 80, "total": 80, "metric": "accuracy", "val": 0.89, "best_val": 0.89})
     info = bar.tasks[0].fields["info"]
     assert "best val 0.890" in info and "loss 0.450" in info and "2.3 ex/s" in info
+
+
+def test_the_count_shows_no_total_while_it_is_unknown():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from prompttune.cli.progress import progress_bar
+
+    out = StringIO()
+    with progress_bar(Console(file=out, width=100)) as bar:
+        task = bar.add_task("evaluating", total=None, info="")
+        bar.advance(task, 5)
+        bar.refresh()
+        other = bar.add_task("training", total=60, info="")
+        bar.update(other, completed=7)
+    text = out.getvalue()
+    assert "None" not in text and "7/60" in text

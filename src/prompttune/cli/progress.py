@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from prompttune.train import Callback
 
@@ -12,7 +13,7 @@ def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        _Count(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -20,6 +21,14 @@ def progress_bar(console: Console) -> Progress:
         console=console,
         transient=False,
     )
+
+
+class _Count(ProgressColumn):
+    """``done/total``, or ``done`` alone while the total is not known (not ``5/None``)."""
+
+    def render(self, task) -> Text:
+        done = int(task.completed)
+        return Text(f"{done}/{int(task.total)}" if task.total is not None else str(done))
 
 
 class TrainingProgress(Callback):
