@@ -121,6 +121,10 @@ def test_joined_products_hold_the_weights_once(tiny_model_dir):
     again = decode_step.joined(attn, ("q_proj", "k_proj", "v_proj"))
     assert again is not stack
     torch.testing.assert_close(again.weight[stack.sizes[0] : sum(stack.sizes[:2])], before["k_proj"] * 2)
+    attn.q_proj.weight.data = before["q_proj"] * 3  # new data under the same parameter (what model.to does)
+    third = decode_step.joined(attn, ("q_proj", "k_proj", "v_proj"))
+    assert third is not again
+    torch.testing.assert_close(third.weight[: stack.sizes[0]], before["q_proj"] * 3)
 
 
 class _Wrapped(torch.nn.Linear):
@@ -156,3 +160,15 @@ def test_dense_gives_row_major_strides():
     torch.testing.assert_close(dense, odd, rtol=0, atol=0)
     plain = torch.randn(2, 3)
     assert decode_step._dense(plain) is plain
+
+
+def test_a_model_converted_after_stacking_steps_on_its_new_weights(tiny_model_dir):
+    backbone = Backbone.load(str(tiny_model_dir), dtype="bfloat16")
+    _steps(backbone, [1])  # stacks the bfloat16 weights
+    backbone.model.to(torch.float32)  # swaps every parameter's .data: the stacks are stale now
+    fast = _steps(backbone, [1, 2])
+    backbone.fast_steps = False
+    slow = _steps(backbone, [1, 2])
+    for a, b in zip(fast, slow, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -157,6 +157,7 @@ class Joined(NamedTuple):
     weight: Tensor  # (sum of sizes, in_features)
     parts: tuple[Tensor, ...]  # each layer's weight: a view of its rows of ``weight``
     sizes: tuple[int, ...]  # each layer's output features
+    pointers: tuple[int, ...]  # where each view's data starts (a part whose data moved is stacked again)
 
 
 def joined(module, names: tuple[str, ...]) -> Joined | None:
@@ -165,11 +166,14 @@ def joined(module, names: tuple[str, ...]) -> Joined | None:
 
     The first call stacks the weights and makes each layer's own weight a view of its rows of the stack, so the
     model holds them once (nothing is copied twice; a state dict and training see the same values). A layer whose
-    weight was replaced since (``model.to(...)``, a new ``Parameter``) is stacked again."""
+    weight was replaced since (a new ``Parameter``, or new ``.data`` as ``model.to(...)`` gives) is stacked again."""
     parts = [getattr(module, n, None) for n in names]
     key = "_prompttune_joined_" + "_".join(names)
     done = module.__dict__.get(key)
-    if done is not None and all(p is not None and p.weight is w for p, w in zip(parts, done.parts, strict=True)):
+    if done is not None and all(
+        p is not None and p.weight is w and w.data_ptr() == ptr
+        for p, w, ptr in zip(parts, done.parts, done.pointers, strict=True)
+    ):  # the same parameters, still on the stack's memory (``model.to(...)`` swaps a parameter's ``.data``)
         return done
     if not all(type(p) in _PLAIN and p.bias is None for p in parts):
         return None
@@ -184,7 +188,7 @@ def joined(module, names: tuple[str, ...]) -> Joined | None:
         p.weight = torch.nn.Parameter(stack[start : start + w.shape[0]], requires_grad=False)
         views.append(p.weight)
         start += w.shape[0]
-    done = Joined(stack, tuple(views), tuple(w.shape[0] for w in weights))
+    done = Joined(stack, tuple(views), tuple(w.shape[0] for w in weights), tuple(v.data_ptr() for v in views))
     module.__dict__[key] = done
     _restacked[0] = True
     return done
