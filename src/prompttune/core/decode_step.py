@@ -29,6 +29,7 @@ transformers' forward.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -136,9 +137,15 @@ def _dense(x: Tensor) -> Tensor:
 
 
 def _is_silu(act) -> bool:
+    return type(act) in _silu_types()
+
+
+@functools.cache
+def _silu_types() -> tuple[type, ...]:
+    """The activation classes that are SiLU (looked up once, not in every layer of every step)."""
     from transformers.activations import SiLUActivation
 
-    return type(act) in (torch.nn.SiLU, SiLUActivation)
+    return (torch.nn.SiLU, SiLUActivation)
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
