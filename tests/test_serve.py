@@ -373,6 +373,9 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):
             want.append(torch.tensor([p.scores[label] for label in task.labels]).log())
     lengths = {mixed._length(m.cached_prefix()) for m, _ in items}
     assert len(lengths) > 1, "the tasks' prefixes must differ in length"
+    order = [5, 0, 9, 3, 11, 1, 7, 2, 10, 4, 8, 6][: len(items)]  # the tasks' rows interleaved in the batch
+    assert sorted(order) == list(range(len(items)))
+    items, want = [items[i] for i in order], [want[i] for i in order]
     got = mixed.score_mixed(items)
     assert calls and calls[0] >= 2  # one pass, at least two tasks' prefixes in it
     for g, w in zip(got, want, strict=True):

@@ -11,7 +11,7 @@ so the result equals attention over the concatenation (tested against the padded
 copied every prefix to every row's slot, padded to the longest prefix in the batch: with a 1,000-token system
 prompt or few-shot demos among the tasks, that was hundreds of MB of keys/values built per batch.
 
-The attention function is registered with transformers' AttentionInterface; while no ``prompttune_groups`` is
+The attention function is registered with transformers' AttentionInterface; while no ``prompttune_plan`` is
 passed it is the attention the model had (eager, or ``core.attention.grouped_attention``), so switching a model
 to it changes nothing else.
 """
@@ -33,11 +33,10 @@ _registered = False
 
 
 def cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query (b, h, q, hd); key/value (b, kv_heads, t, hd): the rows' own; ``prompttune_groups``: a list of
-    (row index tensor, per-layer prefix KV list with (1, kv_heads, p, hd) tensors) per task with a prefix."""
-    groups = kwargs.pop("prompttune_groups", None)
-    valid = kwargs.pop("prompttune_valid", None)  # (b, q) bool: the rows' real tokens (not left padding)
-    if groups is None:
+    """query (b, h, q, hd); key/value (b, kv_heads, t, hd): the rows' own; ``prompttune_plan``: a ``Plan`` of the
+    tasks with a prefix, their rows' real tokens and their per-layer prefixes."""
+    plan = kwargs.pop("prompttune_plan", None)
+    if plan is None:
         if getattr(module.config, BASE, "eager") == attention.GROUPED:
             return attention.grouped_attention(module, query, key, value, attention_mask, scaling, dropout)
         eager = sys.modules[type(module).__module__].eager_attention_forward
@@ -52,37 +51,59 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
         mask = attention_mask[..., :t].to(query.dtype)
         mask = mask.repeat(1, 1, rep, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep * n, t)
     o_row, lse_row = _attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
-    o_row, lse_row = o_row.reshape(b, h, n, hd).float(), lse_row.reshape(b, h, n, 1)
-    for rows, prefix in groups:
-        pk, pv = (t.to(query.dtype) for t in prefix[module.layer_idx])  # (1, kv_heads, p, hd)
-        sel = valid[rows] if valid is not None else torch.ones(len(rows), n, dtype=torch.bool, device=query.device)
-        _merge_prefix(query, o_row, lse_row, rows, sel, pk, pv, scale)
-    return o_row.to(query.dtype).transpose(1, 2).contiguous(), None
+    out = o_row.reshape(b, h, n, hd).transpose(1, 2).contiguous()  # (b, n, h, hd): what the layer reads
+    if plan.flat.numel():
+        lse = lse_row.reshape(b, h, n).transpose(1, 2).reshape(b * n, h)
+        _merge_prefixes(query, out.view(b * n, h, hd), lse, plan, module.layer_idx, scale)
+    return out, None
 
 
-def _merge_prefix(query, o_row, lse_row, rows, sel, pk, pv, scale) -> None:
-    """A task's prefix part for its rows' real tokens only (``sel`` (g, q): not left padding), merged in place into
-    ``o_row`` / ``lse_row`` (b, h, q, ·). The tokens' query heads that share a key/value head are laid side by side,
-    (n, h) -> (1, kv, rep * n), so one product per key/value head meets the prefix's (1, kv, p) as it is: the prefix
-    is neither copied per row nor repeated per head. A padded position's output is never read (its key is masked
-    for every real token, and read-outs take real positions), so it keeps its rows-only value: the rows of a mixed
-    batch are padded to the longest, and attending a long prefix from the padding was work for nothing. What it saves
-    grows with the spread of row lengths in a batch (one 200-token row among 10-token ones: ~12x fewer prefix
-    queries); for bench_serve.py's one-line rows of 6-13 tokens an in-process A/B measured a few percent."""
-    h, hd = query.shape[1], query.shape[3]
-    kv = pk.shape[1]
-    r, pos = sel.nonzero(as_tuple=True)  # row-major: the order boolean indexing takes them in
-    r = rows[r]
-    n = len(r)
-    q = query[r, :, pos]  # (n, h, hd)
-    q = q.transpose(0, 1).reshape(1, kv, (h // kv) * n, hd)  # query heads of one key/value head side by side
-    o_pre, lse_pre = _attend(q, pk, pv, None, scale)
-    o_pre = o_pre.reshape(h, n, hd).transpose(0, 1).float()  # (n, h, hd)
-    lse_pre = lse_pre.reshape(h, n).T[..., None]  # (n, h, 1)
-    lse_r = lse_row[r, :, pos]
-    lse = torch.logaddexp(lse_r, lse_pre)
-    o_row[r, :, pos] = o_row[r, :, pos] * torch.exp(lse_r - lse) + o_pre * torch.exp(lse_pre - lse)
-    lse_row[r, :, pos] = lse
+class Plan:
+    """The prefix part of a cascaded pass, fixed for all its layers: ``flat`` (N,) the real (not left-padding) tokens of
+    the rows of the tasks with a prefix, as row * q + position, task after task; ``bounds`` each task's slice of
+    them; ``prefixes`` each task's per-layer keys/values ((1, kv_heads, p, hd) each)."""
+
+    __slots__ = ("flat", "bounds", "prefixes")
+
+    def __init__(self, groups, valid: Tensor):
+        n = valid.shape[1]
+        flats, self.bounds, self.prefixes, start = [], [], [], 0
+        for rows, prefix in groups:
+            r, pos = valid[rows].nonzero(as_tuple=True)  # row-major
+            if len(r):
+                flats.append(rows[r] * n + pos)
+                self.bounds.append((start, start + len(r)))
+                self.prefixes.append(prefix)
+                start += len(r)
+        self.flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long, device=valid.device)
+
+
+def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
+    """Every task's prefix part for its rows' real tokens, merged in place into the rows' part ``out`` (b * q, h, hd)
+    with its log-sum-exp ``lse_row`` (b * q, h). The tokens' query heads that share a key/value head are laid side by
+    side, (g, h) -> (1, kv, rep * g), so one product per task and key/value head meets the prefix's (1, kv, p) as it
+    is: the prefix is neither copied per row nor repeated per head. The tokens are gathered and merged once for all
+    the tasks of the batch; per task only the product runs (gathering and merging per task, with 8 tasks, took a
+    sixth of a batch of one-line rows in bfloat16). A padded position keeps its rows-only value: its key is masked
+    for every real token and read-outs take real positions, so attending a long prefix from the padding was work for
+    nothing."""
+    b, h, n, hd = query.shape
+    flat = plan.flat
+    q_all = query.transpose(1, 2).reshape(b * n, h, hd).index_select(0, flat)  # (N, h, hd), task after task
+    outs, lses = [], []
+    for (s, e), prefix in zip(plan.bounds, plan.prefixes, strict=True):
+        pk, pv = (x.to(query.dtype) for x in prefix[layer])  # (1, kv_heads, p, hd)
+        kv, g = pk.shape[1], e - s
+        q = q_all[s:e].transpose(0, 1).reshape(1, kv, (h // kv) * g, hd)  # query heads of one kv head side by side
+        o, lse = _attend(q, pk, pv, None, scale)
+        outs.append(o.reshape(h, g, hd))
+        lses.append(lse.reshape(h, g))
+    o_pre = torch.cat(outs, 1).transpose(0, 1)  # (N, h, hd)
+    lse_pre = torch.cat(lses, 1).T  # (N, h)
+    # each token has one prefix: its share of the merged softmax is e^lse_pre / (e^lse_pre + e^lse_row)
+    share = torch.sigmoid(lse_pre - lse_row.index_select(0, flat))[..., None]
+    merged = torch.lerp(out.index_select(0, flat), o_pre.to(out.dtype), share.to(out.dtype))  # rounds as `out` does
+    out.index_copy_(0, flat, merged)
 
 
 def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
@@ -139,6 +160,7 @@ def run_rows(
 
     use_cascade(backbone.model)
     dev = backbone.device
+    width = (input_ids if input_ids is not None else inputs_embeds).shape[1]
     cache = DynamicCache(ddp_cache_data=past, config=backbone.model.config) if past or return_cache else None
     out = backbone.body(
         input_ids=input_ids.to(dev) if input_ids is not None else None,
@@ -146,8 +168,7 @@ def run_rows(
         attention_mask=mask.to(dev),
         position_ids=positions.to(dev),
         use_cache=cache is not None,
-        prompttune_groups=[(rows.to(dev), prefix) for rows, prefix in groups],
-        prompttune_valid=mask[:, -(input_ids if input_ids is not None else inputs_embeds).shape[1] :].bool().to(dev),
+        prompttune_plan=Plan([(rows.to(dev), prefix) for rows, prefix in groups], mask[:, -width:].bool().to(dev)),
         **({backbone._cache_kwarg: cache} if cache is not None else {}),
     )
     if return_cache:
