@@ -7,6 +7,7 @@ Trainer runs exactly as before.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -135,6 +136,10 @@ def init_from_env(device: str | None = None, timeout_s: float | None = None) -> 
                 f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({str(e).splitlines()[0][:300]})."
             ) from e
     _current = DistContext(rank, world, local_rank, where)
+    # Leave the group before the interpreter is torn down: a gloo group still alive then has worker threads that
+    # abort the process ("terminate called without an active exception", SIGABRT) after a run that succeeded
+    # (pytorch/pytorch#190489). Local work only: it waits for no other rank, so a lost rank cannot hang it.
+    atexit.register(shutdown)
     return _current
 
 
