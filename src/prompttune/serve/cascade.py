@@ -28,11 +28,11 @@ from torch import Tensor
 from prompttune.core import attention
 
 CASCADE = "prompttune_cascade"
-BASE = "_prompttune_cascade_base"
+BASE = "_prompttune_cascade_base"  # the attention the cascade stands in for when no plan is passed
 # PyTorch's CPU flash-attention kernel is 1.5-3x slower when the keys are not a multiple of 16 (32 rows' 33 query
 # heads over their own 11 keys: 400 us, over 16 of which 5 masked: 145 us; 150 queries over 303 prefix keys: 124 us,
 # over 304: 87 us; bfloat16, 2 threads), so the keys are padded with masked zeros to a multiple of this.
-KEY_ALIGN = 16  # the attention the cascade stands in for when no groups are passed
+KEY_ALIGN = 16
 _lock = threading.Lock()
 _registered = False
 
