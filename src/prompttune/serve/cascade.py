@@ -33,6 +33,7 @@ BASE = "_prompttune_cascade_base"  # the attention the cascade stands in for whe
 # heads over their own 11 keys: 400 us, over 16 of which 5 masked: 145 us; 150 queries over 303 prefix keys: 124 us,
 # over 304: 87 us; bfloat16, 2 threads), so the keys are padded with masked zeros to a multiple of this.
 KEY_ALIGN = 16
+KEY_ALIGN_PAYS = 32  # unmasked keys (a prefix) up to this many: padding them costs what it saves
 _lock = threading.Lock()
 _registered = False
 
@@ -51,10 +52,7 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     kv, t = key.shape[1], key.shape[2]
     rep = h // kv
     # the rows' own keys/values, met by the query heads that share them side by side (as attention.attend)
-    mask = None
-    if attention_mask is not None:
-        mask = attention_mask[..., :t].to(query.dtype)
-        mask = mask.repeat(1, 1, rep, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep * n, t)
+    mask = plan.rows_mask(attention_mask, query.dtype, kv, rep, n, t)
     o_row, lse_row = _attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
     out = o_row.reshape(b, h, n, hd).transpose(1, 2).contiguous()  # (b, n, h, hd): what the layer reads
     if plan.flat.numel():
@@ -68,7 +66,7 @@ class Plan:
     the rows of the tasks with a prefix, as row * q + position, task after task; ``bounds`` each task's slice of
     them; ``prefixes`` each task's per-layer keys/values ((1, kv_heads, p, hd) each)."""
 
-    __slots__ = ("flat", "bounds", "prefixes")
+    __slots__ = ("flat", "bounds", "prefixes", "_mask")
 
     def __init__(self, groups, valid: Tensor):
         n = valid.shape[1]
@@ -81,6 +79,18 @@ class Plan:
                 self.prefixes.append(prefix)
                 start += len(r)
         self.flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long, device=valid.device)
+        self._mask = None  # (the layers' attention mask, the rows' part's mask made from it)
+
+    def rows_mask(self, attention_mask, dtype, kv: int, rep: int, n: int, t: int) -> Tensor | None:
+        """The rows' own part's additive mask, query heads of a key/value head side by side and keys padded to
+        ``KEY_ALIGN``: the layers share one attention mask, so it is laid out at the first layer only."""
+        if attention_mask is None:
+            return None
+        if self._mask is None or self._mask[0] is not attention_mask:
+            mask = attention_mask[..., :t].to(dtype)
+            mask = mask.repeat(1, 1, rep, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep * n, t)
+            self._mask = (attention_mask, _pad_mask(mask, -t % KEY_ALIGN))
+        return self._mask[1]
 
 
 def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
@@ -111,20 +121,25 @@ def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
     out.index_copy_(0, flat, merged)
 
 
+def _pad_mask(mask: Tensor, extra: int) -> Tensor:
+    """An additive mask with ``extra`` blocked key columns after its own."""
+    return F.pad(mask, (0, extra), value=torch.finfo(mask.dtype).min) if extra else mask
+
+
 def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
     """Softmax attention (b, kv, q, hd) over (b, kv, t, hd) and each query's log-sum-exp of its scores (b, kv, q),
     in one fused pass (PyTorch's CPU flash-attention kernel: the scores are never held whole). The log-sum-exp is
     what lets two parts of one softmax merge exactly. Measured for 32 rows of 30 tokens over a 939-token prefix
     (one layer of the default decoder, float32, 2 cores): 96 ms as products, max, exp and sum vs 19 ms fused."""
     if query.device.type == "cpu":
-        extra = -key.shape[2] % KEY_ALIGN
+        t = key.shape[2]
+        extra = -t % KEY_ALIGN if mask is not None or t > KEY_ALIGN_PAYS else 0
         if extra:  # masked zero keys up to a multiple of KEY_ALIGN: the kernel's fast path
             key, value = F.pad(key, (0, 0, 0, extra)), F.pad(value, (0, 0, 0, extra))
-            blocked = torch.finfo(query.dtype).min
             if mask is None:
-                mask = F.pad(query.new_zeros(1, 1, 1, key.shape[2] - extra), (0, extra), value=blocked)
-            else:
-                mask = F.pad(mask, (0, extra), value=blocked)
+                mask = _pad_mask(query.new_zeros(1, 1, 1, t), extra)
+        if mask is not None and mask.shape[-1] < key.shape[2]:
+            mask = _pad_mask(mask, key.shape[2] - mask.shape[-1])
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query.contiguous(), key, value, 0.0, False, attn_mask=mask, scale=scale
         )
