@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4000, help="requests per server configuration")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched servers' --max-wait-ms")
     ap.add_argument("--predict-requests", type=int, default=16, help="(d): prompttune predict processes")
     ap.add_argument("--peft-requests", type=int, default=4000, help="(e): requests the PEFT loop serves")
     ap.add_argument("--system-tokens", type=int, default=300, help="the zero-shot task's long system text")
@@ -186,7 +187,7 @@ def main() -> None:
         raise SystemExit(f"--skip {args.skip}: give some of b, d, e separated by commas.")
 
     results: dict[str, dict] = {}
-    batch = ["--max-batch", str(args.max_batch), "--max-wait-ms", "5"]
+    batch = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         b = build(folder, args)

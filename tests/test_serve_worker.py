@@ -52,3 +52,55 @@ def test_the_worker_hands_freed_heap_back(tiny_model_dir, monkeypatch):
             r = c.post("/v1/tasks/zs/predict", json={"inputs": [f"row {i}"]})
             assert r.status_code == 200
         assert trims, "ten batches and no trim"
+
+
+def test_a_batch_waits_a_share_of_the_last_batchs_run_time(monkeypatch):
+    """Clients answered together by one batch send their next requests together a little later: the next batch
+    waits a share of the last batch's run time for them (at most SHARE_WAIT_MAX_S), not only --max-wait-ms, so the
+    load does not split into half-full batches. The worker records what each batch took."""
+    import asyncio
+    import time
+
+    import pytest
+
+    from prompttune.core.errors import DataError
+    from prompttune.serve import batcher
+
+    b = batcher.Batcher(max_wait_ms=5, max_wait_share=0.15)
+    assert b.wait_s() == 0.005  # nothing has run yet
+    b.last_run_s = 0.2
+    assert b.wait_s() == pytest.approx(0.03)
+    b.last_run_s = 10.0  # a long generation: the wait stays bounded
+    assert b.wait_s() == batcher.SHARE_WAIT_MAX_S
+    assert batcher.Batcher(max_wait_ms=5, max_wait_share=0).wait_s() == 0.005
+    with pytest.raises(DataError, match="--max-wait-share"):
+        ServeConfig(max_wait_share=1.5)
+
+    sizes: list[int] = []
+
+    def run(self, jobs):  # a batch that takes 0.3 s and answers every job
+        sizes.append(len(jobs))
+        time.sleep(0.3)
+        for j in jobs:
+            j.finish(len(jobs))
+
+    monkeypatch.setattr(batcher.Batcher, "_run", run)
+    monkeypatch.setattr(batcher, "SHARE_WAIT_MAX_S", 10.0)
+
+    async def two_requests(b: batcher.Batcher, gap_s: float) -> None:
+        first = b.submit(None, "call", None, 1)
+        await asyncio.sleep(gap_s)
+        second = b.submit(None, "call", None, 1)
+        await asyncio.gather(first.future, second.future)
+
+    for share, together in ((5.0, True), (0.0, False)):  # after a 0.3 s batch: wait 1.5 s, or 5 ms
+        sizes.clear()
+        b = batcher.Batcher(max_wait_ms=5, max_wait_share=share)
+        b.start()
+        try:
+            asyncio.run(two_requests(b, 0.0))  # one batch of 2, which sets last_run_s
+            assert sizes == [2] and b.last_run_s >= 0.3
+            asyncio.run(two_requests(b, 0.5))  # the second request comes 0.5 s after the first
+            assert sizes[1:] == ([2] if together else [1, 1])
+        finally:
+            b.stop(5)

@@ -46,6 +46,13 @@ def serve(
     ] = None,
     max_batch: Annotated[int, typer.Option(help="Rows in one forward pass at most (tasks mixed).")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more rows after its first.")] = 5.0,
+    max_wait_share: Annotated[
+        float,
+        typer.Option(
+            help="Or this share of the last batch's run time, where that is longer (at most 50 ms): clients "
+            "answered together join the next batch together. 0: --max-wait-ms alone.",
+        ),
+    ] = 0.15,
     max_queue: Annotated[int, typer.Option(help="Rows waiting at most; more are answered 429.")] = 1024,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may wait; then 504.")] = 60.0,
     max_body_bytes: Annotated[int, typer.Option(help="Request body size limit (413).")] = 1024 * 1024,
@@ -90,6 +97,7 @@ def serve(
         port=port,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        max_wait_share=max_wait_share,
         max_queue=max_queue,
         timeout_s=timeout,
         max_body_bytes=max_body_bytes,

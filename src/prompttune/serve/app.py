@@ -35,7 +35,9 @@ def create_app(config: ServeConfig, table: TaskTable, keys: KeyStore | None = No
     if keys is None and config.api_keys is not None:
         keys = KeyStore.from_file(config.api_keys)
     metrics = Metrics(lambda: batcher.depth, table.all, table.cache)
-    batcher = Batcher(config.max_batch, config.max_wait_ms, config.max_queue, metrics.batch, table.cache)
+    batcher = Batcher(
+        config.max_batch, config.max_wait_ms, config.max_queue, metrics.batch, table.cache, config.max_wait_share
+    )
     server = Server(config, table, batcher, keys, metrics)
     follower = LabelFollower(table, config.registry_poll_s, metrics.reloaded)
 

@@ -18,6 +18,7 @@ class ServeConfig:
     port: int = 8000
     max_batch: int = 32  # rows in one forward pass
     max_wait_ms: float = 5.0  # how long a batch waits for more rows after its first
+    max_wait_share: float = 0.15  # or this share of the last batch's run time, where longer (at most 50 ms)
     max_queue: int = 1024  # rows waiting at most; more: 429 with Retry-After
     timeout_s: float = 60.0  # a request waiting longer: 504
     max_body_bytes: int = 1024 * 1024  # request body: 413
@@ -42,6 +43,7 @@ class ServeConfig:
         _whole("--max-input-chars", self.max_input_chars, 1, 10_000_000)
         _whole("--max-tokens", self.max_tokens, 1, 4096)
         _number("--max-wait-ms", self.max_wait_ms, 0, 60_000)
+        _number("--max-wait-share", self.max_wait_share, 0, 1)
         _number("--timeout", self.timeout_s, 0.001, 86_400)
         if self.prefix_cache_mb is not None:
             _number("--prefix-cache-mb", self.prefix_cache_mb, 0, 1_048_576)
