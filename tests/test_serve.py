@@ -384,3 +384,27 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):
     assert backbone.model.config._attn_implementation == CASCADE
     again = table.get("pt").task.predict(from_records(TEXTS))  # the library's own path, through the fallback
     assert [p.label for p in again] == [p.label for p in table.get("pt").task.predict(from_records(TEXTS))]
+
+
+def test_cascade_attention_parts_agree_with_padded_keys_and_masks():
+    """The CPU kernel's keys are padded with masked zeros to a multiple of 16, and the rows' mask is laid out once
+    per pass already padded: the fused part and the products (the GPU path, which reads only the keys' own mask
+    columns) give the same output and log-sum-exp as attention over the unpadded keys."""
+    import torch
+
+    from prompttune.serve import cascade
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, 8)
+    mask = torch.zeros(2, 1, 6, 11)
+    mask[0, ..., :3] = torch.finfo(torch.float32).min  # row 0's left padding
+    want = torch.softmax(q @ k.transpose(2, 3) * 0.5 + mask, -1) @ v
+    padded = cascade._pad_mask(mask, 5)  # as Plan.rows_mask lays it out
+    for fn in (cascade._attend, cascade._attend_eager):
+        for m in (mask, padded):
+            out, lse = fn(q, k, v, m, 0.5)
+            assert torch.allclose(out, want, atol=1e-5)
+            assert torch.allclose(lse, torch.logsumexp(q @ k.transpose(2, 3) * 0.5 + mask, -1), atol=1e-5)
+    long_k, long_v = torch.randn(1, 3, 43, 8), torch.randn(1, 3, 43, 8)  # a prefix past KEY_ALIGN_PAYS: padded to 48
+    out, lse = cascade._attend(q[:1], long_k, long_v, None, 0.5)
+    assert torch.allclose(out, torch.softmax(q[:1] @ long_k.transpose(2, 3) * 0.5, -1) @ long_v, atol=1e-5)

@@ -144,15 +144,21 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scal
             query.contiguous(), key, value, 0.0, False, attn_mask=mask, scale=scale
         )
         return out, lse
+    return _attend_eager(query, key, value, mask, scale)
+
+
+def _attend_eager(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, ...]:
+    """``_attend`` as products, max, exp and sum (GPUs). A mask may carry blocked columns past the keys (the rows'
+    mask is laid out once per pass, padded for the CPU kernel): only the keys' own columns are read."""
     w = torch.matmul(query, key.transpose(2, 3)).float() * scale
     if mask is not None:
-        w = w + mask
+        w = w + mask[..., : key.shape[2]]
     lse = torch.logsumexp(w, dim=-1)
     return torch.matmul(torch.exp(w - lse[..., None]).to(value.dtype), value), lse
 
 
 def use_cascade(model) -> None:
-    """Switch a decoder to the cascade attention (once; its eager attention when no groups are passed)."""
+    """Switch a decoder to the cascade attention (once; its eager attention when no plan is passed)."""
     global _registered
     with _lock:
         if not _registered:
