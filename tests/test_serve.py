@@ -129,13 +129,19 @@ def test_mixed_task_batch_equals_one_task_batches(artifacts, table):
     assert "prompttune_batch_rows_count 1.0" in metrics
 
 
-def test_mixed_scoring_unit(table):
-    """score_mixed over shuffled rows of soft (prompt, prefix) and hard tasks equals each task's own scores."""
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_mixed_scoring_unit(table, monkeypatch, chunk):
+    """score_mixed over shuffled rows of soft (prompt, prefix) and hard tasks equals each task's own scores, with
+    each task's rows in one attention call or cut into chunks of a row or two (serve/packed.py)."""
     import random
 
     import torch
 
+    from prompttune.serve import packed
     from prompttune.serve.mixed import score_mixed
+
+    if chunk:
+        monkeypatch.setattr(packed, "CHUNK_TOKENS", chunk)
 
     items, want = [], []
     for name in ("pt", "prefix", "zs", "nli"):
@@ -359,8 +365,6 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):
     from prompttune.serve import mixed
     from prompttune.serve.cascade import CASCADE
 
-    monkeypatch.setattr(mixed, "CASCADE_MIN_COPY", 0)  # short tiny prefixes: cascade anyway
-    monkeypatch.setattr(mixed, "CASCADE_MIN_PADDING", 0)
     calls = []
     real = mixed.run_rows
     monkeypatch.setattr(mixed, "run_rows", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
@@ -392,19 +396,19 @@ def test_cascade_attention_parts_agree_with_padded_keys_and_masks():
     columns) give the same output and log-sum-exp as attention over the unpadded keys."""
     import torch
 
-    from prompttune.serve import cascade
+    from prompttune.serve import flash
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, 8)
     mask = torch.zeros(2, 1, 6, 11)
     mask[0, ..., :3] = torch.finfo(torch.float32).min  # row 0's left padding
     want = torch.softmax(q @ k.transpose(2, 3) * 0.5 + mask, -1) @ v
-    padded = cascade._pad_mask(mask, 5)  # as Plan.rows_mask lays it out
-    for fn in (cascade._attend, cascade._attend_eager):
+    padded = flash.pad_mask(mask, 5)  # as Plan.rows_mask lays it out
+    for fn in (flash.attend, flash.attend_eager):
         for m in (mask, padded):
             out, lse = fn(q, k, v, m, 0.5)
             assert torch.allclose(out, want, atol=1e-5)
             assert torch.allclose(lse, torch.logsumexp(q @ k.transpose(2, 3) * 0.5 + mask, -1), atol=1e-5)
     long_k, long_v = torch.randn(1, 3, 43, 8), torch.randn(1, 3, 43, 8)  # a prefix past KEY_ALIGN_PAYS: padded to 48
-    out, lse = cascade._attend(q[:1], long_k, long_v, None, 0.5)
+    out, lse = flash.attend(q[:1], long_k, long_v, None, 0.5)
     assert torch.allclose(out, torch.softmax(q[:1] @ long_k.transpose(2, 3) * 0.5, -1) @ long_v, atol=1e-5)

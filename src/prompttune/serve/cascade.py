@@ -11,6 +11,10 @@ so the result equals attention over the concatenation (tested against the padded
 copied every prefix to every row's slot, padded to the longest prefix in the batch: with a 1,000-token system
 prompt or few-shot demos among the tasks, that was hundreds of MB of keys/values built per batch.
 
+A batch's first pass runs its rows packed (``serve/packed.py``: one attention call per task over its prefix and
+its rows, no merge); the split and merge here (``Plan``) serve rows that continue a cache of their own (the
+2nd.. tokens of multi-token label words), which stays in the rows' padded layout.
+
 The attention function is registered with transformers' AttentionInterface; while no ``prompttune_plan`` is
 passed it is the attention the model had (eager, or ``core.attention.grouped_attention``), so switching a model
 to it changes nothing else.
@@ -22,18 +26,14 @@ import sys
 import threading
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core import attention
+from prompttune.serve.flash import KEY_ALIGN, attend, pad_mask
+from prompttune.serve.packed import Packed
 
 CASCADE = "prompttune_cascade"
 BASE = "_prompttune_cascade_base"  # the attention the cascade stands in for when no plan is passed
-# PyTorch's CPU flash-attention kernel is 1.5-3x slower when the keys are not a multiple of 16 (32 rows' 33 query
-# heads over their own 11 keys: 400 us, over 16 of which 5 masked: 145 us; 150 queries over 303 prefix keys: 124 us,
-# over 304: 87 us; bfloat16, 2 threads), so the keys are padded with masked zeros to a multiple of this.
-KEY_ALIGN = 16
-KEY_ALIGN_PAYS = 32  # unmasked keys (a prefix) up to this many: padding them costs what it saves
 _lock = threading.Lock()
 _registered = False
 
@@ -48,12 +48,14 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
         eager = sys.modules[type(module).__module__].eager_attention_forward
         return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if isinstance(plan, Packed):  # the rows packed into one sequence: one call per task (serve/packed.py)
+        return plan.attend(query, key, value, module.layer_idx, scale), None
     b, h, n, hd = query.shape
     kv, t = key.shape[1], key.shape[2]
     rep = h // kv
     # the rows' own keys/values, met by the query heads that share them side by side (as attention.attend)
     mask = plan.rows_mask(attention_mask, query.dtype, kv, rep, n, t)
-    o_row, lse_row = _attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
+    o_row, lse_row = attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
     out = o_row.reshape(b, h, n, hd).transpose(1, 2).contiguous()  # (b, n, h, hd): what the layer reads
     if plan.flat.numel():
         lse = lse_row.reshape(b, h, n).transpose(1, 2).reshape(b * n, h)
@@ -89,7 +91,7 @@ class Plan:
         if self._mask is None or self._mask[0] is not attention_mask:
             mask = attention_mask[..., :t].to(dtype)
             mask = mask.repeat(1, 1, rep, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], kv, rep * n, t)
-            self._mask = (attention_mask, _pad_mask(mask, -t % KEY_ALIGN))
+            self._mask = (attention_mask, pad_mask(mask, -t % KEY_ALIGN))
         return self._mask[1]
 
 
@@ -110,7 +112,7 @@ def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
         pk, pv = (x.to(query.dtype) for x in prefix[layer])  # (1, kv_heads, p, hd)
         kv, g = pk.shape[1], e - s
         q = q_all[s:e].transpose(0, 1).reshape(1, kv, (h // kv) * g, hd)  # query heads of one kv head side by side
-        o, lse = _attend(q, pk, pv, None, scale)
+        o, lse = attend(q, pk, pv, None, scale)
         outs.append(o.reshape(h, g, hd))
         lses.append(lse.reshape(h, g))
     o_pre = torch.cat(outs, 1).transpose(0, 1)  # (N, h, hd)
@@ -119,42 +121,6 @@ def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
     share = torch.sigmoid(lse_pre - lse_row.index_select(0, flat))[..., None]
     merged = torch.lerp(out.index_select(0, flat), o_pre.to(out.dtype), share.to(out.dtype))  # rounds as `out` does
     out.index_copy_(0, flat, merged)
-
-
-def _pad_mask(mask: Tensor, extra: int) -> Tensor:
-    """An additive mask with ``extra`` blocked key columns after its own."""
-    return F.pad(mask, (0, extra), value=torch.finfo(mask.dtype).min) if extra else mask
-
-
-def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
-    """Softmax attention (b, kv, q, hd) over (b, kv, t, hd) and each query's log-sum-exp of its scores (b, kv, q),
-    in one fused pass (PyTorch's CPU flash-attention kernel: the scores are never held whole). The log-sum-exp is
-    what lets two parts of one softmax merge exactly. Measured for 32 rows of 30 tokens over a 939-token prefix
-    (one layer of the default decoder, float32, 2 cores): 96 ms as products, max, exp and sum vs 19 ms fused."""
-    if query.device.type == "cpu":
-        t = key.shape[2]
-        extra = -t % KEY_ALIGN if mask is not None or t > KEY_ALIGN_PAYS else 0
-        if extra:  # masked zero keys up to a multiple of KEY_ALIGN: the kernel's fast path
-            key, value = F.pad(key, (0, 0, 0, extra)), F.pad(value, (0, 0, 0, extra))
-            if mask is None:
-                mask = _pad_mask(query.new_zeros(1, 1, 1, t), extra)
-        if mask is not None and mask.shape[-1] < key.shape[2]:
-            mask = _pad_mask(mask, key.shape[2] - mask.shape[-1])
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query.contiguous(), key, value, 0.0, False, attn_mask=mask, scale=scale
-        )
-        return out, lse
-    return _attend_eager(query, key, value, mask, scale)
-
-
-def _attend_eager(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, ...]:
-    """``_attend`` as products, max, exp and sum (GPUs). A mask may carry blocked columns past the keys (the rows'
-    mask is laid out once per pass, padded for the CPU kernel): only the keys' own columns are read."""
-    w = torch.matmul(query, key.transpose(2, 3)).float() * scale
-    if mask is not None:
-        w = w + mask[..., : key.shape[2]]
-    lse = torch.logsumexp(w, dim=-1)
-    return torch.matmul(torch.exp(w - lse[..., None]).to(value.dtype), value), lse
 
 
 def use_cascade(model) -> None:
@@ -188,23 +154,43 @@ def run_rows(
 ):
     """Hidden states (b, width, d) of rows that continue their own tasks' prefixes: ``mask`` covers the rows
     (after ``past``, the rows' own earlier keys/values, if given) and not the prefixes; ``positions`` number each
-    row from its prefix's end; ``groups`` as ``cascade_attention`` takes them. With ``return_cache``, also the
-    per-layer keys/values of past + rows (no prefix in them)."""
+    row from its prefix's end; ``groups`` (rows, prefix) of the tasks with a prefix. With ``return_cache``, also
+    the per-layer keys/values of past + rows (no prefix in them), in the rows' padded layout.
+
+    Without ``past`` the rows' real tokens run packed, task after task, as one sequence (``serve/packed.py``);
+    rows continuing a past (multi-token label words) run padded, their prefixes merged in (``Plan``)."""
     from transformers import DynamicCache
 
     use_cascade(backbone.model)
     dev = backbone.device
     width = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    valid = mask[:, -width:].bool().to(dev)
+    groups = [(rows.to(dev), prefix) for rows, prefix in groups]
+    packed = past is None
+    if packed:
+        rest = torch.ones(len(valid), dtype=torch.bool, device=dev)
+        for rows, _ in groups:
+            rest[rows] = False
+        plan = Packed([*groups, (rest.nonzero()[:, 0], None)], valid)
+        input_ids = plan.pack(input_ids.to(dev)) if input_ids is not None else None
+        inputs_embeds = plan.pack(inputs_embeds) if inputs_embeds is not None else None
+        positions, mask = plan.pack(positions.to(dev)), None
+    else:
+        plan = Plan(groups, valid)
     cache = DynamicCache(ddp_cache_data=past, config=backbone.model.config) if past or return_cache else None
     out = backbone.body(
         input_ids=input_ids.to(dev) if input_ids is not None else None,
         inputs_embeds=inputs_embeds,
-        attention_mask=mask.to(dev),
+        attention_mask=mask.to(dev) if mask is not None else None,
         position_ids=positions.to(dev),
         use_cache=cache is not None,
-        prompttune_plan=Plan([(rows.to(dev), prefix) for rows, prefix in groups], mask[:, -width:].bool().to(dev)),
+        prompttune_plan=plan,
         **({backbone._cache_kwarg: cache} if cache is not None else {}),
     )
-    if return_cache:
-        return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
-    return out.last_hidden_state
+    hidden = plan.unpack(out.last_hidden_state[0]) if packed else out.last_hidden_state
+    if not return_cache:
+        return hidden
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    if packed:  # (1, kv_heads, N, hd) -> (b, kv_heads, width, hd)
+        kv = [tuple(plan.unpack(x[0].transpose(0, 1)).transpose(1, 2) for x in layer) for layer in kv]
+    return hidden, kv

@@ -119,22 +119,14 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
     return result
 
 
-CASCADE_MIN_COPY = 8192  # prefix tokens the per-row layout would build (rows x longest prefix) before cascading
-CASCADE_MIN_PADDING = 1024  # padding tokens (rows x longest prefix - their own prefixes) before cascading
-
-
 def _cascade_pays(backbone, plen: list[int]) -> bool:
-    """Whether to hold each task's prefix once (serve/cascade.py) rather than lay it out in front of every row:
-    when the layout would copy many prefix tokens (a long system prompt, few-shot demos) or pad short prefixes to
-    a long one. Short prefixes of one length copy less than the cascade's extra passes cost. Measured (32 rows of
-    6-13 tokens, default decoder, float32, 2 cores, the cascade's prefix part in the fused flash kernel): one
-    18-token prefix 900 ms laid out vs 980 cascaded; one 27-token prefix 840 vs 955; five soft-prompt tasks of
-    18-43 tokens 1,110-1,270 vs 1,050-1,100; bench_serve.py's 8 tasks (a 303-token system text and 89 tokens
-    of few-shot demos among them) 2,040-2,100 vs 1,230-1,410; one 939-token prefix 3,600-3,760 vs 1,540-1,680."""
-    if backbone.kind != "decoder" or not plen:
-        return False
-    copy = len(plen) * max(plen)
-    return copy > CASCADE_MIN_COPY or copy - sum(plen) > CASCADE_MIN_PADDING
+    """Whether to run the rows packed with each task's prefix held once (serve/packed.py) rather than padded with
+    every row's prefix laid out in front of it: always for a decoder (encoders take no cache). Measured (32 rows
+    of 4-11 tokens, default decoder, 2 cores, ms a batch, laid out -> packed): one task with an 18-token soft
+    prompt 118 -> 105-110 in bfloat16, 270 -> 227 in float32; one with 89 tokens of few-shot demos 374 -> 310
+    in float32; bench_serve.py's 7 label-word tasks mixed (cascaded, padded) 155 -> 136-139 in bfloat16, 357 ->
+    290 in float32."""
+    return backbone.kind == "decoder" and bool(plen)
 
 
 def _length(prefix: KV) -> int:
