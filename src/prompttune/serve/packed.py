@@ -9,7 +9,8 @@ length, a hard prompt's text after the row, a soft prompt's none), and a task's 
 earlier tokens. One call per task and no merge, where the split took one call more and about ten small
 operations per layer to merge; the mask's cross-row blocks are computed for nothing, so a task's rows are cut
 into chunks of at most ``CHUNK_TOKENS`` queries (a one-task batch of 32 rows is several calls, not one over all
-its rows' keys).
+its rows' keys), and tasks with short prefixes share a call (``SHARED_PREFIX_KEYS``), each token masked to its
+own task's prefix columns.
 """
 
 from __future__ import annotations
@@ -19,53 +20,91 @@ from torch import Tensor
 
 from prompttune.serve.flash import KEY_ALIGN, attend
 
-CHUNK_TOKENS = 128  # queries (a task's rows' tokens) per attention call
+CHUNK_TOKENS = 128  # queries (rows' tokens) per attention call
+# Tasks whose prefixes together hold at most this many keys share a call (each token masked to its own task's):
+# a batch of many tasks with a row or two each (1,000 soft prompts served at once) would otherwise make one small
+# call per task and layer. 32 tasks x 1 row of an 18-token soft prompt, ms a batch (bfloat16, 2 threads): one call
+# per task 160, shared 126-131, every row's prefix laid out in front of it 134-137; the 7 tasks of bench_serve.py
+# 137 -> 132-133.
+SHARED_PREFIX_KEYS = 160
 # The packed sequence is padded to a multiple of this many tokens: oneDNN keeps a compiled kernel per product
 # shape (up to 1,024), so a sequence length that differs from batch to batch grew a server's memory with every
 # new length (+113 MB over 1,500 mixed requests vs +60 with one task; bench_serve.py's RSS 8 tasks / 1 task 1.24).
 PACK_ALIGN = 32
 
 
-class _Chunk:
-    __slots__ = ("start", "end", "prefix", "allowed", "mask")
+def _length(prefix) -> int:
+    return prefix[0][0].shape[2] if prefix else 0
 
-    def __init__(self, start: int, end: int, prefix, allowed: Tensor):
-        self.start, self.end, self.prefix, self.allowed = start, end, prefix, allowed
+
+class _Chunk:
+    """One attention call: a slice of the packed sequence, the prefixes its tokens' tasks read (their keys side by
+    side in front of the rows'), and for each token the columns it sees."""
+
+    __slots__ = ("start", "end", "prefixes", "rows", "tasks", "mask")
+
+    def __init__(self, start: int):
+        self.start = self.end = start
+        self.prefixes: list = []  # distinct prefixes (per-layer keys/values), in key order
+        self.rows: list[Tensor] = []  # each row's real positions
+        self.tasks: list[int] = []  # each row's index into ``prefixes`` (-1: no prefix)
         self.mask = None  # the additive mask laid out for the layers' dtype and heads, at the first layer
+
+    def keys(self) -> int:
+        return sum(_length(p) for p in self.prefixes)
+
+    def fits(self, tokens: int, prefix) -> bool:
+        new = prefix and not any(p is prefix for p in self.prefixes)
+        return not self.rows or (
+            self.end - self.start + tokens <= CHUNK_TOKENS
+            and (not new or self.keys() + _length(prefix) <= SHARED_PREFIX_KEYS)
+        )
+
+    def add(self, pos: Tensor, prefix) -> None:
+        if prefix and not any(p is prefix for p in self.prefixes):
+            self.prefixes.append(prefix)
+        self.tasks.append(next((i for i, p in enumerate(self.prefixes) if p is prefix), -1) if prefix else -1)
+        self.rows.append(pos)
+        self.end += len(pos)
+
+    def allowed(self) -> Tensor:
+        """(g, prefix keys + g): each token sees its own task's prefix and its own row's tokens up to itself."""
+        dev = self.rows[0].device
+        row = torch.cat([torch.full((len(p),), i, device=dev) for i, p in enumerate(self.rows)])
+        idx = torch.arange(len(row), device=dev)
+        own = (row[:, None] == row[None, :]) & (idx[None, :] <= idx[:, None])
+        lengths = [_length(p) for p in self.prefixes]
+        cols = torch.zeros(len(row), sum(lengths), dtype=torch.bool, device=dev)
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        at = 0
+        for pos, task in zip(self.rows, self.tasks, strict=True):
+            if task >= 0:
+                cols[at : at + len(pos), starts[task] : starts[task] + lengths[task]] = True
+            at += len(pos)
+        return torch.cat([cols, own], dim=1)
 
 
 class Packed:
     """The rows of a pass as one sequence: ``order`` (N,) each packed token's index (row * width + position) in the
-    padded (rows, width) layout ``valid`` marks, task after task; per chunk of a task's rows, its slice of the
-    sequence, its prefix's per-layer keys/values ((1, kv_heads, p, hd) each, or None) and which of its tokens each
-    token sees."""
+    padded (rows, width) layout ``valid`` marks, task after task; ``chunks`` the attention calls (``_Chunk``):
+    consecutive rows of one task, or of several tasks with short prefixes."""
 
     def __init__(self, groups, valid: Tensor):
         self.shape = valid.shape
         n = valid.shape[1]
-        order, self.chunks, start = [], [], 0
+        order, self.chunks = [], [_Chunk(0)]
         for rows, prefix in groups:
-            chunk: list[Tensor] = []
             for r in rows.tolist():
                 pos = valid[r].nonzero()[:, 0]
-                if chunk and sum(len(c) for c in chunk) + len(pos) > CHUNK_TOKENS:
-                    start = self._close(chunk, prefix, start)
-                    chunk = []
-                if len(pos):
-                    chunk.append(pos)
-                    order.append(r * n + pos)
-            if chunk:
-                start = self._close(chunk, prefix, start)
+                if not len(pos):
+                    continue
+                if not self.chunks[-1].fits(len(pos), prefix):
+                    self.chunks.append(_Chunk(self.chunks[-1].end))
+                self.chunks[-1].add(pos, prefix)
+                order.append(r * n + pos)
+        self.chunks = [c for c in self.chunks if c.rows]
         self.order = torch.cat(order) if order else torch.zeros(0, dtype=torch.long, device=valid.device)
         self.tail = -len(self.order) % PACK_ALIGN  # padding tokens after the real ones: attended by none
-
-    def _close(self, chunk: list[Tensor], prefix, start: int) -> int:
-        row = torch.cat([torch.full((len(p),), i, device=p.device) for i, p in enumerate(chunk)])
-        idx = torch.arange(len(row), device=row.device)
-        allowed = (row[:, None] == row[None, :]) & (idx[None, :] <= idx[:, None])  # own row, causal
-        end = start + len(row)
-        self.chunks.append(_Chunk(start, end, prefix, allowed))
-        return end
 
     def pack(self, x: Tensor) -> Tensor:
         """(b, width, ...) in the padded layout to the packed (1, N + tail, ...), zeros in the tail."""
@@ -91,29 +130,23 @@ class Packed:
             s, e = c.start, c.end
             g = e - s
             q = query[0, :, s:e].reshape(1, kv, rep * g, hd)  # the query heads of a key/value head side by side
-            keys, values = [key[:, :, s:e]], [value[:, :, s:e]]
-            p = 0
-            if c.prefix:
-                pk, pv = c.prefix[layer]
-                keys.insert(0, pk.to(key.dtype))
-                values.insert(0, pv.to(value.dtype))
-                p = pk.shape[2]
-            extra = -(p + g) % KEY_ALIGN  # masked zero keys: the CPU kernel's fast path
+            keys = [pk.to(key.dtype) for pk, _ in (p[layer] for p in c.prefixes)] + [key[:, :, s:e]]
+            values = [pv.to(value.dtype) for _, pv in (p[layer] for p in c.prefixes)] + [value[:, :, s:e]]
+            extra = -(c.keys() + g) % KEY_ALIGN  # masked zero keys: the CPU kernel's fast path
             if extra:
                 keys.append(key.new_zeros(1, kv, extra, hd))
                 values.append(value.new_zeros(1, kv, extra, hd))
             if c.mask is None or c.mask.dtype != query.dtype:
-                c.mask = _lay_out(c.allowed, p, extra, rep, query.dtype)
+                c.mask = _lay_out(c.allowed(), extra, rep, query.dtype)
             o, _ = attend(q, torch.cat(keys, 2), torch.cat(values, 2), c.mask, scale)
             out[s:e] = o.view(h, g, hd).transpose(0, 1)
         return out[None]
 
 
-def _lay_out(allowed: Tensor, p: int, extra: int, rep: int, dtype) -> Tensor:
-    """The additive mask (1, 1, rep * g, p + g + extra) of a chunk: the prefix open, its own rows as ``allowed``,
-    the alignment keys blocked; repeated for the query heads laid side by side."""
-    g = allowed.shape[0]
-    mask = torch.full((g, p + g + extra), torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
-    mask[:, :p] = 0
-    mask[:, p : p + g].masked_fill_(allowed, 0)
+def _lay_out(allowed: Tensor, extra: int, rep: int, dtype) -> Tensor:
+    """The additive mask (1, 1, rep * g, keys + extra) of a chunk: 0 where ``allowed``, blocked elsewhere and on
+    the alignment keys; repeated for the query heads laid side by side."""
+    mask = torch.full((allowed.shape[0], allowed.shape[1] + extra), torch.finfo(dtype).min, dtype=dtype,
+                      device=allowed.device)  # fmt: skip
+    mask[:, : allowed.shape[1]].masked_fill_(allowed, 0)
     return mask.repeat(rep, 1)[None, None]
