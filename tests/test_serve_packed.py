@@ -141,3 +141,38 @@ def test_packed_attention_equals_each_row_over_its_prefix_and_itself():
                 want = torch.softmax(qq @ kk.transpose(1, 2) * hd**-0.5, -1) @ vv  # (kv, rep, hd)
                 assert torch.allclose(out[t], want.reshape(kv * rep, hd), atol=1e-5), (r, j)
             at += length
+
+
+def test_a_packed_pass_builds_no_token_by_token_mask(table, monkeypatch):  # noqa: F811 - the imported fixture
+    """transformers would build a (tokens x tokens) causal mask for the packed sequence (32 rows of 4,000 tokens:
+    32 GB); the packed pass hands it a placeholder, so no mask is built at all."""
+    import torch
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    from prompttune.serve.cascade import CASCADE, run_rows
+
+    model = table.get("pt").task.model
+    rows = model.encode(from_records(TEXTS)).ids
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+    prefix = model.cached_prefix()
+    positions = (prefix[0][0].shape[2] + mask.cumsum(1) - 1).clamp(min=0)
+    groups = [(torch.arange(len(rows)), prefix)]
+    ids, embeds = model.row_inputs(ids)  # soft tokens in a row come as embeddings
+
+    def run(**kw):
+        return run_rows(model.backbone, ids, mask, positions, groups, inputs_embeds=embeds, **kw)
+
+    want = run()  # registers the cascade attention
+    built = []
+    real = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[CASCADE]
+    monkeypatch.setitem(
+        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, CASCADE, lambda *a, **k: built.append(1) or real(*a, **k)
+    )
+    again = run()
+    assert built == [] and torch.equal(again, want)
+    run(return_cache=True)
+    assert built == []  # with a cache returned too
