@@ -4,6 +4,7 @@ and the worker goes on serving; a worker that is not running makes /healthz a 50
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from prompttune.serve import ServeConfig, build_table, create_app
 from prompttune.serve.runner import ThreadedServer
@@ -104,3 +105,29 @@ def test_a_batch_waits_a_share_of_the_last_batchs_run_time(monkeypatch):
             assert sizes[1:] == ([2] if together else [1, 1])
         finally:
             b.stop(5)
+
+
+def test_long_rows_are_scored_in_passes_within_the_token_budget(tiny_model_dir, monkeypatch):
+    """One request of rows of several lengths: the batch is scored in passes of at most SCORE_TOKEN_BUDGET tokens
+    (rows x the longest; a longer row alone), and the answers are the library's."""
+    from prompttune import scorer
+    from prompttune.core.data import from_records
+    from prompttune.serve import mixed
+
+    table = build_table(ServeConfig(model=str(tiny_model_dir)), ["zs=classify"], {"zs": "negative,positive"})
+    texts = ["good", "a great movie , truly", "bad " * 20, "the cat sat on the mat , and it was fine , really"]
+    model = table.get("zs").task.model
+    lengths = sorted(len(ids) for ids in model.encode(from_records(texts)).ids)
+    budget = lengths[1] * 2  # the two shortest rows fit a pass; the longer ones do not fit with another
+    monkeypatch.setattr(scorer, "SCORE_TOKEN_BUDGET", budget)
+    passes = []
+    real = mixed.score_mixed
+    monkeypatch.setattr(mixed, "score_mixed", lambda items: passes.append([len(i) for _, i in items]) or real(items))
+    with ThreadedServer(create_app(ServeConfig(), table)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        r = c.post("/v1/tasks/zs/predict", json={"inputs": texts})
+    assert r.status_code == 200, r.text
+    assert len(passes) >= 3 and sorted(n for p in passes for n in p) == lengths
+    assert all(len(p) == 1 or len(p) * max(p) <= budget for p in passes), passes
+    want = table.get("zs").task.predictions(from_records(texts))
+    for got, w in zip(r.json()["outputs"], want, strict=True):
+        assert got["label"] == w["label"] and got["scores"] == pytest.approx(w["scores"], abs=1e-5)

@@ -1,12 +1,13 @@
 """The scheduler: one bounded queue for every task's requests, one worker thread that runs the model.
 
 A batch closes at ``max_batch`` rows or ``max_wait_ms`` after its first job, whichever comes first. Rows of
-label-word tasks on one backbone go through ONE forward pass whatever their tasks (``mixed.score_mixed``,
-in chunks of ``max_batch`` rows), with them classification-head tasks pooled at the last token (a decoder's;
-``mixed.mixable_head``); an ATTEMPT mixture's rows (a prompt per row: ``PromptModel.mixes`` false) are scored
-per task with ``PromptModel.score``; other head tasks' rows are batched per task (``Task.predictions``); completions
-(kind "generate") of any tasks are decoded together in one batched loop (``decode.decode``), after the batch's
-scoring, up to ``max_batch`` rows a loop. A job whose caller gave up (timeout) is skipped.
+label-word tasks on one backbone go through ONE forward pass whatever their tasks (``mixed.score_mixed``, in
+passes of at most ``max_batch`` rows and ``scorer.SCORE_TOKEN_BUDGET`` tokens), with them classification-head
+tasks pooled at the last token (a decoder's; ``mixed.mixable_head``); an ATTEMPT mixture's rows (a prompt per
+row: ``PromptModel.mixes`` false) are scored per task with ``PromptModel.score``; other head tasks' rows are
+batched per task (``Task.predictions``); completions (kind "generate") of any tasks are decoded together in one
+batched loop (``decode.decode``), after the batch's scoring, up to ``max_batch`` rows a loop. A job whose caller
+gave up (timeout) is skipped.
 Every forward pass holds its tasks' prefixes through the prefix cache (``prefix_cache.PrefixCache.use``);
 a batch whose tasks' prefixes do not fit the cache's budget together is scored in groups that do.
 Results are handed to the caller's event loop with ``call_soon_threadsafe``.
@@ -278,8 +279,7 @@ class Batcher:
                     items = [(j, k, ids) for j in group if id(j.served.task.model) in inside
                              for k, ids in enumerate(encoded[id(j)])]  # fmt: skip
                     items.sort(key=lambda x: len(x[2]))  # similar lengths together: less padding
-                    for s in range(0, len(items), self.max_batch):
-                        chunk = items[s : s + self.max_batch]
+                    for chunk in _passes(items, self.max_batch):
                         with self.cache.use([j.served.task.model for j, _, _ in chunk]):
                             out = score_mixed([(j.served.task.model, ids) for j, _, ids in chunk])
                         for (j, k, _), o in zip(chunk, out, strict=True):
@@ -324,4 +324,19 @@ def _head_outputs(job: Job, probs: list) -> list[dict]:
         shown = row.fields.get("question") or row.fields.get("text") or " ".join(row.fields.get("tokens") or [])
         scores = dict(zip(labels, map(float, p), strict=True))
         out.append({"input": str(shown), "label": labels[int(p.argmax())], "scores": scores})
+    return out
+
+
+def _passes(items: list, max_rows: int) -> list[list]:
+    """A batch's rows (sorted by length) in forward passes of at most ``max_rows`` rows and ``SCORE_TOKEN_BUDGET``
+    tokens (rows x the longest; a longer row is a pass of its own), as the library scores at inference: rows of a
+    few thousand tokens would otherwise hold 32 of them in one pass, with their attention masks."""
+    from prompttune.batches import micro_batches
+    from prompttune.scorer import SCORE_TOKEN_BUDGET
+
+    out = []
+    for s in range(0, len(items), max_rows):
+        part = items[s : s + max_rows]
+        lengths = [len(ids) for _, _, ids in part]
+        out += [[part[i] for i in cut] for cut in micro_batches(list(range(len(part))), lengths, SCORE_TOKEN_BUDGET)]
     return out
