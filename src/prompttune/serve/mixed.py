@@ -80,7 +80,7 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
         groups.setdefault(id(m), []).append(i)
     input_ids, embeds = _inputs(distinct, groups, ids, backbone)
     need_cache = any(getattr(m, "max_form_len", 1) > 1 for m in distinct)
-    cascade = _cascade_pays(backbone, plen)
+    cascade = _prefixes_held_once(backbone, plen)
     if cascade:
         with_prefix = [(torch.tensor(groups[id(m)]), prefixes[id(m)]) for m in distinct if prefixes[id(m)]]
         out = run_rows(backbone, input_ids, mask, positions, with_prefix, embeds, return_cache=need_cache)
@@ -119,7 +119,7 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
     return result
 
 
-def _cascade_pays(backbone, plen: list[int]) -> bool:
+def _prefixes_held_once(backbone, plen: list[int]) -> bool:
     """Whether to run the rows packed with each task's prefix held once (serve/packed.py) rather than padded with
     every row's prefix laid out in front of it: always for a decoder (encoders take no cache). Measured (32 rows
     of 4-11 tokens, default decoder, 2 cores, ms a batch, laid out -> packed): one task with an 18-token soft
