@@ -77,6 +77,16 @@ def train_multi(
     num_virtual_tokens: VirtualOpt = 16,
     init: InitOpt = "labels",
     form: FormOpt = "auto",
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A teacher as NAME=ARTIFACT: a single-task prompt of task NAME (prompttune train on its rows) "
+            "whose label probabilities the pack also learns (MPT's distillation); repeatable."
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float, typer.Option(help="With --teacher: weight of KL(teacher || pack) beside the gold labels' loss.")
+    ] = 1.0,
     epochs: EpochsOpt = 5,
     max_steps: StepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -117,12 +127,15 @@ def train_multi(
             num_virtual_tokens=num_virtual_tokens,
             init=init,
             form=form,
+            teachers=teacher or (),
+            distill_weight=distill_weight,
             config=config,
             model=model,
             resume=resume,
             overwrite=overwrite,
             callbacks=[progress],
             on_start=started,
+            on_teacher=lambda name: err.print(f"teacher of {name}: scoring its training rows", highlight=False),
             **Settings.backbone_args(),
         )
     finally:
@@ -131,8 +144,11 @@ def train_multi(
     if as_json:
         emit_json(summary)
         return
+    teachers = summary.get("teacher_val_accuracy", {})
     for name, acc in summary["val_accuracy"].items():
-        out.print(f"{name}: validation accuracy {acc:.4f}, {summary['trainable_params_per_task'][name]:,} params/task")
+        teacher = f" (its teacher {teachers[name]:.4f})" if name in teachers else ""
+        params = summary["trainable_params_per_task"][name]
+        out.print(f"{name}: validation accuracy {acc:.4f}{teacher}, {params:,} params/task")
     out.print(f"saved {summary['pack']}: mean validation accuracy {summary['mean_val_accuracy']:.4f}")
 
 
@@ -149,6 +165,16 @@ def continual(
     num_virtual_tokens: VirtualOpt = 16,
     init: InitOpt = "labels",
     form: FormOpt = "auto",
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A teacher as NAME=ARTIFACT: a single-task prompt of task NAME (prompttune train on its rows) "
+            "whose label probabilities the pack also learns (MPT's distillation); repeatable."
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float, typer.Option(help="With --teacher: weight of KL(teacher || pack) beside the gold labels' loss.")
+    ] = 1.0,
     epochs: EpochsOpt = 5,
     max_steps: StepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -186,6 +212,8 @@ def continual(
             num_virtual_tokens=num_virtual_tokens,
             init=init,
             form=form,
+            teachers=teacher or (),
+            distill_weight=distill_weight,
             config=config,
             model=model,
             overwrite=overwrite,

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from prompttune.batches import epoch_batches, grouped_batches
 from prompttune.core.errors import DataError
+from prompttune.multitask.distill import distill_loss
 from prompttune.multitask.joint import joint_label_scores, joint_prefixes
 from prompttune.multitask.specs import TaskData
 from prompttune.multitask.view import Stage
@@ -64,7 +65,9 @@ class MixtureObjective:
     split off their text), each read through its own template and verbalizer. With ``"task"`` each batch holds
     one task's rows (the tasks' batches shuffled together in their shares), so a step computes one prefix and
     pads to one task's lengths, as a single-task step does: faster, but each step then pulls a shared prompt
-    towards one task (measured in docs/multitask.md). The loss is the mean over the batch's rows."""
+    towards one task (measured in docs/multitask.md). The loss is the mean over the batch's rows of each row's
+    cross-entropy, plus ``distill_weight`` x KL(teacher || pack) for a row whose task has teacher probabilities
+    (``teachers``: task index -> one row of label probabilities per training row; distill.py)."""
 
     metric = "mean accuracy"
     # the loss is a mean over rows: the Trainer may split a step into parts of this many padded tokens
@@ -78,8 +81,11 @@ class MixtureObjective:
         temperature: float,
         seed: int,
         batching: str = "mixed",
+        teachers: dict[int, Tensor] | None = None,
+        distill_weight: float = 1.0,
     ):
         self.tasks, self.data, self.trainable = tasks, data, stage
+        self.teachers, self.distill_weight = dict(teachers or {}), distill_weight
         self.batching = check_batching(batching)
         self.parts = [VerbalizerObjective(t.model, d.train, d.val) for t, d in zip(tasks, data, strict=True)]
         self.val_rows = sum(p.val_rows for p in self.parts)  # the mean accuracy's standard error, as if one pool
@@ -110,6 +116,8 @@ class MixtureObjective:
         total = torch.zeros(())
         for (k, rows), s in zip(by_task.items(), scores, strict=True):
             total = total + F.cross_entropy(s, self.parts[k].y_train[rows].to(s.device), reduction="sum")
+            if k in self.teachers:
+                total = total + self.distill_weight * distill_loss(s, self.teachers[k][rows])
         return total / len(batch)
 
     @contextmanager

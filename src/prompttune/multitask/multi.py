@@ -7,12 +7,14 @@ pack.task("sst2").predict(["a gripping film"])
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.methods import METHODS
+from prompttune.multitask.distill import load_teachers, parse_teachers, teachers_digest
 from prompttune.multitask.mixture import MixtureObjective, check_batching, task_shares
 from prompttune.multitask.pack import PackTask, save_pack
 from prompttune.multitask.specs import TaskData, check_form, load_tasks, parse_specs, task_templates
@@ -72,6 +74,8 @@ def train_multi(
     num_virtual_tokens: int = 16,
     init: str = "labels",
     form: str = "auto",
+    teachers: Sequence[str] = (),
+    distill_weight: float = 1.0,
     config: TrainConfig | None = None,
     model: str | None = None,
     backbone: Backbone | None = None,
@@ -81,8 +85,13 @@ def train_multi(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     on_start: Callable[[dict], None] | None = None,
+    on_teacher: Callable[[str], None] | None = None,
 ) -> tuple[PackTask | None, TrainResult, dict]:
     """Train one pack on several tasks (``NAME=FILE`` each) and save it: what `prompttune train-multi` does.
+
+    ``teachers`` (``NAME=ARTIFACT`` each, distill.py): single-task prompts whose label probabilities on their
+    task's training rows the pack also learns (``distill_weight`` x KL); ``on_teacher(name)`` is told before
+    each teacher scores its rows.
 
     Every input error (names, files, rows, flags, the output path) is raised before the backbone loads.
     Returns (the saved pack loaded back, or None without ``out_dir``; the training result; the summary that
@@ -100,17 +109,24 @@ def train_multi(
         atomic.check_output_dir(
             checkpoint_dir_for(out), "--out", lambda p: (p / "state.json").exists(), "training checkpoint", True
         )
+    teacher_paths = parse_teachers(teachers, [name for name, _ in specs], distill_weight)
     data = load_tasks(specs, limit_per_task, config.seed)
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
     tasks = build_tasks(backbone, data, strategy, num_virtual_tokens, init, config.seed, form)
-    objective = MixtureObjective(tasks, data, Stage(strategy, strategy.keys()), temperature, config.seed, batching)
+    t0 = time.perf_counter()
+    probs, teacher_val = load_teachers(backbone, data, teacher_paths, on_teacher)
+    teacher_seconds = time.perf_counter() - t0
+    stage = Stage(strategy, strategy.keys())
+    objective = MixtureObjective(tasks, data, stage, temperature, config.seed, batching, probs, distill_weight)
     names = [d.name for d in data]
     counts = params_summary(strategy, names)
     if on_start:
         on_start({"tasks": {d.name: {"n_train": len(d.train), "n_val": len(d.val)} for d in data}, **counts})
     batches = "" if batching == "mixed" else f"B={batching}:"  # checkpoints from before --batching still resume
-    fingerprint = f"{method}:T={temperature}:{batches}" + "|".join(d.fingerprint for d in data)
+    fingerprint = f"{method}:T={temperature}:{batches}{teachers_digest(probs, distill_weight)}" + "|".join(
+        d.fingerprint for d in data
+    )
     trainer = Trainer(objective, config, checkpoint_dir_for(out) if out else None, callbacks, fingerprint)
     result = trainer.fit(resume=resume)
     plain = {d.name: materialize(backbone, t, num_virtual_tokens, init) for d, t in zip(data, tasks, strict=True)}
@@ -118,6 +134,7 @@ def train_multi(
     task_info = {
         d.name: {
             "val_accuracy": val_acc[d.name],
+            **({"teacher": str(teacher_paths[d.name])} if d.name in teacher_paths else {}),
             "data": {
                 "train": d.train.source,
                 "train_hash": d.train.fingerprint(),
@@ -134,6 +151,7 @@ def train_multi(
         "init": init,
         "temperature": temperature,
         "batching": batching,
+        **({"distill_weight": distill_weight} if teacher_paths else {}),
         **counts,
     }
     extra = {"metrics": result.metrics(), "training": config.to_dict()}
@@ -153,6 +171,16 @@ def train_multi(
         "train_seconds": result.train_seconds,
         "train_examples_per_s": result.train_examples_per_s,
         "stopped_by": result.stopped_by,
+        **(
+            {
+                "teachers": {n: str(p) for n, p in teacher_paths.items()},
+                "teacher_val_accuracy": teacher_val,
+                "distill_weight": distill_weight,
+                "teacher_seconds": round(teacher_seconds, 3),
+            }
+            if teacher_paths
+            else {}
+        ),
         "n_train": {d.name: len(d.train) for d in data},
         "n_val": {d.name: len(d.val) for d in data},
     }
