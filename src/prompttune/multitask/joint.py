@@ -110,6 +110,12 @@ def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
     all rows; None where the groups cannot be joined (``can_join``)."""
     if not can_join(groups):
         return None
+    # tasks whose words take several tokens first: the continuation pass then runs the batch's first rows only
+    order = sorted(range(len(groups)), key=lambda g: groups[g][0].max_form_len == 1)
+    if order != list(range(len(groups))):
+        scores = joint_label_scores([groups[g] for g in order])
+        back = {g: i for i, g in enumerate(order)}
+        return None if scores is None else [scores[back[g]] for g in range(len(groups))]
     backbone = groups[0][0].backbone
     width, ids, attention, positions = _layout(groups)
     need_more = any(m.max_form_len > 1 for m, _, _ in groups)
@@ -146,13 +152,19 @@ def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
 def _joint_continuations(groups, spans, weights, cache: KV, attention: Tensor, positions: Tensor):
     """The 2nd.. tokens of every task's multi-token label words in one pass over all rows' keys/values (each row
     runs its own task's continuation tokens, padded to the longest; see ``PromptModel._continuations``): per group
-    its (rows, forms) log-likelihoods, None for a task whose words are one token each. None when a task's words
-    take several chunks (each task then runs its own)."""
+    its (rows, forms) log-likelihoods, None for a task whose words are one token each (its rows, after those of
+    the tasks with continuations, do not run). None when a task's words take several chunks (each task then runs
+    its own)."""
     chunks = [model._cont_chunks for model, _, _ in groups]
     if any(len(c) > 1 for c in chunks):
         return None
+    # only rows up to the last task with continuations run (the caller puts those tasks first): views, no copies
+    b = max(rows.stop for c, rows in zip(chunks, spans, strict=True) if c)
+    if b < attention.shape[0]:
+        cache = [(k[:b], v[:b]) for k, v in cache]
+        attention, positions = attention[:b], positions[:b]
     dev, dtype = attention.device, cache[0][0].dtype
-    b, width = attention.shape
+    width = attention.shape[1]
     n = max(c[0].ids.shape[1] for c in chunks if c)
     pad = groups[0][0].backbone.tokenizer.pad_token_id or 0
     ids = torch.full((b, n), pad, dtype=torch.long, device=dev)
