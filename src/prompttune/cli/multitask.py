@@ -165,16 +165,6 @@ def continual(
     num_virtual_tokens: VirtualOpt = 16,
     init: InitOpt = "labels",
     form: FormOpt = "auto",
-    teacher: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="A teacher as NAME=ARTIFACT: a single-task prompt of task NAME (prompttune train on its rows) "
-            "whose label probabilities the pack also learns (MPT's distillation); repeatable."
-        ),
-    ] = None,
-    distill_weight: Annotated[
-        float, typer.Option(help="With --teacher: weight of KL(teacher || pack) beside the gold labels' loss.")
-    ] = 1.0,
     epochs: EpochsOpt = 5,
     max_steps: StepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -212,8 +202,6 @@ def continual(
             num_virtual_tokens=num_virtual_tokens,
             init=init,
             form=form,
-            teachers=teacher or (),
-            distill_weight=distill_weight,
             config=config,
             model=model,
             overwrite=overwrite,
