@@ -65,7 +65,7 @@ def teacher_probs(backbone: Backbone, data: TaskData, path: Path) -> tuple[Tenso
     preds = teacher.predict(data.train, calibrate=False)
     probs = torch.tensor([[p.scores[label] for label in labels] for p in preds], dtype=torch.float32)
     probs = probs / probs.sum(-1, keepdim=True)  # the read-out's softmax, summed in float32 again
-    val = float(teacher.evaluate(data.val)["accuracy"]) if len(data.val) else float("nan")
+    val = float(teacher.evaluate(data.val, calibrate=False)["accuracy"]) if len(data.val) else float("nan")
     return probs, val
 
 
