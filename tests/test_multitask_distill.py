@@ -74,10 +74,10 @@ def test_distill_loss_is_kl():
 def test_teacher_probabilities_are_its_predictions_in_the_tasks_label_order(tiny_backbone, files, teachers):
     rows = load_rows(files["topic"])
     train, val = split_validation(rows, 0.1, 0)
-    probs, val_acc = teacher_probs(tiny_backbone, TaskData("topic", train, val), teachers / "topic")
+    labels = sorted(train.labels())[::-1]  # the pack task's order, whatever it is
+    probs, val_acc = teacher_probs(tiny_backbone, TaskData("topic", train, val), labels, teachers / "topic")
     teacher = prompttune.load(teachers / "topic", model=tiny_backbone)
     preds = teacher.predict(train, calibrate=False)
-    labels = sorted(train.labels())
     assert probs.shape == (len(train), len(labels))
     assert torch.allclose(probs, torch.tensor([[p.scores[x] for x in labels] for p in preds]), atol=1e-6)
     assert val_acc == teacher.evaluate(val, calibrate=False)["accuracy"]

@@ -24,6 +24,7 @@ from prompttune.core import artifact
 from prompttune.core.backbone import Backbone
 from prompttune.core.errors import DataError
 from prompttune.multitask.specs import TaskData, parse_specs, task_index
+from prompttune.prompt_task import PromptTask
 
 MAX_WEIGHT = 100.0  # --distill-weight at most: beyond it the gold labels stop counting to many digits
 
@@ -39,9 +40,8 @@ def parse_teachers(items: Sequence[str] | None, names: list[str], weight: float)
     for name, path in parse_specs(list(items), "--teacher"):
         task_index(names, name, "the pack", "--teacher")
         manifest, _ = artifact.read(path)
-        kinds = ("head", "generation", "pack", "mixture", "probe")
-        kind = next((k for k in kinds if manifest.get(k)), None)
-        if kind is not None:
+        if not PromptTask.reads(manifest):
+            kind = next((k for k in ("head", "generation", "pack", "mixture", "probe") if manifest.get(k)), "other")
             raise DataError(
                 f"--teacher {name}={path}: a {kind} artifact; a teacher is a single-task prompt trained on task "
                 f"{name}'s rows (`prompttune train FILE --method prompt-tuning`, label words)."
@@ -50,17 +50,16 @@ def parse_teachers(items: Sequence[str] | None, names: list[str], weight: float)
     return out
 
 
-def teacher_probs(backbone: Backbone, data: TaskData, path: Path) -> tuple[Tensor, float]:
-    """The teacher's label probabilities on the task's training rows, in the task's label order
-    (``sorted(labels)``, as ``PromptTask.for_data`` orders them), and its accuracy on the task's validation rows."""
+def teacher_probs(backbone: Backbone, data: TaskData, labels: list[str], path: Path) -> tuple[Tensor, float]:
+    """The teacher's label probabilities on the task's training rows, in the order of the pack task's ``labels``,
+    and its accuracy on the task's validation rows."""
     from prompttune.task import load
 
     teacher = load(path, backbone)
-    labels = sorted(data.train.labels())
-    if sorted(teacher.labels) != labels:
+    if sorted(teacher.labels) != sorted(labels):
         raise DataError(
             f"--teacher {data.name}={path}: its labels {sorted(teacher.labels)} are not task {data.name}'s "
-            f"{labels}; give a prompt trained on this task's rows."
+            f"{sorted(labels)}; give a prompt trained on this task's rows."
         )
     preds = teacher.predict(data.train, calibrate=False)
     probs = torch.tensor([[p.scores[label] for label in labels] for p in preds], dtype=torch.float32)
@@ -70,15 +69,16 @@ def teacher_probs(backbone: Backbone, data: TaskData, path: Path) -> tuple[Tenso
 
 
 def load_teachers(
-    backbone: Backbone, data: list[TaskData], paths: dict[str, Path], on_task: Callable[[str], None] | None = None
+    tasks: list[PromptTask], data: list[TaskData], paths: dict[str, Path], on_task: Callable[[str], None] | None = None
 ) -> tuple[dict[int, Tensor], dict[str, float]]:
-    """Teacher probabilities by task index, and each teacher's validation accuracy by task name."""
+    """Teacher probabilities by task index (in each pack task's label order), and each teacher's validation
+    accuracy by task name."""
     probs, val = {}, {}
-    for k, d in enumerate(data):
+    for k, (task, d) in enumerate(zip(tasks, data, strict=True)):
         if d.name in paths:
             if on_task:
                 on_task(d.name)
-            probs[k], val[d.name] = teacher_probs(backbone, d, paths[d.name])
+            probs[k], val[d.name] = teacher_probs(task.backbone, d, task.labels, paths[d.name])
     return probs, val
 
 

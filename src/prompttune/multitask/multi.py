@@ -115,7 +115,7 @@ def train_multi(
         backbone = Backbone.load(model, dtype=dtype, device=device)
     tasks = build_tasks(backbone, data, strategy, num_virtual_tokens, init, config.seed, form)
     t0 = time.perf_counter()
-    probs, teacher_val = load_teachers(backbone, data, teacher_paths, on_teacher)
+    probs, teacher_val = load_teachers(tasks, data, teacher_paths, on_teacher)
     teacher_seconds = time.perf_counter() - t0
     stage = Stage(strategy, strategy.keys())
     objective = MixtureObjective(tasks, data, stage, temperature, config.seed, batching, probs, distill_weight)
