@@ -29,10 +29,24 @@ def grads(strategy: Strategy) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("method,first", [("mpt", "several"), ("spot", "several"), ("mpt", "one")])
-def test_joint_scores_and_gradients_equal_each_task_alone(tiny_backbone, tmp_path, method, first):
+@pytest.mark.parametrize(
+    "method,first,joint_inline,alone_inline",
+    [
+        ("mpt", "several", True, False),
+        ("spot", "several", True, True),
+        ("mpt", "one", True, False),
+        ("mpt", "one", False, False),
+        ("mpt", "several", False, True),
+    ],
+)
+def test_joint_scores_and_gradients_equal_each_task_alone(
+    tiny_backbone, tmp_path, monkeypatch, method, first, joint_inline, alone_inline
+):
     """``first``: whether the batch's first task has words of several tokens (the continuation pass then runs
-    the first rows only) or of one (the tasks are put in that order for the pass, the scores back in theirs)."""
+    the first rows only) or of one (the tasks are put in that order for the pass, the scores back in theirs).
+    ``*_inline``: the label words' tokens run in the rows' own pass (else a continuation pass after it)."""
+    import prompttune.scorer as scorer
+
     obj, strategy = objective(tiny_backbone, tmp_path, method)
     prefixes = {id(t.model): t.model.prefix_kv()[0][0].shape[2] for t in obj.tasks}
     assert len(set(prefixes.values())) > 1  # the pair task's template is longer: prefixes of different widths
@@ -45,10 +59,13 @@ def test_joint_scores_and_gradients_equal_each_task_alone(tiny_backbone, tmp_pat
         return [(obj.tasks[k].model, [obj.parts[k].train.ids[i] for i in r], obj.tasks[k].model.prefix_kv())
                 for k, r in rows.items()]  # fmt: skip
 
+    if not joint_inline:
+        monkeypatch.setattr(scorer, "INLINE_TOKENS", 0)
     joint = joint_label_scores(groups())
     assert joint is not None
     sum(s.sum() for s in joint).backward()
     g_joint = grads(strategy)
+    monkeypatch.setattr(scorer, "INLINE_TOKENS", 64 if alone_inline else 0)
     alone = [model.label_scores(ids, prefix) for model, ids, prefix in groups()]
     for j, a in zip(joint, alone, strict=True):
         assert j.shape == a.shape

@@ -123,3 +123,32 @@ def test_soft_tokens_in_the_row_get_gradients(row_soft_task):
     pm.label_scores(enc.ids, pm.prefix_kv()).sum().backward()
     grad = pm.method.embeddings.grad
     assert grad[:2].abs().sum() > 0 and grad[2:].abs().sum() > 0
+
+
+def test_label_words_run_in_the_rows_pass_with_the_same_scores_and_gradients(task, monkeypatch):
+    """One backbone pass a batch (the words' tokens after the rows), equal to the row pass + continuation pass."""
+    import prompttune.scorer as scorer
+
+    pm = task.model
+    enc = pm.encode(ROWS)
+    calls = []
+    original = pm.backbone.run
+    monkeypatch.setattr(pm.backbone, "run", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    def scores_and_grads():
+        pm.method.zero_grad()
+        s = pm.label_scores(enc.ids, pm.prefix_kv())
+        (s * torch.linspace(-1, 1, s.numel()).view_as(s)).sum().backward()
+        return s.detach(), [p.grad.clone() for p in pm.method.parameters()]
+
+    scores_and_grads()  # the template's constant lead is computed once and kept: not counted below
+    calls.clear()
+    inline, g_inline = scores_and_grads()
+    passes = len(calls)
+    monkeypatch.setattr(scorer, "INLINE_TOKENS", 0)
+    calls.clear()
+    two, g_two = scores_and_grads()
+    assert len(calls) == passes + 1  # the same prefix passes; the words' continuation pass is gone
+    torch.testing.assert_close(inline, two, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_inline, g_two, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -3,6 +3,10 @@
 Each form's tokens see the row's keys/values and the form's own earlier tokens, so all forms share one copy of
 a row's cache (a copy per row x form held 19-22 GB for 1,000 labels). Forms are grouped in chunks of at most
 ``CONTINUATION_CHUNK`` tokens, so one pass's attention stays bounded however many labels there are.
+
+A single chunk of at most ``INLINE_TOKENS`` tokens (the usual case: a few labels, some of several tokens) does
+not need a pass of its own: its tokens run after each row in the row's own pass (``inline_layout``,
+``inline_mask``), which saves a forward (and in training a backward) pass through every frozen layer a batch.
 """
 
 from __future__ import annotations
@@ -60,3 +64,51 @@ def continuation_chunks(token_ids: list[list[int]], cand_ids: list[list[int]]) -
         assign[torch.arange(len(owner)), own] = 1.0
         chunks.append(ContinuationChunk(torch.tensor([ids]), d, torch.tensor([target]), visible, assign))
     return chunks
+
+
+INLINE_TOKENS = 64  # a chunk of at most this many label tokens runs in the rows' own pass (no second pass)
+
+
+def inline_layout(chunks: list[ContinuationChunk | None], counts: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: its group's one chunk's token ids (b, n), depths (b, n) and tree (b, n, n), padded to the longest
+    chunk (``counts``: rows per group; a group without a chunk gets padding steps that see only themselves)."""
+    b, n = sum(counts), max(c.ids.shape[1] for c in chunks if c is not None)
+    dev = next(c.ids.device for c in chunks if c is not None)
+    ids = torch.zeros(b, n, dtype=torch.long, device=dev)
+    depth = torch.zeros(b, n, dtype=torch.long, device=dev)
+    seen = torch.eye(n, dtype=torch.bool, device=dev).repeat(b, 1, 1)
+    start = 0
+    for c, k in zip(chunks, counts, strict=True):
+        if c is not None:
+            m = c.ids.shape[1]
+            ids[start : start + k, :m], depth[start : start + k, :m] = c.ids, c.depth
+            seen[start : start + k, :m, :m] = c.visible
+        start += k
+    return ids, depth, seen
+
+
+def inline_mask(attention: Tensor, w: int, seen: Tensor, dtype: torch.dtype) -> Tensor:
+    """(b, 1, w + n, P + w + n) additive mask for rows run with their label tokens after them in one pass.
+
+    attention: (b, P + w) 1 where a key of the prefix or row is real (rows left-padded, w their width); seen:
+    (b, n, n) the label tokens' tree. A row token sees the real prefix keys and its row's real tokens up to
+    itself (a padding token sees itself, so no query is left with no key); a label token sees every real prefix
+    and row key and the earlier tokens of its own word.
+    """
+    b, n = seen.shape[0], seen.shape[1]
+    real = attention.to(seen.device).bool()
+    p = real.shape[1] - w
+    causal = torch.ones(w, w, dtype=torch.bool, device=seen.device).tril()
+    rows = torch.cat(
+        [
+            real[:, None, :p].expand(b, w, p),
+            (causal & real[:, None, p:]) | torch.eye(w, dtype=torch.bool, device=seen.device),
+            torch.zeros(b, w, n, dtype=torch.bool, device=seen.device),
+        ],
+        dim=-1,
+    )
+    words = torch.cat([real[:, None, :].expand(b, n, p + w), seen], dim=-1)
+    allowed = torch.cat([rows, words], dim=1)
+    return torch.zeros(allowed.shape, dtype=dtype, device=seen.device).masked_fill_(~allowed, torch.finfo(dtype).min)[
+        :, None
+    ]

@@ -6,8 +6,10 @@ The fast path (what PEFT does not do):
   cached;
 - rows are left-padded after the prefix, so every row's answer position is the last one;
 - only the answer positions are read out, and only through the LM head's rows of the label tokens;
-- multi-token labels continue from the rows' cached keys/values (no second pass over the row), all label
-  words over one shared copy of them (label_forms.py);
+- multi-token labels: the label words' later tokens run in the rows' own pass, after each row under a tree
+  mask (one pass a batch, where a continuation pass over the rows' keys/values doubled the weight-bound part);
+  with many words (over ``INLINE_TOKENS``), in chunks over one shared copy of the rows' keys/values
+  (label_forms.py);
 - bounded training memory: soft tokens placed after the input ("late") train with the input's text run
   under no_grad; rows that carry gradients are taken in parts of ROW_TOKEN_BUDGET padded tokens, each
   recomputed in the backward pass.
@@ -29,7 +31,7 @@ from prompttune.core.errors import DataError, ModelError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
-from prompttune.label_forms import ContinuationChunk, continuation_chunks
+from prompttune.label_forms import INLINE_TOKENS, ContinuationChunk, continuation_chunks, inline_layout, inline_mask
 from prompttune.methods import SoftPromptMethod
 from prompttune.prefix import PrefixModel
 
@@ -204,6 +206,8 @@ class PromptModel(PrefixModel):
                     for part in parts
                 ]
                 return torch.cat(scores)
+        if heads is None and self._inline_chunk() is not None:
+            return self._label_scores_inline(batch, prefix, prefix_len)
         if heads is None:
             ids, attention, positions = self._pad_left(batch, prefix_len)
             input_ids, embeds = self.row_inputs(ids)
@@ -219,6 +223,41 @@ class PromptModel(PrefixModel):
         if need_more:
             form_scores = form_scores + self._continuations(cache, attention, positions, rows_w)
         return self._forms_to_labels(form_scores)
+
+    def _inline_chunk(self) -> ContinuationChunk | None:
+        """The one chunk of label-word continuations short enough to run in the rows' own pass, if there is."""
+        if len(self._cont_chunks) == 1 and self._cont_chunks[0].ids.shape[1] <= INLINE_TOKENS:
+            return self._cont_chunks[0]
+        return None
+
+    def _label_scores_inline(self, batch: list[list[int]], prefix: KV, prefix_len: int) -> Tensor:
+        """``label_scores`` in one pass: each row's label-word tokens run after it (``label_forms.inline_mask``),
+        where the row then its words' continuation took two passes (one weight-bound pass fewer a batch)."""
+        chunk = self._inline_chunk()
+        ids, attention, positions = self._pad_left(batch, prefix_len)
+        w, b = ids.shape[1], ids.shape[0]
+        cont, depth, seen = inline_layout([chunk], [b])
+        input_ids, embeds = self.row_inputs(ids)
+        if embeds is not None:
+            embeds = torch.cat([embeds, self.backbone.embed(cont).to(embeds.dtype)], dim=1)
+        else:
+            input_ids = torch.cat([input_ids, cont.to(input_ids.device)], dim=1)
+        dtype = prefix[0][0].dtype if prefix else self.backbone.embedding_matrix.dtype
+        mask = inline_mask(attention.to(self.backbone.device), w, seen, dtype)
+        pos = torch.cat([positions.to(depth.device), positions[:, -1:].to(depth.device) + 1 + depth], dim=1)
+        hidden = self.backbone.run(input_ids, mask, pos, prefix, inputs_embeds=embeds)
+        rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
+        first = F.log_softmax(hidden[:, w - 1].float() @ rows_w.float().T, dim=-1)
+        form_scores = first[:, self.form_first] + self._picked(hidden[:, w:], chunk, rows_w)
+        return self._forms_to_labels(form_scores)
+
+    @staticmethod
+    def _picked(hidden: Tensor, chunk: ContinuationChunk, rows_w: Tensor) -> Tensor:
+        """(b, F) summed log-likelihood of each form's 2nd.. tokens, from the hidden states of the chunk's steps."""
+        b, n = hidden.shape[0], chunk.ids.shape[1]
+        logp = F.log_softmax(hidden[:, :n].float() @ rows_w.float().T, dim=-1)  # (b, n, C)
+        picked = logp.gather(2, chunk.target.expand(b, n)[..., None])[..., 0]  # (b, n)
+        return picked @ chunk.assign
 
     def late_split(self, batch: list[list[int]], prefix: KV) -> list[int] | None:
         """Where each row's first soft token is, when the text before it can run without gradients.
@@ -281,9 +320,7 @@ class PromptModel(PrefixModel):
             tree = torch.zeros(n, n, dtype=dtype, device=dev).masked_fill_(~chunk.visible, torch.finfo(dtype).min)
             mask = torch.cat([row_mask.expand(b, 1, n, -1), tree.expand(b, 1, n, n)], dim=-1)
             hidden = self.backbone.run(chunk.ids.expand(b, n), mask, last + 1 + chunk.depth, cache)  # (b, n, d)
-            logp = F.log_softmax(hidden.float() @ rows_w.float().T, dim=-1)  # (b, n, C)
-            picked = logp.gather(2, chunk.target.expand(b, n)[..., None])[..., 0]  # (b, n)
-            return picked @ chunk.assign  # (b, F): summed per form
+            return self._picked(hidden, chunk, rows_w)  # (b, F): summed per form
 
         # Training with several chunks: each chunk's activations are recomputed in the backward pass rather than
         # held, so a step holds one chunk's at a time.

@@ -10,8 +10,10 @@ trained alone). Here each of the three is one pass for all tasks (0.83-0.92x, do
 - ``joint_label_scores``: each row is given its task's prefix (left-padded, masked), and the rows run as one
   batch: a key keeps the position it was computed at, and each row's tokens are numbered from the end of its own
   prefix, so a row scores as it does alone. Each task's label words are read from its rows' last positions;
-- ``_joint_continuations``: the 2nd.. tokens of every task's multi-token label words, each row its own task's
-  (padded to the longest, under the row's tree mask), in one pass over all rows' keys/values.
+- ``_joint_inline``: the 2nd.. tokens of every task's multi-token label words, each row its own task's
+  (padded to the longest, under the row's tree mask), in the rows' own pass (``label_forms.inline_mask``);
+  where a task's words are too many for that, ``_joint_continuations`` runs them in one pass over all rows'
+  keys/values after it.
 
 Tests check scores and gradients against each task's own ``label_scores`` and ``prefix_kv``. Rows whose task
 splits them ("late" soft tokens after the input, whose text runs without gradients) keep the task-by-task path,
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV
 from prompttune.core.kv_cache import stack_left_padded
+from prompttune.label_forms import inline_layout, inline_mask
 from prompttune.scorer import PromptModel
 
 Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values
@@ -110,6 +113,11 @@ def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
     all rows; None where the groups cannot be joined (``can_join``)."""
     if not can_join(groups):
         return None
+    chunks = [m._inline_chunk() if m.max_form_len > 1 else None for m, _, _ in groups]
+    if any(c is not None for c in chunks) and all(
+        (c is None) == (m.max_form_len == 1) for c, (m, _, _) in zip(chunks, groups, strict=True)
+    ):
+        return _joint_inline(groups, chunks)
     # tasks whose words take several tokens first: the continuation pass then runs the batch's first rows only
     order = sorted(range(len(groups)), key=lambda g: groups[g][0].max_form_len == 1)
     if order != list(range(len(groups))):
@@ -145,6 +153,35 @@ def joint_label_scores(groups: list[Group]) -> list[Tensor] | None:
         elif later is None and model.max_form_len > 1:
             mine = [(k[rows], v[rows]) for k, v in cache]
             form_scores = form_scores + model._continuations(mine, attention[rows], positions[rows], rows_w)
+        scores.append(model._forms_to_labels(form_scores))
+    return scores
+
+
+def _joint_inline(groups: list[Group], chunks: list) -> list[Tensor]:
+    """``joint_label_scores`` in one pass: each row runs with its own task's label-word tokens after it (padded
+    to the longest; ``label_forms.inline_mask``), where the rows then the words' continuation took two passes."""
+    backbone = groups[0][0].backbone
+    width, ids, attention, positions = _layout(groups)
+    w = ids.shape[1]
+    counts = [len(b) for _, b, _ in groups]
+    cont, depth, seen = inline_layout(chunks, counts)
+    input_ids, embeds = _inputs(groups, ids)
+    if embeds is not None:
+        embeds = torch.cat([embeds, backbone.embed(cont).to(embeds.dtype)], dim=1)
+    else:
+        input_ids = torch.cat([input_ids, cont.to(input_ids.device)], dim=1)
+    past = stack_left_padded([p for _, _, p in groups], width, counts)
+    mask = inline_mask(attention.to(backbone.device), w, seen, past[0][0].dtype)
+    pos = torch.cat([positions.to(depth.device), positions[:, -1:].to(depth.device) + 1 + depth], dim=1)
+    hidden = backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
+    scores, start = [], 0
+    for (model, batch, _), chunk in zip(groups, chunks, strict=True):
+        rows, start = slice(start, start + len(batch)), start + len(batch)
+        rows_w = backbone.lm_rows(model.candidates)
+        first = F.log_softmax(hidden[rows, w - 1].float() @ rows_w.float().T, dim=-1)
+        form_scores = first[:, model.form_first]
+        if chunk is not None:
+            form_scores = form_scores + model._picked(hidden[rows, w:], chunk, rows_w)
         scores.append(model._forms_to_labels(form_scores))
     return scores
 
