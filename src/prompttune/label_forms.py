@@ -112,3 +112,18 @@ def inline_mask(attention: Tensor, w: int, seen: Tensor, dtype: torch.dtype) -> 
     return torch.zeros(allowed.shape, dtype=dtype, device=seen.device).masked_fill_(~allowed, torch.finfo(dtype).min)[
         :, None
     ]
+
+
+def with_label_tokens(input_ids, embeds, attention: Tensor, positions: Tensor, layout, embed, dtype: torch.dtype):
+    """The rows' pass inputs with each row's label tokens after it: (input ids, embeddings, mask, positions).
+
+    layout: ``inline_layout``'s (ids, depth, seen); embed: the backbone's embedding (where the rows run as
+    embeddings, the label tokens join them as embeddings too)."""
+    cont, depth, seen = layout
+    if embeds is not None:
+        embeds = torch.cat([embeds, embed(cont).to(embeds.dtype)], dim=1)
+    else:
+        input_ids = torch.cat([input_ids, cont.to(input_ids.device)], dim=1)
+    mask = inline_mask(attention.to(seen.device), positions.shape[1], seen, dtype)
+    pos = torch.cat([positions.to(depth.device), positions[:, -1:].to(depth.device) + 1 + depth], dim=1)
+    return input_ids, embeds, mask, pos

@@ -31,7 +31,13 @@ from prompttune.core.errors import DataError, ModelError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
-from prompttune.label_forms import INLINE_TOKENS, ContinuationChunk, continuation_chunks, inline_layout, inline_mask
+from prompttune.label_forms import (
+    INLINE_TOKENS,
+    ContinuationChunk,
+    continuation_chunks,
+    inline_layout,
+    with_label_tokens,
+)
 from prompttune.methods import SoftPromptMethod
 from prompttune.prefix import PrefixModel
 
@@ -235,16 +241,13 @@ class PromptModel(PrefixModel):
         where the row then its words' continuation took two passes (one weight-bound pass fewer a batch)."""
         chunk = self._inline_chunk()
         ids, attention, positions = self._pad_left(batch, prefix_len)
-        w, b = ids.shape[1], ids.shape[0]
-        cont, depth, seen = inline_layout([chunk], [b])
+        w = ids.shape[1]
         input_ids, embeds = self.row_inputs(ids)
-        if embeds is not None:
-            embeds = torch.cat([embeds, self.backbone.embed(cont).to(embeds.dtype)], dim=1)
-        else:
-            input_ids = torch.cat([input_ids, cont.to(input_ids.device)], dim=1)
         dtype = prefix[0][0].dtype if prefix else self.backbone.embedding_matrix.dtype
-        mask = inline_mask(attention.to(self.backbone.device), w, seen, dtype)
-        pos = torch.cat([positions.to(depth.device), positions[:, -1:].to(depth.device) + 1 + depth], dim=1)
+        layout = inline_layout([chunk], [ids.shape[0]])
+        input_ids, embeds, mask, pos = with_label_tokens(
+            input_ids, embeds, attention, positions, layout, self.backbone.embed, dtype
+        )
         hidden = self.backbone.run(input_ids, mask, pos, prefix, inputs_embeds=embeds)
         rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
         first = F.log_softmax(hidden[:, w - 1].float() @ rows_w.float().T, dim=-1)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV
 from prompttune.core.kv_cache import stack_left_padded
-from prompttune.label_forms import inline_layout, inline_mask
+from prompttune.label_forms import inline_layout, with_label_tokens
 from prompttune.scorer import PromptModel
 
 Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values
@@ -164,15 +164,11 @@ def _joint_inline(groups: list[Group], chunks: list) -> list[Tensor]:
     width, ids, attention, positions = _layout(groups)
     w = ids.shape[1]
     counts = [len(b) for _, b, _ in groups]
-    cont, depth, seen = inline_layout(chunks, counts)
     input_ids, embeds = _inputs(groups, ids)
-    if embeds is not None:
-        embeds = torch.cat([embeds, backbone.embed(cont).to(embeds.dtype)], dim=1)
-    else:
-        input_ids = torch.cat([input_ids, cont.to(input_ids.device)], dim=1)
     past = stack_left_padded([p for _, _, p in groups], width, counts)
-    mask = inline_mask(attention.to(backbone.device), w, seen, past[0][0].dtype)
-    pos = torch.cat([positions.to(depth.device), positions[:, -1:].to(depth.device) + 1 + depth], dim=1)
+    input_ids, embeds, mask, pos = with_label_tokens(
+        input_ids, embeds, attention, positions, inline_layout(chunks, counts), backbone.embed, past[0][0].dtype
+    )
     hidden = backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
     scores, start = [], 0
     for (model, batch, _), chunk in zip(groups, chunks, strict=True):
