@@ -67,6 +67,13 @@ def optimize(
     formats: Annotated[
         bool, typer.Option(help="random-search, mipro: screen prompt layouts and output names first.")
     ] = True,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            help="Above 1: after the search, the N best candidates as one ensemble (label scores averaged, one "
+            "pass per member per row), kept where it scores above the best alone (2-8)."
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option(help="Seed of every random choice in the search.")] = 0,
     limit: LimitOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a program saved earlier at --out.")] = False,
@@ -90,6 +97,7 @@ def optimize(
         minibatch_size=minibatch_size,
         seed=seed,
         formats=formats,
+        ensemble=ensemble,
     )
 
     def progress(entry: dict, best: float) -> None:

@@ -60,6 +60,7 @@ class Search:
         self.baseline = float("nan")
         self.stopped: str | None = None
         self.row_seconds: float | None = None  # measured time to score one row
+        self.candidates: dict[str, Module] = {}  # candidate key -> the candidate
 
     def full_limit(self) -> bool:
         """``max_candidates`` distinct candidates scored (re-scoring one on more rows is not a new candidate)."""
@@ -78,6 +79,7 @@ class Search:
             per_row = (time.monotonic() - start) / len(todo)
             self.row_seconds = per_row if self.row_seconds is None else 0.7 * self.row_seconds + 0.3 * per_row
         self.scored[key] = done
+        self.candidates[key] = candidate
         value = sum(done[i] for i in range(n)) / n
         entry = candidate_entry(len(self.history), kind, candidate, value, self.lm.calls - before)
         if n < len(self.order):
@@ -98,6 +100,12 @@ class Search:
 
     def can_afford(self, rows: int) -> bool:
         return rows <= self.rows_left()
+
+    def ensemble_reserve(self) -> int:
+        """Rows of model work to keep for ``--ensemble``: each pool member's validation rows not yet scored (a
+        pool member has at least half); the members' scores on rows scored before are kept (MeteredLM)."""
+        n = self.config.ensemble
+        return 0 if n < 2 else math.ceil((2 * n - 1) * len(self.order) / 2)
 
     def race_entrants(self, start: int) -> int:
         """How many minibatch candidates the race takes: ``RACE_TOP``, or fewer (down to 2) when its cost
@@ -126,13 +134,49 @@ class Search:
 
 
 def run_search(search: Search, body: Callable[[], None]) -> Result:
-    """Score the program as given on the whole validation set, run the optimizer's body, keep the best."""
+    """Score the program as given on the whole validation set, run the optimizer's body, keep the best (with
+    ``ensemble`` above 1, the best candidates' ensemble where it scores above the best alone)."""
     try:
         search.baseline = search.evaluate("as-given", search.program.copy())
         body()
+        if search.config.ensemble > 1:
+            try_ensemble(search, search.config.ensemble)
     except BudgetExhausted as e:
         search.stopped = str(e)
     return search.result()
+
+
+def try_ensemble(search: Search, n: int) -> None:
+    """Greedy ensemble selection (Caruana et al. 2004): from the best candidate, add the one of the pool that
+    lifts the ensemble's score on every validation row the most, while one does and the ensemble has fewer
+    than ``n`` members. The pool: the ``2n`` best candidates scored on at least half the validation rows (by
+    their mean there: the race's finalists and those it dropped last). Each ensemble tried is a candidate
+    scored on the whole set, so one that beats the best alone becomes the best."""
+    from prompttune.programs.ensemble import Ensemble
+
+    if search.best is None:
+        return
+    total = len(search.order)
+    best_key = candidate_key(search.best[1])
+    ranked = sorted(
+        (
+            (sum(rows.values()) / len(rows), key)
+            for key, rows in search.scored.items()
+            if 2 * len(rows) >= total and key != best_key and not isinstance(search.candidates[key], Ensemble)
+        ),
+        key=lambda t: -t[0],
+    )
+    pool = [search.candidates[key] for _, key in ranked[: 2 * n - 1]]
+    chosen, current = [search.best[1]], search.best[0]
+    while len(chosen) < n and pool:
+        tried = [
+            (search.evaluate(f"ensemble of {len(chosen) + 1}", Ensemble([*chosen, c])), i) for i, c in enumerate(pool)
+        ]
+        value, i = max(tried, key=lambda t: (t[0], -t[1]))
+        if value <= current:
+            return
+        chosen.append(pool.pop(i))
+        current = value
 
 
 def _rungs(total: int, start: int, top: int) -> list[tuple[int, int]]:

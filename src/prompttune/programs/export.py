@@ -20,6 +20,11 @@ def as_template(program: Module, label_of: dict[str, str] | None = None, descrip
     """The program's prompt as a template; ``label_of`` maps a demo's answer back to its label (identity)."""
     steps = program.named_predictors()
     step = steps[0][1] if len(steps) == 1 else None
+    if getattr(program, "members", None):
+        raise DataError(
+            f"an ensemble of {len(program.members)} prompts runs as a program (`prompttune run`); a template holds "
+            "one prompt: optimize without --ensemble to get one."
+        )
     if step is None or type(step) is not Predict:
         raise DataError(
             "a program written as a template has one Predict step (no chain of thought: its reasoning is generated "

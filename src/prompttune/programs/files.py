@@ -12,7 +12,8 @@ A program file (YAML or JSON)::
         layout: plain                           # optional: chat (default) or plain ("Review: ...\nSentiment:")
         prefixes: {text: Review, label: Sentiment}   # optional: the names the prompt shows fields under
 
-Each step reads its inputs from the row and the outputs of the steps before it. A signature string
+Each step reads its inputs from the row and the outputs of the steps before it. ``ensemble:`` listing 2-8 such
+programs (each with its ``steps``) is one program whose members' answers combine (ensemble.py). A signature string
 alone (``'text -> label'``) is a one-step program. A saved program (``program.json`` in an optimize
 output folder) holds the same steps with their demos, plus the optimizer's score and history.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from prompttune.core import atomic
 from prompttune.core.errors import DataError
+from prompttune.programs.ensemble import Ensemble
 from prompttune.programs.modules import MODULES, Predict, Prediction, Program
 from prompttune.programs.signature import Signature
 
@@ -148,7 +150,7 @@ def _step(raw, i: int, where: str) -> tuple[str, Predict]:
     return str(raw.get("name", f"step{i}")), step
 
 
-def load_program(spec: str | Path) -> tuple[Pipeline, dict]:
+def load_program(spec: str | Path) -> tuple[Pipeline | Ensemble, dict]:
     """A program from a YAML/JSON file, a saved program (file or its folder), or a signature string.
 
     Returns the program and the saved record's other keys (score, history; empty for a new program).
@@ -169,9 +171,19 @@ def load_program(spec: str | Path) -> tuple[Pipeline, dict]:
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         if raw.get("version") != VERSION:
             raise DataError(f"{path}: program format version {raw.get('version')!r}; this prompttune reads {VERSION}.")
-        program = Pipeline.from_dict(raw.get("program"), str(path))
+        program = program_from_dict(raw.get("program"), str(path))
         return program, {k: v for k, v in raw.items() if k not in ("format", "version", "program")}
-    return Pipeline.from_dict(raw, str(path)), {}
+    return program_from_dict(raw, str(path)), {}
+
+
+def program_from_dict(raw, where: str) -> Pipeline | Ensemble:
+    """A program's steps, or an ensemble of such programs (``ensemble: [{steps: ...}, ...]``)."""
+    if isinstance(raw, dict) and "ensemble" in raw:
+        extra = sorted(set(raw) - {"ensemble"})
+        if extra:
+            raise DataError(f"{where}: an ensemble holds only 'ensemble' (a list of programs); found {extra}.")
+        return Ensemble.from_dict(raw, where, Pipeline.from_dict)
+    return Pipeline.from_dict(raw, where)
 
 
 def _read(path: Path):
@@ -189,7 +201,7 @@ def _read(path: Path):
         raise DataError(f"{path}: not valid YAML ({e}).") from None
 
 
-def save_program(program: Pipeline, out: Path, **record) -> Path:
+def save_program(program: Pipeline | Ensemble, out: Path, **record) -> Path:
     """Write ``out/program.json`` atomically: the steps with instructions and demos, plus ``record``."""
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prompttune.core.errors import DataError
-from prompttune.programs.lm import LM, Prompt
+from prompttune.programs.lm import LM, Prompt, _argmax
 
 JOURNAL_FILE = "search.jsonl"
 FORMAT = "prompttune-search-journal"
@@ -38,7 +38,7 @@ class JournaledLM(LM):
 
     def __init__(self, lm: LM, path: Path, search: str):
         self.lm, self.path = lm, Path(path)
-        self.name, self.can_choose = lm.name, lm.can_choose
+        self.name, self.can_choose, self.can_score = lm.name, lm.can_choose, lm.can_score
         self.answers: dict[str, object] = {}
         self.replayed = 0
         if self.path.exists():
@@ -98,7 +98,11 @@ class JournaledLM(LM):
         return self._answer(key, lambda: self.lm.choose(prompt, options, baseline))
 
     def choose_many(self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None):
-        """Answers from the journal where it has them; the rest asked in one batch, then journaled in order."""
+        """Answers from the journal where it has them; the rest asked in one batch, then journaled in order. An
+        LM that scores options journals the scores (the choice is the highest), so an ensemble of candidates
+        scored before reads their scores back instead of running them again."""
+        if self.can_score:
+            return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
         keys = [self._choose_key(p, options, baseline) for p in prompts]
         new = [i for i, k in enumerate(keys) if k not in self.answers]
         self.replayed += len(prompts) - len(new)
@@ -109,6 +113,21 @@ class JournaledLM(LM):
             self._append_many([{"k": keys[i], "a": answer} for i, answer in zip(new, answers, strict=True)])
         return [self.answers[k] for k in keys]
 
+    def option_logprobs_many(
+        self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
+    ) -> list[list[float]] | None:
+        if not self.can_score:
+            return None
+        keys = [self._choose_key(p, options, baseline, "logprobs") for p in prompts]
+        new = [i for i, k in enumerate(keys) if k not in self.answers]
+        self.replayed += len(prompts) - len(new)
+        if new:
+            scores = self.lm.option_logprobs_many([prompts[i] for i in new], options, baseline)
+            for i, row in zip(new, scores, strict=True):
+                self.answers[keys[i]] = [float(x) for x in row]
+            self._append_many([{"k": keys[i], "a": self.answers[keys[i]]} for i in new])
+        return [list(self.answers[k]) for k in keys]
+
     @staticmethod
-    def _choose_key(prompt: Prompt, options: Sequence[str], baseline: Prompt | None) -> str:
-        return _key("choose", asdict(prompt), list(options), asdict(baseline) if baseline else None)
+    def _choose_key(prompt: Prompt, options: Sequence[str], baseline: Prompt | None, kind: str = "choose") -> str:
+        return _key(kind, asdict(prompt), list(options), asdict(baseline) if baseline else None)

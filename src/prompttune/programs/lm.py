@@ -49,6 +49,7 @@ class LM:
 
     name = "lm"
     can_choose = False  # True where ``choose`` scores options
+    can_score = False  # True where ``option_logprobs_many`` returns the scores (an ensemble averages them)
 
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
         raise NotImplementedError
@@ -67,15 +68,30 @@ class LM:
         """``choose`` for each prompt (an LM that can batch them does it in fewer passes)."""
         return [self.choose(p, options, baseline) for p in prompts]
 
+    def option_logprobs_many(
+        self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
+    ) -> list[list[float]] | None:
+        """Per prompt, each option's log-probability normalized over the options (relative to ``baseline``'s
+        where given): what ``choose`` takes the highest of, so an ensemble can average it. None: cannot score."""
+        return None
+
 
 class FakeLM(LM):
     """Replies computed by a Python function of the prompt: deterministic, offline. ``calls`` counts them."""
 
     name = "fake"
 
-    def __init__(self, respond: Callable[[Prompt], str], choose: Callable[[Prompt, Sequence[str]], str] | None = None):
-        self.respond, self._choose, self.calls = respond, choose, 0
-        self.can_choose = choose is not None
+    def __init__(
+        self,
+        respond: Callable[[Prompt], str],
+        choose: Callable[[Prompt, Sequence[str]], str] | None = None,
+        scores: Callable[[Prompt, Sequence[str]], Sequence[float]] | None = None,
+    ):
+        """``scores``: each option's log-probability for a prompt; the choice is then the highest one's."""
+        self.respond, self._choose, self._scores, self.calls = respond, choose, scores, 0
+        if scores is not None and choose is None:
+            self._choose = lambda prompt, options: options[_argmax(_normalized(scores(prompt, options)))]
+        self.can_choose, self.can_score = self._choose is not None, scores is not None
 
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
         self.calls += 1
@@ -88,12 +104,24 @@ class FakeLM(LM):
         self.calls += 1
         return self._choose(prompt, options)
 
+    def option_logprobs_many(self, prompts, options, baseline=None):
+        if self._scores is None:
+            return None
+        self.calls += len(prompts)
+        base = _normalized(self._scores(baseline, options)) if baseline is not None else [0.0] * len(options)
+        rows = [_normalized(self._scores(p, options)) for p in prompts]
+        return [[s - b for s, b in zip(row, base, strict=True)] for row in rows]
+
 
 def _raw(text: str) -> str:
     """Literal text inside a Jinja2 template (a demo or instruction may hold braces)."""
     if "endraw" in text:
         raise DataError("a prompt text contains 'endraw', which cannot be shown literally; remove it from the data.")
     return "{% raw %}" + text + "{% endraw %}" if text else ""
+
+
+def _argmax(row: Sequence[float]) -> int:
+    return max(range(len(row)), key=row.__getitem__)
 
 
 def _normalized(scores: Sequence[float]) -> list[float]:
@@ -115,7 +143,7 @@ class BackboneLM(LM):
     PREFIX_CACHE_SIZE = 4
     BATCH_TOKENS = 4096  # padded tokens per forward when scoring many rows
     CACHE_TOKENS = 8192  # with options of several tokens: prefix + row tokens whose keys/values a batch keeps
-    can_choose = True
+    can_choose = can_score = True
 
     def __init__(self, backbone, config=None):
         from prompttune.core.generate import GenerationConfig, Generator
@@ -156,13 +184,20 @@ class BackboneLM(LM):
         self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
     ) -> list[str]:
         """``choose`` for many prompts at once: rows that share a constant part run together in batches."""
-        scores = self.option_scores_many(prompts, options)
-        if baseline is not None:
-            key = (baseline, tuple(options))
-            if key not in self._baselines:
-                self._baselines = {key: _normalized(self.option_scores(baseline, options))}
-            scores = [[s - b for s, b in zip(_normalized(row), self._baselines[key], strict=True)] for row in scores]
-        return [options[max(range(len(options)), key=row.__getitem__)] for row in scores]
+        return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
+
+    def option_logprobs_many(
+        self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
+    ) -> list[list[float]]:
+        """Each prompt's options' log-probabilities normalized over the options; with ``baseline`` (contextual
+        calibration) relative to the content-free prompt's, computed once and kept while it stays the same."""
+        scores = [_normalized(row) for row in self.option_scores_many(prompts, options)]
+        if baseline is None:
+            return scores
+        key = (baseline, tuple(options))
+        if key not in self._baselines:
+            self._baselines = {key: _normalized(self.option_scores(baseline, options))}
+        return [[s - b for s, b in zip(row, self._baselines[key], strict=True)] for row in scores]
 
     def option_scores(self, prompt: Prompt, options: Sequence[str]) -> list[float]:
         """Each option's summed token log-probability after the prompt (" option", after the answer start)."""

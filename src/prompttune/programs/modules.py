@@ -265,6 +265,16 @@ class Predict(Module):
         last = self.outputs[-1]
         return [Prediction({last.name: c}) for c in lm.choose_many(prompts, last.options, self.content_free())]
 
+    def option_logprobs(self, rows: list[dict]) -> tuple[tuple[str, ...], list[list[float]]] | None:
+        """The answer's options and each row's log-probabilities over them (calibrated where the step is), or
+        None where the step does not choose a label by score or the LM cannot give scores."""
+        lm = current_lm()
+        if not (self._chooses(lm) and lm.can_score):
+            return None
+        last = self.outputs[-1]
+        prompts = [self.prompt(self._values(row)) for row in rows]
+        return last.options, lm.option_logprobs_many(prompts, last.options, self.content_free())
+
     def _chooses(self, lm: LM) -> bool:
         """Whether the answer is a label the LM picks by score (no text generated, nothing to parse)."""
         return len(self.outputs) == 1 and self.outputs[-1].kind == "label" and lm.can_choose

@@ -18,6 +18,8 @@
   and scores each on a minibatch of validation rows, while the model calls and time left cover the race;
   then the race (candidates.py: successive halving) takes the best minibatch candidates to the whole
   validation set.
+- ``ensemble`` above 1 (any optimizer): after the search, greedy ensemble selection from the best candidates
+  (candidates.try_ensemble; ensemble.py: label scores averaged), kept where it scores above the best alone.
 
 The input program is never changed: every candidate is a copy (``with_demos``).
 """
@@ -156,6 +158,7 @@ def mipro(
         use_mini = mini < len(search.order)
         top = search.race_entrants(mini) if use_mini else 0
         reserve = race_cost(len(search.order), mini, top) if use_mini else 0
+        reserve += search.ensemble_reserve()
         budget = config.max_candidates - len(search.scored)
 
         def trial(f: int, i: int, j: int, c: int) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 from prompttune.core import atomic
 from prompttune.core.data import load_rows
 from prompttune.core.errors import DataError
+from prompttune.programs.ensemble import Ensemble
 from prompttune.programs.files import Pipeline, is_program_dir, load_program, save_program
 from prompttune.programs.formats import check_prefix_fields, parse_prefixes
 from prompttune.programs.journal import JOURNAL_FILE, JournaledLM, fingerprint
@@ -99,6 +100,8 @@ def optimize_files(
     if not resuming:
         atomic.check_output_dir(out, "--out", _ours, "saved program", overwrite)
     prog, _ = load_program(program)
+    if isinstance(prog, Ensemble):
+        raise DataError(f"PROGRAM {program}: an ensemble; optimize one program (--ensemble N builds the ensemble).")
     train_rows, val_rows = read_rows(train, "--train", limit), read_rows(val, "--val", limit)
     prog = with_label_sets(prog, train_rows)
     targets = [n for n in prog.steps[-1].signature.output_names if all(n in r for r in val_rows)]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from prompttune.core.errors import DataError
-from prompttune.programs.lm import LM, Prompt
+from prompttune.programs.lm import LM, Prompt, _argmax
 from prompttune.programs.metrics import Metric
 from prompttune.programs.modules import MAX_DEMOS, Module, tracing, using
 from prompttune.programs.parse import OutputParseError
@@ -29,6 +29,7 @@ LIMITS = {  # name: (low, high)
     "num_instructions": (1, 32),
     "minibatch_size": (1, 100_000),
     "seed": (0, 2**31 - 1),
+    "ensemble": (1, 8),
 }
 MAX_SECONDS = 7 * 24 * 3600
 
@@ -47,6 +48,7 @@ class SearchConfig:
     pass_threshold: float = 1.0  # a trace is kept as a demo when the metric gives at least this
     seed: int = 0
     formats: bool = True  # random-search, mipro: screen layouts and field names first (formats.py)
+    ensemble: int = 1  # above 1: greedy ensemble selection from the best candidates (candidates.try_ensemble)
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
@@ -73,8 +75,9 @@ class MeteredLM(LM):
 
     def __init__(self, lm: LM, config: SearchConfig):
         self.lm, self.config, self.calls = lm, config, 0
-        self.name, self.can_choose = lm.name, lm.can_choose
+        self.name, self.can_choose, self.can_score = lm.name, lm.can_choose, lm.can_score
         self.start = time.monotonic()
+        self._scores: dict[tuple, list[float]] = {}  # (prompt, options, baseline) -> option log-probabilities
 
     def seconds(self) -> float:
         return time.monotonic() - self.start
@@ -96,8 +99,24 @@ class MeteredLM(LM):
         return self.lm.choose(prompt, options, baseline)
 
     def choose_many(self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None):
+        if self.can_score:  # through the scores, which are kept: a question asked before costs no call
+            return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
         self._spend(len(prompts))
         return self.lm.choose_many(prompts, options, baseline)
+
+    def option_logprobs_many(self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None):
+        """Scores kept by question (prompt, options, baseline): only questions not asked before in this search
+        are asked and counted (an ensemble of candidates scored before costs nothing)."""
+        keys = [(p, tuple(options), baseline) for p in prompts]
+        new = [i for i, k in enumerate(keys) if k not in self._scores]
+        if new:
+            self._spend(len(new))
+            got = self.lm.option_logprobs_many([prompts[i] for i in new], options, baseline)
+            if got is None:
+                return None
+            for i, row in zip(new, got, strict=True):
+                self._scores[keys[i]] = list(row)
+        return [list(self._scores[k]) for k in keys]
 
 
 @dataclass
