@@ -111,10 +111,10 @@ def test_a_search_keeps_the_ensemble_only_where_it_beats_the_best_at_no_new_mode
     search.evaluate("c", member("c"))
     try_ensemble(search, 3)
     assert search.history[-1]["kind"] == "ensemble of 2" and not isinstance(search.best[1], Ensemble)
-    # a candidate scored on less than half the rows takes no part
-    search = Search(program, VAL, ACC, inner, SearchConfig(ensemble=2), None)
+    # a candidate scored on fewer rows than the race's first rung (twice the minibatch) takes no part
+    search = Search(program, VAL, ACC, inner, SearchConfig(ensemble=2, minibatch_size=4), None)
     search.evaluate("a", member("a"))
-    search.evaluate("b", member("b"), 4)
+    search.evaluate("b", member("b"), 7)
     before = len(search.history)
     try_ensemble(search, 2)
     assert len(search.history) == before
@@ -122,7 +122,8 @@ def test_a_search_keeps_the_ensemble_only_where_it_beats_the_best_at_no_new_mode
 
 def test_the_ensemble_reserve_is_the_pools_unscored_rows():
     inner = FakeLM(lambda p: "x", scores=sure_on)
-    assert Search(member(""), VAL, ACC, inner, SearchConfig(ensemble=3), None).ensemble_reserve() == 5 * len(VAL) // 2
+    config = SearchConfig(ensemble=3, minibatch_size=4)  # pool members have at least 8 of the 16 rows
+    assert Search(member(""), VAL, ACC, inner, config, None).ensemble_reserve() == 5 * (len(VAL) - 8)
     assert Search(member(""), VAL, ACC, inner, SearchConfig(), None).ensemble_reserve() == 0
 
 

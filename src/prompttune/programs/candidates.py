@@ -103,9 +103,9 @@ class Search:
 
     def ensemble_reserve(self) -> int:
         """Rows of model work to keep for ``--ensemble``: each pool member's validation rows not yet scored (a
-        pool member has at least half); the members' scores on rows scored before are kept (MeteredLM)."""
+        pool member has the race's first rung); the members' scores on rows scored before are kept (MeteredLM)."""
         n = self.config.ensemble
-        return 0 if n < 2 else math.ceil((2 * n - 1) * len(self.order) / 2)
+        return 0 if n < 2 else (2 * n - 1) * (len(self.order) - pool_rows(self))
 
     def race_entrants(self, start: int) -> int:
         """How many minibatch candidates the race takes: ``RACE_TOP``, or fewer (down to 2) when its cost
@@ -146,23 +146,29 @@ def run_search(search: Search, body: Callable[[], None]) -> Result:
     return search.result()
 
 
+def pool_rows(search: Search) -> int:
+    """The rows a candidate needs to have been scored on to join an ensemble: the race's first rung (twice the
+    minibatch), or every validation row."""
+    return min(len(search.order), 2 * search.config.minibatch_size)
+
+
 def try_ensemble(search: Search, n: int) -> None:
     """Greedy ensemble selection (Caruana et al. 2004): from the best candidate, add the one of the pool that
     lifts the ensemble's score on every validation row the most, while one does and the ensemble has fewer
-    than ``n`` members. The pool: the ``2n`` best candidates scored on at least half the validation rows (by
-    their mean there: the race's finalists and those it dropped last). Each ensemble tried is a candidate
+    than ``n`` members. The pool: the ``2n - 1`` best candidates besides it scored on at least ``pool_rows``
+    rows (by their mean there: the race's entrants). Each ensemble tried is a candidate
     scored on the whole set, so one that beats the best alone becomes the best."""
     from prompttune.programs.ensemble import Ensemble
 
     if search.best is None:
         return
-    total = len(search.order)
+    least = pool_rows(search)
     best_key = candidate_key(search.best[1])
     ranked = sorted(
         (
             (sum(rows.values()) / len(rows), key)
             for key, rows in search.scored.items()
-            if 2 * len(rows) >= total and key != best_key and not isinstance(search.candidates[key], Ensemble)
+            if len(rows) >= least and key != best_key and not isinstance(search.candidates[key], Ensemble)
         ),
         key=lambda t: -t[0],
     )
