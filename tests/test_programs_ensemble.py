@@ -13,7 +13,7 @@ from prompttune.programs.ensemble import Ensemble
 from prompttune.programs.export import as_template
 from prompttune.programs.journal import JournaledLM
 from prompttune.programs.metrics import make_metric
-from prompttune.programs.run import optimize_files
+from prompttune.programs.run import optimize_files, run_file
 from prompttune.programs.search import MeteredLM, with_demos
 
 SIG = "text -> label: one of positive, negative"
@@ -66,6 +66,10 @@ def test_an_ensemble_saves_loads_and_answers_the_same(tmp_path):
     lm = FakeLM(lambda p: "x", scores=sure_on)
     with using(lm):
         assert [p.label for p in again.batch(VAL)] == [p.label for p in both.batch(VAL)]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in VAL))
+    report = run_file(tmp_path / "ens", rows, lm)  # what `prompttune run` does
+    assert report["score"] == 1.0 and report["outputs"][0] == {"label": VAL[0]["label"]}
 
 
 def test_bad_ensembles_are_refused_with_what_to_do(tmp_path):
