@@ -37,7 +37,7 @@ def reference_scores(bb, prompt: Prompt, options) -> list[float]:
 def test_choose_many_scores_each_row_as_if_alone(tiny_backbone):
     lm = BackboneLM(tiny_backbone)
     lm.BATCH_TOKENS = 48  # several batches of rows of different lengths, left-padded
-    lm.CACHE_TOKENS = 300  # and batches bounded by the keys/values they keep for the longer options
+    lm.KV_TOKENS = 300  # and batches bounded by the keys/values they hold (and keep for the longer options)
     step = Predict("review -> sentiment: one of " + ", ".join(OPTIONS))
     step.demos = [{"review": "lovely", "sentiment": "positive"}]
     prompts = [step.prompt({"review": r}) for r in REVIEWS]
