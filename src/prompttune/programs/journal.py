@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prompttune.core.errors import DataError
-from prompttune.programs.lm import LM, Prompt, _argmax
+from prompttune.programs.lm import LM, Prompt
 
 JOURNAL_FILE = "search.jsonl"
 FORMAT = "prompttune-search-journal"
@@ -102,7 +102,7 @@ class JournaledLM(LM):
         LM that scores options journals the scores (the choice is the highest), so an ensemble of candidates
         scored before reads their scores back instead of running them again."""
         if self.can_score:
-            return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
+            return super().choose_many(prompts, options, baseline)
         keys = [self._choose_key(p, options, baseline) for p in prompts]
         new = [i for i, k in enumerate(keys) if k not in self.answers]
         self.replayed += len(prompts) - len(new)

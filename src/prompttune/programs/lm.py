@@ -65,7 +65,10 @@ class LM:
     def choose_many(
         self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
     ) -> list[str | None]:
-        """``choose`` for each prompt (an LM that can batch them does it in fewer passes)."""
+        """``choose`` for each prompt: the highest of its scores where the LM gives them (one batched call; a
+        wrapper that keeps or journals scores serves choices from them), else one ``choose`` per prompt."""
+        if self.can_score:
+            return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
         return [self.choose(p, options, baseline) for p in prompts]
 
     def option_logprobs_many(
@@ -182,12 +185,6 @@ class BackboneLM(LM):
         """The option with the highest summed log-probability after the prompt's answer start (calibrated by
         the content-free ``baseline``'s, computed once per baseline and kept while the prompt's constant part is)."""
         return self.choose_many([prompt], options, baseline)[0]
-
-    def choose_many(
-        self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None
-    ) -> list[str]:
-        """``choose`` for many prompts at once: rows that share a constant part run together in batches."""
-        return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
 
     def option_logprobs_many(
         self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None

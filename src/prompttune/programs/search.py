@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from prompttune.core.errors import DataError
-from prompttune.programs.lm import LM, Prompt, _argmax
+from prompttune.programs.lm import LM, Prompt
 from prompttune.programs.metrics import Metric
 from prompttune.programs.modules import MAX_DEMOS, Module, tracing, using
 from prompttune.programs.parse import OutputParseError
@@ -100,7 +100,7 @@ class MeteredLM(LM):
 
     def choose_many(self, prompts: Sequence[Prompt], options: Sequence[str], baseline: Prompt | None = None):
         if self.can_score:  # through the scores, which are kept: a question asked before costs no call
-            return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
+            return super().choose_many(prompts, options, baseline)
         self._spend(len(prompts))
         return self.lm.choose_many(prompts, options, baseline)
 
