@@ -68,39 +68,59 @@ def harden_prompt(
         Path,
         typer.Argument(
             metavar="ARTIFACT|DATA",
-            help="A prompt-tuning/p-tuning artifact, or labelled rows (.jsonl/.csv) for pez with the default template.",
+            help="A prompt-tuning/p-tuning artifact, or labelled rows (.jsonl/.csv) for pez/gcg with the default "
+            "template.",
         ),
     ],
     out_file: Annotated[Path, typer.Option("--out", help="The template file to write (.yaml).")],
     method: Annotated[
-        str, typer.Option(help="nearest (project the soft prompt on tokens) or pez (learn tokens by gradients).")
+        str,
+        typer.Option(
+            help="nearest (project the soft prompt on tokens), pez (learn tokens by projected gradients) or gcg "
+            "(greedy coordinate gradient: token swaps ranked by the gradient, tried on a batch, the best kept)."
+        ),
     ] = "nearest",
     tokens: Annotated[
-        int | None, typer.Option(help="pez: tokens per [soft] slot (1-64; default 8, or the artifact's).")
+        int | None, typer.Option(help="pez/gcg: tokens per [soft] slot (1-64; default 8, or the artifact's).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="pez: optimizer steps (1-10,000).")] = 200,
+    steps: Annotated[
+        int | None, typer.Option(help="pez/gcg: steps (1-10,000; default pez 200, gcg 60).", show_default=False)
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="pez: learning rate (default 0.3 x the embeddings' std).")] = None,
-    batch_size: Annotated[int, typer.Option(help="pez: rows per step (1-256).")] = 16,
-    eval_every: Annotated[int, typer.Option(help="pez: score the projection on selection rows every N steps.")] = 25,
+    batch_size: Annotated[int, typer.Option(help="pez/gcg: rows per step (1-256).")] = 16,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            help="pez/gcg: score the tokens on selection rows every N steps (default pez 25, gcg 5).",
+            show_default=False,
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="gcg: tokens per position ranked by the gradient (1-4,096; default 32).")
+    ] = None,
+    candidates: Annotated[
+        int | None, typer.Option(help="gcg: swaps tried on each step's batch (1-512; default 16).")
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option(
-            help="pez start: soft (the artifact's soft prompt; its default), labels (DATA's default), vocab, or "
+            help="pez/gcg start: soft (the artifact's soft prompt; its default), labels (DATA's default), vocab, or "
             "text (--init-text)."
         ),
     ] = None,
     init_text: Annotated[
-        str | None, typer.Option(help="pez with --init text: the words it starts from (cycled to fill the slots).")
+        str | None,
+        typer.Option(help="pez/gcg with --init text: the words it starts from (cycled to fill the slots)."),
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="With an ARTIFACT: labelled rows (pez trains on 90%, picks on 10%).")
+        Path | None, typer.Option(help="With an ARTIFACT: labelled rows (pez/gcg train on 90%, pick on 10%).")
     ] = None,
     val: Annotated[
         Path | None, typer.Option(help="Held-out labelled rows the report scores on (default: rows not trained on).")
     ] = None,
     limit: LimitOpt = None,
     template: Annotated[
-        str | None, typer.Option(help="With DATA: the template (name or file) whose [soft] slots pez fills.")
+        str | None, typer.Option(help="With DATA: the template (name or file) whose [soft] slots pez/gcg fill.")
     ] = None,
     vocab: Annotated[
         str,
@@ -118,14 +138,17 @@ def harden_prompt(
     and the hand-written one."""
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
-    from prompttune.readable import PezConfig, harden
+    from prompttune.readable import harden, search_config
 
-    pez = PezConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed)
+    config = search_config(
+        method, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, top_k=top_k,
+        candidates=candidates, seed=seed,
+    )  # fmt: skip
     set_threads()
-    with progress_bar(err) if method == "pez" else contextlib.nullcontext() as bar:
+    with progress_bar(err) if config is not None else contextlib.nullcontext() as bar:
         callbacks = [TrainingProgress(err, bar)] if bar is not None else []
         if callbacks:
-            bar.update(callbacks[0].task, description="pez")
+            bar.update(callbacks[0].task, description=method)
         report = harden(
             source,
             out_file,
@@ -138,7 +161,7 @@ def harden_prompt(
             init_text=init_text,
             template=template,
             vocab=vocab,
-            pez=pez,
+            search=config,
             overwrite=overwrite,
             backbone=model,
             callbacks=callbacks,

@@ -4,7 +4,9 @@
   (cosine), and the tokens' text stands where the template's ``[soft]`` slots stood;
 - ``pez``: a discrete prompt learned by projected gradient descent (pez.py) on labelled rows, in the soft
   slots of an artifact's template (starting from its soft prompt by default), or of the default template
-  for DATA, as ``train`` picks it.
+  for DATA, as ``train`` picks it;
+- ``gcg``: the same search by greedy coordinate gradient (gcg.py): token swaps ranked by the gradient, tried on
+  a batch, the best kept if it lowers the loss.
 
 The written template is scored as a hard prompt (no calibration) on the report rows (``--val``, else the rows
 not trained on), beside the soft prompt (the artifact's, with its calibration) and the hand-written prompt
@@ -23,9 +25,11 @@ from prompttune.core.data import Dataset, check_fields, load_rows
 from prompttune.core.errors import PromptTuneError
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.prompt_task import PromptTask
+from prompttune.readable.discrete import start_from_tokens
+from prompttune.readable.gcg import GcgConfig, run_gcg
 from prompttune.readable.inspection import check_limit
 from prompttune.readable.output import check_template_output, write_template
-from prompttune.readable.pez import PezConfig, run_pez, start_from_tokens
+from prompttune.readable.pez import PezConfig, run_pez
 from prompttune.readable.soft import (
     TABLE_METHOD,
     accuracy,
@@ -41,7 +45,10 @@ from prompttune.readable.vocab import VOCABS, Vocabulary
 from prompttune.task import split_validation
 from prompttune.train import Callback
 
-HARDEN_METHODS = ("nearest", "pez")
+SEARCHES = {"pez": run_pez, "gcg": run_gcg}  # discrete searches over tokens: (task, vocab, train, select, config)
+CONFIGS = {"pez": PezConfig, "gcg": GcgConfig}
+HARDEN_METHODS = ("nearest", *SEARCHES)
+ONLY = {"lr": ("--lr", "pez"), "top_k": ("--top-k", "gcg"), "candidates": ("--candidates", "gcg")}
 INITS = ("soft", "labels", "vocab", "text")
 MAX_TOKENS = 64  # soft tokens per [soft] slot a hard prompt is searched for, at most
 DEFAULT_TOKENS = 8
@@ -69,11 +76,13 @@ def _check_flags(method: str, is_artifact: bool, data, tokens, init, template, i
             ("--template", template),
         ):
             if value is not None:
-                raise PromptTuneError(f"{flag}: applies to --method pez; nearest keeps the artifact's soft tokens.")
+                raise PromptTuneError(
+                    f"{flag}: applies to --method pez or gcg; nearest keeps the artifact's soft tokens."
+                )
         return None
     if is_artifact:
         if data is None:
-            raise PromptTuneError("--method pez on an ARTIFACT learns on labelled rows: give --data FILE.")
+            raise PromptTuneError(f"--method {method} on an ARTIFACT learns on labelled rows: give --data FILE.")
         if template is not None:
             raise PromptTuneError("--template: an ARTIFACT brings its own template; --template is for DATA.")
         init = init or "soft"
@@ -87,6 +96,17 @@ def _check_flags(method: str, is_artifact: bool, data, tokens, init, template, i
     if init == "soft":
         raise PromptTuneError("--init soft: DATA has no soft prompt to start from; use labels or vocab.")
     return init or "labels"
+
+
+def search_config(method: str, **flags) -> PezConfig | GcgConfig | None:
+    """The search's settings from flags (None: its default); a flag of another method is an error naming it."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if method not in SEARCHES:
+        return None
+    for key, (flag, owner) in ONLY.items():
+        if key in given and owner != method:
+            raise PromptTuneError(f"{flag}: applies to --method {owner}, not {method}.")
+    return CONFIGS[method](**given)
 
 
 def verbalizer_flag(verb: Verbalizer) -> str:
@@ -107,6 +127,7 @@ def harden(
     template: str | None = None,
     vocab: str = "readable",
     pez: PezConfig | None = None,
+    search: PezConfig | GcgConfig | None = None,
     overwrite: bool = False,
     backbone: Backbone | str | None = None,
     dtype: str | None = None,
@@ -126,7 +147,9 @@ def harden(
     if vocab not in VOCABS:
         raise PromptTuneError(f"--vocab {vocab}: unknown; choose one of {', '.join(VOCABS)}.")
     check_limit(limit)
-    pez = pez or PezConfig()
+    config = search or pez or search_config(method)
+    if method in SEARCHES and not isinstance(config, CONFIGS[method]):
+        raise PromptTuneError(f"--method {method}: its settings are a {CONFIGS[method].__name__}, not {config!r}.")
     check_template_output(out, overwrite)
     rows_path = data if is_artifact else source
     rows = load_rows(rows_path).limit(limit) if rows_path is not None else None
@@ -135,8 +158,8 @@ def harden(
         if checked is not None:
             check_fields(checked, [], need_label=True)
     train_rows = select_rows = None
-    if method == "pez":
-        train_rows, select_rows = split_validation(rows, 0.1, pez.seed)
+    if method in SEARCHES:
+        train_rows, select_rows = split_validation(rows, 0.1, config.seed)
 
     soft_task: PromptTask | None = None
     if is_artifact:
@@ -156,15 +179,15 @@ def harden(
             search = with_tables(soft_task, tables)
         elif soft_task is not None:
             n = tokens or soft_task.model.compiled.num_virtual_tokens
-            config = {"num_virtual_tokens": n, "init": init, "init_text": init_text}
-            search = PromptTask.create(bb, verb.labels, TABLE_METHOD, config, base, verbalizer=verb, seed=pez.seed)
+            start = {"num_virtual_tokens": n, "init": init, "init_text": init_text}
+            search = PromptTask.create(bb, verb.labels, TABLE_METHOD, start, base, verbalizer=verb, seed=config.seed)
         else:
-            config = {"num_virtual_tokens": tokens or DEFAULT_TOKENS, "init": init, "init_text": init_text}
-            search = PromptTask.for_data(bb, train_rows, TABLE_METHOD, config, pez.seed, template)
+            start = {"num_virtual_tokens": tokens or DEFAULT_TOKENS, "init": init, "init_text": init_text}
+            search = PromptTask.for_data(bb, train_rows, TABLE_METHOD, start, config.seed, template)
             base, verb = search.model.template, plain_verbalizer(search.model.verbalizer)
         if init != "soft":  # start from real tokens of the candidate set, not from a raw init vector
             start_from_tokens(search, candidates)
-        result = run_pez(search, candidates, train_rows, select_rows, pez, callbacks)
+        result = SEARCHES[method](search, candidates, train_rows, select_rows, config, callbacks)
         ids = result.ids
 
     texts, roundtrip = slot_texts(bb, ids)
@@ -173,7 +196,7 @@ def harden(
     report_source = f"{data} (--data)"
     if val_rows is not None:
         report_rows, report_source = val_rows, f"{val} (--val)"
-    elif method == "pez":
+    elif method in SEARCHES:
         report_rows, report_source = select_rows, "the seeded 10% held out of training, which also picked the step"
     acc = {
         "hardened": accuracy(hard_task(bb, hardened, verb), report_rows),
@@ -195,25 +218,28 @@ def harden(
         "roundtrip": roundtrip,
         "accuracy": acc,
         "verbalizer": verbalizer_flag(verb),
-        "pez": None
-        if result is None
-        else {
-            "init": init,
-            "steps": pez.steps,
-            "lr": result.lr,
-            "batch_size": pez.batch_size,
-            "best_step": result.best_step,
-            "selection_accuracy": result.selection_accuracy,
-            "initial_selection_accuracy": result.initial_accuracy,
-            "n_train": len(train_rows),
-            "n_select": len(select_rows),
-            "seconds": result.seconds,
-            "history": result.history,
-        },
     }
+    for name in SEARCHES:  # the search's settings and history under its own name; null for the others
+        report[name] = None if name != method else search_report(config, result, init, train_rows, select_rows)
     report["seconds"] = time.perf_counter() - t0
     _write(out, hardened, report)
     return report
+
+
+def search_report(config, result, init: str | None, train_rows: Dataset, select_rows: Dataset) -> dict:
+    settings = {k: v for k, v in vars(config).items() if k not in ("lr", "seed", "eval_every")}
+    return settings | {
+        "init": init,
+        "lr": result.lr,
+        "eval_every": config.eval_every,
+        "best_step": result.best_step,
+        "selection_accuracy": result.selection_accuracy,
+        "initial_selection_accuracy": result.initial_accuracy,
+        "n_train": len(train_rows),
+        "n_select": len(select_rows),
+        "seconds": result.seconds,
+        "history": result.history,
+    }
 
 
 def _fmt(x: float | None) -> str:
@@ -236,10 +262,11 @@ def _write(out: Path, hardened, report: dict) -> None:
         f"Scored without calibration, label words: prompttune eval {out} DATA --no-calibrate "
         f"--verbalizer '{report['verbalizer']}'",
     ]
-    if report["pez"]:
-        p = report["pez"]
+    p = report.get(report["method"])
+    if p:
+        lr = f", lr {p['lr']:.4g}" if p["lr"] is not None else ""
         comments.append(
-            f"pez: {p['steps']} steps, lr {p['lr']:.4g}, batch {p['batch_size']}, init {p['init']}, best step "
+            f"{report['method']}: {p['steps']} steps{lr}, batch {p['batch_size']}, init {p['init']}, best step "
             f"{p['best_step']} ({p['n_train']} training rows, {p['n_select']} selection rows)."
         )
     comments = [c.replace("\n", " ") for c in comments]

@@ -16,14 +16,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from prompttune.core.data import Dataset
 from prompttune.core.errors import PromptTuneError
 from prompttune.prompt_task import PromptTask
+from prompttune.readable.discrete import (  # noqa: F401 (start_from_tokens: imported from here by callers)
+    SearchResult,
+    Selection,
+    batch_stream,
+    load_tokens,
+    start_from_tokens,
+)
 from prompttune.readable.vocab import Vocabulary
 from prompttune.train import Callback, TrainConfig
 
@@ -51,23 +57,7 @@ class PezConfig:
             raise PromptTuneError(f"--eval-every {self.eval_every}: must be 1-{MAX_STEPS:,}.")
 
 
-@dataclass
-class PezResult:
-    ids: dict[int, list[int]]  # slot index -> the best projection's token ids
-    best_step: int
-    selection_accuracy: float
-    selection_loss: float
-    initial_accuracy: float
-    lr: float
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-
-
-def start_from_tokens(task: PromptTask, vocab: Vocabulary) -> None:
-    """Set the task's table to its nearest candidate tokens: pez then starts from real tokens, not a raw vector."""
-    with torch.no_grad():
-        task.model.method.load_table(vocab.embeddings(vocab.project(task.model.method.table())))
-    task.model.clear_cache()
+PezResult = SearchResult  # the name the tests and the compare arm used first
 
 
 def run_pez(
@@ -77,43 +67,27 @@ def run_pez(
     select: Dataset,
     config: PezConfig,
     callbacks: Sequence[Callback] = (),
-) -> PezResult:
+) -> SearchResult:
     """Optimize the soft slots of ``task`` (a prompt-tuning task: its table is what the model reads) as tokens.
 
     The table's current values are the starting point (e.g. an artifact's soft prompt, or label-word tokens).
     """
-    model, method = task.model, task.model.method
+    method = task.model.method
     objective = task.objective(train, select, TrainConfig())  # every data error before the first step
     (table,) = [p for p in method.parameters() if p.requires_grad]  # the (n, d) table the slots read
     with torch.no_grad():
         continuous = method.table().detach().float().clone().requires_grad_(True)  # P
     lr = config.lr or LR_FACTOR * float(vocab.matrix.std())
     opt = torch.optim.AdamW([continuous], lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(config.seed)
 
     def project() -> torch.Tensor:
         ids = vocab.project(continuous)
-        method.load_table(vocab.embeddings(ids))
-        model.clear_cache()
+        load_tokens(task, vocab, ids)
         return ids
 
-    def score() -> tuple[float, float]:
-        logp = model.score(objective.val, calibrate=False)
-        acc = float((logp.argmax(-1) == objective.y_val).float().mean())
-        return acc, float(F.nll_loss(logp, objective.y_val))
-
-    def batches():
-        while True:
-            order = torch.randperm(len(objective.y_train), generator=gen).tolist()
-            for start in range(0, len(order), config.batch_size):
-                yield order[start : start + config.batch_size]
-
-    t0 = time.perf_counter()
-    ids = project()
-    acc, loss = score()
-    best = (acc, -loss, 0, ids.clone())
-    history = [{"step": 0, "accuracy": acc, "loss": loss}]
-    stream = batches()
+    selection = Selection(task, objective, config.steps, callbacks)
+    selection.consider(0, project())
+    stream = batch_stream(len(objective.y_train), config.batch_size, config.seed)
     for step in range(1, config.steps + 1):
         batch = next(stream)
         tick = time.perf_counter()
@@ -126,31 +100,7 @@ def run_pez(
         opt.zero_grad(set_to_none=True)
         ids = project()
         rate = len(batch) / max(time.perf_counter() - tick, 1e-9)
-        event = {"step": step, "total": config.steps, "loss": train_loss, "lr": lr, "examples_per_s": rate}
-        for cb in callbacks:
-            cb.on_step(event)
+        selection.step_event({"step": step, "loss": train_loss, "lr": lr, "examples_per_s": rate})
         if step % config.eval_every == 0 or step == config.steps:
-            acc, loss = score()
-            history.append({"step": step, "accuracy": acc, "loss": loss, "train_loss": train_loss})
-            if (acc, -loss) > best[:2]:
-                best = (acc, -loss, step, ids.clone())
-            val = {"step": step, "total": config.steps, "metric": "accuracy", "val": acc, "best_val": best[0]}
-            for cb in callbacks:
-                cb.on_validation(val)
-    best_ids = best[3].tolist()
-    per_slot, start = {}, 0
-    for s in method.slots:  # the table's rows follow the slots' order
-        per_slot[s.index] = best_ids[start : start + s.size]
-        start += s.size
-    method.load_table(vocab.embeddings(best[3]))  # the task ends holding the best projection
-    model.clear_cache()
-    return PezResult(
-        ids=per_slot,
-        best_step=best[2],
-        selection_accuracy=best[0],
-        selection_loss=-best[1],
-        initial_accuracy=history[0]["accuracy"],
-        lr=lr,
-        seconds=time.perf_counter() - t0,
-        history=history,
-    )
+            selection.consider(step, ids, train_loss=train_loss)
+    return selection.finish(vocab, lr)
