@@ -1,8 +1,9 @@
 """`prompttune compare`'s searched arms on the tiny model and a made-up task: ``optimized`` (an optimizer of
-programs picks instruction and demos) and ``pez`` (projected gradients pick the soft slots' tokens) each give a
-cell whose accuracy is the found template's on the test rows, stand in the report's table and accuracy-vs-rows
-curve with their cost, are reused on a rerun, and refuse bad settings naming the option; the program a search
-finds is written as a template whose text is exactly the prompt the program shows the model."""
+programs picks instruction and demos), ``pez`` (projected gradients pick the soft slots' tokens) and ``gcg`` (swaps
+ranked by the gradient) each give a cell whose accuracy is the found template's on the test rows, stand in the
+report's table and accuracy-vs-rows curve with their cost, are reused on a rerun, and refuse bad settings naming the
+option; the program a search finds is written as a template whose text is exactly the prompt the program shows the
+model."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ SMALL = [  # the tiny model holds 256 positions: one demo beside the program's s
     "pez.max_steps=4",
     "pez.tokens=2",
     "pez.eval_every=2",
+    "gcg.max_steps=2",
+    "gcg.tokens=2",
+    "gcg.top_k=4",
+    "gcg.candidates=2",
+    "gcg.eval_every=1",
 ]
 
 
@@ -51,11 +57,11 @@ def compare(task_file, out, tiny_model_dir, **kw):
 
 def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume(task_file, tmp_path, tiny_model_dir):
     out = tmp_path / "cmp"
-    kw = {"methods": "zero-shot,optimized,pez", "train_sizes": "8,16"}
+    kw = {"methods": "zero-shot,optimized,pez,gcg", "train_sizes": "8,16"}
     first = compare(task_file, out, tiny_model_dir, **kw)
-    assert (first["ran"], first["reused"]) == (5, 0)
+    assert (first["ran"], first["reused"]) == (7, 0)
     rows = {r["method"]: r for r in first["summary"]["methods"]}
-    for name in ("optimized", "pez"):
+    for name in ("optimized", "pez", "gcg"):
         row = rows[name]
         assert row["status"] == "ok" and row["kind"] == "readable prompt" and row["trainable_params"] == 0
         assert row["train_rows"] == 16 and row["train_seconds"] > 0 and row["stored_bytes"] > 0
@@ -68,8 +74,8 @@ def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume
     backbone = Backbone.load(str(tiny_model_dir))
     split = make_split(task_file, None, None, None, None)
     cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    searched = [c for c in cells if c["arm"]["name"] in ("optimized", "pez")]
-    assert len(searched) == 4
+    searched = [c for c in cells if c["arm"]["name"] in ("optimized", "pez", "gcg")]
+    assert len(searched) == 6
     for cell in searched:
         template = Template.from_dict(cell["prompt"])
         assert "[soft" not in json.dumps(cell["prompt"])
@@ -79,9 +85,11 @@ def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume
     pez = next(c for c in searched if c["arm"]["name"] == "pez")
     assert all(text in pez["prompt"]["user"] + pez["prompt"]["answer"] for text in pez["search"]["text"].values())
     assert pez["steps"] == 4 and len(pez["search"]["text"]) == 2  # classify's two slots
+    gcg = next(c for c in searched if c["arm"]["name"] == "gcg")
+    assert gcg["steps"] == 2 and gcg["search"]["lr"] is None and len(gcg["search"]["text"]) == 2
 
     again = compare(task_file, out, tiny_model_dir, **kw)
-    assert (again["ran"], again["reused"]) == (0, 5)
+    assert (again["ran"], again["reused"]) == (0, 7)
     assert again["summary"]["methods"] == first["summary"]["methods"]
 
 
@@ -99,7 +107,11 @@ def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume
         ("pez.vocab=emoji", "pez.vocab=emoji: choose one of readable, words, all"),
         ("pez.init=soft", "pez.init=soft: choose one of labels, vocab, text"),
         ("pez.max_steps=0", "pez.max_steps=0: must be 1-10,000"),
-        ("pez.demos=2", "pez.demos: pez learns the prompt's tokens"),
+        ("pez.demos=2", "pez.demos: the search learns the prompt's tokens"),
+        ("gcg.lr=0.1", "gcg.lr: gcg tries swaps; it has no learning rate"),
+        ("gcg.top_k=0", "gcg.top_k=0: must be 1-4,096"),
+        ("gcg.candidates=600", "gcg.candidates=600: must be 1-512"),
+        ("gcg.tokens=65", "gcg.tokens=65: give 1 to 64 tokens"),
         ("pez.init=text", "pez.init=text and pez.init_text=WORDS go together"),
     ],
 )

@@ -7,7 +7,7 @@ Arms come from three places, none of them a list of method names in this file:
 - the weight-training baselines registered in ``baselines.BASELINES`` (LoRA, full fine-tuning);
 - the transfer arms of ``transfer_arms.TRANSFERS`` (prompt tuning started from a pack, ``-o NAME.pack=PACK``;
   not in ``all``: each needs its pack);
-- the searched arms registered in ``searched.SEARCHED`` (optimized, pez): readable prompts found on the rows
+- the searched arms registered in ``searched.SEARCHED`` (optimized, pez, gcg): readable prompts found on the rows
   (not in ``all``: each runs a search per cell, with settings of its own to choose).
 - ``probe``: a logistic regression on a decoder layer's features of the rendered rows (``prompttune.probe``;
   nothing back-propagates through the model; the train/eval default for pair rows).

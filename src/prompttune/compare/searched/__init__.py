@@ -2,10 +2,11 @@
 
 - ``base``: ``SearchedArm`` (settings, checks, ``find``) and the ``SEARCHED`` registry;
 - ``optimized``: an optimizer of programs (bootstrap, random-search, mipro) picks instruction and demos;
-- ``pez``: projected gradient descent picks the template's soft slots' tokens (``harden --method pez``).
+- ``tokens``: ``pez`` (projected gradient descent) and ``gcg`` (swaps ranked by the gradient) pick the template's
+  soft slots' tokens (``harden --method pez|gcg``).
 """
 
-from prompttune.compare.searched import optimized, pez  # noqa: F401 - each registers its arm
+from prompttune.compare.searched import optimized, tokens  # noqa: F401 - each registers its arms
 from prompttune.compare.searched.base import KIND, SEARCHED, SearchContext, SearchedArm
 
 __all__ = ["KIND", "SEARCHED", "SearchContext", "SearchedArm"]
