@@ -132,11 +132,8 @@ def rigged_backbone(tmp_path):
     return bb, task, key
 
 
-def test_pez_lowers_the_loss_and_finds_the_token_that_solves_the_task(tmp_path):
-    bb, task, key = rigged_backbone(tmp_path)
-    texts = ["a great movie", "boring and bad", "I hated it", "what a waste", "the cat sat on the mat", "a joy"]
-    rows = from_records([{"text": t, "label": "positive"} for t in texts * 3])
-    vocab = Vocabulary.of(bb, "readable")
+def one_token_losses(task, vocab, rows) -> dict[int, float]:
+    """Each candidate token's loss on ``rows`` as the task's one soft token."""
     encoded, gold = task.model.encode(rows), task.model.label_indices(rows)
 
     def loss_of(token: int) -> float:
@@ -144,7 +141,15 @@ def test_pez_lowers_the_loss_and_finds_the_token_that_solves_the_task(tmp_path):
         task.model.clear_cache()
         return float(torch.nn.functional.nll_loss(task.model.score(encoded, calibrate=False), gold))
 
-    losses = {t: loss_of(t) for t in vocab.ids.tolist()}
+    return {t: loss_of(t) for t in vocab.ids.tolist()}
+
+
+def test_pez_lowers_the_loss_and_finds_the_token_that_solves_the_task(tmp_path):
+    bb, task, key = rigged_backbone(tmp_path)
+    texts = ["a great movie", "boring and bad", "I hated it", "what a waste", "the cat sat on the mat", "a joy"]
+    rows = from_records([{"text": t, "label": "positive"} for t in texts * 3])
+    vocab = Vocabulary.of(bb, "readable")
+    losses = one_token_losses(task, vocab, rows)
     assert min(losses, key=losses.get) == key  # the rig works: ' cat' is the best single token
     worst = max(losses, key=losses.get)
     task.model.method.load_table(vocab.embeddings(torch.tensor([worst])))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_cli import assert_user_error, invoke, last_json, run_main  # noqa: F401, F811 (run_main: a fixture)
-from test_readable import rigged_backbone
+from test_readable import one_token_losses, rigged_backbone
 
 from prompttune.core.data import from_records
 from prompttune.core.errors import PromptTuneError
@@ -23,14 +23,7 @@ def test_gcg_finds_the_token_that_solves_the_task_from_the_worst_start(tmp_path)
     bb, task, key = rigged_backbone(tmp_path)
     rows = from_records([{"text": t, "label": "positive"} for t in TEXTS * 3])
     vocab = Vocabulary.of(bb, "readable")
-    encoded, gold = task.model.encode(rows), task.model.label_indices(rows)
-
-    def loss_of(token: int) -> float:
-        task.model.method.load_table(vocab.embeddings(torch.tensor([token])))
-        task.model.clear_cache()
-        return float(torch.nn.functional.nll_loss(task.model.score(encoded, calibrate=False), gold))
-
-    losses = {t: loss_of(t) for t in vocab.ids.tolist()}
+    losses = one_token_losses(task, vocab, rows)
     worst = max(losses, key=losses.get)
     task.model.method.load_table(vocab.embeddings(torch.tensor([worst])))
     result = run_gcg(task, vocab, rows, rows, GcgConfig(steps=6, top_k=8, candidates=8, batch_size=6, eval_every=1))
