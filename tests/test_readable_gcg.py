@@ -13,8 +13,9 @@ from prompttune.core.errors import PromptTuneError
 from prompttune.core.template import Template
 from prompttune.readable import GcgConfig, PezConfig, harden, search_config
 from prompttune.readable.discrete import Selection
-from prompttune.readable.gcg import draw_swaps, ranked_swaps, run_gcg
+from prompttune.readable.gcg import confirmed, draw_swaps, ranked_swaps, run_gcg
 from prompttune.readable.vocab import Vocabulary
+from prompttune.train import TrainConfig
 
 TEXTS = ["a great movie", "boring and bad", "I hated it", "what a waste", "the cat sat on the mat", "a joy"]
 
@@ -36,6 +37,19 @@ def test_gcg_finds_the_token_that_solves_the_task_from_the_worst_start(tmp_path)
     assert torch.equal(task.model.method.table().detach().float(), vocab.embeddings(torch.tensor([key])))
 
 
+def test_a_swap_is_confirmed_only_where_it_lowers_the_loss_on_other_rows(tmp_path):
+    bb, task, key = rigged_backbone(tmp_path)
+    rows = from_records([{"text": t, "label": "positive"} for t in TEXTS * 2])
+    vocab = Vocabulary.of(bb, "readable")
+    losses = one_token_losses(task, vocab, rows)
+    worst = max(losses, key=losses.get)
+    objective = task.objective(rows, rows, TrainConfig())
+    good, bad = torch.tensor([key]), torch.tensor([worst])
+    assert confirmed(task, vocab, objective, bad, good, list(range(6)))
+    assert not confirmed(task, vocab, objective, good, bad, list(range(6)))
+    assert not confirmed(task, vocab, objective, good, good, list(range(6)))  # no gain is not a gain
+
+
 def test_gradient_ranks_the_rigged_token_first_and_swaps_are_single_distinct_changes(tmp_path):
     bb, task, key = rigged_backbone(tmp_path)
     vocab = Vocabulary.of(bb, "readable")
@@ -54,7 +68,7 @@ def test_gradient_ranks_the_rigged_token_first_and_swaps_are_single_distinct_cha
 def test_selection_scores_a_token_set_once(tmp_path):
     _, task, _ = rigged_backbone(tmp_path)
     rows = from_records([{"text": t, "label": "positive"} for t in TEXTS])
-    selection = Selection(task, task.objective(rows, rows, __import__("prompttune.train").train.TrainConfig()), 3)
+    selection = Selection(task, task.objective(rows, rows, TrainConfig()), 3)
     calls = []
     real = selection.score
     selection.score = lambda: calls.append(1) or real()

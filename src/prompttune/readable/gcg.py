@@ -4,7 +4,9 @@ trying the token swaps the gradient ranks best.
 Each step, on a batch of training rows: the loss's gradient with respect to the prompt's token embeddings ranks,
 for every position, the vocabulary's tokens by the first-order change they would make to the loss ((e_v - e_now)
 . grad); ``candidates`` single-token swaps are drawn from the ``top_k`` tokens of random positions, each swap's
-loss is computed on the same batch (a forward each), and the best swap is taken if it lowers the batch's loss.
+loss is computed on the same batch (a forward each), and the best swap is taken if it lowers the batch's loss and
+also the loss of the next batch (``confirmed``: chosen as the best of many on one batch, a swap nearly always wins
+there; on SST-2 without the check every step took a swap and the selection accuracy swung 0.52-0.80).
 Where PEZ moves a continuous copy and reads its nearest tokens (a jump the gradient does not see), every change
 here is a swap that was tried and measured. Every ``eval_every`` steps the tokens are scored on selection rows; the
 best (accuracy, then lower loss) is kept, the start included.
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from prompttune.core.data import Dataset
 from prompttune.core.errors import PromptTuneError
@@ -74,6 +77,18 @@ def draw_swaps(current: torch.Tensor, top: torch.Tensor, n: int, gen: torch.Gene
     return out
 
 
+@torch.no_grad()
+def confirmed(task: PromptTask, vocab: Vocabulary, objective, current: Tensor, swap: Tensor, batch: list[int]) -> bool:
+    """Whether ``swap`` also lowers the loss on a fresh batch. The best of many swaps on one batch is chosen partly
+    for that batch's luck (it nearly always beats the current tokens there, whether or not it helps); on rows it
+    was not chosen on, its gain is an unbiased estimate."""
+    losses = []
+    for ids in (current, swap):
+        load_tokens(task, vocab, ids)
+        losses.append(float(objective.batch_loss(batch)))
+    return losses[1] < losses[0]
+
+
 def run_gcg(
     task: PromptTask,
     vocab: Vocabulary,
@@ -108,8 +123,9 @@ def run_gcg(
                 losses.append(float(objective.batch_loss(batch)))
         if losses and min(losses) < now:
             best = min(range(len(losses)), key=losses.__getitem__)
-            current, now = tried[best], losses[best]
-            accepted += 1
+            if confirmed(task, vocab, objective, current, tried[best], next(stream)):
+                current, now = tried[best], losses[best]
+                accepted += 1
         load_tokens(task, vocab, current)
         rate = len(batch) * (1 + len(tried)) / max(time.perf_counter() - tick, 1e-9)
         selection.step_event({"step": step, "loss": now, "examples_per_s": rate})
