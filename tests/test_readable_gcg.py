@@ -20,12 +20,18 @@ from prompttune.train import TrainConfig
 TEXTS = ["a great movie", "boring and bad", "I hated it", "what a waste", "the cat sat on the mat", "a joy"]
 
 
-def test_gcg_finds_the_token_that_solves_the_task_from_the_worst_start(tmp_path):
+@pytest.fixture
+def rigged(tmp_path):
+    """The rigged task (test_readable.rigged_backbone), all-positive rows, its vocabulary, each token's loss."""
     bb, task, key = rigged_backbone(tmp_path)
     rows = from_records([{"text": t, "label": "positive"} for t in TEXTS * 3])
     vocab = Vocabulary.of(bb, "readable")
     losses = one_token_losses(task, vocab, rows)
-    worst = max(losses, key=losses.get)
+    return task, key, rows, vocab, losses, max(losses, key=losses.get)
+
+
+def test_gcg_finds_the_token_that_solves_the_task_from_the_worst_start(rigged):
+    task, key, rows, vocab, losses, worst = rigged
     task.model.method.load_table(vocab.embeddings(torch.tensor([worst])))
     result = run_gcg(task, vocab, rows, rows, GcgConfig(steps=6, top_k=8, candidates=8, batch_size=6, eval_every=1))
     assert result.history[0]["loss"] == pytest.approx(losses[worst], rel=1e-5)
@@ -37,12 +43,8 @@ def test_gcg_finds_the_token_that_solves_the_task_from_the_worst_start(tmp_path)
     assert torch.equal(task.model.method.table().detach().float(), vocab.embeddings(torch.tensor([key])))
 
 
-def test_a_swap_is_confirmed_only_where_it_lowers_the_loss_on_other_rows(tmp_path):
-    bb, task, key = rigged_backbone(tmp_path)
-    rows = from_records([{"text": t, "label": "positive"} for t in TEXTS * 2])
-    vocab = Vocabulary.of(bb, "readable")
-    losses = one_token_losses(task, vocab, rows)
-    worst = max(losses, key=losses.get)
+def test_a_swap_is_confirmed_only_where_it_lowers_the_loss_on_other_rows(rigged):
+    task, key, rows, vocab, _, worst = rigged
     objective = task.objective(rows, rows, TrainConfig())
     good, bad = torch.tensor([key]), torch.tensor([worst])
     assert confirmed(task, vocab, objective, bad, good, list(range(6)))
@@ -133,3 +135,15 @@ def test_harden_cli_gcg_flag_errors(tmp_path, run_main, sentiment_file):  # noqa
         run = run_main("harden", sentiment_file, *flags, "--out", "x.yaml", "--model", "/nonexistent-model")
         assert_user_error(run, message)  # before any model loads
         assert not (tmp_path / "x.yaml").exists()
+
+
+def test_no_swap_is_taken_that_the_next_batch_does_not_confirm(rigged, monkeypatch):
+    import prompttune.readable.gcg as gcg
+
+    task, _, rows, vocab, losses, worst = rigged
+    asked = []
+    monkeypatch.setattr(gcg, "confirmed", lambda *a: asked.append(a[-1]) or False)
+    task.model.method.load_table(vocab.embeddings(torch.tensor([worst])))
+    result = run_gcg(task, vocab, rows, rows, GcgConfig(steps=3, top_k=8, candidates=8, batch_size=6, eval_every=1))
+    assert asked and all(len(batch) == 6 for batch in asked)  # a better swap was found and put to a fresh batch
+    assert result.ids == {0: [worst]} and result.history[-1]["swaps_accepted"] == 0
