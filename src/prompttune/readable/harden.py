@@ -176,18 +176,18 @@ def harden(
         ids = {k: candidates.project(t).tolist() for k, t in tables.items()}
     else:
         if soft_task is not None and init == "soft":
-            search = with_tables(soft_task, tables)
+            searched = with_tables(soft_task, tables)
         elif soft_task is not None:
             n = tokens or soft_task.model.compiled.num_virtual_tokens
             start = {"num_virtual_tokens": n, "init": init, "init_text": init_text}
-            search = PromptTask.create(bb, verb.labels, TABLE_METHOD, start, base, verbalizer=verb, seed=config.seed)
+            searched = PromptTask.create(bb, verb.labels, TABLE_METHOD, start, base, verbalizer=verb, seed=config.seed)
         else:
             start = {"num_virtual_tokens": tokens or DEFAULT_TOKENS, "init": init, "init_text": init_text}
-            search = PromptTask.for_data(bb, train_rows, TABLE_METHOD, start, config.seed, template)
-            base, verb = search.model.template, plain_verbalizer(search.model.verbalizer)
+            searched = PromptTask.for_data(bb, train_rows, TABLE_METHOD, start, config.seed, template)
+            base, verb = searched.model.template, plain_verbalizer(searched.model.verbalizer)
         if init != "soft":  # start from real tokens of the candidate set, not from a raw init vector
-            start_from_tokens(search, candidates)
-        result = SEARCHES[method](search, candidates, train_rows, select_rows, config, callbacks)
+            start_from_tokens(searched, candidates)
+        result = SEARCHES[method](searched, candidates, train_rows, select_rows, config, callbacks)
         ids = result.ids
 
     texts, roundtrip = slot_texts(bb, ids)
