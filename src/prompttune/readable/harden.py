@@ -102,6 +102,11 @@ def search_config(method: str, **flags) -> PezConfig | GcgConfig | None:
     """The search's settings from flags (None: its default); a flag of another method is an error naming it."""
     given = {k: v for k, v in flags.items() if v is not None}
     if method not in SEARCHES:
+        for key in ("steps", "eval_every", *ONLY):  # the flags left unset by default: given, they would be ignored
+            if key in given:
+                raise PromptTuneError(
+                    f"--{key.replace('_', '-')}: applies to a search (--method pez or gcg), not {method}."
+                )
         return None
     for key, (flag, owner) in ONLY.items():
         if key in given and owner != method:
