@@ -76,6 +76,7 @@ class GenerationConfig:
     num_beams: int = 1  # > 1: beam search (core/beam.py), deterministic
     length_penalty: float = 1.0  # beam search: a hypothesis scores sum(log p) / tokens ** length_penalty
     draft_tokens: int = 0  # greedy, batched: tokens drafted per step from n-grams seen (``generation/lookup``)
+    grammar: str | None = None  # hold the text to this grammar (``structured.grammar_for``: a JSON schema)
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -90,6 +91,11 @@ class GenerationConfig:
             raise DataError(
                 f"num_beams (--num-beams) {self.num_beams}: beam search is deterministic; use it with temperature 0 "
                 "and without finish_sentence, or use --num-beams 1."
+            )
+        if self.grammar is not None and (self.num_beams > 1 or self.draft_tokens or self.finish_sentence):
+            raise DataError(
+                "response_format: structured output decodes one hypothesis token by token; use it without "
+                "num_beams > 1, draft_tokens or finish_sentence."
             )
         _number("temperature", self.temperature, "0 (greedy) or more", lambda x: x >= 0)
         _number("top_p", self.top_p, "a number in (0, 1]", lambda x: 0 < x <= 1)
@@ -106,6 +112,14 @@ class GenerationConfig:
 
     def replace(self, **changes) -> GenerationConfig:
         return replace(self, **changes)
+
+    def constraint(self, backbone: Backbone):
+        """A fresh ``structured.Constraint`` for one completion under ``grammar``, or None."""
+        if self.grammar is None:
+            return None
+        from prompttune.structured import Constraint
+
+        return Constraint(backbone, self.grammar)
 
     def processors(self):
         """transformers' logits processors for the repetition settings, applied to raw logits."""
@@ -230,7 +244,9 @@ class Generator:
         attention = torch.ones(1, start + len(ids), dtype=torch.long)
         positions = torch.arange(start, start + len(ids))[None]
         head = self.backbone.model.get_output_embeddings()
-        processors = config.processors()
+        from prompttune.structured import constrained_pick
+
+        processors, constraint = config.processors(), config.constraint(self.backbone)
         rng = torch.Generator().manual_seed(config.seed)
         ends = self.backbone.end_token_ids
         tok = self.backbone.tokenizer
@@ -239,13 +255,17 @@ class Generator:
             hidden, cache = self.backbone.run(
                 input_ids, attention, positions, cache, inputs_embeds=embeds, return_cache=True
             )
-            logits = head(hidden[:, -1]).float()  # (1, vocab)
+            raw = logits = head(hidden[:, -1]).float()  # (1, vocab)
             if processors:
                 logits = processors(torch.tensor([out], dtype=torch.long, device=logits.device), logits)
-            nxt = self._pick(logits, config, rng)
+            nxt = constrained_pick(constraint, raw, logits, lambda x: self._pick(x, config, rng))
             if nxt in ends:
                 return tok.decode(out, skip_special_tokens=True)
             out.append(nxt)
+            if constraint is not None:
+                constraint.advance(nxt)
+                if constraint.finished:
+                    return tok.decode(out, skip_special_tokens=True)
             done = step + 1 >= limit
             if config.stop or (grace and done):
                 text = tok.decode(out, skip_special_tokens=True)

@@ -209,7 +209,7 @@ class GenerationTask(Task):
         config = config or self.decoding
         examples = self.model.encode(rows, targets=False)
         prefix = self.model.cached_prefix()
-        if config.temperature > 0 or config.finish_sentence:  # row by row through the generation verb
+        if config.temperature > 0 or config.finish_sentence or config.grammar is not None:  # row by row (the verb)
             gen = Generator(self.backbone)
             return [self.model.generate(x.ids, config, gen).strip() for x in examples]
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))  # similar lengths share a batch

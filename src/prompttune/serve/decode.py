@@ -9,10 +9,11 @@ with the padding masked and each row's positions continued from the end of ITS p
 its prefix unexpanded); soft tokens in a row go in as embeddings (``PrefixModel.row_inputs``). Every later step
 feeds each row's last token with its position + 1. Each row keeps what ``core.generate.Generator`` keeps for one
 request: its own logits processors (repetition settings, streaming's reporter) applied to its own generated
-tokens, its own random generator (``seed``), ``max_tokens`` (bounded by the context), end tokens and stop
-strings. A finished row leaves the batch (its keys/values are dropped), so the others run on. The keys/values
-grow in place (``core.kv_cache.GrowingCache``): the prefixes are copied into its buffers once per batch. Greedy rows are
-therefore token for token what ``PromptTask.generate`` / ``Generator.complete`` give alone (tested).
+tokens, its own grammar where the request gave a ``response_format`` (``structured.Constraint``: only the tokens
+it allows, ending when it is complete), its own random generator (``seed``), ``max_tokens`` (bounded by the
+context), end tokens and stop strings. A finished row leaves the batch (its keys/values are dropped), so the
+others run on. The keys/values grow in place (``core.kv_cache.GrowingCache``): the prefixes are copied into its
+buffers once per batch. Greedy rows are therefore token for token what ``PromptTask.generate`` / ``Generator.complete`` give alone (tested).
 
 Rows asking for beam search or ``finish_sentence`` (the server never sends these) are decoded alone by
 ``Generator``. A row whose processors raise (a streaming client went away: ``StreamClosed``) fails alone.
@@ -32,6 +33,7 @@ from prompttune.core.errors import DataError
 from prompttune.core.generate import EmbedHook, GenerationConfig, Generator
 from prompttune.core.kv_cache import GrowingCache, stack_left_padded
 from prompttune.serve.mixed import _inputs
+from prompttune.structured import Constraint, constrained_pick
 
 
 @dataclass
@@ -67,6 +69,7 @@ class _State:
     limit: int
     processors: object
     rng: torch.Generator
+    constraint: Constraint | None = None  # response_format: the grammar this row's text is held to
     out: list[int] = field(default_factory=list)
     result: str | BaseException | None = None
 
@@ -95,7 +98,7 @@ def decode(backbone: Backbone, rows: Sequence[GenRow]) -> list[str | BaseExcepti
             start = _length(r.prefix)
             limit = min(r.config.max_new_tokens, gen._check_room(start, len(r.ids)))
             rng = torch.Generator().manual_seed(r.config.seed)
-            states.append((i, _State(r, limit, r.config.processors(), rng)))
+            states.append((i, _State(r, limit, r.config.processors(), rng, r.config.constraint(backbone))))
         except Exception as e:  # noqa: BLE001 - this row's error is its request's answer
             results[i] = e
     if states:
@@ -140,13 +143,19 @@ def _advance(s: _State, logits: Tensor, step: int, tok, ends) -> int | None:
     if s.row.stopped():
         s.result = TimeoutError("the request was given up")
         return None
+    raw = logits
     if s.processors:
         logits = s.processors(torch.tensor([s.out], dtype=torch.long, device=logits.device), logits)
-    nxt = Generator._pick(logits, s.row.config, s.rng)
+    nxt = constrained_pick(s.constraint, raw, logits, lambda x: Generator._pick(x, s.row.config, s.rng))
     if nxt in ends:
         s.result = tok.decode(s.out, skip_special_tokens=True)
         return None
     s.out.append(nxt)
+    if s.constraint is not None:
+        s.constraint.advance(nxt)
+        if s.constraint.finished:  # e.g. the JSON object closed: nothing more may follow
+            s.result = tok.decode(s.out, skip_special_tokens=True)
+            return None
     stop = s.row.config.stop
     if stop:
         text = tok.decode(s.out, skip_special_tokens=True)

@@ -2,7 +2,7 @@
 
     GET  /v1/models                  one entry per task
     POST /v1/completions             {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed",
-                                      "num_beams", "length_penalty"}
+                                      "num_beams", "length_penalty", "response_format"}
     POST /v1/chat/completions        {"model", "messages", ...}: the last user message fills the task's field
 
 A label-word task (an artifact or a hard prompt with labels) continues its own prompt with free text
@@ -14,6 +14,12 @@ sampling settings; the ``openai`` client sends them with ``extra_body``). With `
 server-sent events in the OpenAI chunk format, token by token as the worker decodes (``streaming.py``), ending
 with ``data: [DONE]``; the pieces add up to the text the same request without ``stream`` returns. A beam search
 streams its text in one piece at the end: until then any beam may still win.
+
+Structured output: ``response_format`` as OpenAI takes it, ``{"type": "json_object"}`` or ``{"type":
+"json_schema", "json_schema": {"name", "schema"}}``, holds the completion to a JSON object (valid under the schema)
+token by token (``structured/``); ``{"type": "text"}`` is the default. The JSON comes compact (``", "`` and ``": "``
+between items, no other whitespace); cut short by ``max_tokens`` it is incomplete, and ``finish_reason`` says
+``length``. Not with ``num_beams`` > 1.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from prompttune.core.generate import GenerationConfig
 from prompttune.serve.http import ApiError, Server, as_api_error, text_size
 from prompttune.serve.streaming import TokenStream, sse
 from prompttune.serve.tasks import ServedTask
+from prompttune.structured import grammar_for
 
 COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n", "user",
-                     "num_beams", "length_penalty"}  # fmt: skip
+                     "num_beams", "length_penalty", "response_format"}  # fmt: skip
 CHAT_FIELDS = (COMPLETION_FIELDS - {"prompt"}) | {"messages", "max_completion_tokens", "stream_options"}
 IGNORED = {"user", "stream_options"}  # accepted and not used
 DEFAULT_MAX_TOKENS = 64
@@ -141,6 +148,7 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
             stop=tuple(stop),
             num_beams=1 if beams is None else beams,
             length_penalty=1.0 if length_penalty is None else length_penalty,
+            grammar=grammar_for(body.get("response_format")),
         )
     except PromptTuneError as e:  # names the setting; the request field has the same name
         raise ApiError(422, str(e).replace(" (--", " (field of the request; flag --", 1)) from None

@@ -1,0 +1,149 @@
+"""Structured output (``structured/``): a completion held to a JSON schema or any JSON object, token by token, in
+the generation verb and in the server's batched loop (``response_format``), with errors naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from prompttune.core.errors import DataError
+from prompttune.core.generate import GenerationConfig, Generator
+from prompttune.serve import ServeConfig, build_table, create_app
+from prompttune.serve.runner import ThreadedServer
+from prompttune.structured import MAX_SCHEMA_CHARS, Constraint, grammar_for
+
+LABELS = ["positive", "negative", "neutral"]
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"enum": LABELS}, "sure": {"type": "boolean"}},
+    "required": ["label", "sure"],
+    "additionalProperties": False,
+}
+
+
+def as_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+
+
+def check(text: str) -> dict:
+    value = json.loads(text)  # the whole text is the JSON: nothing before or after it
+    assert set(value) == {"label", "sure"} and value["label"] in LABELS and isinstance(value["sure"], bool)
+    return value
+
+
+def test_a_random_model_writes_json_valid_under_the_schema(tiny_backbone):
+    gen, grammar = Generator(tiny_backbone), grammar_for(as_format(SCHEMA))
+    ids = tiny_backbone.tokenize("the film was long and loud")
+    free = gen.generate(ids, config=GenerationConfig(max_new_tokens=24))
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(free)  # without the grammar the random model writes no JSON
+    seen = set()
+    for seed in range(8):
+        config = GenerationConfig(max_new_tokens=40, temperature=1.0, seed=seed, grammar=grammar)
+        seen.add(check(gen.generate(ids, config=config))["label"])
+    assert len(seen) > 1  # sampled: the model chooses among what the grammar allows
+    greedy = GenerationConfig(max_new_tokens=40, grammar=grammar)
+    assert gen.generate(ids, config=greedy) == gen.generate(ids, config=greedy)
+
+
+def test_the_completion_ends_when_the_grammar_is_complete(tiny_backbone):
+    gen = Generator(tiny_backbone)
+    config = GenerationConfig(max_new_tokens=200, grammar=grammar_for(as_format(SCHEMA)))
+    text = gen.generate(tiny_backbone.tokenize("hello"), config=config)
+    check(text)
+    assert text.endswith("}") and len(tiny_backbone.tokenize(text)) < 60  # stopped at the brace, not at 200
+
+
+def test_json_object_and_text(tiny_backbone):
+    gen, ids = Generator(tiny_backbone), tiny_backbone.tokenize("hello")
+    assert grammar_for({"type": "text"}) is None and grammar_for(None) is None
+    # any object; a bounded schema keeps the random model's text short enough to close
+    small = {"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"]}
+    small["additionalProperties"] = False
+    assert json.loads(gen.generate(ids, config=GenerationConfig(grammar=grammar_for(as_format(small))))) in (
+        {"a": True},
+        {"a": False},
+    )
+    text = gen.generate(ids, config=GenerationConfig(max_new_tokens=12, grammar=grammar_for({"type": "json_object"})))
+    assert text.startswith("{")
+
+
+def test_the_grammar_wins_over_repetition_bans(tiny_backbone):
+    """No repeated 1-gram bans every token used once; the schema needs the same item four times."""
+    schema = {"type": "array", "items": {"const": "yes"}, "minItems": 4, "maxItems": 4}
+    config = GenerationConfig(max_new_tokens=40, no_repeat_ngram_size=1, grammar=grammar_for(as_format(schema)))
+    text = Generator(tiny_backbone).generate(tiny_backbone.tokenize("hello"), config=config)
+    assert json.loads(text) == ["yes"] * 4
+
+
+def test_bad_formats_name_the_field():
+    with pytest.raises(DataError, match="'type' is one of text, json_object, json_schema"):
+        grammar_for({"type": "xml"})
+    with pytest.raises(DataError, match=r"response_format.json_schema.schema: give the JSON schema"):
+        grammar_for({"type": "json_schema", "json_schema": {"name": "a"}})
+    with pytest.raises(DataError, match=f"at most {MAX_SCHEMA_CHARS:,}"):
+        grammar_for(as_format({"type": "string", "description": "x" * MAX_SCHEMA_CHARS}))
+    with pytest.raises(DataError, match=r"response_format.json_schema.schema"):
+        grammar_for(as_format({"type": "no-such-type"}))
+    with pytest.raises(DataError, match="num_beams"):
+        GenerationConfig(num_beams=2, grammar=grammar_for(as_format(SCHEMA)))
+
+
+def test_a_constraint_refuses_a_token_outside_the_grammar(tiny_backbone):
+    c = Constraint(tiny_backbone, grammar_for(as_format(SCHEMA)))
+    allowed = c.allowed(len(tiny_backbone.tokenizer))
+    refused = int((~allowed).nonzero()[0, 0])
+    with pytest.raises(DataError, match="broke the grammar"):
+        c.advance(refused)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    template = tmp_path_factory.mktemp("structured") / "pass.yaml"
+    template.write_text('user: "{{ text }}"\n')
+    table = build_table(ServeConfig(model=str(tiny_model_dir)), [f"lm={template}"], {})
+    with ThreadedServer(create_app(ServeConfig(max_wait_ms=200), table)) as server:
+        yield server, table.get("lm")
+
+
+def chat(server, text: str, **kw) -> httpx.Response:
+    body = {"model": "lm", "messages": [{"role": "user", "content": text}], "max_tokens": 48, **kw}
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+
+
+def test_the_server_holds_chat_and_completions_to_the_schema(served):
+    server, _ = served
+    got = chat(server, "is this good?", response_format=as_format(SCHEMA))
+    assert got.status_code == 200, got.text
+    check(got.json()["choices"][0]["message"]["content"])
+    assert got.json()["choices"][0]["finish_reason"] == "stop"
+    body = {"model": "lm", "prompt": "is this good?", "max_tokens": 48, "response_format": as_format(SCHEMA)}
+    done = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+    assert done.status_code == 200, done.text
+    check(done.json()["choices"][0]["text"])
+
+
+def test_a_held_row_leaves_its_batch_mates_as_they_were(served):
+    """Requests decoded in one batch: the free-text one gets what it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _ = served
+    alone = chat(server, "tell me more").json()["choices"][0]["message"]["content"]
+    with ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(chat, server, f"question {i}", response_format=as_format(SCHEMA)) for i in range(3)]
+        free = pool.submit(chat, server, "tell me more")
+        assert free.result().json()["choices"][0]["message"]["content"] == alone
+        for f in held:
+            check(f.result().json()["choices"][0]["message"]["content"])
+
+
+def test_bad_response_formats_are_422s_naming_the_field(served):
+    server, _ = served
+    bad = chat(server, "x", response_format={"type": "json_schema", "json_schema": {"name": "a"}})
+    assert bad.status_code == 422 and "response_format.json_schema.schema" in bad.text
+    odd = chat(server, "x", response_format="json")
+    assert odd.status_code == 422 and "response_format" in odd.text
+    beams = chat(server, "x", response_format=as_format(SCHEMA), num_beams=2)
+    assert beams.status_code == 422 and "num_beams" in beams.text
