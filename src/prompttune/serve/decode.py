@@ -13,7 +13,8 @@ tokens, its own grammar where the request gave a ``response_format`` (``structur
 it allows, ending when it is complete), its own random generator (``seed``), ``max_tokens`` (bounded by the
 context), end tokens and stop strings. A finished row leaves the batch (its keys/values are dropped), so the
 others run on. The keys/values grow in place (``core.kv_cache.GrowingCache``): the prefixes are copied into its
-buffers once per batch. Greedy rows are therefore token for token what ``PromptTask.generate`` / ``Generator.complete`` give alone (tested).
+buffers once per batch. Greedy rows are therefore token for token what ``PromptTask.generate`` /
+``Generator.complete`` give alone (tested).
 
 Rows asking for beam search or ``finish_sentence`` (the server never sends these) are decoded alone by
 ``Generator``. A row whose processors raise (a streaming client went away: ``StreamClosed``) fails alone.
