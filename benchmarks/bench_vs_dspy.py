@@ -78,6 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="MIPROv2's proposer (data summary, instructions): tokens at most per completion",
     )  # fmt: skip
     p.add_argument("--budget-calls", type=int, default=None, help="prompttune's model calls (default: DSPy's)")
+    p.add_argument(
+        "--adapter", choices=("json", "chat"), default="json",
+        help="DSPy's adapter: json (JSONAdapter; the server holds each reply to DSPy's output schema through "
+        "response_format) or chat (ChatAdapter's [[ ## field ## ]] sections, free text; DSPy's JSON fallback)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=int, default=8,
@@ -179,13 +184,24 @@ def dspy_side(name: str, args, server: Server, labels: list[str], train, val, he
                 CountingLM.calls += 1
             return super().forward(*a, **kw)
 
+        # prompttune serve takes OpenAI's response_format with a JSON schema (structured output); DSPy cannot
+        # look a local model up in LiteLLM's catalogue, so the benchmark says so (``--adapter json``)
+        @property
+        def supports_response_schema(self) -> bool:
+            return args.adapter == "json"
+
+        @property
+        def supported_params(self) -> set[str]:
+            return set(super().supported_params) | ({"response_format"} if args.adapter == "json" else set())
+
     def counting_lm(max_tokens: int) -> CountingLM:
         return CountingLM("openai/lm", api_base=server.url, api_key="local", model_type="chat", temperature=0.0,
                           max_tokens=max_tokens, cache=False, num_retries=0)  # fmt: skip
 
     lm = counting_lm(args.max_tokens)
     # a reply DSPy cannot parse scores 0 (its failure_score) instead of ending the run after 10 (its default)
-    dspy.configure(lm=lm, max_errors=10**6)
+    adapter = dspy.JSONAdapter() if args.adapter == "json" else dspy.ChatAdapter()
+    dspy.configure(lm=lm, adapter=adapter, max_errors=10**6)
     sig = dspy.Signature(
         {"text": (str, dspy.InputField()), "label": (typing.Literal[tuple(labels)], dspy.OutputField())},
         "Given the fields `text`, produce the fields `label`.",
