@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+from test_cli import assert_user_error, run_main  # noqa: F401  (fixture)
 
 from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
@@ -147,3 +148,24 @@ def test_bad_response_formats_are_422s_naming_the_field(served):
     assert odd.status_code == 422 and "response_format" in odd.text
     beams = chat(server, "x", response_format=as_format(SCHEMA), num_beams=2)
     assert beams.status_code == 422 and "num_beams" in beams.text
+
+
+def test_generate_cli_json_schema(run_main, tiny_model_dir, tmp_path):  # noqa: F811
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    done = run_main("generate", "hi", "--model", tiny_model_dir, "--max-new-tokens", "40", "--json-schema", schema)
+    assert done.code == 0, done.err
+    check(done.out.strip())  # printed as it is: brackets and braces are not taken for markup
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps({"type": "array", "items": {"const": "x"}, "minItems": 2, "maxItems": 2}))
+    done = run_main("generate", "hi", "--model", tiny_model_dir, "--json-schema", listed)
+    assert done.code == 0 and json.loads(done.out) == ["x", "x"]
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"type": "object",\n "properties": }')
+    bad = run_main("generate", "hi", "--model", tiny_model_dir, "--json-schema", broken)
+    assert_user_error(bad, f"--json-schema {broken} line 2")
+    missing = run_main("generate", "hi", "--model", tiny_model_dir, "--json-schema", tmp_path / "none.json")
+    assert_user_error(missing, "no such file")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"type": "no-such-type"}')
+    assert_user_error(run_main("generate", "hi", "--model", tiny_model_dir, "--json-schema", wrong), "--json-schema")

@@ -170,12 +170,19 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
     num_beams: NumBeamsOpt = 1,
     length_penalty: LengthPenaltyOpt = 1.0,
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(
+            help='Hold the text to JSON valid under the schema in this file ({"type": "object"}: any object).'
+        ),
+    ] = None,
     model: ModelOpt = None,
 ) -> None:
     """Generate free text, with an artifact's prompt or a plain chat prompt."""
     from prompttune.api import generate as generate_text
     from prompttune.core.backbone import set_threads
     from prompttune.core.generate import GenerationConfig
+    from prompttune.structured import grammar_from_file
 
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -187,9 +194,11 @@ def generate(
         no_repeat_ngram_size=no_repeat_ngram_size,
         num_beams=num_beams,
         length_penalty=length_penalty,
+        grammar=grammar_from_file(json_schema) if json_schema is not None else None,
     )
     set_threads()
-    out.print(generate_text(text, artifact_dir, system, config, model, **Settings.backbone_args()))
+    text_out = generate_text(text, artifact_dir, system, config, model, **Settings.backbone_args())
+    out.print(text_out, markup=False, highlight=False)  # model text: brackets are text, not rich markup
 
 
 def models() -> None:

@@ -9,6 +9,6 @@ grammar engine is llguidance (the Rust library behind Guidance, and one of vLLM'
 """
 
 from prompttune.structured.constraint import Constraint, constrained_pick
-from prompttune.structured.response_format import MAX_SCHEMA_CHARS, grammar_for
+from prompttune.structured.response_format import MAX_SCHEMA_CHARS, grammar_for, grammar_from_file
 
-__all__ = ["MAX_SCHEMA_CHARS", "Constraint", "constrained_pick", "grammar_for"]
+__all__ = ["MAX_SCHEMA_CHARS", "Constraint", "constrained_pick", "grammar_for", "grammar_from_file"]

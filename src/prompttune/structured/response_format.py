@@ -42,6 +42,30 @@ def grammar_for(response_format) -> str | None:
     return _from_schema(spec["schema"])
 
 
+def grammar_from_file(path) -> str:
+    """The grammar of a JSON schema in a file (``prompttune generate --json-schema FILE``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f'--json-schema {path}: no such file; give a JSON schema file, e.g. {{"type": "object"}}.')
+    if path.stat().st_size > MAX_SCHEMA_CHARS * 4:
+        raise DataError(
+            f"--json-schema {path}: {path.stat().st_size:,} bytes; a schema is at most {MAX_SCHEMA_CHARS:,} characters."
+        )
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise DataError(f"--json-schema {path}{where}: not JSON ({e}); give a JSON schema object.") from None
+    if not isinstance(schema, dict):
+        raise DataError(f"--json-schema {path}: the schema must be a JSON object, not {type(schema).__name__}.")
+    try:
+        return _from_schema(schema)
+    except DataError as e:
+        raise DataError(str(e).replace("response_format.json_schema.schema", f"--json-schema {path}", 1)) from None
+
+
 def _from_schema(schema: dict) -> str:
     from llguidance import LLMatcher
 
