@@ -22,16 +22,20 @@ DSPy runs with ``--threads`` (8) concurrent requests, which the server decodes i
 bootstrapping is sequential in DSPy. A reply DSPy cannot parse (even after its JSON fallback, a second call)
 scores 0, as in DSPy's own ``Evaluate``, instead of ending the run after DSPy's default of 10 such errors.
 
-The run measured on 2026-12-02 (the default model, 2 cores; about 27 minutes, 25 of them DSPy's, at ~2.8 s a row;
-results in docs/programs.md):
+DSPy's adapter is its ``JSONAdapter`` (``--adapter json``): the server holds each reply to DSPy's output schema
+(``response_format``), so every reply parses. Measured on 2026-12-05 with the defaults (the issue's sizes; 9.5
+minutes for all four; docs/programs.md): DSPy 0.513 / 0.457 held-out, prompttune 0.526 / 0.774.
+
+The run measured on 2026-12-02 with ``--adapter chat`` (the default model, 2 cores; about 27 minutes, 25 of them
+DSPy's, at ~2.8 s a row; results in docs/programs.md):
 
     .venv/bin/python benchmarks/bench_vs_dspy.py --optimizers random-search --train-rows 20 --val-rows 50 \\
         --heldout 200 --candidates 1 --max-demos 2 --max-labeled 2 --max-tokens 32
 
-With the default model few of DSPy's replies parse, so its bootstrapping (one row at a time) walks through every
-training row looking for passing traces: from 200 rows one demo set took over 15 minutes, and MIPROv2 builds a
-demo set per candidate. The issue's sizes (``--train-rows 200 --val-rows 100 --heldout 1000 --candidates 8
---trials 12 --instructions 4``) take several hours on such a machine.
+With the chat adapter few of the default model's replies parse, so DSPy's bootstrapping (one row at a time) walks
+through every training row looking for passing traces: from 200 rows one demo set took over 15 minutes, and
+MIPROv2 builds a demo set per candidate. Then the issue's sizes (``--train-rows 200 --val-rows 100 --heldout 1000
+--candidates 8 --trials 12 --instructions 4``) take several hours on such a machine (with the JSON adapter: 9.5 min).
 
 Smoke run (a tiny random model: both sides run end to end; the accuracies mean nothing):
 

@@ -169,3 +169,30 @@ def test_generate_cli_json_schema(run_main, tiny_model_dir, tmp_path):  # noqa: 
     wrong = tmp_path / "wrong.json"
     wrong.write_text('{"type": "no-such-type"}')
     assert_user_error(run_main("generate", "hi", "--model", tiny_model_dir, "--json-schema", wrong), "--json-schema")
+
+
+def test_the_openai_clients_parse_and_stream_read_the_held_json(served):
+    """The official client: ``chat.completions.parse`` with a pydantic model (it sends a strict json_schema and
+    validates the reply), and a streamed completion whose pieces add up to the held JSON."""
+    import typing
+
+    import openai
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        label: typing.Literal["positive", "negative", "neutral"]
+        sure: bool
+
+    server, _ = served
+    api = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "is this good?"}]
+    parsed = api.chat.completions.parse(model="lm", messages=messages, response_format=Answer, max_tokens=48)
+    answer = parsed.choices[0].message.parsed
+    assert isinstance(answer, Answer) and answer.label in LABELS
+    whole = api.chat.completions.create(model="lm", messages=messages, max_tokens=48,
+                                        response_format=as_format(SCHEMA)).choices[0].message.content  # fmt: skip
+    pieces = api.chat.completions.create(
+        model="lm", messages=messages, max_tokens=48, response_format=as_format(SCHEMA), stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+    assert streamed == whole and check(streamed)
