@@ -13,6 +13,7 @@ is a cached key/value prefix); an LM that cannot returns None and the module gen
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -31,6 +32,7 @@ class Prompt:
     answer: str = ""  # the reply's start, e.g. "sentiment:"
     stop: tuple[str, ...] = ()
     plain: bool = False  # a completion-style text (each demo "user\nassistant", blank-line separated), no chat turns
+    form: str | None = None  # the reply's form as a Lark grammar (reply_form.py): an LM that can holds its text to it
 
     def text(self) -> str:
         """The prompt as one plain text (completion endpoints, the fake LM's view)."""
@@ -116,6 +118,18 @@ class FakeLM(LM):
         return [[s - b for s, b in zip(row, base, strict=True)] for row in rows]
 
 
+@functools.lru_cache(maxsize=64)
+def _lark_grammar(form: str) -> str:
+    """llguidance's grammar of a reply form (a Lark text), checked once per form."""
+    from llguidance import LLMatcher
+
+    grammar = LLMatcher.grammar_from_lark(form)
+    error = LLMatcher.validate_grammar(grammar)
+    if error:
+        raise DataError(f"the reply's form does not make a grammar: {error}")
+    return grammar
+
+
 def _raw(text: str) -> str:
     """Literal text inside a Jinja2 template (a demo or instruction may hold braces)."""
     if "endraw" in text:
@@ -178,7 +192,9 @@ class BackboneLM(LM):
         return spec
 
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
-        config = self.config.replace(max_new_tokens=max_tokens, stop=prompt.stop)
+        """The reply, held to ``prompt.form`` where it has one (so it parses: reply_form.py)."""
+        grammar = _lark_grammar(prompt.form) if prompt.form else None
+        config = self.config.replace(max_new_tokens=max_tokens, stop=prompt.stop, grammar=grammar)
         return prompt.answer + self.generator.complete(self._spec(prompt), {"row": prompt.user}, config)
 
     def choose(self, prompt: Prompt, options: Sequence[str], baseline: Prompt | None = None) -> str:
