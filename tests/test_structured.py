@@ -4,6 +4,7 @@ the generation verb and in the server's batched loop (``response_format``), with
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -196,3 +197,21 @@ def test_the_openai_clients_parse_and_stream_read_the_held_json(served):
     )
     streamed = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
     assert streamed == whole and check(streamed)
+
+
+def test_vllm_guided_fields(served):
+    server, _ = served
+    choice = chat(server, "pick one", guided_choice=["alpha beta", "gamma", "delta"])
+    assert choice.status_code == 200, choice.text
+    assert choice.json()["choices"][0]["message"]["content"] in ("alpha beta", "gamma", "delta")
+    digits = chat(server, "a number", guided_regex="[0-9]{2,4}-[a-c]")
+    assert digits.status_code == 200, digits.text
+    assert re.fullmatch("[0-9]{2,4}-[a-c]", digits.json()["choices"][0]["message"]["content"])
+    held = chat(server, "json", guided_json=SCHEMA)
+    check(held.json()["choices"][0]["message"]["content"])
+    both = chat(server, "x", guided_choice=["a"], response_format=as_format(SCHEMA))
+    assert both.status_code == 422 and "at most one way" in both.text
+    for bad, field in (({"guided_choice": []}, "guided_choice"), ({"guided_regex": "("}, "guided_regex"),
+                       ({"guided_json": "x"}, "guided_json")):  # fmt: skip
+        got = chat(server, "x", **bad)
+        assert got.status_code == 422 and field in got.text, got.text

@@ -19,7 +19,8 @@ Structured output: ``response_format`` as OpenAI takes it, ``{"type": "json_obje
 "json_schema", "json_schema": {"name", "schema"}}``, holds the completion to a JSON object (valid under the schema)
 token by token (``structured/``); ``{"type": "text"}`` is the default. The JSON comes compact (``", "`` and ``": "``
 between items, no other whitespace); cut short by ``max_tokens`` it is incomplete, and ``finish_reason`` says
-``length``. Not with ``num_beams`` > 1.
+``length``. Not with ``num_beams`` > 1. vLLM's ``guided_choice`` / ``guided_regex`` / ``guided_json`` are taken too
+(``structured/guided.py``).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from prompttune.core.generate import GenerationConfig
 from prompttune.serve.http import ApiError, Server, as_api_error, text_size
 from prompttune.serve.streaming import TokenStream, sse
 from prompttune.serve.tasks import ServedTask
-from prompttune.structured import grammar_for
+from prompttune.structured import GUIDED, request_grammar
 
 COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n", "user",
-                     "num_beams", "length_penalty", "response_format"}  # fmt: skip
+                     "num_beams", "length_penalty", "response_format", *GUIDED}  # fmt: skip
 CHAT_FIELDS = (COMPLETION_FIELDS - {"prompt"}) | {"messages", "max_completion_tokens", "stream_options"}
 IGNORED = {"user", "stream_options"}  # accepted and not used
 DEFAULT_MAX_TOKENS = 64
@@ -148,7 +149,7 @@ def _common(server: Server, request: Request, body: dict, allowed: set) -> tuple
             stop=tuple(stop),
             num_beams=1 if beams is None else beams,
             length_penalty=1.0 if length_penalty is None else length_penalty,
-            grammar=grammar_for(body.get("response_format")),
+            grammar=request_grammar(body),
         )
     except PromptTuneError as e:  # names the setting; the request field has the same name
         raise ApiError(422, str(e).replace(" (--", " (field of the request; flag --", 1)) from None
