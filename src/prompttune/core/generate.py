@@ -94,8 +94,8 @@ class GenerationConfig:
             )
         if self.grammar is not None and (self.num_beams > 1 or self.draft_tokens or self.finish_sentence):
             raise DataError(
-                "response_format: structured output decodes one hypothesis token by token; use it without "
-                "num_beams > 1, draft_tokens or finish_sentence."
+                "grammar (response_format, --json-schema): held output decodes one hypothesis token by token; use it "
+                "without num_beams > 1, draft_tokens or finish_sentence."
             )
         _number("temperature", self.temperature, "0 (greedy) or more", lambda x: x >= 0)
         _number("top_p", self.top_p, "a number in (0, 1]", lambda x: 0 < x <= 1)
