@@ -13,11 +13,11 @@ is a cached key/value prefix); an LM that cannot returns None and the module gen
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from prompttune.core.errors import DataError
+from prompttune.structured.grammar import lark_grammar
 
 MAX_CHOOSE_OPTIONS = 64
 
@@ -118,18 +118,6 @@ class FakeLM(LM):
         return [[s - b for s, b in zip(row, base, strict=True)] for row in rows]
 
 
-@functools.lru_cache(maxsize=64)
-def _lark_grammar(form: str) -> str:
-    """llguidance's grammar of a reply form (a Lark text), checked once per form."""
-    from llguidance import LLMatcher
-
-    grammar = LLMatcher.grammar_from_lark(form)
-    error = LLMatcher.validate_grammar(grammar)
-    if error:
-        raise DataError(f"the reply's form does not make a grammar: {error}")
-    return grammar
-
-
 def _raw(text: str) -> str:
     """Literal text inside a Jinja2 template (a demo or instruction may hold braces)."""
     if "endraw" in text:
@@ -193,7 +181,7 @@ class BackboneLM(LM):
 
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
         """The reply, held to ``prompt.form`` where it has one (so it parses: reply_form.py)."""
-        grammar = _lark_grammar(prompt.form) if prompt.form else None
+        grammar = lark_grammar(prompt.form, "the reply's form") if prompt.form else None
         config = self.config.replace(max_new_tokens=max_tokens, stop=prompt.stop, grammar=grammar)
         return prompt.answer + self.generator.complete(self._spec(prompt), {"row": prompt.user}, config)
 

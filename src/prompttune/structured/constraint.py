@@ -1,9 +1,9 @@
 """One completion held to a grammar while it decodes: which tokens may come next, and where it must end.
 
-Each step the decoder's logits are masked to the tokens the grammar allows (``Constraint.mask``; the model
-still chooses among them, greedy or sampled), and the picked token is fed to the grammar (``advance``). When
-the grammar is complete and allows nothing more (a JSON object closed) the completion ends (``finished``);
-where it could go on or end, an end token is among the allowed ones and the model decides.
+Each step the decoder's logits are masked to the tokens the grammar allows (``Constraint.allowed``,
+``constrained_pick``; the model still chooses among them, greedy or sampled), and the picked token is fed to the
+grammar (``advance``). When the grammar is complete and allows nothing more (a JSON object closed) the completion
+ends (``finished``); where it could go on or end, an end token is among the allowed ones and the model decides.
 """
 
 from __future__ import annotations
@@ -48,11 +48,6 @@ class Constraint:
         out[:n] = torch.from_numpy(bits[:n].astype(bool))
         return out
 
-    def mask(self, logits: Tensor) -> Tensor:
-        """``logits`` (1, vocab) with every token the grammar refuses at -inf (a copy)."""
-        keep = self.allowed(logits.shape[-1]).to(logits.device)
-        return logits.masked_fill(~keep, float("-inf"))
-
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise DataError(f"response_format: token {token} broke the grammar: {self.matcher.get_error()}")
@@ -69,7 +64,8 @@ def constrained_pick(constraint: Constraint | None, raw: Tensor, processed: Tens
     grammar wins and the raw logits choose."""
     if constraint is None:
         return pick(processed)
-    logits = constraint.mask(processed)
+    refused = ~constraint.allowed(processed.shape[-1]).to(processed.device)  # one mask a step, used for both
+    logits = processed.masked_fill(refused, float("-inf"))
     if not torch.isfinite(logits).any():
-        logits = constraint.mask(raw)
+        logits = raw.masked_fill(refused, float("-inf"))
     return pick(logits)

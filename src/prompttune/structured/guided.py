@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from prompttune.core.errors import DataError
+from prompttune.structured.grammar import checked, lark_grammar
 from prompttune.structured.response_format import grammar_for
 
 GUIDED = ("guided_choice", "guided_regex", "guided_json")
@@ -31,8 +32,6 @@ def request_grammar(body: dict) -> str | None:
         if not isinstance(value, dict):
             raise DataError("guided_json: give a JSON schema object.")
         return grammar_for({"type": "json_schema", "json_schema": {"schema": value}})
-    from llguidance import LLMatcher
-
     if key == "guided_choice":
         ok = isinstance(value, list) and 0 < len(value) <= MAX_CHOICES
         if not ok or not all(isinstance(c, str) and 0 < len(c) <= MAX_CHOICE_CHARS for c in value):
@@ -40,16 +39,9 @@ def request_grammar(body: dict) -> str | None:
                 f"guided_choice: give 1 to {MAX_CHOICES} non-empty strings of at most {MAX_CHOICE_CHARS} characters."
             )
         lark = "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(value)) + "\n"
-        return _checked(key, LLMatcher.grammar_from_lark(lark))
+        return lark_grammar(lark, key)
     if not isinstance(value, str) or not 0 < len(value) <= MAX_REGEX_CHARS:
         raise DataError(f"guided_regex: give a regular expression of 1 to {MAX_REGEX_CHARS:,} characters.")
-    return _checked(key, LLMatcher.grammar_from_regex(value))
-
-
-def _checked(key: str, grammar: str) -> str:
     from llguidance import LLMatcher
 
-    error = LLMatcher.validate_grammar(grammar)
-    if error:
-        raise DataError(f"{key}: {error}")
-    return grammar
+    return checked(key, LLMatcher.grammar_from_regex(value))

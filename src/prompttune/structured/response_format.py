@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from prompttune.core.errors import DataError
+from prompttune.structured.grammar import checked
 
 MAX_SCHEMA_CHARS = 32_000  # a schema's JSON text at most: its grammar is built per request
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -78,7 +79,4 @@ def _from_schema(schema: dict) -> str:
         grammar = LLMatcher.grammar_from_json_schema(text, overrides=JSON_OPTIONS)
     except ValueError as e:
         raise DataError(f"response_format.json_schema.schema: {e}") from None
-    error = LLMatcher.validate_grammar(grammar)
-    if error:
-        raise DataError(f"response_format.json_schema.schema: not a schema this server can hold output to: {error}")
-    return grammar
+    return checked("response_format.json_schema.schema: not a schema this server can hold output to", grammar)
