@@ -215,3 +215,50 @@ def test_vllm_guided_fields(served):
                        ({"guided_json": "x"}, "guided_json")):  # fmt: skip
         got = chat(server, "x", **bad)
         assert got.status_code == 422 and field in got.text, got.text
+
+
+def test_vllm_guided_grammar(served):
+    server, _ = served
+    lark = 'start: "n=" NUM ("," NUM)?\nNUM: /[0-9]{1,3}/\n'
+    got = chat(server, "numbers", guided_grammar=lark)
+    assert got.status_code == 200, got.text
+    assert re.fullmatch(r"n=[0-9]{1,3}(,[0-9]{1,3})?", got.json()["choices"][0]["message"]["content"])
+    for bad in ("start: (", "", "x" * 40_000, 3):
+        got = chat(server, "x", guided_grammar=bad)
+        assert got.status_code == 422 and "guided_grammar" in got.text, got.text
+
+
+@pytest.fixture(scope="module")
+def served_long(tmp_path_factory, long_model_dir):
+    """The pass-through task on the tiny decoder with a 4,096-token context (a step's system text is long in its
+    tokens, and the chat route sends it)."""
+    template = tmp_path_factory.mktemp("structured-long") / "pass.yaml"
+    template.write_text('user: "{{ text }}"\n')
+    table = build_table(ServeConfig(model=str(long_model_dir)), [f"lm={template}"], {})
+    with ThreadedServer(create_app(ServeConfig(max_wait_ms=50), table)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", ["completions", "chat"])
+def test_a_program_on_the_server_gets_replies_that_parse_when_guided(served_long, mode):
+    """A program's typed step run against ``prompttune serve``: with ``guided=True`` its reply form travels as
+    ``guided_grammar`` and the random model's replies parse on the first try; without it they do not."""
+    from prompttune.programs import OutputParseError, Predict, Signature, using
+    from prompttune.programs.lm_http import OpenAILM
+
+    server = served_long
+    typed = Signature.parse("question -> count: number, verdict: one of yes, no")
+    step = Predict(typed, max_retries=0, max_tokens=90)
+    with using(OpenAILM(server.url + "/v1", "lm", mode=mode, guided=True, timeout=120)):
+        for question in ("how many cats?", "is it raining"):
+            out = step(question=question)
+            assert isinstance(out.count, int | float) and out.verdict in ("yes", "no")
+    with using(OpenAILM(server.url + "/v1", "lm", mode=mode, timeout=120)), pytest.raises(OutputParseError):
+        step(question="how many cats?")
+
+
+def test_guided_needs_a_server(run_main, tiny_model_dir, tmp_path):  # noqa: F811
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "how many?"}\n')
+    got = run_main("run", "question -> count: number", str(rows), "--model", str(tiny_model_dir), "--guided")
+    assert_user_error(got, "--guided", "--base-url")

@@ -33,6 +33,14 @@ ApiKeyOpt = Annotated[str | None, typer.Option(envvar="PROMPTTUNE_API_KEY", help
 ApiModeOpt = Annotated[
     str, typer.Option(help="With --base-url: chat (/chat/completions) or completions (/completions, one text).")
 ]
+GuidedOpt = Annotated[
+    bool,
+    typer.Option(
+        help="With --base-url: send each reply's form (labels, numbers, JSON) as vLLM's guided_grammar, so the "
+        "server holds replies to it (prompttune serve; vLLM's guidance backend). Not for servers that refuse "
+        "unknown fields."
+    ),
+]
 LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N rows of each data file.")]
 
 
@@ -81,6 +89,7 @@ def optimize(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     api_mode: ApiModeOpt = "chat",
+    guided: GuidedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize a program's instructions and demos against a metric; save it as readable JSON."""
@@ -109,7 +118,7 @@ def optimize(
         )
 
     def lm():  # loaded once the flags, files and program have been checked
-        return make_lm(model, base_url, api_key, api_mode, **Settings.backbone_args())
+        return make_lm(model, base_url, api_key, api_mode, guided=guided, **Settings.backbone_args())
 
     extra = tuple(instruction or ())
     summary = optimize_files(
@@ -140,13 +149,14 @@ def run(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     api_mode: ApiModeOpt = "chat",
+    guided: GuidedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a program (saved by optimize, a program file or a signature) over rows: outputs and score."""
     from prompttune.programs.run import make_lm, run_file
 
     def lm():
-        return make_lm(model, base_url, api_key, api_mode, **Settings.backbone_args())
+        return make_lm(model, base_url, api_key, api_mode, guided=guided, **Settings.backbone_args())
 
     report = run_file(program, data, lm, metric, limit)
     if not as_json:

@@ -7,6 +7,12 @@ continues the answer's start: use it with ``prompttune serve`` and a pass-throug
 (a file holding ``user: "{{ text }}"`` and ``chat: false``), since its chat route fills only the task's
 own field from the last user message.
 
+``guided=True`` sends each reply's form (``Prompt.form``: label sets, numbers, JSON; reply_form.py) as vLLM's
+``guided_grammar`` field, a Lark grammar in llguidance's dialect, so the server holds the reply to it and it
+parses: ``prompttune serve`` takes it, and vLLM with ``--guided-decoding-backend guidance``. Off by default:
+servers that reject unknown fields (OpenAI's own) would refuse every request. In chat mode the grammar
+starts with the answer's ``name:`` (the assistant's reply starts from nothing).
+
 Greedy (temperature 0). Network and HTTP errors become a ModelError naming the URL and what came back.
 """
 
@@ -16,6 +22,7 @@ import json
 
 from prompttune.core.errors import DataError, ModelError
 from prompttune.programs.lm import LM, Prompt
+from prompttune.programs.reply_form import headed
 
 MAX_REPLY_CHARS = 100_000
 MODES = ("chat", "completions")
@@ -30,6 +37,7 @@ class OpenAILM(LM):
         mode: str = "chat",
         timeout: float = 60.0,
         transport=None,
+        guided: bool = False,
     ):
         import httpx
 
@@ -38,6 +46,7 @@ class OpenAILM(LM):
         if not base_url.startswith(("http://", "https://")):
             raise DataError(f"OpenAILM base_url {base_url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1.")
         self.base_url, self.model, self.mode, self.name = base_url.rstrip("/"), model, mode, f"openai:{model}"
+        self.guided = guided
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
 
@@ -45,7 +54,10 @@ class OpenAILM(LM):
         body: dict = {"model": self.model, "max_tokens": max_tokens, "temperature": 0}
         if prompt.stop:
             body["stop"] = list(prompt.stop[:4])  # OpenAI accepts at most 4
-        if self.mode == "chat" and not prompt.plain:  # a plain prompt is a completion text on either endpoint
+        chat = self.mode == "chat" and not prompt.plain  # a plain prompt is a completion text on either endpoint
+        if self.guided and prompt.form:
+            body["guided_grammar"] = headed(prompt.form, prompt.answer.strip()) if chat else prompt.form
+        if chat:
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
             for user, assistant in prompt.demos:
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]

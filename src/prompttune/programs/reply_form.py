@@ -10,9 +10,12 @@ value, then for every later field a newline, its name as shown, a colon, a space
 - json: any JSON value (llguidance's ``%json``);
 - text: one line of 1 to 1,000 characters (a chain of thought's reasoning: one paragraph).
 
+``headed`` puts the answer's start in front, for a server's chat route, whose reply starts from nothing.
+
 A reply of text fields only is not held (nothing in it can fail to parse, and text may run over lines). The
-in-process backbone holds a generated reply to the form (``BackboneLM.complete``); other LMs get the same
-prompt without it and their replies are parsed, with retries, as before.
+in-process backbone holds a generated reply to the form (``BackboneLM.complete``), a server does where it is
+sent as vLLM's ``guided_grammar`` (``OpenAILM(guided=True)``); other LMs get the same prompt without it and their
+replies are parsed, with retries, as before.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ def reply_form(outputs: tuple[Field, ...], shown=lambda name: name) -> str | Non
             value = _VALUE[f.kind]
         rules.append(f"v{i}: {value}")
     return "\n".join(["start: " + " ".join(seq), *rules]) + "\n"
+
+
+def headed(form: str, head: str) -> str:
+    """The form with ``head`` (the answer's start, e.g. ``sentiment:``) written before its first value."""
+    first, rest = form.split("\n", 1)
+    if not first.startswith("start: ") or not head:
+        return form
+    return f"start: {_literal(head)} {first[len('start: '):]}\n{rest}"
 
 
 def _literal(text: str) -> str:

@@ -33,14 +33,17 @@ LABEL_SET_MAX = 20
 
 
 def make_lm(model: str | None = None, base_url: str | None = None, api_key: str | None = None, mode: str = "chat",
-            dtype: str | None = None, device: str | None = None) -> LM:  # fmt: skip
-    """The in-process backbone (``model``), or an OpenAI-compatible server at ``base_url`` serving ``model``."""
+            dtype: str | None = None, device: str | None = None, guided: bool = False) -> LM:  # fmt: skip
+    """The in-process backbone (``model``), or an OpenAI-compatible server at ``base_url`` serving ``model``
+    (``guided``: replies' forms sent as ``guided_grammar``, lm_http.py)."""
     if base_url:
         from prompttune.programs.lm_http import OpenAILM
 
         if not model:
             raise DataError("--base-url: give --model too, the name the server knows the model by.")
-        return OpenAILM(base_url, model, api_key=api_key, mode=mode)
+        return OpenAILM(base_url, model, api_key=api_key, mode=mode, guided=guided)
+    if guided:
+        raise DataError("--guided: only with --base-url (the in-process model always holds replies to their form).")
     from prompttune.core.backbone import Backbone
     from prompttune.programs.lm import BackboneLM
 

@@ -3,6 +3,8 @@
     "guided_choice": ["positive", "negative"]     the completion is exactly one of these strings
     "guided_regex": "[0-9]{1,3}"                  the completion matches this regular expression
     "guided_json": {...JSON schema...}            as response_format json_schema
+    "guided_grammar": "start: ..."                the completion is a sentence of this Lark grammar
+                                                  (llguidance's dialect: vLLM's ``guidance`` backend's)
 
 At most one of them, and not with ``response_format`` (an error names both). Outside OpenAI's schema, as
 ``num_beams`` is: the ``openai`` client sends them with ``extra_body``.
@@ -16,8 +18,8 @@ from prompttune.core.errors import DataError
 from prompttune.structured.grammar import checked, lark_grammar
 from prompttune.structured.response_format import grammar_for
 
-GUIDED = ("guided_choice", "guided_regex", "guided_json")
-MAX_CHOICES, MAX_CHOICE_CHARS, MAX_REGEX_CHARS = 256, 500, 4000
+GUIDED = ("guided_choice", "guided_regex", "guided_json", "guided_grammar")
+MAX_CHOICES, MAX_CHOICE_CHARS, MAX_REGEX_CHARS, MAX_GRAMMAR_CHARS = 256, 500, 4000, 32_000
 
 
 def request_grammar(body: dict) -> str | None:
@@ -40,6 +42,10 @@ def request_grammar(body: dict) -> str | None:
             )
         lark = "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(value)) + "\n"
         return lark_grammar(lark, key)
+    if key == "guided_grammar":
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_GRAMMAR_CHARS:
+            raise DataError(f"guided_grammar: give a Lark grammar of 1 to {MAX_GRAMMAR_CHARS:,} characters.")
+        return lark_grammar(value, key)
     if not isinstance(value, str) or not 0 < len(value) <= MAX_REGEX_CHARS:
         raise DataError(f"guided_regex: give a regular expression of 1 to {MAX_REGEX_CHARS:,} characters.")
     from llguidance import LLMatcher
