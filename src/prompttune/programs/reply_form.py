@@ -52,7 +52,7 @@ def headed(form: str, head: str) -> str:
     first, rest = form.split("\n", 1)
     if not first.startswith("start: ") or not head:
         return form
-    return f"start: {_literal(head)} {first[len('start: '):]}\n{rest}"
+    return f"start: {_literal(head)} {first[len('start: ') :]}\n{rest}"
 
 
 def _literal(text: str) -> str:
