@@ -262,3 +262,24 @@ def test_guided_needs_a_server(run_main, tiny_model_dir, tmp_path):  # noqa: F81
     rows.write_text('{"question": "how many?"}\n')
     got = run_main("run", "question -> count: number", str(rows), "--model", str(tiny_model_dir), "--guided")
     assert_user_error(got, "--guided", "--base-url")
+
+
+def test_a_completion_cut_by_the_context_says_length(served):
+    """The tiny decoder holds 256 positions: a prompt that leaves less room than max_tokens, and a grammar that
+    cannot end before 300 letters, run the reply to the context's end: finish_reason is "length" (a client's cue
+    that the text is cut, as DSPy reads it), streamed or not, and usage counts the tokens the model saw."""
+    server, _ = served
+    text, endless = "go on " * 30, "[a-z]{300,400}"
+    got = chat(server, text, max_tokens=240, guided_regex=endless)
+    assert got.status_code == 200, got.text
+    choice, usage = got.json()["choices"][0], got.json()["usage"]
+    assert choice["finish_reason"] == "length"
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 256 and usage["completion_tokens"] < 240
+    assert usage["prompt_tokens"] > len(text.split())  # the rendered prompt, not the client's words alone
+    body = {"model": "lm", "messages": [{"role": "user", "content": text}], "max_tokens": 240, "stream": True,
+            "guided_regex": endless}  # fmt: skip
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    ok = chat(server, "pick one", guided_choice=["alpha", "beta"], max_tokens=30).json()
+    assert ok["choices"][0]["finish_reason"] == "stop" and ok["usage"]["completion_tokens"] < 30

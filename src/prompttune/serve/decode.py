@@ -62,6 +62,21 @@ def prepare(served, values: dict, config: GenerationConfig) -> GenRow:
     return GenRow(ids, prefix, None, config)
 
 
+class Completion(str):
+    """A row's text, with what an OpenAI reply says of it: why it ended (``finish``: "length" when its token
+    limit, ``max_tokens`` or the room left in the context, ended it, else "stop") and its prompt's tokens (the
+    task's cached prefix and the rendered row, not the client's text alone)."""
+
+    finish: str
+    prompt_tokens: int
+    tokens: int
+
+    def __new__(cls, text: str, finish: str, prompt_tokens: int, tokens: int):
+        new = super().__new__(cls, text)
+        new.finish, new.prompt_tokens, new.tokens = finish, prompt_tokens, tokens
+        return new
+
+
 @dataclass
 class _State:
     """A row in the loop: what it generated, and its result (text or error) once done."""
@@ -73,6 +88,8 @@ class _State:
     constraint: Constraint | None = None  # response_format: the grammar this row's text is held to
     out: list[int] = field(default_factory=list)
     result: str | BaseException | None = None
+    prompt_tokens: int = 0
+    finish: str = "stop"  # "length": ended by its token limit
 
 
 class _Hook:
@@ -99,7 +116,9 @@ def decode(backbone: Backbone, rows: Sequence[GenRow]) -> list[str | BaseExcepti
             start = _length(r.prefix)
             limit = min(r.config.max_new_tokens, gen._check_room(start, len(r.ids)))
             rng = torch.Generator().manual_seed(r.config.seed)
-            states.append((i, _State(r, limit, r.config.processors(), rng, r.config.constraint(backbone))))
+            state = _State(r, limit, r.config.processors(), rng, r.config.constraint(backbone))
+            state.prompt_tokens = start + len(r.ids)
+            states.append((i, state))
         except Exception as e:  # noqa: BLE001 - this row's error is its request's answer
             results[i] = e
     if states:
@@ -136,7 +155,14 @@ def _loop(backbone: Backbone, states: list[_State]) -> list[str | BaseException]
         input_ids, embeds = torch.tensor([[picked[j]] for j in keep]), None
         positions = positions[:, -1:] + 1
         attention = torch.cat([attention, torch.ones(len(live), 1, dtype=attention.dtype, device=attention.device)], 1)
-    return [s.result if s.result is not None else tok.decode(s.out, skip_special_tokens=True) for s in states]
+    return [_result(s, tok) for s in states]
+
+
+def _result(s: _State, tok) -> str | BaseException:
+    if isinstance(s.result, BaseException):
+        return s.result
+    text = s.result if s.result is not None else tok.decode(s.out, skip_special_tokens=True)
+    return Completion(text, s.finish, s.prompt_tokens, len(s.out))
 
 
 def _advance(s: _State, logits: Tensor, step: int, tok, ends) -> int | None:
@@ -165,7 +191,7 @@ def _advance(s: _State, logits: Tensor, step: int, tok, ends) -> int | None:
             s.result = text[:cut]
             return None
     if step + 1 >= s.limit:
-        s.result = tok.decode(s.out, skip_special_tokens=True)
+        s.result, s.finish = tok.decode(s.out, skip_special_tokens=True), "length"
         return None
     return nxt
 

@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 
 from prompttune.core.errors import PromptTuneError
 from prompttune.core.generate import GenerationConfig
+from prompttune.serve.decode import Completion
 from prompttune.serve.http import ApiError, Server, as_api_error, text_size
 from prompttune.serve.streaming import TokenStream, sse
 from prompttune.serve.tasks import ServedTask
@@ -256,7 +257,9 @@ def _stream(server: Server, served: ServedTask, values: dict, config: Generation
             return
         finally:
             job.cancelled = True  # not started yet: skipped; running: stops at its next token
-        yield chunk("", _finish(served, "".join(parts), config))
+        f = job.future
+        whole = f.result() if f.done() and not f.cancelled() and f.exception() is None else "".join(parts)
+        yield chunk("", _finish(served, whole, config))
 
     return sse(events())
 
@@ -266,9 +269,16 @@ def _error(e: ApiError) -> dict:
 
 
 def _finish(served: ServedTask, text: str, config: GenerationConfig) -> str:
+    """ "length" where the token limit (``max_tokens``, or the room the context left) ended the text, else "stop"."""
+    if isinstance(text, Completion):
+        return text.finish
     return "length" if len(served.backbone.tokenize(text)) >= config.max_new_tokens else "stop"
 
 
 def _usage(served: ServedTask, prompt: str, text: str) -> dict:
-    p, c = len(served.backbone.tokenize(prompt)), len(served.backbone.tokenize(text))
+    """Tokens as the model saw them: the task's prefix and rendered prompt, and those it generated."""
+    if isinstance(text, Completion):
+        p, c = text.prompt_tokens, text.tokens
+    else:
+        p, c = len(served.backbone.tokenize(prompt)), len(served.backbone.tokenize(text))
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
