@@ -272,7 +272,7 @@ def test_transfer_shape_must_fit(run_main, mpt_pack, files, tiny_model_dir):
         "--max-steps",
         "1",
     )
-    assert_user_error(run, "--init-from", "8 soft tokens", "10")
+    assert_user_error(run, "--init-from", "8 soft tokens", "10", "--form early")
 
 
 def test_duplicate_names_and_bad_specs(run_main, files, tiny_model_dir):

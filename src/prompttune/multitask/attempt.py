@@ -34,6 +34,7 @@ from prompttune.core.template import SoftSlot, Template
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.methods.base import split_lead
 from prompttune.methods.prompt_tuning import PromptTuning, PromptTuningConfig
+from prompttune.multitask.specs import shape_mismatch
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import PromptModel
 
@@ -279,11 +280,7 @@ def mixture_task(task: PromptTask, init_from: str | Path) -> tuple[MixtureTask, 
     if own is None:
         raise DataError("--source-task mixture: mixes prompt tuning's soft tokens; train with --method prompt-tuning.")
     if tuple(own.shape) != tuple(sources.shape[1:]):
-        raise DataError(
-            f"--init-from: the source prompts of {path} are {sources.shape[1]} soft tokens x {sources.shape[2]}, the "
-            f"new task's prompt {own.shape[0]} x {own.shape[1]}; use the pack's --num-virtual-tokens and a template "
-            "with the same soft slots."
-        )
+        raise shape_mismatch(f"each source prompt of {path}", tuple(sources.shape[1:]), tuple(own.shape))
     config = {**task.method_config, "sources": len(names)}
     seed = int(torch.randint(0, 2**31 - 1, (1,)))  # follows the run's seed (PromptTask.create seeded torch)
     mixed = MixtureTask.build(b, task.model.template, task.model.verbalizer, config, seed)

@@ -98,3 +98,13 @@ def task_templates(backbone: Backbone, data: list[TaskData], form: str, uniform:
     if uniform and len({n.endswith("-late") for n in names.values()}) > 1:
         names = {k: n.removesuffix("-late") for k, n in names.items()}
     return names
+
+
+def shape_mismatch(what: str, source: tuple[int, ...], own: tuple[int, ...]) -> DataError:
+    """The error of a transfer whose source prompt and new prompt differ in shape, with how to line them up."""
+    return DataError(
+        f"--init-from: {what} is {source[0]} soft tokens x {source[1]}, the new task's prompt {own[0]} x {own[1]}; "
+        "use a template with the same soft slots as the pack's tasks, and its --num-virtual-tokens. A pack's "
+        "templates follow train-multi's --form: 'auto' gives one task with long rows the late form "
+        "(classify-late); --form early gives --template classify's (classify-pair's for pairs)."
+    )

@@ -15,7 +15,7 @@ from torch import Tensor
 from prompttune.core import artifact
 from prompttune.core.errors import ArtifactError, DataError
 from prompttune.multitask.attempt import MIXTURE, mixture_sources, mixture_task
-from prompttune.multitask.specs import task_index
+from prompttune.multitask.specs import shape_mismatch, task_index
 from prompttune.task import Task
 
 SHARED = "shared"
@@ -60,11 +60,7 @@ def init_from_pack(task: Task, init_from: str | Path, source_task: str | None = 
     if own is None or not hasattr(method, "load_table"):
         raise DataError(f"--init-from: starts prompt tuning's soft tokens; train with --method prompt-tuning ({what}).")
     if tuple(own.shape) != tuple(table.shape):
-        raise DataError(
-            f"--init-from: {what} is {table.shape[0]} soft tokens x {table.shape[1]}, the new task's prompt "
-            f"{own.shape[0]} x {own.shape[1]}; use the pack's --num-virtual-tokens and a template with the same "
-            "soft slots."
-        )
+        raise shape_mismatch(what, tuple(table.shape), tuple(own.shape))
     method.load_table(table.to(own.dtype))
     task.model.clear_cache()
     return what
