@@ -110,10 +110,13 @@ def decode(backbone: Backbone, rows: Sequence[GenRow]) -> list[str | BaseExcepti
     gen = Generator(backbone)
     for i, r in enumerate(rows):
         try:
-            if r.config.num_beams > 1 or r.config.finish_sentence or not r.ids:
-                results[i] = gen.generate(r.ids, prefix=r.prefix, embed=r.embed, config=r.config)
-                continue
             start = _length(r.prefix)
+            if r.config.num_beams > 1 or r.config.finish_sentence or not r.ids:
+                text = gen.generate(r.ids, prefix=r.prefix, embed=r.embed, config=r.config)
+                limit = min(r.config.max_new_tokens, gen._room(start, len(r.ids)))
+                n = len(backbone.tokenize(text))
+                results[i] = Completion(text, "length" if n >= limit else "stop", start + len(r.ids), n)
+                continue
             limit = min(r.config.max_new_tokens, gen._check_room(start, len(r.ids)))
             rng = torch.Generator().manual_seed(r.config.seed)
             state = _State(r, limit, r.config.processors(), rng, r.config.constraint(backbone))
