@@ -1,9 +1,10 @@
 """Structured output's cost and effect on the default decoder: the server's batched loop (``serve.decode``) on
 16 SST-2 reviews asking for a JSON answer ``{"label": "positive"|"negative", "sure": true|false}``, free and held
-to the schema (``response_format``), greedy, 48 tokens at most.
+to the schema (``response_format``), greedy, 48 tokens at most; and held to the schema with a beam search of 3
+beams (each beam its own grammar state; rows decoded one at a time, as the server decodes beam requests).
 
-Prints, per way: seconds for the batch, generated tokens, ms per token-step of the batch, and how many replies
-parse as JSON valid under the schema; then the grammar's one-time cost (llguidance's view of the tokenizer) and
+Prints, per way: seconds for the batch, generated tokens, ms per token-step of the batch, how many replies
+parse as JSON valid under the schema, and how many give the review's gold label; then the grammar's one-time cost (llguidance's view of the tokenizer) and
 its cost per row and step (the mask).
 
     .venv/bin/python benchmarks/bench_structured.py [../shared/data/sst2/train.jsonl]
@@ -28,6 +29,10 @@ SCHEMA = {
     "additionalProperties": False,
 }
 ASK = 'Review: {text}\nAnswer in JSON as {{"label": "positive" or "negative", "sure": true or false}}.'
+
+
+def label_of(text: str) -> str | None:
+    return json.loads(text)["label"] if valid(text) else None
 
 
 def valid(text: str) -> bool:
@@ -56,17 +61,20 @@ def main(path: str = "../shared/data/sst2/train.jsonl") -> None:
         messages = [{"role": "user", "content": ASK.format(text=r["text"])}]
         text = backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts.append(backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
-    print("| way | seconds | tokens | ms per step (16 rows) | valid JSON |")
-    print("|---|---|---|---|---|")
-    for name, g in (("free text", None), ("response_format (schema)", grammar)):
-        config = GenerationConfig(max_new_tokens=48, grammar=g)
+    print("| way | seconds | tokens | ms per step (16 rows) | valid JSON | gold label |")
+    print("|---|---|---|---|---|---|")
+    ways = (("free text", None, 1), ("response_format (schema)", grammar, 1), ("the same, 3 beams", grammar, 3))
+    for name, g, beams in ways:
+        config = GenerationConfig(max_new_tokens=48, grammar=g, num_beams=beams)
         decode(backbone, [GenRow(prompts[0], None, None, config)])  # warm
         t = time.perf_counter()
         texts = decode(backbone, [GenRow(p, None, None, config) for p in prompts])
         seconds = time.perf_counter() - t
         tokens = [len(backbone.tokenize(x)) for x in texts]
         ok = sum(valid(x) for x in texts)
-        print(f"| {name} | {seconds:.2f} | {sum(tokens)} | {1000 * seconds / max(tokens):.1f} | {ok}/{len(texts)} |")
+        right = sum(label_of(x) == r["label"] for x, r in zip(texts, rows, strict=True))
+        n = len(texts)
+        print(f"| {name} | {seconds:.2f} | {sum(tokens)} | {1000 * seconds / max(tokens):.1f} | {ok}/{n} | {right}/{n} |")
         print("  e.g.", repr(texts[0][:100]))
     c = Constraint(backbone, grammar)
     vocab = backbone.model.get_output_embeddings().weight.shape[0]

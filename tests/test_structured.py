@@ -89,8 +89,20 @@ def test_bad_formats_name_the_field():
         grammar_for(as_format({"type": "string", "description": "x" * MAX_SCHEMA_CHARS}))
     with pytest.raises(DataError, match=r"response_format.json_schema.schema"):
         grammar_for(as_format({"type": "no-such-type"}))
-    with pytest.raises(DataError, match="num_beams"):
-        GenerationConfig(num_beams=2, grammar=grammar_for(as_format(SCHEMA)))
+    with pytest.raises(DataError, match="draft_tokens"):
+        GenerationConfig(draft_tokens=2, grammar=grammar_for(as_format(SCHEMA)))
+
+
+@pytest.mark.parametrize("text", ["the film was long and loud", "a joy", "what a waste of time"])
+def test_beam_search_under_a_grammar_writes_valid_json(tiny_backbone, text):
+    """Each beam holds its own grammar state (copied where beams branch): the best beam is valid JSON under the
+    schema, where the same beams without the grammar are not JSON at all."""
+    gen, grammar = Generator(tiny_backbone), grammar_for(as_format(SCHEMA))
+    ids = tiny_backbone.tokenize(text)
+    check(gen.generate(ids, config=GenerationConfig(max_new_tokens=60, grammar=grammar, num_beams=4)))
+    free = gen.generate(ids, config=GenerationConfig(max_new_tokens=60, num_beams=4))
+    with pytest.raises(ValueError):
+        json.loads(free)
 
 
 def test_a_constraint_refuses_a_token_outside_the_grammar(tiny_backbone):
@@ -141,14 +153,17 @@ def test_a_held_row_leaves_its_batch_mates_as_they_were(served):
             check(f.result().json()["choices"][0]["message"]["content"])
 
 
-def test_bad_response_formats_are_422s_naming_the_field(served):
+def test_bad_response_formats_are_422s_naming_the_field_and_beams_are_held(served):
     server, _ = served
     bad = chat(server, "x", response_format={"type": "json_schema", "json_schema": {"name": "a"}})
     assert bad.status_code == 422 and "response_format.json_schema.schema" in bad.text
     odd = chat(server, "x", response_format="json")
     assert odd.status_code == 422 and "response_format" in odd.text
     beams = chat(server, "x", response_format=as_format(SCHEMA), num_beams=2)
-    assert beams.status_code == 422 and "num_beams" in beams.text
+    assert beams.status_code == 200, beams.text  # beam search holds every beam to the grammar
+    check(beams.json()["choices"][0]["message"]["content"])
+    chosen = chat(server, "pick", guided_choice=["alpha beta", "gamma"], num_beams=3)
+    assert chosen.json()["choices"][0]["message"]["content"] in ("alpha beta", "gamma")
 
 
 def test_generate_cli_json_schema(run_main, tiny_model_dir, tmp_path):  # noqa: F811

@@ -13,6 +13,11 @@ texts win), above 1 favours longer ones. A row is done once it has ``num_beams``
 best running beam, scored at its current length, cannot beat the worst of them (transformers' rule; exact
 when ``length_penalty`` is 0, as scores only fall). At ``max_new_tokens`` the running beams finish as they
 are. The best-scoring finished hypothesis is the row's text, cut before its first stop string.
+
+With a grammar (``config.grammar``: ``response_format``, ``--json-schema``) every beam holds its own state of it
+(``structured.Constraint``, copied when a beam branches): a beam extends only by the tokens its state allows, and
+a beam whose text completes the grammar is a finished hypothesis. So every hypothesis, and the text, is held to
+the grammar (cut short by ``max_new_tokens`` it is incomplete, as greedy decoding's is).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import Tensor
 
 from prompttune.core.backbone import KV, Backbone
+from prompttune.structured.constraint import held
 
 NEG = float("-inf")
 
@@ -93,18 +99,24 @@ def beam_search(
     logits = head(hidden[:, -1]).float()[beam_rows.to(dev)]  # (b * n, vocab)
     vocab = logits.shape[-1]
     seqs: list[list[int]] = [[] for _ in range(b * n)]
+    # a beam's grammar state (None: no grammar, or a dead beam); beam 0 of each row is its one live beam at first
+    states = [config.constraint(backbone) if k == 0 else None for _ in range(b) for k in range(n)]
+    held_to = states[0] is not None
     scores = torch.full((b, n), NEG)
     scores[:, 0] = 0.0  # one live beam per row at first: its copies would only repeat it
     finished = [Hypotheses(n, config.length_penalty) for _ in range(b)]
     done = [False] * b
     for step in range(limit):
+        raw = logits
         if processors:
             logits = processors(torch.tensor(seqs, dtype=torch.long, device=dev).reshape(b * n, step), logits)
+        if held_to:  # dead beams keep their logits: their -inf score keeps them out, and no row is all -inf
+            logits = torch.stack([held(c, raw[g], logits[g]) if c else logits[g] for g, c in enumerate(states)])
         total = (scores.to(dev).reshape(-1, 1) + torch.log_softmax(logits, -1)).reshape(b, n * vocab)
         top_scores, top_idx = total.topk(min(2 * n, n * vocab), dim=1)
         top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
         new_scores = torch.full((b, n), NEG)
-        source, new_seqs = [], []
+        source, new_seqs, new_states = [], [], []
         for i in range(b):
             kept = 0
             for s, idx in zip(top_scores[i], top_idx[i], strict=True) if not done[i] else ():
@@ -112,20 +124,28 @@ def beam_search(
                     break
                 g = i * n + idx // vocab
                 t, seq = idx % vocab, seqs[g] + [idx % vocab]
+                state = None
+                if held_to and t not in ends:
+                    state = states[g].copy()
+                    state.advance(t)
                 if t in ends:
                     finished[i].add(s, seqs[g], len(seq))
                 elif config.stop and _stops(tok.decode(seq, skip_special_tokens=True), config.stop):
+                    finished[i].add(s, seq, len(seq))
+                elif state is not None and state.finished:  # the grammar is complete: nothing may follow
                     finished[i].add(s, seq, len(seq))
                 else:
                     new_scores[i, kept] = s
                     source.append(g)
                     new_seqs.append(seq)
+                    new_states.append(state)
                     kept += 1
             for _ in range(kept, n):  # dead beams keep the shape: a pad token, a score of -inf
                 source.append(i * n)
                 new_seqs.append(seqs[i * n] + [pad])
+                new_states.append(None)
             done[i] = done[i] or finished[i].done(float(new_scores[i].max()), step + 1)
-        scores, seqs = new_scores, new_seqs
+        scores, seqs, states = new_scores, new_seqs, new_states
         if all(done) or step + 1 == limit:
             break
         src = torch.tensor(source, device=dev)

@@ -92,10 +92,10 @@ class GenerationConfig:
                 f"num_beams (--num-beams) {self.num_beams}: beam search is deterministic; use it with temperature 0 "
                 "and without finish_sentence, or use --num-beams 1."
             )
-        if self.grammar is not None and (self.num_beams > 1 or self.draft_tokens or self.finish_sentence):
+        if self.grammar is not None and (self.draft_tokens or self.finish_sentence):
             raise DataError(
-                "grammar (response_format, --json-schema): held output decodes one hypothesis token by token; use it "
-                "without num_beams > 1, draft_tokens or finish_sentence."
+                "grammar (response_format, --json-schema): held output is checked token by token; use it without "
+                "draft_tokens or finish_sentence."
             )
         _number("temperature", self.temperature, "0 (greedy) or more", lambda x: x >= 0)
         _number("top_p", self.top_p, "a number in (0, 1]", lambda x: 0 < x <= 1)

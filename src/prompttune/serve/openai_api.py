@@ -19,8 +19,8 @@ Structured output: ``response_format`` as OpenAI takes it, ``{"type": "json_obje
 "json_schema", "json_schema": {"name", "schema"}}``, holds the completion to a JSON object (valid under the schema)
 token by token (``structured/``); ``{"type": "text"}`` is the default. The JSON comes compact (``", "`` and ``": "``
 between items, no other whitespace); cut short by ``max_tokens`` it is incomplete, and ``finish_reason`` says
-``length``. Not with ``num_beams`` > 1. vLLM's ``guided_choice`` / ``guided_regex`` / ``guided_json`` /
-``guided_grammar`` are taken too (``structured/guided.py``).
+``length``. With ``num_beams`` > 1 every beam is held to it. vLLM's ``guided_choice`` / ``guided_regex`` /
+``guided_json`` / ``guided_grammar`` are taken too (``structured/guided.py``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,12 @@ class Constraint:
         if self.matcher.is_error():
             raise DataError(f"response_format: the grammar does not load: {self.matcher.get_error()}")
 
+    def copy(self) -> Constraint:
+        """An independent copy of this state (a beam that branches: each branch goes on from here alone)."""
+        new = Constraint.__new__(Constraint)
+        new.matcher = self.matcher.deep_copy()
+        return new
+
     def allowed(self, vocab: int) -> Tensor:
         """(vocab,) bool: the tokens the grammar takes next (ids past the tokenizer's vocabulary: never)."""
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
@@ -59,13 +65,18 @@ class Constraint:
 
 
 def constrained_pick(constraint: Constraint | None, raw: Tensor, processed: Tensor, pick) -> int:
-    """``pick(logits)`` over the tokens the grammar allows. The repetition settings (``processed``) apply where
-    they leave an allowed token; where they ban all of them (the grammar's own words repeat by design), the
-    grammar wins and the raw logits choose."""
+    """``pick(logits)`` over the tokens the grammar allows (``held``)."""
     if constraint is None:
         return pick(processed)
+    return pick(held(constraint, raw, processed))
+
+
+def held(constraint: Constraint, raw: Tensor, processed: Tensor) -> Tensor:
+    """The logits with the tokens the grammar refuses at -inf. The repetition settings (``processed``) apply where
+    they leave an allowed token; where they ban all of them (the grammar's own words repeat by design), the
+    grammar wins and the raw logits choose."""
     refused = ~constraint.allowed(processed.shape[-1]).to(processed.device)  # one mask a step, used for both
     logits = processed.masked_fill(refused, float("-inf"))
     if not torch.isfinite(logits).any():
         logits = raw.masked_fill(refused, float("-inf"))
-    return pick(logits)
+    return logits
