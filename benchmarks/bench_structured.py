@@ -4,7 +4,8 @@ to the schema (``response_format``), greedy, 48 tokens at most; and held to the 
 beams (each beam its own grammar state; rows decoded one at a time, as the server decodes beam requests).
 
 Prints, per way: seconds for the batch, generated tokens, ms per token-step of the batch, how many replies
-parse as JSON valid under the schema, and how many give the review's gold label; then the grammar's one-time cost (llguidance's view of the tokenizer) and
+parse as JSON valid under the schema, and how many give the review's gold label; then the grammar's one-time
+cost (llguidance's view of the tokenizer) and
 its cost per row and step (the mask).
 
     .venv/bin/python benchmarks/bench_structured.py [../shared/data/sst2/train.jsonl]
@@ -73,8 +74,8 @@ def main(path: str = "../shared/data/sst2/train.jsonl") -> None:
         tokens = [len(backbone.tokenize(x)) for x in texts]
         ok = sum(valid(x) for x in texts)
         right = sum(label_of(x) == r["label"] for x, r in zip(texts, rows, strict=True))
-        n = len(texts)
-        print(f"| {name} | {seconds:.2f} | {sum(tokens)} | {1000 * seconds / max(tokens):.1f} | {ok}/{n} | {right}/{n} |")
+        n, ms = len(texts), 1000 * seconds / max(tokens)
+        print(f"| {name} | {seconds:.2f} | {sum(tokens)} | {ms:.1f} | {ok}/{n} | {right}/{n} |")
         print("  e.g.", repr(texts[0][:100]))
     c = Constraint(backbone, grammar)
     vocab = backbone.model.get_output_embeddings().weight.shape[0]
