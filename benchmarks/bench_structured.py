@@ -5,8 +5,7 @@ beams (each beam its own grammar state; rows decoded one at a time, as the serve
 
 Prints, per way: seconds for the batch, generated tokens, ms per token-step of the batch, how many replies
 parse as JSON valid under the schema, and how many give the review's gold label; then the grammar's one-time
-cost (llguidance's view of the tokenizer) and
-its cost per row and step (the mask).
+cost (llguidance's view of the tokenizer) and its cost per row and step (the mask).
 
     .venv/bin/python benchmarks/bench_structured.py [../shared/data/sst2/train.jsonl]
 """
