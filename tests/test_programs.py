@@ -306,6 +306,16 @@ def test_the_openai_lm_turns_http_errors_into_a_model_error_naming_the_url():
     with pytest.raises(DataError, match="http"):
         OpenAILM("llm.test", "m")
 
+    def strict(request):  # OpenAI's own API refuses fields it does not know
+        return httpx.Response(
+            400, json={"error": {"message": "Unrecognized request argument supplied: guided_grammar"}}
+        )
+
+    typed = Predict(Signature.parse("review -> stars: number"))
+    lm = OpenAILM("http://llm.test/v1", "m", guided=True, transport=httpx.MockTransport(strict))
+    with using(lm), pytest.raises(ModelError, match=r"HTTP 400: .*guided_grammar.*leave it out"):
+        typed(review="x")
+
 
 def test_a_pipeline_needs_steps_whose_inputs_exist():
     program = Pipeline([("a", Predict("question -> answer"))])

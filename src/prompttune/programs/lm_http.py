@@ -77,7 +77,12 @@ class OpenAILM(LM):
         except httpx.HTTPError as e:
             raise ModelError(f"{url}: the server could not be reached ({type(e).__name__}: {e}).") from None
         if response.status_code != 200:
-            raise ModelError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
+            hint = ""
+            if "guided_grammar" in body and response.status_code in (400, 422):
+                hint = (
+                    " (sent with --guided: a server that does not take vLLM's guided_grammar refuses it; leave it out)"
+                )
+            raise ModelError(f"{url}: HTTP {response.status_code}: {response.text[:300]}{hint}")
         try:
             text = read(response.json()["choices"][0])
         except (json.JSONDecodeError, KeyError, IndexError, TypeError):
