@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from prompttune.core.backbone import KV, Backbone
-from prompttune.structured.constraint import held
 
 NEG = float("-inf")
 
@@ -102,6 +101,8 @@ def beam_search(
     # a beam's grammar state (None: no grammar, or a dead beam); beam 0 of each row is its one live beam at first
     states = [config.constraint(backbone) if k == 0 else None for _ in range(b) for k in range(n)]
     held_to = states[0] is not None
+    if held_to:
+        from prompttune.structured.constraint import held  # as GenerationConfig.constraint: only with a grammar
     scores = torch.full((b, n), NEG)
     scores[:, 0] = 0.0  # one live beam per row at first: its copies would only repeat it
     finished = [Hypotheses(n, config.length_penalty) for _ in range(b)]
