@@ -269,7 +269,7 @@ def _error(e: ApiError) -> dict:
 
 
 def _finish(served: ServedTask, text: str, config: GenerationConfig) -> str:
-    """ "length" where the token limit (``max_tokens``, or the room the context left) ended the text, else "stop"."""
+    """``length`` where the token limit (``max_tokens``, or the room the context left) ended the text, else ``stop``."""
     if isinstance(text, Completion):
         return text.finish
     return "length" if len(served.backbone.tokenize(text)) >= config.max_new_tokens else "stop"
