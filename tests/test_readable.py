@@ -160,6 +160,30 @@ def test_pez_lowers_the_loss_and_finds_the_token_that_solves_the_task(tmp_path):
     assert result.selection_loss == pytest.approx(losses[key], rel=1e-5)
 
 
+def test_pez_with_confirm_takes_only_jumps_the_next_batch_agrees_with(tmp_path, monkeypatch):
+    import prompttune.readable.pez as pez
+
+    bb, task, key = rigged_backbone(tmp_path)
+    texts = ["a great movie", "boring and bad", "I hated it", "what a waste", "the cat sat on the mat", "a joy"]
+    rows = from_records([{"text": t, "label": "positive"} for t in texts * 3])
+    vocab = Vocabulary.of(bb, "readable")
+    losses = one_token_losses(task, vocab, rows)
+    worst = max(losses, key=losses.get)
+    config = PezConfig(steps=30, batch_size=6, eval_every=5, confirm=True)
+    task.model.method.load_table(vocab.embeddings(torch.tensor([worst])))
+    result = run_pez(task, vocab, rows, rows, config)
+    assert result.ids == {0: [key]}  # the jump to the token that solves the task is confirmed
+    last = result.history[-1]
+    assert 0 < last["jumps_taken"] <= last["jumps"]
+
+    checked = []
+    monkeypatch.setattr(pez, "confirmed", lambda *a: checked.append(a[3:5]) or False)  # every jump refused
+    task.model.method.load_table(vocab.embeddings(torch.tensor([worst])))
+    result = run_pez(task, vocab, rows, rows, config)
+    assert checked and all(int(current) == worst for current, _ in checked)  # each jump checked against the start
+    assert result.ids == {0: [worst]} and result.history[-1]["jumps_taken"] == 0
+
+
 def test_harden_pez_cli_writes_a_template_that_scores_what_it_reports(tmp_path, tiny_model_dir, sentiment_file):
     from prompttune.api import evaluate
 
@@ -247,6 +271,7 @@ def test_bad_flags_are_named(run_main, tmp_path, tiny_model_dir, word_artifact, 
         (["harden", sentiment_file, "--method", "pez", "--tokens", "65", "--out", "a.yaml"], ["--tokens 65"]),
         (["harden", sentiment_file, "--method", "pez", "--steps", "0", "--out", "a.yaml"], ["--steps 0"]),
         (["harden", sentiment_file, "--method", "pez", "--lr", "0", "--out", "a.yaml"], ["--lr 0"]),
+        (["harden", sentiment_file, "--method", "gcg", "--confirm", "--out", "a.yaml"], ["--confirm", "pez"]),
         (["harden", sentiment_file, "--method", "nearest", "--out", "a.yaml"], ["give an ARTIFACT"]),
         (["harden", path, "--method", "pez", "--out", "a.yaml"], ["--data FILE"]),
         (["harden", path, "--method", "pez", "--data", sentiment_file, "--tokens", "2", "--out", "a.yaml"], ["--init"]),

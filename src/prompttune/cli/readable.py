@@ -101,6 +101,15 @@ def harden_prompt(
     candidates: Annotated[
         int | None, typer.Option(help="gcg: swaps tried on each step's batch (1-512; default 16).")
     ] = None,
+    confirm: Annotated[
+        bool | None,
+        typer.Option(
+            "--confirm",
+            help="pez: a new projection replaces the tokens the model reads only if it also lowers the loss on the "
+            "next batch (as gcg's swaps; off: every projection is taken, as in the paper).",
+            show_default=False,
+        ),
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option(
@@ -142,7 +151,7 @@ def harden_prompt(
 
     config = search_config(
         method, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, top_k=top_k,
-        candidates=candidates, seed=seed,
+        candidates=candidates, confirm=confirm, seed=seed,
     )  # fmt: skip
     set_threads()
     with progress_bar(err) if config is not None else contextlib.nullcontext() as bar:

@@ -55,6 +55,18 @@ def load_tokens(task: PromptTask, vocab: Vocabulary, ids: Tensor) -> None:
     task.model.clear_cache()
 
 
+@torch.no_grad()
+def confirmed(task: PromptTask, vocab: Vocabulary, objective, current: Tensor, swap: Tensor, batch: list[int]) -> bool:
+    """Whether ``swap`` also lowers the loss on a fresh batch. The best of many swaps on one batch is chosen partly
+    for that batch's luck (it nearly always beats the current tokens there, whether or not it helps); on rows it
+    was not chosen on, its gain is an unbiased estimate."""
+    losses = []
+    for ids in (current, swap):
+        load_tokens(task, vocab, ids)
+        losses.append(float(objective.batch_loss(batch)))
+    return losses[1] < losses[0]
+
+
 class Selection:
     """Scores token sets on the selection rows and keeps the best; reports to the callbacks."""
 

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from prompttune.core.data import Dataset
 from prompttune.core.errors import PromptTuneError
 from prompttune.prompt_task import PromptTask
-from prompttune.readable.discrete import SearchResult, Selection, batch_stream, load_tokens
+from prompttune.readable.discrete import SearchResult, Selection, batch_stream, confirmed, load_tokens
 from prompttune.readable.vocab import Vocabulary
 from prompttune.train import Callback, TrainConfig
 
@@ -75,18 +74,6 @@ def draw_swaps(current: torch.Tensor, top: torch.Tensor, n: int, gen: torch.Gene
         ids[pos] = token
         out.append(ids)
     return out
-
-
-@torch.no_grad()
-def confirmed(task: PromptTask, vocab: Vocabulary, objective, current: Tensor, swap: Tensor, batch: list[int]) -> bool:
-    """Whether ``swap`` also lowers the loss on a fresh batch. The best of many swaps on one batch is chosen partly
-    for that batch's luck (it nearly always beats the current tokens there, whether or not it helps); on rows it
-    was not chosen on, its gain is an unbiased estimate."""
-    losses = []
-    for ids in (current, swap):
-        load_tokens(task, vocab, ids)
-        losses.append(float(objective.batch_loss(batch)))
-    return losses[1] < losses[0]
 
 
 def run_gcg(

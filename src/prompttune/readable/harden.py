@@ -48,7 +48,12 @@ from prompttune.train import Callback
 SEARCHES = {"pez": run_pez, "gcg": run_gcg}  # discrete searches over tokens: (task, vocab, train, select, config)
 CONFIGS = {"pez": PezConfig, "gcg": GcgConfig}
 HARDEN_METHODS = ("nearest", *SEARCHES)
-ONLY = {"lr": ("--lr", "pez"), "top_k": ("--top-k", "gcg"), "candidates": ("--candidates", "gcg")}
+ONLY = {
+    "lr": ("--lr", "pez"),
+    "confirm": ("--confirm", "pez"),
+    "top_k": ("--top-k", "gcg"),
+    "candidates": ("--candidates", "gcg"),
+}
 INITS = ("soft", "labels", "vocab", "text")
 MAX_TOKENS = 64  # soft tokens per [soft] slot a hard prompt is searched for, at most
 DEFAULT_TOKENS = 8

@@ -27,6 +27,7 @@ from prompttune.readable.discrete import (  # noqa: F401 (start_from_tokens: imp
     SearchResult,
     Selection,
     batch_stream,
+    confirmed,
     load_tokens,
     start_from_tokens,
 )
@@ -45,6 +46,7 @@ class PezConfig:
     batch_size: int = 16
     eval_every: int = 25
     seed: int = 0
+    confirm: bool = False  # a new projection replaces the one the model reads only if the next batch's loss agrees
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -80,14 +82,12 @@ def run_pez(
     lr = config.lr or LR_FACTOR * float(vocab.matrix.std())
     opt = torch.optim.AdamW([continuous], lr=lr, weight_decay=0.0)
 
-    def project() -> torch.Tensor:
-        ids = vocab.project(continuous)
-        load_tokens(task, vocab, ids)
-        return ids
-
+    current = vocab.project(continuous)  # the tokens the model reads
+    load_tokens(task, vocab, current)
     selection = Selection(task, objective, config.steps, callbacks)
-    selection.consider(0, project())
+    selection.consider(0, current)
     stream = batch_stream(len(objective.y_train), config.batch_size, config.seed)
+    jumps = taken = 0
     for step in range(1, config.steps + 1):
         batch = next(stream)
         tick = time.perf_counter()
@@ -98,9 +98,14 @@ def run_pez(
         train_loss = float(train_loss.detach())
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ids = project()
+        proposed = vocab.project(continuous)
+        if not torch.equal(proposed, current):
+            jumps += 1
+            if not config.confirm or confirmed(task, vocab, objective, current, proposed, next(stream)):
+                current, taken = proposed, taken + 1
+        load_tokens(task, vocab, current)
         rate = len(batch) / max(time.perf_counter() - tick, 1e-9)
         selection.step_event({"step": step, "loss": train_loss, "lr": lr, "examples_per_s": rate})
         if step % config.eval_every == 0 or step == config.steps:
-            selection.consider(step, ids, train_loss=train_loss)
+            selection.consider(step, current, train_loss=train_loss, jumps=jumps, jumps_taken=taken)
     return selection.finish(vocab, lr)
