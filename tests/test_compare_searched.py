@@ -109,6 +109,8 @@ def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume
         ("pez.max_steps=0", "pez.max_steps=0: must be 1-10,000"),
         ("pez.demos=2", "pez.demos: the search learns the prompt's tokens"),
         ("gcg.lr=0.1", "gcg.lr: gcg tries swaps; it has no learning rate"),
+        ("pez.confirm=maybe", "pez.confirm=maybe: expected true or false"),
+        ("gcg.confirm=true", "gcg.confirm: not a setting of gcg"),
         ("gcg.top_k=0", "gcg.top_k=0: must be 1-4,096"),
         ("gcg.candidates=600", "gcg.candidates=600: must be 1-512"),
         ("gcg.tokens=65", "gcg.tokens=65: give 1 to 64 tokens"),
@@ -123,9 +125,11 @@ def test_bad_settings_are_errors_naming_the_option(item, says):
 
 
 def test_settings_are_typed_and_checked_before_anything_runs(task_file, tmp_path, tiny_model_dir):
-    opts = parse_options(["optimized.optimizer=mipro", "optimized.max_seconds=60", "pez.tokens=3", "pez.lr=0.1"])
+    opts = parse_options(["optimized.optimizer=mipro", "optimized.max_seconds=60", "pez.tokens=3", "pez.lr=0.1",
+                         "pez.confirm=true"])  # fmt: skip
     (opt, pez) = resolve(["optimized", "pez"], opts)
-    assert opt.options == {"optimizer": "mipro", "max_seconds": 60.0} and pez.options == {"tokens": 3, "lr": 0.1}
+    assert opt.options == {"optimizer": "mipro", "max_seconds": 60.0}
+    assert pez.options == {"tokens": 3, "lr": 0.1, "confirm": True}
     out = tmp_path / "never"
     result = CliRunner().invoke(
         cli.app,

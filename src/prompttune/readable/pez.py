@@ -57,6 +57,8 @@ class PezConfig:
             raise PromptTuneError(f"--batch-size {self.batch_size}: must be 1-{MAX_BATCH}.")
         if not 1 <= self.eval_every <= MAX_STEPS:
             raise PromptTuneError(f"--eval-every {self.eval_every}: must be 1-{MAX_STEPS:,}.")
+        if not isinstance(self.confirm, bool):
+            raise PromptTuneError(f"--confirm {self.confirm!r}: true or false.")
 
 
 PezResult = SearchResult  # the name the tests and the compare arm used first

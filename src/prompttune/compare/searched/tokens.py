@@ -27,7 +27,7 @@ from prompttune.readable.vocab import VOCABS
 
 INITS = tuple(i for i in HARDEN_INITS if i != "soft")  # no soft prompt to start from: a cell trains none first
 OPTIONS = {"tokens": int, "init": str, "init_text": str, "vocab": str}
-SEARCH_OPTIONS = {"pez": {}, "gcg": {"top_k": int, "candidates": int}}  # each search's own settings
+SEARCH_OPTIONS = {"pez": {"confirm": bool}, "gcg": {"top_k": int, "candidates": int}}  # each search's own settings
 HARNESS = {
     "pez": frozenset({"max_steps", "batch_size", "lr", "eval_every", "calibrate"}),
     "gcg": frozenset({"max_steps", "batch_size", "eval_every", "calibrate"}),
