@@ -317,6 +317,42 @@ def test_the_openai_lm_turns_http_errors_into_a_model_error_naming_the_url():
         typed(review="x")
 
 
+def test_guided_json_sends_the_reply_form_as_response_format_and_reads_the_object_back():
+    sent = []
+
+    def server(request):  # a server that holds replies to response_format, as OpenAI's does
+        body = json.loads(request.content)
+        sent.append(body)
+        if "response_format" not in body:
+            return httpx.Response(200, json={"choices": [{"message": {"content": "stars: lots"}}]})
+        return httpx.Response(200, json={"choices": [{"message": {"content": '{"stars": "4.5", "tags": ["a", 1]}'}}]})
+
+    typed = Predict(Signature.parse("review -> stars: number, tags: json"), max_retries=0)
+    with using(OpenAILM("http://llm.test/v1", "m", guided="json", transport=httpx.MockTransport(server))):
+        out = typed(review="x")
+    assert out.stars == 4.5 and out.tags == ["a", 1]
+    fmt = sent[0]["response_format"]
+    assert fmt["type"] == "json_schema" and "guided_grammar" not in sent[0]
+    assert fmt["json_schema"]["schema"] == {
+        "type": "object",
+        "properties": {"stars": {"type": "string", "pattern": r"^-?[0-9]{1,18}(\.[0-9]{1,12})?$"}, "tags": {}},
+        "required": ["stars", "tags"],
+        "additionalProperties": False,
+    }
+    with using(OpenAILM("http://llm.test/v1", "m", transport=httpx.MockTransport(server))):
+        with pytest.raises(OutputParseError):  # not guided: the free reply does not parse
+            typed(review="x")
+    labels = Predict(Signature.parse("review -> verdict: one of yes, no"), max_retries=0)
+    with using(OpenAILM("http://llm.test/v1", "m", guided="json", transport=httpx.MockTransport(server))):
+        with pytest.raises(OutputParseError):  # an object without the field is read as text, and fails to parse
+            labels(review="x")
+    assert sent[-1]["response_format"]["json_schema"]["schema"]["properties"] == {
+        "verdict": {"type": "string", "enum": ["yes", "no"]}
+    }
+    with pytest.raises(DataError, match="guided 'regex'"):
+        OpenAILM("http://llm.test/v1", "m", guided="regex")
+
+
 def test_a_pipeline_needs_steps_whose_inputs_exist():
     program = Pipeline([("a", Predict("question -> answer"))])
     with using(FakeLM(lambda p: "x")), pytest.raises(DataError, match=r"reads \['question'\]"):

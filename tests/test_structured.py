@@ -254,17 +254,19 @@ def served_long(tmp_path_factory, long_model_dir):
         yield server
 
 
-@pytest.mark.parametrize("mode", ["completions", "chat"])
-def test_a_program_on_the_server_gets_replies_that_parse_when_guided(served_long, mode):
-    """A program's typed step run against ``prompttune serve``: with ``guided=True`` its reply form travels as
-    ``guided_grammar`` and the random model's replies parse on the first try; without it they do not."""
+@pytest.mark.parametrize(("mode", "guided"), [("completions", "grammar"), ("chat", "grammar"), ("chat", "json"),
+                                              ("completions", "json")])  # fmt: skip
+def test_a_program_on_the_server_gets_replies_that_parse_when_guided(served_long, mode, guided):
+    """A program's typed step run against ``prompttune serve``: guided, its reply form travels as ``guided_grammar``
+    or as ``response_format`` (a JSON schema), and the random model's replies parse on the first try; without it
+    they do not."""
     from prompttune.programs import OutputParseError, Predict, Signature, using
     from prompttune.programs.lm_http import OpenAILM
 
     server = served_long
     typed = Signature.parse("question -> count: number, verdict: one of yes, no")
     step = Predict(typed, max_retries=0, max_tokens=90)
-    with using(OpenAILM(server.url + "/v1", "lm", mode=mode, guided=True, timeout=120)):
+    with using(OpenAILM(server.url + "/v1", "lm", mode=mode, guided=guided, timeout=120)):
         for question in ("how many cats?", "is it raining"):
             out = step(question=question)
             assert isinstance(out.count, int | float) and out.verdict in ("yes", "no")
@@ -275,8 +277,10 @@ def test_a_program_on_the_server_gets_replies_that_parse_when_guided(served_long
 def test_guided_needs_a_server(run_main, tiny_model_dir, tmp_path):  # noqa: F811
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"question": "how many?"}\n')
-    got = run_main("run", "question -> count: number", str(rows), "--model", str(tiny_model_dir), "--guided")
+    got = run_main("run", "question -> count: number", str(rows), "--model", str(tiny_model_dir), "--guided", "json")
     assert_user_error(got, "--guided", "--base-url")
+    got = run_main("run", "question -> count: number", str(rows), "--model", str(tiny_model_dir), "--guided", "regex")
+    assert_user_error(got, "--guided regex", "grammar, json")
 
 
 def test_a_completion_cut_by_the_context_says_length(served):

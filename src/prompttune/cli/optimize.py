@@ -34,11 +34,14 @@ ApiModeOpt = Annotated[
     str, typer.Option(help="With --base-url: chat (/chat/completions) or completions (/completions, one text).")
 ]
 GuidedOpt = Annotated[
-    bool,
+    str | None,
     typer.Option(
-        help="With --base-url: send each reply's form (labels, numbers, JSON) as vLLM's guided_grammar, so the "
-        "server holds replies to it (prompttune serve; vLLM's guidance backend). Not for servers that refuse "
-        "unknown fields."
+        metavar="grammar|json",
+        help="With --base-url: hold each reply to its form (labels, numbers, JSON) on the server. grammar: vLLM's "
+        "guided_grammar (prompttune serve; vLLM's guidance backend); json: OpenAI's response_format with a JSON "
+        "schema (OpenAI, llama.cpp, Ollama, SGLang, vLLM, prompttune serve). Not for servers that refuse unknown "
+        "fields.",
+        show_default=False,
     ),
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N rows of each data file.")]
@@ -89,7 +92,7 @@ def optimize(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     api_mode: ApiModeOpt = "chat",
-    guided: GuidedOpt = False,
+    guided: GuidedOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize a program's instructions and demos against a metric; save it as readable JSON."""
@@ -149,7 +152,7 @@ def run(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     api_mode: ApiModeOpt = "chat",
-    guided: GuidedOpt = False,
+    guided: GuidedOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a program (saved by optimize, a program file or a signature) over rows: outputs and score."""

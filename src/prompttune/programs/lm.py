@@ -33,6 +33,7 @@ class Prompt:
     stop: tuple[str, ...] = ()
     plain: bool = False  # a completion-style text (each demo "user\nassistant", blank-line separated), no chat turns
     form: str | None = None  # the reply's form as a Lark grammar (reply_form.py): an LM that can holds its text to it
+    schema: str | None = None  # the same form as a JSON Schema's text (reply_form.reply_schema), for response_format
 
     def text(self) -> str:
         """The prompt as one plain text (completion endpoints, the fake LM's view)."""

@@ -39,7 +39,7 @@ from dataclasses import replace
 from prompttune.core.errors import DataError
 from prompttune.programs.lm import LM, Prompt
 from prompttune.programs.parse import OutputParseError, parse_reply
-from prompttune.programs.reply_form import reply_form
+from prompttune.programs.reply_form import reply_form, reply_schema
 from prompttune.programs.signature import Field, Signature
 
 MAX_RETRIES = 5
@@ -237,6 +237,7 @@ class Predict(Module):
             stop=("\n",) if single else ("\n\n",),
             plain=self.layout == "plain",
             form=reply_form(self.outputs, self.shown) if answer is None else None,
+            schema=reply_schema(self.outputs, self.shown) if answer is None else None,
         )
 
     def content_free(self) -> Prompt | None:

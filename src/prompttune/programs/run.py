@@ -33,9 +33,13 @@ LABEL_SET_MAX = 20
 
 
 def make_lm(model: str | None = None, base_url: str | None = None, api_key: str | None = None, mode: str = "chat",
-            dtype: str | None = None, device: str | None = None, guided: bool = False) -> LM:  # fmt: skip
+            dtype: str | None = None, device: str | None = None, guided: bool | str | None = None) -> LM:  # fmt: skip
     """The in-process backbone (``model``), or an OpenAI-compatible server at ``base_url`` serving ``model``
-    (``guided``: replies' forms sent as ``guided_grammar``, lm_http.py)."""
+    (``guided``: replies' forms sent as ``guided_grammar`` or ``response_format``, lm_http.py)."""
+    from prompttune.programs.lm_http import GUIDED
+
+    if isinstance(guided, str) and guided not in GUIDED:
+        raise DataError(f"--guided {guided}: use one of {', '.join(GUIDED)}.")
     if base_url:
         from prompttune.programs.lm_http import OpenAILM
 
