@@ -21,8 +21,8 @@ parser reads.
 
 A reply of text fields only is not held (nothing in it can fail to parse, and text may run over lines). The
 in-process backbone holds a generated reply to the form (``BackboneLM.complete``), a server does where it is
-sent as vLLM's ``guided_grammar`` (``OpenAILM(guided=True)``); other LMs get the same prompt without it and their
-replies are parsed, with retries, as before.
+sent as vLLM's ``guided_grammar`` or as ``response_format`` (``OpenAILM(guided="grammar"|"json")``); other
+LMs get the same prompt without it and their replies are parsed, with retries, as before.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import json
 
 from prompttune.programs.signature import Field
 
-NUMBER_PATTERN = r"^-?[0-9]{1,18}(\.[0-9]{1,12})?$"
+_NUMBER = r"-?[0-9]{1,18}(\.[0-9]{1,12})?"  # at most 18 digits, 12 after the point: in the grammar and the schema
+NUMBER_PATTERN = f"^{_NUMBER}$"
 _VALUE = {
-    "number": r"/-?[0-9]{1,18}(\.[0-9]{1,12})?/",
+    "number": f"/{_NUMBER}/",
     "json": "%json { }",
     "text": r"/[^\n]{1,1000}/",
 }

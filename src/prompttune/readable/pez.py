@@ -5,6 +5,9 @@ nearest vocabulary tokens (by cosine), the loss's gradient with respect to that 
 the optimizer (AdamW, as the paper) applies it to P. Every ``eval_every`` steps the current projection is
 scored on selection rows (rows not trained on); the best projection (accuracy, then lower loss) is kept.
 The result is token ids, so the prompt can be written out as text.
+With ``confirm`` a new projection replaces the tokens the model reads only if it also lowers the loss on the
+next batch (gcg.py's check; the continuous copy moves on either way). Measured on SST-2 it did not help
+(docs/readable.md), so it is off.
 
 The learning rate scales with the embeddings (default ``LR_FACTOR`` x their std: SmolLM2-135M's std is
 0.136, its nearest neighbours ~2.6 apart at norm ~3.2), so one Adam step moves P a fraction of the way
