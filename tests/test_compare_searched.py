@@ -80,7 +80,10 @@ def test_both_arms_score_their_found_template_in_the_table_and_curves_and_resume
         template = Template.from_dict(cell["prompt"])
         assert "[soft" not in json.dumps(cell["prompt"])
         task = PromptTask.create(backbone, split.labels(), "zero-shot", {}, template)
-        assert task.evaluate(split.test, calibrate=False)["accuracy"] == pytest.approx(cell["accuracy"])
+        calibrated = bool(cell.get("calibration"))  # a search's calibration is scored with its template
+        assert calibrated == (cell["arm"]["name"] == "optimized" and cell["label_offsets"] is not None)
+        task.model.verbalizer.calibration = cell.get("label_offsets")
+        assert task.evaluate(split.test, calibrate=calibrated)["accuracy"] == pytest.approx(cell["accuracy"])
         assert 0 <= cell["best_val_accuracy"] <= 1 and cell["n_test"] == len(split.test) == 8
     pez = next(c for c in searched if c["arm"]["name"] == "pez")
     assert all(text in pez["prompt"]["user"] + pez["prompt"]["answer"] for text in pez["search"]["text"].values())
@@ -165,3 +168,28 @@ def test_a_program_as_a_template_is_the_prompt_the_program_shows(tiny_backbone):
         as_template(Pipeline([("think", ChainOfThought("text -> label: one of a, b"))]))
     with pytest.raises(DataError, match="label set"):
         as_template(Pipeline([("say", Predict("text -> summary"))]))
+
+
+def test_a_found_programs_batch_offsets_score_the_cell(task_file, tmp_path, tiny_model_dir, monkeypatch):
+    """A search that returns a batch-calibrated program: its offsets are the template's calibration in the cell
+    (here rigged to push every row to "negative", so the cell's accuracy is the test rows' share of it)."""
+    from prompttune.programs import optimizers
+    from prompttune.programs.search import Result
+
+    real = optimizers.optimize
+
+    def rigged(name, program, *args, **kw):
+        found = real(name, program, *args, **kw)
+        step = found.program.steps[0]
+        step.calibrate = False
+        step.offsets = {o: (9.0 if o == "positive" else -9.0) for o in step.outputs[-1].options}
+        return Result(found.program, found.best_val_score, found.baseline_val_score, 1, 1, 0.1)
+
+    monkeypatch.setattr(optimizers, "optimize", rigged)
+    out = tmp_path / "cmp"
+    small = [o for o in SMALL if o.startswith("optimized.")]
+    compare(task_file, out, tiny_model_dir, methods="optimized", train_sizes="8", method_options=small)
+    (cell,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    split = make_split(task_file, None, None, None, None)
+    assert cell["calibration"] == "batch" and cell["label_offsets"] == [-9.0, 9.0]  # labels: negative, positive
+    assert cell["accuracy"] == pytest.approx(sum(r.label == "negative" for r in split.test.rows) / len(split.test))

@@ -78,6 +78,13 @@ def optimize(
     formats: Annotated[
         bool, typer.Option(help="random-search, mipro: screen prompt layouts and output names first.")
     ] = True,
+    batch_calibration: Annotated[
+        bool,
+        typer.Option(
+            help="random-search, mipro: try demo candidates with batch calibration (label offsets fitted on 32 "
+            "training rows' inputs, saved in the program; in-process model only)."
+        ),
+    ] = True,
     ensemble: Annotated[
         int,
         typer.Option(
@@ -110,6 +117,7 @@ def optimize(
         seed=seed,
         formats=formats,
         ensemble=ensemble,
+        batch_calibration=batch_calibration,
     )
 
     def progress(entry: dict, best: float) -> None:

@@ -105,8 +105,9 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
             "best_step": fit.best_step,
         }
     calibrate = bool(arm.harness("calibrate", False))
-    if calibrate:
+    if calibrate:  # contextual calibration (over a search's own, where it chose one)
         task.calibrate()
+    calibrate = calibrate or bool(found.get("calibration"))  # a searched prompt's calibration applies as found
     emit({"event": "eval", "n": len(split.test)})
     report = task.evaluate(split.test, batch_size=s.get("eval_batch_size", 32), calibrate=calibrate)
     return (

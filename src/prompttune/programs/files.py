@@ -45,6 +45,7 @@ STEP_KEYS = {
     "layout",
     "prefixes",
     "calibrate",
+    "offsets",
 }
 
 
@@ -109,6 +110,7 @@ class Pipeline(Program):
                     "demos": step.demos,
                     **({"layout": step.layout, "prefixes": step.prefixes} if "layout" in step.dump_state() else {}),
                     **({"calibrate": True} if step.calibrate else {}),
+                    **({"offsets": dict(step.offsets)} if step.offsets is not None else {}),
                 }
                 for name, step in zip(self.step_names, self.steps, strict=True)
             ]
@@ -142,7 +144,7 @@ def _step(raw, i: int, where: str) -> tuple[str, Predict]:
             raw.get("instruction"),
             **{k: raw[k] for k in ("max_retries", "max_tokens") if k in raw},
         )
-        keys = ("demos", "layout", "prefixes", "calibrate")
+        keys = ("demos", "layout", "prefixes", "calibrate", "offsets")
         if any(k in raw for k in keys):
             step.set_state({"instruction": step.instruction, **{k: raw[k] for k in keys if k in raw}})
     except DataError as e:

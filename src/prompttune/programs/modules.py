@@ -160,6 +160,7 @@ class Predict(Module):
         self.layout = "chat"
         self.prefixes: dict[str, str] = {}  # field name -> the name the prompt shows it under
         self.calibrate = False  # a label chosen by score: relative to its score on a content-free row
+        self.offsets: dict[str, float] | None = None  # batch calibration: subtracted from the label scores
 
     # --- state --------------------------------------------------------------------------------------
     @property
@@ -172,6 +173,8 @@ class Predict(Module):
             state |= {"layout": self.layout, "prefixes": dict(self.prefixes)}
         if self.calibrate:
             state["calibrate"] = True
+        if self.offsets is not None:
+            state["offsets"] = dict(self.offsets)
         return state
 
     def set_state(self, state: dict) -> None:
@@ -185,7 +188,12 @@ class Predict(Module):
         calibrate = state.get("calibrate", self.calibrate)
         if not isinstance(calibrate, bool):
             raise DataError(f"program step: calibrate {calibrate!r} must be true or false.")
-        self.calibrate = calibrate
+        from prompttune.programs.calibration import check_offsets
+
+        offsets = check_offsets(state.get("offsets", self.offsets), self.outputs[-1].options or None)
+        if offsets is not None and calibrate:
+            raise DataError("program step: 'calibrate' (content-free) and 'offsets' (batch) exclude each other.")
+        self.calibrate, self.offsets = calibrate, offsets
         self.signature = self.signature.with_instruction(str(state.get("instruction", "")))
         self.demos = [dict(d) for d in demos]
         self.layout, self.prefixes = layout, dict(prefixes)
@@ -264,8 +272,11 @@ class Predict(Module):
         lm = current_lm()
         if not self._chooses(lm) or _TRACE.get() is not None:
             return super().batch(rows)
-        prompts = [self.prompt(self._values(row)) for row in rows]
         last = self.outputs[-1]
+        if self.offsets is not None and lm.can_score:
+            options, scores = self.option_logprobs(rows)
+            return [Prediction({last.name: options[max(range(len(s)), key=s.__getitem__)]}) for s in scores]
+        prompts = [self.prompt(self._values(row)) for row in rows]
         return [Prediction({last.name: c}) for c in lm.choose_many(prompts, last.options, self.content_free())]
 
     def option_logprobs(self, rows: list[dict]) -> tuple[tuple[str, ...], list[list[float]]] | None:
@@ -276,7 +287,11 @@ class Predict(Module):
             return None
         last = self.outputs[-1]
         prompts = [self.prompt(self._values(row)) for row in rows]
-        return last.options, lm.option_logprobs_many(prompts, last.options, self.content_free())
+        scores = lm.option_logprobs_many(prompts, last.options, self.content_free())
+        if self.offsets is not None and scores is not None:
+            shift = [self.offsets[o] for o in last.options]
+            scores = [[s - b for s, b in zip(row, shift, strict=True)] for row in scores]
+        return last.options, scores
 
     def _chooses(self, lm: LM) -> bool:
         """Whether the answer is a label the LM picks by score (no text generated, nothing to parse)."""
@@ -285,6 +300,9 @@ class Predict(Module):
     def _run(self, lm: LM, values: dict) -> dict:
         if self._chooses(lm):
             last = self.outputs[-1]
+            if self.offsets is not None and lm.can_score:
+                options, (scores,) = self.option_logprobs([values])
+                return {last.name: options[max(range(len(scores)), key=scores.__getitem__)]}
             return {last.name: lm.choose(self.prompt(values), last.options, self.content_free())}
         return self._complete(lm, values, self.prompt)
 

@@ -9,12 +9,15 @@
 - ``random-search``: the program as given, then labeled sets (``max_labeled_demos`` training rows as they
   are, balanced over the labels) and bootstrapped sets (a seeded number of demos from 1 to ``max_demos``) in
   turn, over seeded shuffles of the training rows, each with the next of the kept formats; each scored on
-  validation, the best kept.
+  validation, the best kept. With ``batch_calibration`` (the default) a demo candidate is batch-calibrated
+  (calibration.py: label offsets fitted on ``CALIBRATION_ROWS`` training rows' inputs) where its LM gives
+  label scores.
 - ``mipro`` (after MIPROv2, simplified): instructions proposed by the LM from a grounded summary of the
   data (fields, label counts, lengths and a few rows, computed, not written by the LM) and the program's
   signature, one per "tip" (MIPROv2's prompting tips), plus the program's own; demo sets as in random
-  search; the kept formats; calibration on or off (a label chosen relative to its score on a content-free
-  row). Optuna's TPE (as MIPROv2) proposes (format, instruction, demo set, calibration) choices (tpe.py)
+  search; the kept formats; calibration off, contextual (a label chosen relative to its score on a
+  content-free row) or, with ``batch_calibration`` where the LM gives label scores, batch (calibration.py).
+  Optuna's TPE (as MIPROv2) proposes (format, instruction, demo set, calibration) choices (tpe.py)
   and scores each on a minibatch of validation rows, while the model calls and time left cover the race;
   then the race (candidates.py: successive halving) takes the best minibatch candidates to the whole
   validation set.
@@ -32,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from prompttune.core.errors import DataError
+from prompttune.programs.calibration import CALIBRATION_ROWS, fit_offsets, fitted_steps
 from prompttune.programs.candidates import Search, race, race_cost, run_search
 from prompttune.programs.formats import FORMATS_KEPT, describe, format_candidates
 from prompttune.programs.lm import LM
@@ -117,6 +121,15 @@ def screen_formats(search: Search, program: Module, given: dict, screened: list 
     return out
 
 
+def calibrator(search: Search, program: Module, train) -> Callable[[Module], bool] | None:
+    """With ``batch_calibration``, where the LM gives label scores and a step can take offsets: a function that
+    fits a candidate's offsets on the first ``CALIBRATION_ROWS`` of a seeded shuffle of the training rows."""
+    rows = shuffled(train, search.config.seed + 7919)[:CALIBRATION_ROWS]
+    if not (search.config.batch_calibration and rows and fitted_steps(program, rows, search.lm)):
+        return None
+    return lambda candidate: fit_offsets(candidate, rows, search.lm)
+
+
 def random_search(
     program, train, val, metric, lm, config=SearchConfig(), progress: Progress | None = None, prefixes=None
 ) -> Result:
@@ -125,12 +138,16 @@ def random_search(
 
     def body() -> None:
         formats = screen_formats(search, program, prefixes or {})
+        calibrate = calibrator(search, program, train)
         i = 0
         while not search.full_limit():
             kind, demos = make(i)
             fmt = {n: v[i % len(v)] for n, v in formats.items()}
             label = f" x {', '.join(describe(f) for f in fmt.values())}" if config.formats else ""
-            search.evaluate(kind + label, with_demos(program, demos, formats=fmt))
+            candidate = with_demos(program, demos, formats=fmt)
+            if calibrate and calibrate(candidate):
+                label += ", batch-calibrated"
+            search.evaluate(kind + label, candidate)
             i += 1
 
     return run_search(search, body)
@@ -160,19 +177,22 @@ def mipro(
         reserve = race_cost(len(search.order), mini, top) if use_mini else 0
         reserve += search.ensemble_reserve()
         budget = config.max_candidates - len(search.scored)
+        calibrate = calibrator(search, program, train)  # calibration choice 2: batch
 
         def trial(f: int, i: int, j: int, c: int) -> float:
-            if search.full_limit() or not search.can_afford(mini + reserve):
+            if search.full_limit() or not search.can_afford(mini + reserve + (CALIBRATION_ROWS if c == 2 else 0)):
                 raise _Full  # the rest of the limits is kept for the race
             if j not in sets:
                 sets[j] = make(j)[1]
-            fmt = {n: v[f] | {"calibrate": bool(c)} for n, v in formats.items()}
+            fmt = {n: v[f] | {"calibrate": c == 1} for n, v in formats.items()}
             candidate = with_demos(program, sets[j], {n: v[i] for n, v in proposed.items()}, fmt)
             kind = f"instruction {i} x demos {j} x {', '.join(describe(x) for x in fmt.values())}"
+            if c == 2 and calibrate is not None and calibrate(candidate):
+                kind += ", batch-calibrated"
             trials.append((search.evaluate(kind, candidate, mini), candidate, kind))
             return trials[-1][0]
 
-        sizes = {"format": n_fmt, "instruction": n_instr, "demos": n_sets, "calibrate": 2}
+        sizes = {"format": n_fmt, "instruction": n_instr, "demos": n_sets, "calibrate": 3 if calibrate else 2}
         try:
             tpe_search(sizes, max(1, budget), config.seed, trial)
         except _Full:

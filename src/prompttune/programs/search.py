@@ -49,6 +49,7 @@ class SearchConfig:
     seed: int = 0
     formats: bool = True  # random-search, mipro: screen layouts and field names first (formats.py)
     ensemble: int = 1  # above 1: greedy ensemble selection from the best candidates (candidates.try_ensemble)
+    batch_calibration: bool = True  # random-search, mipro: demo candidates with label offsets (calibration.py)
 
     def __post_init__(self) -> None:
         for name, (low, high) in LIMITS.items():
@@ -59,8 +60,9 @@ class SearchConfig:
         s = self.max_seconds
         if isinstance(s, bool) or not isinstance(s, int | float) or math.isnan(s) or not 0 < s <= MAX_SECONDS:
             raise DataError(f"max_seconds (--max-seconds) is {s!r}: give seconds above 0, at most {MAX_SECONDS:,}.")
-        if not isinstance(self.formats, bool):
-            raise DataError(f"formats is {self.formats!r}: give true or false.")
+        for name in ("formats", "batch_calibration"):
+            if not isinstance(getattr(self, name), bool):
+                raise DataError(f"{name} is {getattr(self, name)!r}: give true or false.")
         t = self.pass_threshold
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 1:
             raise DataError(f"pass_threshold is {t!r}: give a number from 0 to 1.")
@@ -251,7 +253,7 @@ def candidate_entry(index: int, kind: str, program: Module, value: float, calls:
         "demos": {n: len(p.demos) for n, p in program.named_predictors()},
         "instructions": {n: p.instruction for n, p in program.named_predictors()},
         "formats": {n: {"layout": p.layout, "prefixes": dict(p.prefixes)} for n, p in program.named_predictors()},
-        "calibrated": {n: p.calibrate for n, p in program.named_predictors()},
+        "calibrated": {n: "batch" if p.offsets is not None else p.calibrate for n, p in program.named_predictors()},
         "val_score": round(value, 6),
         "model_calls": calls,
     }

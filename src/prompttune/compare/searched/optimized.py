@@ -11,7 +11,9 @@ Settings (``-o optimized.KEY=VALUE``): ``optimizer`` (bootstrap, random-search, 
 the default decoder it is the best accuracy per minute, mipro's proposals are generated text and each of its
 trials a validation minibatch), the search's named limits (``max_candidates``, ``max_model_calls``,
 ``max_seconds``, ``max_demos``, ``max_labeled_demos``, ``num_instructions``, ``minibatch_size``, bounded as in
-``prompttune optimize``), ``instruction`` (mipro: a candidate instruction of yours) and ``calibrate``.
+``prompttune optimize``), ``instruction`` (mipro: a candidate instruction of yours), ``batch_calibration``
+(true/false, default true: demo candidates with label offsets, programs/calibration.py; a found program's offsets
+become the template's calibration) and ``calibrate``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ LIMIT_KEYS = (
     "max_candidates", "max_model_calls", "max_seconds", "max_demos", "max_labeled_demos", "num_instructions",
     "minibatch_size",
 )  # fmt: skip
-OPTIONS = {"optimizer": str, "instruction": str, **{k: int for k in LIMIT_KEYS}, "max_seconds": float}
+OPTIONS = {
+    "optimizer": str, "instruction": str, **{k: int for k in LIMIT_KEYS}, "max_seconds": float,
+    "batch_calibration": bool,
+}  # fmt: skip
 NOT_HERE = {
     "lr": "the optimizer trains nothing",
     "max_steps": "the search is bounded by max_candidates, max_model_calls and max_seconds",
@@ -45,7 +50,7 @@ def search_config(name: str, options: dict, seed: int = 0):
     """The SearchConfig of these settings; a value out of its bounds is an error naming ``-o NAME.KEY``."""
     from prompttune.programs.search import SearchConfig
 
-    values = {k: options[k] for k in LIMIT_KEYS if k in options}
+    values = {k: options[k] for k in (*LIMIT_KEYS, "batch_calibration") if k in options}
     for key, value in values.items():
         try:
             SearchConfig(**{key: value})
@@ -104,8 +109,14 @@ def find(ctx: SearchContext):
     seconds = time.perf_counter() - t0
     template = as_template(result.program, label_of, f"found by compare's optimized arm ({optimizer})")
     task = PromptTask.create(ctx.backbone, verb.labels, "zero-shot", {}, template, verbalizer=verb)
-    if any(p.calibrate for _, p in result.program.named_predictors()):  # the search chose calibration
+    (step,) = [p for _, p in result.program.named_predictors()]
+    calibration = None
+    if step.offsets is not None:  # batch calibration: the offsets, in the verbalizer's label order
+        task.model.verbalizer.calibration = [step.offsets[word[label]] for label in verb.labels]
+        calibration = "batch"
+    elif step.calibrate:  # the search chose contextual calibration
         task.calibrate()
+        calibration = "contextual"
     return task, {
         "train_seconds": seconds,
         "best_val_accuracy": result.best_val_score,
@@ -118,6 +129,8 @@ def find(ctx: SearchContext):
             "config": {f.name: getattr(config, f.name) for f in fields(config)},
         },
         "prompt": template.to_dict(),
+        "calibration": calibration,  # the cell scores the template with it (compare/cell.py)
+        "label_offsets": task.model.verbalizer.calibration if calibration else None,  # in the labels' order
     }
 
 
