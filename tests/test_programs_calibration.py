@@ -109,3 +109,14 @@ def test_mipro_searches_batch_calibration_as_a_third_choice():
     assert result.best_val_score == 1.0 and result.program.steps[0].offsets is not None
     with pytest.raises(DataError, match="batch_calibration is 'yes': give true or false"):
         SearchConfig(batch_calibration="yes")
+
+
+def test_a_calibrated_program_optimized_again_refits_or_drops_its_offsets():
+    program, _ = load_program(SIG)
+    fit_offsets(program, TRAIN, lm())
+    config = SearchConfig(max_candidates=8, max_labeled_demos=2, num_instructions=1, minibatch_size=6, formats=False)
+    result = mipro(program, TRAIN, VAL, ACC, lm(), config)  # contextual candidates drop the old offsets
+    assert any("calibrated" in h["kind"] and not h["kind"].endswith("batch-calibrated") for h in result.history)
+    off = random_search(program, TRAIN, VAL, ACC, lm(), SearchConfig(max_candidates=2, batch_calibration=False))
+    assert off.history[0]["calibrated"]["step1"] == "batch"  # the program as given keeps its own
+    assert off.history[1]["calibrated"]["step1"] is False  # new demos: the old offsets do not fit them

@@ -231,11 +231,13 @@ def with_demos(
     instructions: dict[str, str] | None = None,
     formats: dict[str, dict] | None = None,
 ) -> Module:
-    """A copy of ``program`` with these demos (and instructions, and formats: layout + prefixes) per predictor."""
+    """A copy of ``program`` with these demos (and instructions, and formats: layout + prefixes) per predictor.
+    Batch calibration's offsets are dropped (they were fitted to the old prompt; calibration.fit_offsets)."""
     new = program.copy()
     for name, p in new.named_predictors():
         kept = [{k: v for k, v in d.items() if not k.startswith("_")} for d in demos.get(name, [])]
         state = {"instruction": (instructions or {}).get(name, p.instruction), "demos": kept[:MAX_DEMOS]}
+        state["offsets"] = None
         p.set_state(state | (formats or {}).get(name, {}))
     return new
 
