@@ -16,7 +16,6 @@ and they are not applied, as with contextual calibration.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from prompttune.core.errors import DataError
@@ -57,19 +56,3 @@ def fit_offsets(program: Module, rows: Sequence[dict], lm: LM) -> bool:
             options, scores = got
             step.offsets = {o: sum(col) / len(col) for o, col in zip(options, zip(*scores, strict=True), strict=True)}
     return True
-
-
-def check_offsets(offsets, options: Sequence[str] | None) -> dict[str, float] | None:
-    """``offsets`` as saved (a mapping of every label to a finite number) or None; the error names what is wrong."""
-    if offsets is None:
-        return None
-    if not isinstance(offsets, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in offsets.values()
-    ):
-        raise DataError("program step: 'offsets' must map each label to a finite number (batch calibration).")
-    if options is None or sorted(offsets) != sorted(options):
-        raise DataError(
-            f"program step: 'offsets' has labels {sorted(offsets)}; the step's answer takes "
-            f"{sorted(options or [])}: give one number per label, or drop 'offsets'."
-        )
-    return {str(k): float(v) for k, v in offsets.items()}

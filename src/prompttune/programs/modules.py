@@ -32,7 +32,8 @@ from __future__ import annotations
 import contextvars
 import copy
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -188,8 +189,6 @@ class Predict(Module):
         calibrate = state.get("calibrate", self.calibrate)
         if not isinstance(calibrate, bool):
             raise DataError(f"program step: calibrate {calibrate!r} must be true or false.")
-        from prompttune.programs.calibration import check_offsets
-
         offsets = check_offsets(state.get("offsets", self.offsets), self.outputs[-1].options or None)
         if offsets is not None and calibrate:
             raise DataError("program step: 'calibrate' (content-free) and 'offsets' (batch) exclude each other.")
@@ -366,6 +365,22 @@ def check_layout(layout, prefixes, signature: Signature) -> None:
                 f"program step: the prefix of {name!r} ({shown!r}) must be one line of text without ':', "
                 f"at most {MAX_PREFIX_CHARS} characters."
             )
+
+
+def check_offsets(offsets, options: Sequence[str] | None) -> dict[str, float] | None:
+    """``offsets`` as saved (a mapping of every label to a finite number) or None; the error names what is wrong."""
+    if offsets is None:
+        return None
+    if not isinstance(offsets, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in offsets.values()
+    ):
+        raise DataError("program step: 'offsets' must map each label to a finite number (batch calibration).")
+    if options is None or sorted(offsets) != sorted(options):
+        raise DataError(
+            f"program step: 'offsets' has labels {sorted(offsets)}; the step's answer takes "
+            f"{sorted(options or [])}: give one number per label, or drop 'offsets'."
+        )
+    return {str(k): float(v) for k, v in offsets.items()}
 
 
 def _show(value) -> str:
