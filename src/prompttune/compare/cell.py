@@ -107,6 +107,8 @@ def run_cell(spec: dict, emit: Callable[[dict], None] = lambda ev: None) -> dict
     calibrate = bool(arm.harness("calibrate", False))
     if calibrate:  # contextual calibration (over a search's own, where it chose one)
         task.calibrate()
+        if found.get("calibration"):
+            found |= {"calibration": "contextual", "label_offsets": task.model.verbalizer.calibration}
     calibrate = calibrate or bool(found.get("calibration"))  # a searched prompt's calibration applies as found
     emit({"event": "eval", "n": len(split.test)})
     report = task.evaluate(split.test, batch_size=s.get("eval_batch_size", 32), calibrate=calibrate)
