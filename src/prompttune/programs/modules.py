@@ -273,8 +273,7 @@ class Predict(Module):
             return super().batch(rows)
         last = self.outputs[-1]
         if self.offsets is not None and lm.can_score:
-            options, scores = self.option_logprobs(rows)
-            return [Prediction({last.name: options[max(range(len(s)), key=s.__getitem__)]}) for s in scores]
+            return [Prediction({last.name: label}) for label in self._offset_choices(rows)]
         prompts = [self.prompt(self._values(row)) for row in rows]
         return [Prediction({last.name: c}) for c in lm.choose_many(prompts, last.options, self.content_free())]
 
@@ -292,6 +291,11 @@ class Predict(Module):
             scores = [[s - b for s, b in zip(row, shift, strict=True)] for row in scores]
         return last.options, scores
 
+    def _offset_choices(self, rows: list[dict]) -> list[str]:
+        """Each row's label by its score less the step's batch-calibration offsets (calibration.py)."""
+        options, scores = self.option_logprobs(rows)
+        return [options[max(range(len(row)), key=row.__getitem__)] for row in scores]
+
     def _chooses(self, lm: LM) -> bool:
         """Whether the answer is a label the LM picks by score (no text generated, nothing to parse)."""
         return len(self.outputs) == 1 and self.outputs[-1].kind == "label" and lm.can_choose
@@ -300,8 +304,7 @@ class Predict(Module):
         if self._chooses(lm):
             last = self.outputs[-1]
             if self.offsets is not None and lm.can_score:
-                options, (scores,) = self.option_logprobs([values])
-                return {last.name: options[max(range(len(scores)), key=scores.__getitem__)]}
+                return {last.name: self._offset_choices([values])[0]}
             return {last.name: lm.choose(self.prompt(values), last.options, self.content_free())}
         return self._complete(lm, values, self.prompt)
 
