@@ -2,11 +2,11 @@
 
 A step that picks a label by its log-probability is biased towards some labels by its prompt: on SST-2 with
 the 135M default decoder, label-balanced sets of 8 demos (plain ``Text:`` / ``Sentiment:``) answered
-"positive" for 4% to 87% of the rows and scored 0.48-0.87. Batch calibration estimates that bias as the mean of
-the step's label log-probabilities (normalized over the labels) over unlabeled rows and subtracts it from every
-row's: the same 14 sets then scored 0.78-0.86 on 1,000 held-out rows (mean 0.815, against 0.73 raw and 0.60
-with the content-free "N/A" row of contextual calibration), with offsets fitted on 32 to 400 rows alike
-(docs/programs.md).
+"positive" for 4% to 87% of the rows and scored 0.48-0.86 on 1,000 held-out rows (14 sets of 8 or 16 demos, mean
+0.739). Batch calibration estimates that bias as the mean of the step's label log-probabilities (normalized over
+the labels) over unlabeled rows and subtracts it from every row's: the same sets then scored 0.76-0.86 (mean
+0.815; with the content-free "N/A" row of contextual calibration 0.56-0.81, mean 0.609), with offsets fitted on
+32 or 400 rows alike (docs/programs.md). In mipro's search it moved the result within noise.
 
 The offsets are fitted once, on training rows' inputs (their labels are not read), and saved with the step
 (``offsets`` in program.json: one number per label), so a row's answer never depends on the other rows asked
