@@ -182,6 +182,8 @@ def train_from_file(
         task.calibrate()
     if out is not None and (dist is None or dist.is_main):  # one writer in a data-parallel run
         task.save(out, overwrite=overwrite or resume)
+    if dist is not None:
+        dist.barrier()  # the ranks leave together: none tears its group down while rank 0 is still writing
     warnings = []
     if result.steps and result.initial_val is not None and result.best_val <= result.initial_val:
         kept = "the initial one" if result.best_step == 0 else f"step {result.best_step}'s, which only ties it"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
 
 import torch
@@ -148,4 +149,5 @@ def shutdown() -> None:
     global _current
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()  # free the group (and join its worker threads) now, while the interpreter is whole
     _current = None
