@@ -213,3 +213,15 @@ def test_a_calibrated_step_chooses_relative_to_a_content_free_row(tiny_backbone)
     assert saved["calibrate"] is True
     with pytest.raises(DataError, match="calibrate"):
         step.set_state({"calibrate": "yes"})
+
+
+def test_the_formats_tried_keep_the_input_names_a_program_was_written_with():
+    program, _ = load_program(SIG)
+    step = program.steps[0]
+    step.layout, step.prefixes = "plain", {"text": "Movie review", "label": "Sentiment"}
+    candidates = format_candidates(step)
+    assert candidates[0] == {"layout": "plain", "prefixes": {"text": "Movie review", "label": "Sentiment"}}
+    assert len(candidates) > 3 and all(c["prefixes"]["text"] == "Movie review" for c in candidates)
+    assert {c["prefixes"]["label"] for c in candidates} >= {"Sentiment", "Label", *OUTPUT_NAMES}
+    given = format_candidates(step, {"text": ["Film review"]})  # a name the user gives wins over the program's
+    assert all(c["prefixes"]["text"] == "Film review" for c in given[1:])

@@ -51,11 +51,13 @@ def check_prefix_fields(program, given: Mapping[str, list[str]]) -> None:
 
 
 def format_candidates(predictor: Predict, given: Mapping[str, list[str]] | None = None) -> list[dict]:
-    """The predictor's own format first, then plain layouts: given input names, then each output name."""
+    """The predictor's own format first, then plain layouts: its own input names (a hand-written program's
+    ``Movie review`` stays while the output name varies) or the first given one, then each output name."""
     given = given or {}
     own = {"layout": predictor.layout, "prefixes": dict(predictor.prefixes)}
     out = [own]
-    inputs = {f: names[0] for f, names in given.items() if f in predictor.signature.input_names and names}
+    inputs = {f: n for f, n in predictor.prefixes.items() if f in predictor.signature.input_names}
+    inputs |= {f: names[0] for f, names in given.items() if f in predictor.signature.input_names and names}
     outputs = predictor.signature.outputs
     names: list[str] = []
     if len(outputs) == 1:
