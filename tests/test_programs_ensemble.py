@@ -124,6 +124,23 @@ def test_a_search_keeps_the_ensemble_only_where_it_beats_the_best_at_no_new_mode
     assert len(search.history) == before
 
 
+def test_top_selection_takes_the_n_best_where_greedy_stops_when_none_lifts_it():
+    inner = FakeLM(lambda p: "x", scores=sure_on)
+    searches = {}
+    for select in ("greedy", "top"):
+        search = Search(member(""), VAL, ACC, inner, SearchConfig(ensemble=3, ensemble_select=select), None)
+        for name in "abc":
+            search.evaluate(name, member(name))
+        try_ensemble(search, 3)
+        searches[select] = search
+    greedy, top = searches["greedy"], searches["top"]
+    assert len(greedy.best[1].members) == 2 and greedy.best[0] == 1.0  # c lifts nothing once a and b are in
+    assert [h["kind"] for h in top.history[-1:]] == ["ensemble of the 3 best"]
+    assert len(top.best[1].members) == 3 and top.best[0] == 1.0  # one ensemble tried, kept: it beats a alone
+    with pytest.raises(DataError, match="--ensemble-select"):
+        SearchConfig(ensemble_select="best")
+
+
 def test_the_ensemble_reserve_is_the_pools_unscored_rows():
     inner = FakeLM(lambda p: "x", scores=sure_on)
     config = SearchConfig(ensemble=3, minibatch_size=4)  # pool members have at least 8 of the 16 rows

@@ -92,6 +92,13 @@ def optimize(
             "pass per member per row), kept where it scores above the best alone (2-8)."
         ),
     ] = 1,
+    ensemble_select: Annotated[
+        str,
+        typer.Option(
+            help="With --ensemble: greedy (add the candidate that lifts validation most, while one does) or top "
+            "(the N best averaged; fits the validation rows less)."
+        ),
+    ] = "greedy",
     seed: Annotated[int, typer.Option(help="Seed of every random choice in the search.")] = 0,
     limit: LimitOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a program saved earlier at --out.")] = False,
@@ -117,6 +124,7 @@ def optimize(
         seed=seed,
         formats=formats,
         ensemble=ensemble,
+        ensemble_select=ensemble_select,
         batch_calibration=batch_calibration,
     )
 

@@ -32,6 +32,7 @@ LIMITS = {  # name: (low, high)
     "ensemble": (1, 8),
 }
 MAX_SECONDS = 7 * 24 * 3600
+ENSEMBLE_SELECT = ("greedy", "top")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class SearchConfig:
     pass_threshold: float = 1.0  # a trace is kept as a demo when the metric gives at least this
     seed: int = 0
     formats: bool = True  # random-search, mipro: screen layouts and field names first (formats.py)
-    ensemble: int = 1  # above 1: greedy ensemble selection from the best candidates (candidates.try_ensemble)
+    ensemble: int = 1  # above 1: an ensemble of the best candidates (candidates.try_ensemble)
+    ensemble_select: str = "greedy"  # greedy: members added while one lifts validation; top: the N best averaged
     batch_calibration: bool = True  # random-search, mipro: demo candidates with label offsets (calibration.py)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,10 @@ class SearchConfig:
         s = self.max_seconds
         if isinstance(s, bool) or not isinstance(s, int | float) or math.isnan(s) or not 0 < s <= MAX_SECONDS:
             raise DataError(f"max_seconds (--max-seconds) is {s!r}: give seconds above 0, at most {MAX_SECONDS:,}.")
+        if self.ensemble_select not in ENSEMBLE_SELECT:
+            raise DataError(
+                f"ensemble_select (--ensemble-select) is {self.ensemble_select!r}: use {' or '.join(ENSEMBLE_SELECT)}."
+            )
         for name in ("formats", "batch_calibration"):
             if not isinstance(getattr(self, name), bool):
                 raise DataError(f"{name} is {getattr(self, name)!r}: give true or false.")
