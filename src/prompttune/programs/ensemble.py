@@ -21,6 +21,7 @@ import json
 from collections import Counter
 
 from prompttune.core.errors import DataError
+from prompttune.programs.lm import argmax
 from prompttune.programs.modules import Prediction, Program, current_lm
 from prompttune.programs.parse import OutputParseError
 
@@ -83,7 +84,7 @@ class Ensemble(Program):
                 if total is None
                 else [[a + b for a, b in zip(x, y, strict=True)] for x, y in zip(total, scores, strict=True)]
             )
-        return [Prediction({name: options[max(range(len(row)), key=row.__getitem__)]}) for row in total]
+        return [Prediction({name: options[argmax(row)]}) for row in total]
 
     def _vote(self, rows: list[dict]) -> list[Prediction | None]:
         answers = [m.batch(rows) for m in self.members]

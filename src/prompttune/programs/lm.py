@@ -71,7 +71,7 @@ class LM:
         """``choose`` for each prompt: the highest of its scores where the LM gives them (one batched call; a
         wrapper that keeps or journals scores serves choices from them), else one ``choose`` per prompt."""
         if self.can_score:
-            return [options[_argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
+            return [options[argmax(row)] for row in self.option_logprobs_many(prompts, options, baseline)]
         return [self.choose(p, options, baseline) for p in prompts]
 
     def option_logprobs_many(
@@ -96,7 +96,7 @@ class FakeLM(LM):
         """``scores``: each option's log-probability for a prompt; the choice is then the highest one's."""
         self.respond, self._choose, self._scores, self.calls = respond, choose, scores, 0
         if scores is not None and choose is None:
-            self._choose = lambda prompt, options: options[_argmax(_normalized(scores(prompt, options)))]
+            self._choose = lambda prompt, options: options[argmax(_normalized(scores(prompt, options)))]
         self.can_choose, self.can_score = self._choose is not None, scores is not None
 
     def complete(self, prompt: Prompt, max_tokens: int) -> str:
@@ -126,7 +126,8 @@ def _raw(text: str) -> str:
     return "{% raw %}" + text + "{% endraw %}" if text else ""
 
 
-def _argmax(row: Sequence[float]) -> int:
+def argmax(row: Sequence[float]) -> int:
+    """The index of the highest score (the first, on a tie)."""
     return max(range(len(row)), key=row.__getitem__)
 
 

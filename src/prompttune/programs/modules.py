@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from prompttune.core.errors import DataError
-from prompttune.programs.lm import LM, Prompt
+from prompttune.programs.lm import LM, Prompt, argmax
 from prompttune.programs.parse import OutputParseError, parse_reply
 from prompttune.programs.reply_form import reply_form, reply_schema
 from prompttune.programs.signature import Field, Signature
@@ -294,7 +294,7 @@ class Predict(Module):
     def _offset_choices(self, rows: list[dict]) -> list[str]:
         """Each row's label by its score less the step's batch-calibration offsets (calibration.py)."""
         options, scores = self.option_logprobs(rows)
-        return [options[max(range(len(row)), key=row.__getitem__)] for row in scores]
+        return [options[argmax(row)] for row in scores]
 
     def _chooses(self, lm: LM) -> bool:
         """Whether the answer is a label the LM picks by score (no text generated, nothing to parse)."""
