@@ -193,3 +193,50 @@ def test_a_found_programs_batch_offsets_score_the_cell(task_file, tmp_path, tiny
     split = make_split(task_file, None, None, None, None)
     assert cell["calibration"] == "batch" and cell["label_offsets"] == [-9.0, 9.0]  # labels: negative, positive
     assert cell["accuracy"] == pytest.approx(sum(r.label == "negative" for r in split.test.rows) / len(split.test))
+
+
+def test_an_ensemble_found_scores_the_members_summed_label_scores(task_file, tmp_path, tiny_model_dir, monkeypatch):
+    """A search that keeps an ensemble of two prompts (rigged: the first leans "negative" by 6 nats, the second
+    "positive" by 18): the cell scores every member's template and adds their label scores, so the second wins every
+    row (a vote would tie and follow the first); the record lists both prompts and their offsets."""
+    from prompttune.programs import optimizers
+    from prompttune.programs.ensemble import Ensemble
+    from prompttune.programs.search import Result
+
+    real = optimizers.optimize
+
+    def rigged(name, program, *args, **kw):
+        found = real(name, program, *args, **kw)
+        members = []
+        for push in (3.0, -9.0):  # calibration subtracts: +3 on positive leans negative
+            member = Pipeline([("classify", Predict(found.program.steps[0].signature))])
+            step = member.steps[0]
+            step.offsets = {o: (push if o == "positive" else -push) for o in step.outputs[-1].options}
+            members.append(member)
+        return Result(Ensemble(members), found.best_val_score, found.baseline_val_score, 1, 1, 0.1)
+
+    monkeypatch.setattr(optimizers, "optimize", rigged)
+    out = tmp_path / "cmp"
+    small = [o for o in SMALL if o.startswith("optimized.")] + ["optimized.ensemble=2"]
+    compare(task_file, out, tiny_model_dir, methods="optimized", train_sizes="8", method_options=small)
+    (cell,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert cell["status"] == "ok", cell.get("error")
+    split = make_split(task_file, None, None, None, None)
+    assert cell["accuracy"] == pytest.approx(sum(r.label == "positive" for r in split.test.rows) / len(split.test))
+    assert len(cell["prompt"]) == 2 and cell["calibration"] == ["batch", "batch"]
+    assert cell["label_offsets"] == [[-3.0, 3.0], [9.0, -9.0]]  # labels: negative, positive
+    assert cell["search"]["config"]["ensemble"] == 2 and cell["trainable_params"] == 0
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        (["optimized.ensemble=9"], "optimized.ensemble=9"),
+        (["optimized.ensemble_select=best"], "optimized.ensemble_select=best"),
+        (["optimized.ensemble=3", "optimized.calibrate=true"], "an ensemble's members keep the calibration"),
+    ],
+)
+def test_bad_ensemble_settings_are_errors_naming_the_option(items, says):
+    with pytest.raises(PromptTuneError) as e:
+        resolve(["optimized"], parse_options(items))
+    assert says in str(e.value)

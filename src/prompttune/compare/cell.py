@@ -55,7 +55,10 @@ def build_task(arm: Arm, backbone: Backbone, labels: list[str], tmpl: Template, 
 
 
 def stored_bytes(task) -> int:
-    """What one more task costs on disk: its trained tensors plus its template and verbalizer (or labels)."""
+    """What one more task costs on disk: its trained tensors plus its template and verbalizer (or labels); an
+    ensemble's (compare/searched/ensemble_task.py) is its members'."""
+    if members := getattr(task, "members", None):
+        return sum(stored_bytes(m) for m in members)
     weights = sum(t.numel() * t.element_size() for t in task.model.trainable.trainable_state().values())
     return weights + len(json.dumps(task.manifest_fields()).encode())
 

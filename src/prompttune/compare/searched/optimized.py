@@ -11,17 +11,21 @@ Settings (``-o optimized.KEY=VALUE``): ``optimizer`` (bootstrap, random-search, 
 the default decoder it is the best accuracy per minute, mipro's proposals are generated text and each of its
 trials a validation minibatch), the search's named limits (``max_candidates``, ``max_model_calls``,
 ``max_seconds``, ``max_demos``, ``max_labeled_demos``, ``num_instructions``, ``minibatch_size``, bounded as in
-``prompttune optimize``), ``instruction`` (mipro: a candidate instruction of yours), ``batch_calibration``
+``prompttune optimize``), ``ensemble`` (1-8: above 1, the best candidates' label scores averaged when that beats
+the best alone; the cell scores every member's template and sums their scores, ensemble_task.py) with
+``ensemble_select`` (greedy, top), ``instruction`` (mipro: a candidate instruction of yours), ``batch_calibration``
 (true/false, default true: demo candidates with label offsets, programs/calibration.py; a found program's offsets
 become the template's calibration) and ``calibrate``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import fields
 
 from prompttune.compare.searched.base import SearchContext, SearchedArm, check_names, option_error, register
+from prompttune.compare.searched.ensemble_task import EnsembleTask
 from prompttune.core.errors import DataError, PromptTuneError
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.programs.optimizers import OPTIMIZERS
@@ -33,7 +37,7 @@ LIMIT_KEYS = (
 )  # fmt: skip
 OPTIONS = {
     "optimizer": str, "instruction": str, **{k: int for k in LIMIT_KEYS}, "max_seconds": float,
-    "batch_calibration": bool,
+    "batch_calibration": bool, "ensemble": int, "ensemble_select": str,
 }  # fmt: skip
 NOT_HERE = {
     "lr": "the optimizer trains nothing",
@@ -50,7 +54,7 @@ def search_config(name: str, options: dict, seed: int = 0):
     """The SearchConfig of these settings; a value out of its bounds is an error naming ``-o NAME.KEY``."""
     from prompttune.programs.search import SearchConfig
 
-    values = {k: options[k] for k in (*LIMIT_KEYS, "batch_calibration") if k in options}
+    values = {k: options[k] for k in (*LIMIT_KEYS, "batch_calibration", "ensemble", "ensemble_select") if k in options}
     for key, value in values.items():
         try:
             SearchConfig(**{key: value})
@@ -66,18 +70,20 @@ def check(name: str, options: dict) -> None:
         raise option_error(name, "optimizer", optimizer, f"choose one of {', '.join(OPTIMIZERS)}.")
     if options.get("instruction") is not None and optimizer != "mipro":
         raise option_error(name, "instruction", options["instruction"], "instructions are searched by mipro only.")
+    if options.get("ensemble", 1) > 1 and options.get("calibrate"):
+        raise option_error(
+            name, "calibrate", options["calibrate"], "an ensemble's members keep the calibration the search chose."
+        )
     search_config(name, options)
 
 
 def find(ctx: SearchContext):
-    from prompttune.programs.export import as_template
     from prompttune.programs.files import Pipeline
     from prompttune.programs.lm import BackboneLM
     from prompttune.programs.metrics import make_metric
     from prompttune.programs.modules import Predict
     from prompttune.programs.optimizers import optimize
     from prompttune.programs.signature import Field, Signature
-    from prompttune.prompt_task import PromptTask
 
     verb = Verbalizer.parse(ctx.labels, ctx.settings.get("verbalizer"))
     word = {label: verb.words[label][0] for label in verb.labels}  # what the program answers with
@@ -107,16 +113,12 @@ def find(ctx: SearchContext):
         BackboneLM(ctx.backbone), config, progress, **kw,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    template = as_template(result.program, label_of, f"found by compare's optimized arm ({optimizer})")
-    task = PromptTask.create(ctx.backbone, verb.labels, "zero-shot", {}, template, verbalizer=verb)
-    (step,) = [p for _, p in result.program.named_predictors()]
-    calibration = None
-    if step.offsets is not None:  # batch calibration: the offsets, in the verbalizer's label order
-        task.model.verbalizer.calibration = [step.offsets[word[label]] for label in verb.labels]
-        calibration = "batch"
-    elif step.calibrate:  # the search chose contextual calibration
-        task.calibrate()
-        calibration = "contextual"
+    members = getattr(result.program, "members", None) or [result.program]
+    found = [_member(m, ctx, verb, word, label_of, optimizer) for m in members]
+    task = found[0][0] if len(found) == 1 else EnsembleTask([t for t, _, _ in found])
+    prompts = [template.to_dict() for _, template, _ in found]
+    calibrations = [c for _, _, c in found]
+    offsets = [t.model.verbalizer.calibration if c else None for t, _, c in found]
     return task, {
         "train_seconds": seconds,
         "best_val_accuracy": result.best_val_score,
@@ -128,10 +130,29 @@ def find(ctx: SearchContext):
             "stopped": result.stopped,
             "config": {f.name: getattr(config, f.name) for f in fields(config)},
         },
-        "prompt": template.to_dict(),
-        "calibration": calibration,  # the cell scores the template with it (compare/cell.py)
-        "label_offsets": task.model.verbalizer.calibration if calibration else None,  # in the labels' order
+        "prompt": prompts[0] if len(found) == 1 else prompts,  # an ensemble: one template per member
+        "calibration": calibrations[0] if len(found) == 1 else calibrations,  # the cell scores the templates with it
+        "label_offsets": offsets[0] if len(found) == 1 else offsets,  # in the labels' order
     }
+
+
+def _member(program, ctx: SearchContext, verb, word: dict, label_of: dict, optimizer: str):
+    """One found program as a zero-shot task on its template, with the calibration the search chose."""
+    from prompttune.programs.export import as_template
+    from prompttune.prompt_task import PromptTask
+
+    template = as_template(program, label_of, f"found by compare's optimized arm ({optimizer})")
+    verb = dataclasses.replace(verb, words=dict(verb.words), calibration=None)  # each member calibrates its own
+    task = PromptTask.create(ctx.backbone, verb.labels, "zero-shot", {}, template, verbalizer=verb)
+    (step,) = [p for _, p in program.named_predictors()]
+    calibration = None
+    if step.offsets is not None:  # batch calibration: the offsets, in the verbalizer's label order
+        task.model.verbalizer.calibration = [step.offsets[word[label]] for label in verb.labels]
+        calibration = "batch"
+    elif step.calibrate:  # the search chose contextual calibration
+        task.calibrate()
+        calibration = "contextual"
+    return task, template, calibration
 
 
 ARM = register(
