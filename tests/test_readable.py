@@ -3,8 +3,11 @@ the template file they write (issue 15, item 3). Tiny random models; made-up tas
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+import yaml
 from conftest import write_jsonl
 from test_cli import assert_user_error, invoke, last_json, run_main  # noqa: F401, F811 (run_main: a fixture)
 from tiny import CORPUS, make_decoder
@@ -208,6 +211,13 @@ def test_harden_pez_cli_writes_a_template_that_scores_what_it_reports(tmp_path, 
     assert again["accuracy"] == pytest.approx(report["accuracy"]["hardened"])
     hand = evaluate("classify", sentiment_file, calibrate=False, model=str(tiny_model_dir))
     assert hand["accuracy"] == pytest.approx(report["accuracy"]["hand_written"])
+    # the start (step 0) written into the same template scores what the report says it does
+    start = Template.from_spec("classify")
+    start = replace(start, user=report["start_text"]["0"] + "{{ text }}", answer=report["start_text"]["1"])
+    (tmp_path / "start.yaml").write_text(yaml.safe_dump(start.to_dict()))
+    begun = evaluate(tmp_path / "start.yaml", sentiment_file, calibrate=False, model=str(tiny_model_dir))
+    assert begun["accuracy"] == pytest.approx(report["accuracy"]["start"])
+    assert f"the search's start {report['accuracy']['start']:.4f}" in result.stdout
 
 
 def test_harden_pez_can_start_from_given_words(tmp_path, tiny_backbone, sentiment_file):
@@ -217,6 +227,7 @@ def test_harden_pez_can_start_from_given_words(tmp_path, tiny_backbone, sentimen
     )  # fmt: skip
     assert report["pez"]["best_step"] == 0 and report["pez"]["init"] == "text"
     assert report["text"] == {"0": " bad movie", "1": " bad movie bad movie"}  # cycled over both slots
+    assert report["start_text"] == report["text"] and report["accuracy"]["start"] == report["accuracy"]["hardened"]
 
 
 def test_harden_pez_from_an_artifact_starts_from_its_soft_prompt(

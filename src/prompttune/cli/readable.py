@@ -186,7 +186,9 @@ def harden_prompt(
     scored = f"on {acc['rows']} rows ({acc['rows_source']})" if acc["rows"] else "(no rows given: not scored)"
     out.print(
         f"accuracy {scored}: hardened {fmt(acc['hardened'])}, soft prompt {fmt(acc['soft'])}, "
-        f"hand-written {fmt(acc['hand_written'])}; wrote {report['out']}",
+        f"hand-written {fmt(acc['hand_written'])}"
+        + (f", the search's start {fmt(acc['start'])}" if acc.get("start") is not None else "")
+        + f"; wrote {report['out']}",
         markup=False,
         highlight=False,
     )

@@ -32,6 +32,7 @@ class SearchResult:
     lr: float | None  # pez's learning rate; None for searches without one
     seconds: float
     history: list[dict] = field(default_factory=list)
+    start_ids: dict[int, list[int]] = field(default_factory=dict)  # slot index -> the start's tokens (step 0)
 
 
 def start_from_tokens(task: PromptTask, vocab: Vocabulary) -> None:
@@ -75,6 +76,7 @@ class Selection:
         self.t0 = time.perf_counter()
         self.history: list[dict] = []
         self.best: tuple[float, float, int, Tensor] | None = None  # (accuracy, -loss, step, ids)
+        self.start: Tensor | None = None  # the first tokens considered: where the search began
         self._scores: dict[tuple[int, ...], tuple[float, float]] = {}  # tokens scored already (none changed)
 
     def score(self) -> tuple[float, float]:
@@ -86,6 +88,8 @@ class Selection:
         """Score the tokens the task holds (``ids``), keep them if best; returns their accuracy. Tokens scored
         before are not scored again (the same rows, the same prompt)."""
         key = tuple(ids.tolist())
+        if self.start is None:
+            self.start = ids.clone()
         if key not in self._scores:
             self._scores[key] = self.score()
         acc, loss = self._scores[key]
@@ -105,14 +109,9 @@ class Selection:
     def finish(self, vocab: Vocabulary, lr: float | None) -> SearchResult:
         """The task ends holding the best tokens; their ids per slot, in the table's slot order."""
         assert self.best is not None, "consider() the start before finishing"
-        best_ids = self.best[3].tolist()
-        per_slot, start = {}, 0
-        for s in self.task.model.method.slots:
-            per_slot[s.index] = best_ids[start : start + s.size]
-            start += s.size
         load_tokens(self.task, vocab, self.best[3])
         return SearchResult(
-            ids=per_slot,
+            ids=self._per_slot(self.best[3]),
             best_step=self.best[2],
             selection_accuracy=self.best[0],
             selection_loss=-self.best[1],
@@ -120,4 +119,12 @@ class Selection:
             lr=lr,
             seconds=time.perf_counter() - self.t0,
             history=self.history,
+            start_ids=self._per_slot(self.start),
         )
+
+    def _per_slot(self, ids: Tensor) -> dict[int, list[int]]:
+        flat, per_slot, start = ids.tolist(), {}, 0
+        for s in self.task.model.method.slots:
+            per_slot[s.index] = flat[start : start + s.size]
+            start += s.size
+        return per_slot

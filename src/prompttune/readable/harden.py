@@ -208,8 +208,15 @@ def harden(
         report_rows, report_source = val_rows, f"{val} (--val)"
     elif method in SEARCHES:
         report_rows, report_source = select_rows, "the seeded 10% held out of training, which also picked the step"
+    scored = accuracy(hard_task(bb, hardened, verb), report_rows)
+    start_texts, start = None, None  # a search's start written out (its step 0), on the same rows
+    if result is not None:
+        start_texts = slot_texts(bb, result.start_ids)[0]
+        same = result.start_ids == ids
+        start = scored if same else accuracy(hard_task(bb, with_text(base, start_texts), verb), report_rows)
     acc = {
-        "hardened": accuracy(hard_task(bb, hardened, verb), report_rows),
+        "hardened": scored,
+        "start": start,  # what the search added to where it began
         "soft": accuracy(soft_task, report_rows, calibrate=True) if soft_task is not None else None,
         "soft_calibrated": soft_task is not None and soft_task.model.verbalizer.calibration is not None,
         "hand_written": accuracy(hard_task(bb, base, verb), report_rows),
@@ -225,6 +232,7 @@ def harden(
         "tokens": sum(len(v) for v in ids.values()),
         "token_ids": {str(k): v for k, v in ids.items()},
         "text": {str(k): v for k, v in texts.items()},
+        "start_text": {str(k): v for k, v in start_texts.items()} if start_texts else None,
         "roundtrip": roundtrip,
         "accuracy": acc,
         "verbalizer": verbalizer_flag(verb),
@@ -258,9 +266,10 @@ def _fmt(x: float | None) -> str:
 
 def _write(out: Path, hardened, report: dict) -> None:
     acc = report["accuracy"]
+    start = f", the search's start {_fmt(acc['start'])}" if acc.get("start") is not None else ""
     figures = (
-        f"accuracy {_fmt(acc['hardened'])} (soft prompt {_fmt(acc['soft'])}, hand-written {_fmt(acc['hand_written'])})"
-        f" on {acc['rows']} rows: {acc['rows_source']}"
+        f"accuracy {_fmt(acc['hardened'])} (soft prompt {_fmt(acc['soft'])}, hand-written {_fmt(acc['hand_written'])}"
+        f"{start}) on {acc['rows']} rows: {acc['rows_source']}"
         if acc["rows"]
         else "not scored (no rows given)"
     )
