@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from prompttune.core.errors import DataError
 from prompttune.core.metrics import classification_report
 from prompttune.prompt_task import PromptTask
 from prompttune.task import Data, as_dataset
@@ -25,7 +26,7 @@ class EnsembleTask:
         labels = members[0].labels
         for i, m in enumerate(members[1:], start=2):
             if m.labels != labels:
-                raise ValueError(f"ensemble member {i} has labels {m.labels}; member 1 has {labels}.")
+                raise DataError(f"ensemble member {i} has labels {m.labels}; member 1 has {labels}.")
         self.members = list(members)
         self.labels = labels
 
