@@ -2,6 +2,7 @@
 over them (programs/formats.py), on a fake LM rigged so that one output name works, and on a tiny model."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def named_right(name: str):
 
 def test_random_search_screens_formats_and_keeps_the_output_name_that_works():
     program, _ = load_program(SIG)
-    config = SearchConfig(max_candidates=20, max_labeled_demos=2, minibatch_size=6, seed=0)
+    config = SearchConfig(max_candidates=30, max_labeled_demos=2, minibatch_size=6, seed=0)
     result = random_search(program, TRAIN, VAL, ACC, FakeLM(named_right("Sentiment")), config)
     assert result.baseline_val_score == 0.5 and result.best_val_score == 1.0
     best = result.program.steps[0]
@@ -109,6 +110,12 @@ def test_random_search_screens_formats_and_keeps_the_output_name_that_works():
     kinds = [h["kind"] for h in result.history]
     assert "format chat" in kinds and "format plain (label=Sentiment)" in kinds
     assert sum(k.startswith("format") for k in kinds) == 2 + len(OUTPUT_NAMES)  # own, "Label", the list
+    small = random_search(program, TRAIN, VAL, ACC, FakeLM(named_right("Sentiment")), replace(config, max_candidates=6))
+    kinds = [h["kind"] for h in small.history]
+    # half the 6 candidates screen formats (the program as given, which is its own format, and 2 more); the rest
+    # are demo sets, which a small budget would otherwise never reach
+    assert kinds[:4] == ["as-given", "format chat", "format plain (label=Label)", "format plain (label=Answer)"]
+    assert len(kinds) == 7 and all(k.split()[0] in ("labeled", "bootstrap") for k in kinds[4:])
     off = random_search(program, TRAIN, VAL, ACC, FakeLM(named_right("Sentiment")), SearchConfig(formats=False))
     assert off.best_val_score == 0.5 and not any(h["kind"].startswith("format") for h in off.history)
 

@@ -4,8 +4,8 @@
   predictor it went through one demo (its inputs and its own outputs), up to ``max_demos``. Scored on
   validation beside the program as given; the better of the two is returned.
 - formats (``random-search`` and ``mipro``, unless ``formats=False``): each predictor's layout and field
-  names (formats.py) are screened first on a validation minibatch without demos; the best
-  ``FORMATS_KEPT`` go on into the search.
+  names (formats.py) are screened first on a validation minibatch without demos (at most half of
+  ``max_candidates``, the program as given included); the best ``FORMATS_KEPT`` go on into the search.
 - ``random-search``: the program as given, then labeled sets (``max_labeled_demos`` training rows as they
   are, balanced over the labels) and bootstrapped sets (a seeded number of demos from 1 to ``max_demos``) in
   turn, over seeded shuffles of the training rows, each with the next of the kept formats; each scored on
@@ -111,8 +111,8 @@ def screen_formats(search: Search, program: Module, given: dict, screened: list 
             continue
         scored = []
         for patch in candidates:
-            if search.full_limit():
-                break
+            if search.full_limit() or len(search.scored) >= search.config.max_candidates // 2:
+                break  # half the candidates at most: a small --max-candidates still tries demos
             candidate, kind = with_demos(program, demos, formats={name: patch}), f"format {describe(patch)}"
             value = search.evaluate(kind, candidate, rows)
             scored.append((value, patch))
