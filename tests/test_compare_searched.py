@@ -233,6 +233,7 @@ def test_an_ensemble_found_scores_the_members_summed_label_scores(task_file, tmp
     [
         (["optimized.ensemble=9"], "optimized.ensemble=9"),
         (["optimized.ensemble_select=best"], "optimized.ensemble_select=best"),
+        (["optimized.formats=maybe"], "optimized.formats=maybe: expected true or false"),
         (["optimized.ensemble=3", "optimized.calibrate=true"], "an ensemble's members keep the calibration"),
     ],
 )

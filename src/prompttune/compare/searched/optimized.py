@@ -13,9 +13,10 @@ trials a validation minibatch), the search's named limits (``max_candidates``, `
 ``max_seconds``, ``max_demos``, ``max_labeled_demos``, ``num_instructions``, ``minibatch_size``, bounded as in
 ``prompttune optimize``), ``ensemble`` (1-8: above 1, the best candidates' label scores averaged when that beats
 the best alone; the cell scores every member's template and sums their scores, ensemble_task.py) with
-``ensemble_select`` (greedy, top), ``instruction`` (mipro: a candidate instruction of yours), ``batch_calibration``
-(true/false, default true: demo candidates with label offsets, programs/calibration.py; a found program's offsets
-become the template's calibration) and ``calibrate``.
+``ensemble_select`` (greedy, top), ``formats`` (true/false, default true: layouts and field names screened
+first, at most half of ``max_candidates``), ``instruction`` (mipro: a candidate instruction of yours),
+``batch_calibration`` (true/false, default true: demo candidates with label offsets, programs/calibration.py; a
+found program's offsets become the template's calibration) and ``calibrate``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ LIMIT_KEYS = (
 )  # fmt: skip
 OPTIONS = {
     "optimizer": str, "instruction": str, **{k: int for k in LIMIT_KEYS}, "max_seconds": float,
-    "batch_calibration": bool, "ensemble": int, "ensemble_select": str,
+    "batch_calibration": bool, "ensemble": int, "ensemble_select": str, "formats": bool,
 }  # fmt: skip
+SEARCH_KEYS = ("batch_calibration", "ensemble", "ensemble_select", "formats")  # SearchConfig's, as they are
 NOT_HERE = {
     "lr": "the optimizer trains nothing",
     "max_steps": "the search is bounded by max_candidates, max_model_calls and max_seconds",
@@ -54,7 +56,7 @@ def search_config(name: str, options: dict, seed: int = 0):
     """The SearchConfig of these settings; a value out of its bounds is an error naming ``-o NAME.KEY``."""
     from prompttune.programs.search import SearchConfig
 
-    values = {k: options[k] for k in (*LIMIT_KEYS, "batch_calibration", "ensemble", "ensemble_select") if k in options}
+    values = {k: options[k] for k in (*LIMIT_KEYS, *SEARCH_KEYS) if k in options}
     for key, value in values.items():
         try:
             SearchConfig(**{key: value})
