@@ -223,12 +223,17 @@ class PromptModel(PrefixModel):
         else:
             out, attention, positions = self._run_tails(heads, need_more)
         hidden, cache = out if need_more else (out, None)
-        rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
-        first = F.log_softmax(hidden[:, -1].float() @ rows_w.float().T, dim=-1)  # (b, C)
-        form_scores = first[:, self.form_first]  # (b, F)
+        form_scores, rows_w = self.first_tokens(hidden)
         if need_more:
             form_scores = form_scores + self._continuations(cache, attention, positions, rows_w)
         return self._forms_to_labels(form_scores)
+
+    def first_tokens(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """((b, F) log-probability of each label form's first token after the rows' last position, the LM head's
+        rows of the candidate tokens (C, d))."""
+        rows_w = self.backbone.lm_rows(self.candidates)
+        first = F.log_softmax(hidden[:, -1].float() @ rows_w.float().T, dim=-1)  # (b, C)
+        return first[:, self.form_first], rows_w
 
     def _inline_chunk(self) -> ContinuationChunk | None:
         """The one chunk of label-word continuations short enough to run in the rows' own pass, if there is."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.data import Dataset
+from prompttune.one_pass_scores import one_pass_label_scores
 
 if TYPE_CHECKING:
     from prompttune.scorer import PromptModel, RowHeads
@@ -42,7 +43,10 @@ class VerbalizerObjective:
         self._shard_batches: list[tuple[list[int], RowHeads | None]] | None = None  # a data-parallel rank's part
 
     def batch_loss(self, batch: list[int]) -> Tensor:
-        scores = self.model.label_scores([self.train.ids[i] for i in batch], self.model.prefix_kv())
+        rows = [self.train.ids[i] for i in batch]
+        scores = one_pass_label_scores(self.model, rows)  # the prefix in the rows' pass, where it can be
+        if scores is None:
+            scores = self.model.label_scores(rows, self.model.prefix_kv())
         return F.cross_entropy(scores, self.y_train[batch].to(scores.device))
 
     @torch.no_grad()

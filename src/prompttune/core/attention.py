@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from prompttune.core import one_pass
+
 GROUPED = "prompttune_grouped"
 PREFIX_ATTENTION = "prompttune_prefix"
 # Up to this many query rows per key/value head, scores are computed as keys x queries: a product with the
@@ -55,7 +57,12 @@ def attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scali
 
 
 def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager attention for decoders, keys/values never repeated per query head (``AttentionInterface`` form)."""
+    """Eager attention for decoders, keys/values never repeated per query head (``AttentionInterface`` form).
+    With ``prompttune_one_pass`` (a ``core.one_pass.Layout``): a prefix and its rows in one batch."""
+    layout = kwargs.get(one_pass.KWARG)
+    if layout is not None:
+        kw = {"scaling": scaling, "dropout": dropout, "training": module.training}
+        return one_pass.attention(attend, query, key, value, attention_mask, layout, **kw)
     return attend(query, key, value, attention_mask, scaling, dropout, module.training)
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from prompttune.core import attention, decode_step, defaults, layer_states, lean, skinny
+from prompttune.core import one_pass as one_pass_layout
 from prompttune.core.errors import ModelError
 
 # A KV prefix: one (key, value) pair per layer, each (batch, kv_heads, prefix_len, head_dim).
@@ -186,6 +187,7 @@ class Backbone:
         inputs_embeds: Tensor | None = None,
         return_cache: bool = False,
         layers: tuple[int, ...] | None = None,
+        one_pass: one_pass_layout.Layout | None = None,
     ):
         """Hidden states of a batch that continues a prefix (expanded over the batch, not copied), or a decoder's
         cache object the caller keeps across steps (``core.kv_cache.GrowingCache``: extended in place).
@@ -193,6 +195,7 @@ class Backbone:
         attention_mask covers prefix + input; position_ids number the input from the prefix's end. ``layers``
         (decoders): instead of the last hidden state, a list of the outputs of those layers (0: the embeddings,
         ``n_layers``: the last layer's, after the final norm); the layers above the highest asked for do not run.
+        ``one_pass``: the batch is a trainable prefix (sequence 0) and the rows that read it (``core.one_pass``).
         """
         from transformers import Cache, DynamicCache
 
@@ -217,6 +220,8 @@ class Backbone:
             "use_cache": True,
             self._cache_kwarg: cache,
         }
+        if one_pass is not None:
+            kwargs[one_pass_layout.KWARG] = one_pass
         if layers is not None and layer_states.can_stop_early(self.body, layers):
             return layer_states.states_of(self.body, layers, lambda: self.body(**kwargs))
         out = self.body(**kwargs, **({"output_hidden_states": True} if layers is not None else {}))
@@ -225,6 +230,11 @@ class Backbone:
         if return_cache:
             return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
         return out.last_hidden_state
+
+    @property
+    def takes_one_pass(self) -> bool:
+        """Whether ``run(..., one_pass=...)`` works: the decoder's attention is ``core.attention``'s grouped one."""
+        return self.kind == "decoder" and self.model.config._attn_implementation == attention.GROUPED
 
     @functools.cached_property
     def fast_steps(self) -> bool:
