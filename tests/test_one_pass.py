@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from conftest import write_jsonl
 
+import prompttune.one_pass_scores as one_pass_scores
 import prompttune.verbalizer_objective as vo
 from prompttune.api import PromptTask
 from prompttune.core.data import from_records, load_rows
@@ -48,10 +49,23 @@ def test_scores_and_gradients_equal_two_passes(tiny_backbone):
     check_equal(pm)
 
 
-def test_prefix_longer_than_every_row(tiny_backbone):
+def test_prefix_longer_than_every_row(tiny_backbone, monkeypatch):
     pm = make(tiny_backbone, tokens=40)  # rows are padded on the left to the prefix's width
-    assert max(len(x) for x in pm.encode(from_records(TEXTS)).ids) < 40
+    rows = pm.encode(from_records(TEXTS)).ids
+    width = max(len(x) for x in rows)
+    assert width < 40
+    extra = one_pass_scores.extra_tokens(40, width, len(rows))
+    assert extra == len(rows) * (40 - width)
+    monkeypatch.setattr(one_pass_scores, "MAX_EXTRA_TOKENS", extra - 1)  # padding costs more than a pass: two
+    assert one_pass_label_scores(pm, rows) is None
+    monkeypatch.setattr(one_pass_scores, "MAX_EXTRA_TOKENS", extra)
     check_equal(pm)
+
+
+def test_extra_tokens_counts_the_padding():
+    assert one_pass_scores.extra_tokens(16, 30, 8) == 14  # the prefix's sequence padded to the rows' width
+    assert one_pass_scores.extra_tokens(64, 24, 8) == 8 * 40  # every row padded to the prefix's length
+    assert one_pass_scores.extra_tokens(16, 16, 8) == 0
 
 
 def test_no_constant_lead_and_text_after_the_soft_tokens(tiny_backbone):
