@@ -20,6 +20,7 @@ over the layer's prefix and the row's own keys/values.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core import one_pass
@@ -31,15 +32,26 @@ PREFIX_ATTENTION = "prompttune_prefix"
 FEW_QUERIES = 16
 
 
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling, dropout: float, training: bool):
     """Softmax attention, grouped-query aware. query (b, h, q, hd); key/value (b, kv, t, hd) with h a multiple
-    of kv; mask additive, (b, 1 or h, q, >= t). Returns (output (b, q, h, hd), weights (b, h, q, t))."""
+    of kv; mask additive, (b, 1 or h, q, >= t). Returns (output (b, q, h, hd), weights (b, h, q, t)), the weights
+    None where no gradient is taken: there PyTorch's fused attention (``scaled_dot_product_attention``, which never
+    holds the (q, t) scores of a whole head) computes the output."""
     b, h, q, hd = query.shape
     kv, t = key.shape[1], key.shape[2]
     if h % kv:
         raise ValueError(f"attention: {h} query heads cannot share {kv} key/value heads evenly")
     g = h // kv
     scale = scaling if scaling is not None else hd**-0.5
+    if g * q > FEW_QUERIES and not _needs_grad(query, key, value):  # scoring, a text pass, a prompt's prefill
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=None if mask is None else mask[..., :t], scale=scale, enable_gqa=g > 1
+        )
+        return out.transpose(1, 2).contiguous(), None
     grouped_query = query.reshape(b, kv, g * q, hd)
     if g * q <= FEW_QUERIES:  # decoding: keys times queries, the keys read where they lie (no transposed copy)
         weights = torch.matmul(key, grouped_query.transpose(2, 3)).transpose(2, 3).contiguous() * scale
