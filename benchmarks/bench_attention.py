@@ -4,8 +4,9 @@ heads laid side by side over the shared keys/values; keys read in place for few 
 their ratio, and the largest difference between their outputs.
 
 Cases: a decoding step (16 rows, one new token each, over a cache with room to spare: strided keys/values, as
-``core.kv_cache.GrowingCache`` hands them over) and a training step (16 rows of 100 tokens over a 10-token
-prefix, forward and backward).
+``core.kv_cache.GrowingCache`` hands them over), a training step (16 rows of 100 tokens over a 10-token
+prefix, forward and backward), and scoring without gradients (32 short rows; 8 long rows of 1,024 tokens, as
+IMDB reviews), where ``grouped_attention`` hands the work to PyTorch's fused ``scaled_dot_product_attention``.
 
     .venv/bin/python benchmarks/bench_attention.py                 # bfloat16 and float32
     .venv/bin/python benchmarks/bench_attention.py --repeats 5     # a quick look
@@ -64,6 +65,8 @@ def main() -> None:
     set_threads()
     cases = [("decoding step: 16 rows x 1 token over 150", 16, 1, 150, False)]
     cases.append(("training: 16 rows x 100 tokens over 110, fwd+bwd", 16, 100, 110, True))
+    cases.append(("scoring: 32 rows x 40 tokens over 70, no grad", 32, 40, 70, False))
+    cases.append(("scoring: 8 rows x 1,024 tokens over 1,064, no grad", 8, 1024, 1064, False))
     print(f"one attention layer, 9 query heads over 3 key/value heads, head size 64; threads {torch.get_num_threads()}")
     print(f"{'case':52s} {'dtype':9s} {'eager ms':>9s} {'grouped ms':>11s} {'ratio':>6s} {'max diff':>9s}")
     for dtype in (torch.bfloat16, torch.float32):

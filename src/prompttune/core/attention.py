@@ -13,6 +13,13 @@ bfloat16); nothing is copied. Measured on this 2-core CPU, one layer of the defa
 backward) 27.7 -> 26.0 ms in bfloat16, 31.8 -> 25.1 ms in float32. On the whole decoder in bfloat16 a decoding
 step of 16 rows went 155 -> 105 ms.
 
+Without gradients (scoring, evaluation, a late template's text pass, a prompt's prefill: more than
+``FEW_QUERIES`` query rows a key/value head) ``attend`` hands the work to PyTorch's fused
+``scaled_dot_product_attention`` (grouped-query aware), which never holds a head's (q, t) scores: one layer over
+8 rows of 1,024 tokens 464 -> 50 ms in bfloat16, and 500 IMDB reviews evaluated in 84 s instead of 224 with 1.6 GB
+instead of 2.5. Its backward pass is slower than the eager one on short rows (5x at 16 rows of 40 tokens), so a
+step with gradients keeps the eager path and its weights.
+
 ``prefix_attention`` is the encoders' way to a key/value prefix (encoders take no cache): the same attention
 over the layer's prefix and the row's own keys/values.
 """
