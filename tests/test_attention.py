@@ -102,3 +102,24 @@ def test_grouped_query_decoders_use_it(tiny_backbone):
         finally:
             model.config._attn_implementation = attention.GROUPED
     torch.testing.assert_close(ours[:, 2:], ref[:, 2:], atol=1e-5, rtol=1e-5)
+
+
+def test_long_rows_with_gradients_take_the_fused_kernel_with_the_same_gradients():
+    torch.manual_seed(3)
+    b, heads, kv, q, hd = 2, 4, 2, attention.FUSED_WITH_GRAD, 8
+    inputs = [torch.randn(b, n, q, hd, requires_grad=True) for n in (heads, kv, kv)]
+    mask = torch.zeros(b, 1, q, q).masked_fill(torch.ones(q, q, dtype=torch.bool).triu(1), torch.finfo().min)
+    mask[0, :, :, :7] = torch.finfo().min  # left padding: rows 0-6 of row 0 see no key
+    out, weights = attention.attend(*inputs, mask, None, 0.0, False)
+    assert weights is None  # the fused kernel, gradients and all
+    grad_out = torch.randn_like(out)
+    grad_out[0, :7] = 0  # padded positions feed nothing downstream, as in a model
+    out.backward(grad_out)
+    fused = [x.grad.clone() for x in inputs]
+    for x in inputs:
+        x.grad = None
+    ref = _eager(_Module(heads // kv), *inputs, mask, hd**-0.5)[0]
+    ref.backward(grad_out)
+    torch.testing.assert_close(out[0, 7:], ref[0, 7:], atol=1e-5, rtol=1e-5)
+    for a, b_ in zip(fused, (x.grad for x in inputs), strict=True):
+        torch.testing.assert_close(a, b_, atol=1e-4, rtol=1e-4)

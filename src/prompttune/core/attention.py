@@ -18,7 +18,7 @@ Without gradients (scoring, evaluation, a late template's text pass, a prompt's 
 ``scaled_dot_product_attention`` (grouped-query aware), which never holds a head's (q, t) scores: one layer over
 8 rows of 1,024 tokens 464 -> 50 ms in bfloat16, and 500 IMDB reviews evaluated in 84 s instead of 224 with 1.6 GB
 instead of 2.5. Its backward pass is slower than the eager one on short rows (5x at 16 rows of 40 tokens), so a
-step with gradients keeps the eager path and its weights.
+step with gradients keeps the eager path and its weights, up to rows of ``FUSED_WITH_GRAD`` tokens.
 
 ``prefix_attention`` is the encoders' way to a key/value prefix (encoders take no cache): the same attention
 over the layer's prefix and the row's own keys/values.
@@ -37,6 +37,10 @@ PREFIX_ATTENTION = "prompttune_prefix"
 # Up to this many query rows per key/value head, scores are computed as keys x queries: a product with the
 # transposed keys would first copy them (a decoding step's cache, every layer) to make them contiguous.
 FEW_QUERIES = 16
+# From this many query tokens a step with gradients takes the fused kernel too: its backward pass is the faster
+# there (one layer, bfloat16, 1 thread, forward and backward: 1 row of 1,024 tokens 133 -> 64 ms, 2 of 512 63 -> 48;
+# 4 of 256 24 -> 26 and 8 of 128 10 -> 34, so shorter rows keep the eager path) and holds no (q, t) scores
+FUSED_WITH_GRAD = 512
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -46,17 +50,23 @@ def _needs_grad(*tensors: Tensor) -> bool:
 def attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling, dropout: float, training: bool):
     """Softmax attention, grouped-query aware. query (b, h, q, hd); key/value (b, kv, t, hd) with h a multiple
     of kv; mask additive, (b, 1 or h, q, >= t). Returns (output (b, q, h, hd), weights (b, h, q, t)), the weights
-    None where no gradient is taken: there PyTorch's fused attention (``scaled_dot_product_attention``, which never
-    holds the (q, t) scores of a whole head) computes the output."""
+    None where PyTorch's fused attention (``scaled_dot_product_attention``, which never holds the (q, t) scores of
+    a whole head) computes the output: no gradient taken, or rows of ``FUSED_WITH_GRAD`` tokens or more."""
     b, h, q, hd = query.shape
     kv, t = key.shape[1], key.shape[2]
     if h % kv:
         raise ValueError(f"attention: {h} query heads cannot share {kv} key/value heads evenly")
     g = h // kv
     scale = scaling if scaling is not None else hd**-0.5
-    if g * q > FEW_QUERIES and not _needs_grad(query, key, value):  # scoring, a text pass, a prompt's prefill
+    if g * q > FEW_QUERIES and (q >= FUSED_WITH_GRAD or not _needs_grad(query, key, value)):
         out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=None if mask is None else mask[..., :t], scale=scale, enable_gqa=g > 1
+            query,
+            key,
+            value,
+            attn_mask=None if mask is None else mask[..., :t],
+            dropout_p=dropout if training else 0.0,
+            scale=scale,
+            enable_gqa=g > 1,
         )
         return out.transpose(1, 2).contiguous(), None
     grouped_query = query.reshape(b, kv, g * q, hd)
