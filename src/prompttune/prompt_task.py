@@ -132,7 +132,7 @@ class PromptTask(Task):
         check_fields(train, needed, need_label=True)
         check_fields(val, needed, need_label=True)
         # a label the verbalizer does not know is an error here, validation rows first
-        return VerbalizerObjective(self.model, train, val)
+        return VerbalizerObjective(self.model, train, val, config.sampled_labels, config.seed)
 
     # --- use ----------------------------------------------------------------------------------
     def predict(self, inputs: Data, batch_size: int = 32, calibrate: bool = True) -> list[Prediction]:

@@ -294,6 +294,14 @@ class PromptModel(PrefixModel):
 
     def _run_tails(self, heads: RowHeads, need_more: bool):
         """The rows' soft tokens and what follows them, over the keys/values of their text."""
+        ids_t, attention, pos_t = self.tail_inputs(heads)
+        input_ids, embeds = self.row_inputs(ids_t)
+        out = self.backbone.run(input_ids, attention, pos_t, heads.cache, inputs_embeds=embeds, return_cache=need_more)
+        return out, attention, pos_t
+
+    def tail_inputs(self, heads: RowHeads) -> tuple[Tensor, Tensor, Tensor]:
+        """The rows' tails (soft tokens and after) left-padded: (ids, attention over the heads' keys and the
+        tails, positions), to run over ``heads.cache``."""
         tails, att_h, pos_h = heads.tails, heads.attention, heads.positions
         width = max(len(t) for t in tails)
         ids_t = torch.full((len(tails), width), self.backbone.tokenizer.pad_token_id, dtype=torch.long)
@@ -303,10 +311,7 @@ class PromptModel(PrefixModel):
                 ids_t[i, width - len(t) :] = torch.tensor(t)
                 mask_t[i, width - len(t) :] = 1
         pos_t = (pos_h[:, -1:] + (att_h[:, -1:] > 0).long() + mask_t.cumsum(1) - 1).clamp(min=heads.prefix_len)
-        attention = torch.cat([att_h, mask_t], dim=1)
-        input_ids, embeds = self.row_inputs(ids_t)
-        out = self.backbone.run(input_ids, attention, pos_t, heads.cache, inputs_embeds=embeds, return_cache=need_more)
-        return out, attention, pos_t
+        return ids_t, torch.cat([att_h, mask_t], dim=1), pos_t
 
     def _continuations(self, cache: KV, attention: Tensor, positions: Tensor, rows_w: Tensor) -> Tensor:
         """Log-likelihood of the 2nd.. tokens of every multi-token label word, from the rows' cache.

@@ -48,6 +48,9 @@ class TrainConfig:
     # Seconds of training (steps + validation) after which the run validates once more and stops, keeping the
     # best state: the default recipe ends in bounded time on long rows and busy machines (None: no limit).
     time_budget_s: float | None = 780.0
+    # Labels a training row scores where its label words' tokens do not all fit in the rows' pass (many labels
+    # of several words; sampled_labels.py): its own and a seeded sample of others (0: every label, every step)
+    sampled_labels: int = 16
 
     def __post_init__(self) -> None:
         """Every setting checked before anything loads; errors name the CLI flag."""
@@ -69,6 +72,11 @@ class TrainConfig:
             raise PromptTuneError(f"--patience {self.patience}: must be at least 1.")
         if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
             raise PromptTuneError(f"time_budget_s {self.time_budget_s}: must be a positive number of seconds or None.")
+        if self.sampled_labels == 1 or self.sampled_labels < 0:
+            raise PromptTuneError(
+                f"--sampled-labels {self.sampled_labels}: must be at least 2 (a row's own label and another), or 0 "
+                "to score every label at every step."
+            )
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise PromptTuneError("warmup_steps / weight_decay: must be 0 or more.")
 
@@ -302,6 +310,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(step, total) * group.get("base_lr", self.config.lr) / self.config.lr
         self.optimizer.zero_grad(set_to_none=True)
+        begin = getattr(self.objective, "begin_step", None)
+        if begin is not None:
+            begin(step)
         if self.dist is not None:  # this rank's part, then the gradients summed over the ranks
             weigh = partial(loss_weight_of, self.objective)
             loss = backward_shard(self.dist, self._backward_micro_batches, self.params, batch, step, weigh)

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.data import Dataset
+from prompttune.label_forms import INLINE_TOKENS
 from prompttune.one_pass_scores import one_pass_label_scores
+from prompttune.sampled_labels import LabelSampler, sampled_loss
 
 if TYPE_CHECKING:
     from prompttune.scorer import PromptModel, RowHeads
@@ -32,18 +34,33 @@ class VerbalizerObjective:
     micro_batch_tokens = 1024
     val_loss: float | None = None  # the last validation's cross-entropy (Objective.val_loss)
 
-    def __init__(self, model: PromptModel, train: Dataset, val: Dataset):
+    def __init__(self, model: PromptModel, train: Dataset, val: Dataset, sampled_labels: int = 0, seed: int = 0):
+        """sampled_labels: where the label words' tokens do not all fit in the rows' pass, each training row
+        scores its own label and at most this many in all (``sampled_labels.py``; 0: every label)."""
         self.model, self.trainable = model, model.method
         self.y_val = model.label_indices(val)  # a validation label the verbalizer does not know: an error first
         self.y_train = model.label_indices(train)
         self.train, self.val = model.encode(train), model.encode(val)
         self.val_rows = len(self.val.ids)  # what the accuracy is a mean over (kept_states.standard_error)
-        self.lengths = [len(x) for x in self.train.ids]
+        sample = sampled_labels and LabelSampler.applies(model)
+        self.sampler = LabelSampler(model, sampled_labels, seed) if sample else None
+        # a row's tokens in a step, its label words' included: micro-batches bound what a step holds
+        words = INLINE_TOKENS if self.sampler else max((c.ids.shape[1] for c in model._cont_chunks), default=0)
+        self.lengths = [len(x) + words for x in self.train.ids]
         self._val_batches: list[tuple[list[int], RowHeads | None]] | None = None
         self._shard_batches: list[tuple[list[int], RowHeads | None]] | None = None  # a data-parallel rank's part
 
+    def begin_step(self, step: int) -> None:
+        """The Trainer's step about to be taken (the label sample's seed)."""
+        if self.sampler is not None:
+            self.sampler.step = step
+
     def batch_loss(self, batch: list[int]) -> Tensor:
         rows = [self.train.ids[i] for i in batch]
+        if self.sampler is not None:
+            loss = sampled_loss(self.sampler, rows, batch, self.y_train[batch].tolist())
+            if loss is not None:
+                return loss
         scores = one_pass_label_scores(self.model, rows)  # the prefix in the rows' pass, where it can be
         if scores is None:
             scores = self.model.label_scores(rows, self.model.prefix_kv())

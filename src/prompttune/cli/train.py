@@ -122,6 +122,13 @@ def train(
             help="Seconds of training (steps + validation) at most; then validate, keep the best, stop (0: none)."
         ),
     ] = 780.0,
+    sampled_labels: Annotated[
+        int,
+        typer.Option(
+            help="Many labels of several words: a training row scores its own label and others drawn at random, "
+            "this many in all, in its own pass (0: every label at every step; validation always scores every label)."
+        ),
+    ] = 16,
     resume: Annotated[
         bool, typer.Option(help="Continue from the checkpoint in --out (with any number of processes).")
     ] = False,
@@ -181,6 +188,7 @@ def train(
         ema=ema,
         average_best=average_best,
         time_budget_s=time_budget if time_budget > 0 else None,
+        sampled_labels=sampled_labels,
     )
     from prompttune.distributed.env import is_main_process
 

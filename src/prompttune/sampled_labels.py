@@ -1,0 +1,155 @@
+"""Training on many label words of several tokens: each row scores its own label and a seeded sample of others.
+
+Where the label words' 2nd.. tokens do not fit in the rows' own pass (over ``INLINE_TOKENS`` in all: e.g. 77
+labels of two to five words), scoring every label for every row runs a second pass of rows x every label token,
+with gradients: on the default decoder a step of 16 such rows took 11-12 s and 7 GB (rows of ~25 tokens alone:
+0.6 s). Here a step scores, for each row, its own label and other labels drawn at random, seeded by the run's
+seed, the step and the row (the same draw on any number of processes), as many as fit ``INLINE_TOKENS``
+continuation tokens and at most ``labels_per_row`` labels, in the rows' own pass (``label_forms.inline_mask``);
+the loss is the cross-entropy over that sample (a sampled softmax). The sampled labels' scores are exactly
+``PromptModel.label_scores``'s (a test checks). Validation and inference score every label.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompttune.core.backbone import KV
+from prompttune.label_forms import (
+    INLINE_TOKENS,
+    ContinuationChunk,
+    continuation_chunks,
+    inline_layout,
+    with_label_tokens,
+)
+from prompttune.scorer import PromptModel
+
+FAR = -1.0e4  # the score of a form or label outside a row's sample (finite: no NaN in the backward pass)
+
+
+class LabelSampler:
+    """Which labels each training row scores at a step: its own, then others in a seeded random order while
+    their words' continuation tokens fit ``INLINE_TOKENS``, up to ``labels_per_row``."""
+
+    def __init__(self, model: PromptModel, labels_per_row: int, seed: int):
+        if labels_per_row < 2:
+            raise ValueError(f"--sampled-labels {labels_per_row}: must be at least 2 (or 0: every label).")
+        self.model, self.labels_per_row, self.seed = model, labels_per_row, seed
+        n_labels = len(model.verbalizer.labels)
+        self.forms_of: list[list[int]] = [[] for _ in range(n_labels)]
+        for f, li in enumerate(model.form_label.tolist()):
+            self.forms_of[li].append(f)
+        self.steps = [sum(len(model.form_token_ids[f]) - 1 for f in forms) for forms in self.forms_of]
+        self.step = 0  # the training step being taken (``VerbalizerObjective.begin_step``)
+        self._chunks: dict[tuple[int, ...], ContinuationChunk | None] = {}
+
+    @staticmethod
+    def applies(model: PromptModel) -> bool:
+        """Whether every label's words cannot run in the rows' own pass (the only case sampling is for)."""
+        return model.max_form_len > 1 and model._inline_chunk() is None
+
+    def sets(self, rows: list[int], gold: list[int]) -> list[list[int]] | None:
+        """Per row (its index among the training rows, its label): the labels it scores, its own first. None
+        where a row's own label has more continuation tokens than ``INLINE_TOKENS`` (then every label is scored)."""
+        out = []
+        n_labels = len(self.steps)
+        for i, g in zip(rows, gold, strict=True):
+            if self.steps[g] > INLINE_TOKENS:
+                return None
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) * 1_000_033 + i)
+            chosen, used = [g], self.steps[g]
+            for li in torch.randperm(n_labels, generator=gen).tolist():
+                if len(chosen) == self.labels_per_row:
+                    break
+                if li != g and used + self.steps[li] <= INLINE_TOKENS:
+                    chosen.append(li)
+                    used += self.steps[li]
+            out.append(chosen)
+        return out
+
+    def chunk(self, labels: list[int]) -> ContinuationChunk | None:
+        """The continuation tokens of these labels' words as one chunk whose ``assign`` columns are the model's
+        forms (None: every word is one token)."""
+        forms = tuple(f for li in labels for f in self.forms_of[li])
+        if forms not in self._chunks:
+            pm = self.model
+            found = continuation_chunks([pm.form_token_ids[f] for f in forms], [pm.form_tokens[f] for f in forms])
+            chunk = None
+            if found:
+                (c,) = found  # at most INLINE_TOKENS steps: one chunk
+                assign = torch.zeros(c.assign.shape[0], len(pm.form_tokens))
+                assign[:, list(forms)] = c.assign
+                chunk = ContinuationChunk(c.ids, c.depth, c.target, c.visible, assign).to(pm.backbone.device)
+            if len(self._chunks) > 4096:  # a new sample nearly every step: keep the memo bounded
+                self._chunks.clear()
+            self._chunks[forms] = chunk
+        return self._chunks[forms]
+
+    def scores(self, batch: list[list[int]], prefix: KV, sets: list[list[int]]) -> Tensor:
+        """(b, k) scores of each row's sampled labels (``sets``, padded with ``FAR``), as ``label_scores`` gives
+        them, in one pass: each row's sampled words after it."""
+        pm = self.model
+        prefix_len = prefix[0][0].shape[2] if prefix else 0
+        past = prefix
+        if pm.late_split(batch, prefix) is not None:  # the text before the soft tokens runs without gradients
+            heads = pm.row_heads(batch, prefix)
+            ids, attention, positions = pm.tail_inputs(heads)
+            past = heads.cache
+        else:
+            ids, attention, positions = pm._pad_left(batch, prefix_len)
+        w = ids.shape[1]
+        input_ids, embeds = pm.row_inputs(ids)
+        chunks = [self.chunk(s) for s in sets]
+        dev = pm.backbone.device
+        if all(c is None for c in chunks):
+            hidden = pm.backbone.run(input_ids, attention, positions, past, inputs_embeds=embeds)
+        else:
+            dtype = past[0][0].dtype if past else pm.backbone.embedding_matrix.dtype
+            layout = inline_layout(chunks, [1] * len(batch))
+            input_ids, embeds, mask, pos = with_label_tokens(
+                input_ids, embeds, attention, positions, layout, pm.backbone.embed, dtype
+            )
+            hidden = pm.backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
+        form_scores, rows_w = pm.first_tokens(hidden[:, :w])  # (b, F)
+        if any(c is not None for c in chunks):
+            n = hidden.shape[1] - w
+            target = torch.zeros(len(batch), n, dtype=torch.long, device=dev)
+            assign = torch.zeros(len(batch), n, form_scores.shape[1], device=dev)
+            for r, c in enumerate(chunks):
+                if c is not None:
+                    m = c.ids.shape[1]
+                    target[r, :m], assign[r, :m] = c.target[0], c.assign
+            logp = F.log_softmax(hidden[:, w:].float() @ rows_w.float().T, dim=-1)  # (b, n, C)
+            picked = logp.gather(2, target[..., None])[..., 0]
+            form_scores = form_scores + torch.einsum("bn,bnf->bf", picked, assign)
+        return self._label_scores(form_scores, sets)
+
+    def _label_scores(self, form_scores: Tensor, sets: list[list[int]]) -> Tensor:
+        """(b, k) each sampled label's score from its forms' (as ``PromptModel._forms_to_labels``)."""
+        b, n_forms = form_scores.shape
+        k = max(len(s) for s in sets)
+        member = torch.zeros(b, k, n_forms, dtype=torch.bool, device=form_scores.device)
+        real = torch.zeros(b, k, dtype=torch.bool, device=form_scores.device)
+        count = torch.ones(b, k, device=form_scores.device)
+        for r, labels in enumerate(sets):
+            for j, li in enumerate(labels):
+                member[r, j, self.forms_of[li]] = True
+                real[r, j] = True
+                count[r, j] = len(self.forms_of[li])
+        picked = torch.where(member, form_scores[:, None, :], torch.full_like(form_scores[:, None, :], FAR))
+        out = torch.logsumexp(picked, dim=-1) - count.log()
+        return torch.where(real, out, torch.full_like(out, FAR))
+
+
+def sampled_loss(sampler: LabelSampler, batch: list[list[int]], rows: list[int], gold: list[int]) -> Tensor | None:
+    """The cross-entropy of each row's own label over its sample; None where sampling does not apply."""
+    sets = sampler.sets(rows, gold)
+    if sets is None:
+        return None
+    scores = sampler.scores(batch, sampler.model.prefix_kv(), sets)
+    return F.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long, device=scores.device))
+
+
+__all__ = ["LabelSampler", "sampled_loss"]
