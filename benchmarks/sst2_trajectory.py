@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from prompttune import verbalizer_objective
 from prompttune.api import train_from_file
 from prompttune.core.data import Dataset, load_rows
+from prompttune.label_words import verbalizer_objective
 from prompttune.train import TrainConfig
 
 

@@ -96,7 +96,7 @@ def test_train_config_refuses_bad_values():
 
 
 def test_the_trainer_stops_on_a_diverging_loss(tiny_backbone, sentiment_rows, monkeypatch):
-    from prompttune.verbalizer_objective import VerbalizerObjective
+    from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 
     task = PromptTask.create(tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 2})
     monkeypatch.setattr(VerbalizerObjective, "batch_loss", lambda self, batch: torch.tensor(float("nan")))

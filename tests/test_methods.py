@@ -14,10 +14,10 @@ from prompttune.api import PromptTask
 from prompttune.core.data import from_records
 from prompttune.core.errors import PromptTuneError, TemplateError
 from prompttune.core.template import SoftSlot, Template
+from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 from prompttune.methods import METHODS, build_method
 from prompttune.methods.options import parse_method_options
 from prompttune.train import Callback, TrainConfig, Trainer
-from prompttune.verbalizer_objective import VerbalizerObjective
 
 ALL = sorted(METHODS)
 TRAINABLE = [m for m in ALL if m != "zero-shot"]

@@ -144,7 +144,8 @@ def test_a_step_in_parts_computes_the_prefixes_once(tiny_backbone, tmp_path, mon
 
 
 def test_label_words_in_several_chunks_continue_task_by_task(tiny_backbone, tmp_path, monkeypatch):
-    monkeypatch.setattr("prompttune.label_forms.CONTINUATION_CHUNK", 1)  # every later token a chunk of its own
+    # every later token a chunk of its own
+    monkeypatch.setattr("prompttune.label_words.label_forms.CONTINUATION_CHUNK", 1)
     obj, _ = objective(tiny_backbone, tmp_path, "mpt")
     assert any(len(t.model._cont_chunks) > 1 for t in obj.tasks)
     groups = [(t.model, p.train.ids[:3], t.model.prefix_kv()) for t, p in zip(obj.tasks, obj.parts, strict=True)]

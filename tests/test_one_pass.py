@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from conftest import write_jsonl
 
-import prompttune.one_pass_scores as one_pass_scores
-import prompttune.verbalizer_objective as vo
+import prompttune.label_words.one_pass_scores as one_pass_scores
+import prompttune.label_words.verbalizer_objective as vo
 from prompttune.api import PromptTask
 from prompttune.core.data import from_records, load_rows
-from prompttune.one_pass_scores import one_pass_label_scores
+from prompttune.label_words.one_pass_scores import one_pass_label_scores
 from prompttune.train import TrainConfig
 
 TEXTS = ["a great movie", "a terrible film , boring and bad , what a waste", "fun", "I loved it , I hated it"]

@@ -9,8 +9,8 @@ from test_cli import assert_user_error, rows, run_main  # noqa: F401, F811 (run_
 from test_scoring_bounds import LATE, MANY, ROWS, many_label_task, record_runs
 
 from prompttune.core.data import from_records
-from prompttune.label_forms import INLINE_TOKENS
-from prompttune.sampled_labels import LabelSampler
+from prompttune.label_words.label_forms import INLINE_TOKENS
+from prompttune.label_words.sampled_labels import LabelSampler
 from prompttune.train import TrainConfig, Trainer
 
 LATE_MANY = dict(LATE, answer="[soft:2]")
@@ -106,7 +106,7 @@ def test_sampled_loss_is_a_cross_entropy_over_the_sample(tiny_backbone):
     sampler = LabelSampler(pm, 4, seed=0)
     enc = pm.encode(ROWS)
     sets = sampler.sets([0, 1, 2, 3], [1, 2, 3, 4])
-    from prompttune.sampled_labels import sampled_loss
+    from prompttune.label_words.sampled_labels import sampled_loss
 
     loss = sampled_loss(sampler, enc.ids, [0, 1, 2, 3], [1, 2, 3, 4])
     with torch.no_grad():

@@ -9,10 +9,11 @@ from conftest import write_jsonl
 from reference import reference_scores
 from test_cli import assert_user_error, rows, run_main  # noqa: F401, F811 (run_main: a fixture)
 
-from prompttune import label_forms, scorer
+from prompttune import scorer
 from prompttune.api import PromptTask
 from prompttune.core.data import from_records
 from prompttune.core.errors import DataError, ModelError
+from prompttune.label_words import label_forms
 
 ROWS = from_records(["a great movie", "a terrible film , boring and bad , what a waste", "the cat", "I loved it"])
 MANY = [f"label number {i}" for i in range(40)]  # 40 labels of several tokens each
@@ -140,7 +141,7 @@ def test_cli_refuses_a_huge_num_virtual_tokens_before_training(run_main, tmp_pat
 
 
 def test_validation_keeps_the_rows_text_and_still_follows_the_parameters(tiny_backbone, sentiment_rows, monkeypatch):
-    from prompttune.verbalizer_objective import VerbalizerObjective
+    from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 
     task = PromptTask.create(tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 3}, LATE)
     pm = task.model

@@ -24,11 +24,11 @@ from prompttune.core.metrics import classification_report
 from prompttune.core.template import Template
 from prompttune.core.verbalizer import Verbalizer
 from prompttune.hard.fewshot import select_random
+from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 from prompttune.methods import build_method
 from prompttune.scorer import PromptModel
 from prompttune.task import Data, Task, as_dataset
 from prompttune.train import TrainConfig
-from prompttune.verbalizer_objective import VerbalizerObjective
 
 LATE_ROW_TOKENS = 32  # rows longer than this on average (tokens of their fields) get the "-late" built-in
 LENGTH_SAMPLE = 256  # rows whose length decides it

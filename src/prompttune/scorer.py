@@ -31,7 +31,7 @@ from prompttune.core.errors import DataError, ModelError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
-from prompttune.label_forms import (
+from prompttune.label_words.label_forms import (
     INLINE_TOKENS,
     ContinuationChunk,
     continuation_chunks,

@@ -17,6 +17,7 @@ import torch
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.core.errors import DataError
+from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 from prompttune.methods import METHODS
 from prompttune.multitask.multi import params_summary
 from prompttune.multitask.pack import PackTask, save_pack
@@ -26,7 +27,6 @@ from prompttune.multitask.view import Stage, Strategy, accuracy, materialize, of
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import MAX_VIRTUAL_TOKENS
 from prompttune.train import Callback, TrainConfig, Trainer
-from prompttune.verbalizer_objective import VerbalizerObjective
 
 CONTINUAL_METHODS = ("progressive", "sequential")
 PACK = "pack"  # the artifact inside DIR

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV
 from prompttune.core.kv_cache import stack_left_padded
-from prompttune.label_forms import inline_layout, with_label_tokens
+from prompttune.label_words.label_forms import inline_layout, with_label_tokens
 from prompttune.scorer import PromptModel
 
 Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values

@@ -14,13 +14,13 @@ from torch import Tensor
 
 from prompttune.batches import epoch_batches, grouped_batches
 from prompttune.core.errors import DataError
+from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 from prompttune.multitask.distill import distill_loss
 from prompttune.multitask.joint import joint_label_scores, joint_prefixes
 from prompttune.multitask.specs import TaskData
 from prompttune.multitask.view import Stage
 from prompttune.prefix import step_prefixes
 from prompttune.prompt_task import PromptTask
-from prompttune.verbalizer_objective import VerbalizerObjective
 
 MAX_TEMPERATURE = 100.0  # beyond this sampling is uniform over tasks to many digits
 BATCHINGS = ("mixed", "task")  # a batch mixes tasks (the default), or holds one task's rows

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.backbone import KV
-from prompttune.label_forms import (
+from prompttune.label_words.label_forms import (
     INLINE_TOKENS,
     ContinuationChunk,
     continuation_chunks,
