@@ -9,11 +9,17 @@ from test_cli import assert_user_error, rows, run_main  # noqa: F401, F811 (run_
 from test_scoring_bounds import LATE, MANY, ROWS, many_label_task, record_runs
 
 from prompttune.core.data import from_records
-from prompttune.label_words.label_forms import INLINE_TOKENS
+from prompttune.label_words import label_forms
 from prompttune.label_words.sampled_labels import LabelSampler
 from prompttune.train import TrainConfig, Trainer
 
 LATE_MANY = dict(LATE, answer="[soft:2]")
+CHUNK = 24  # later label tokens in a chunk, here: MANY's ~120 are several chunks, so its labels are sampled
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(label_forms, "CONTINUATION_CHUNK", CHUNK)
 
 
 def labelled(n: int = 8):
@@ -45,7 +51,7 @@ def test_a_sample_puts_the_rows_label_first_fits_one_pass_and_depends_on_seed_st
     whole = sampler.sets([10, 11, 12, 13], gold)
     for labels, g in zip(whole, gold, strict=True):
         assert labels[0] == g and len(set(labels)) == len(labels) and 2 <= len(labels) <= 6
-        assert sum(sampler.steps[li] for li in labels) <= INLINE_TOKENS
+        assert sum(sampler.steps[li] for li in labels) <= CHUNK
     # a row's sample does not depend on the rows beside it: two processes' halves of a batch draw the same
     assert sampler.sets([10, 11], gold[:2]) + sampler.sets([12, 13], gold[2:]) == whole
     sampler.step = 1
@@ -65,7 +71,7 @@ def test_a_sampled_step_runs_the_rows_and_their_sampled_words_in_one_pass(tiny_b
     widest = max(len(objective.train.ids[i]) for i in range(4))
     row_passes = [length for batch, length, *_ in calls if batch == 4]
     assert len(row_passes) == 1  # after the prefix, one pass: no pass of label words over every row
-    assert widest < row_passes[0] <= widest + INLINE_TOKENS
+    assert widest < row_passes[0] <= widest + CHUNK
     # every label, every step (--sampled-labels 0): a pass of the label words' chunk(s) more
     full = task.objective(data, data, TrainConfig(lr=0.1, sampled_labels=0))
     assert full.sampler is None
@@ -74,8 +80,14 @@ def test_a_sampled_step_runs_the_rows_and_their_sampled_words_in_one_pass(tiny_b
     assert len([c for c in calls if c[0] == 4]) == 1 + len(task.model._cont_chunks)
 
 
-def test_sampling_applies_only_where_the_label_words_do_not_fit_the_rows_pass(tiny_backbone, sentiment_rows):
+def test_sampling_applies_only_where_the_label_words_are_several_chunks(tiny_backbone, monkeypatch):
     from prompttune.api import PromptTask
+
+    monkeypatch.setattr(label_forms, "CONTINUATION_CHUNK", 256)
+    one_chunk = PromptTask.create(tiny_backbone, MANY[:15], "prompt-tuning", {"num_virtual_tokens": 2}).model
+    # too many later tokens for the rows' own pass, but one chunk: every label, every step (exact)
+    assert one_chunk._inline_chunk() is None and len(one_chunk._cont_chunks) == 1
+    assert not LabelSampler.applies(one_chunk)
 
     few = PromptTask.create(tiny_backbone, ["not_entailment", "entailment"], "prompt-tuning", {"num_virtual_tokens": 2})
     assert not LabelSampler.applies(few.model)
@@ -89,7 +101,7 @@ def test_fit_on_many_labels_trains_with_samples_and_validates_on_every_label(tin
     before = task.model.method.embeddings.detach().clone()
     objective = task.objective(data, data, TrainConfig(lr=0.1))
     # micro-batches count each row's label words with its tokens
-    assert objective.lengths == [len(x) + INLINE_TOKENS for x in objective.train.ids]
+    assert objective.lengths == [len(x) + CHUNK for x in objective.train.ids]
     result = Trainer(objective, TrainConfig(lr=0.1, max_steps=3, batch_size=4, eval_every=3, warmup_steps=0)).fit()
     assert not torch.equal(task.model.method.embeddings.detach(), before)
     assert result.steps == 3 and result.history

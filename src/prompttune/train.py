@@ -48,9 +48,9 @@ class TrainConfig:
     # Seconds of training (steps + validation) after which the run validates once more and stops, keeping the
     # best state: the default recipe ends in bounded time on long rows and busy machines (None: no limit).
     time_budget_s: float | None = 780.0
-    # Labels a training row scores where its label words' tokens do not all fit in the rows' pass (many labels
-    # of several words; sampled_labels.py): its own and a seeded sample of others (0: every label, every step)
-    sampled_labels: int = 16
+    # Labels a training row scores where the label words' later tokens are more than one chunk of 256 (many labels
+    # of several words; label_words/sampled_labels.py): its own and a seeded sample of others (0: every label)
+    sampled_labels: int = 64
 
     def __post_init__(self) -> None:
         """Every setting checked before anything loads; errors name the CLI flag."""

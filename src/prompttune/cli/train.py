@@ -125,10 +125,11 @@ def train(
     sampled_labels: Annotated[
         int,
         typer.Option(
-            help="Many labels of several words: a training row scores its own label and others drawn at random, "
-            "this many in all, in its own pass (0: every label at every step; validation always scores every label)."
+            help="Many labels of several words (over 256 later tokens in all): a training row scores its own label and "
+            "others drawn at random, this many in all, in its own pass (0: every label at every step; validation "
+            "always scores every label)."
         ),
-    ] = 16,
+    ] = 64,
     resume: Annotated[
         bool, typer.Option(help="Continue from the checkpoint in --out (with any number of processes).")
     ] = False,

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.data import Dataset
-from prompttune.label_words.label_forms import INLINE_TOKENS
 from prompttune.label_words.one_pass_scores import one_pass_label_scores
 from prompttune.label_words.sampled_labels import LabelSampler, sampled_loss
 
@@ -35,8 +34,8 @@ class VerbalizerObjective:
     val_loss: float | None = None  # the last validation's cross-entropy (Objective.val_loss)
 
     def __init__(self, model: PromptModel, train: Dataset, val: Dataset, sampled_labels: int = 0, seed: int = 0):
-        """sampled_labels: where the label words' tokens do not all fit in the rows' pass, each training row
-        scores its own label and at most this many in all (``sampled_labels.py``; 0: every label)."""
+        """sampled_labels: where the label words' later tokens are more than one chunk, each training row scores
+        its own label and at most this many in all (``sampled_labels.py``; 0: every label)."""
         self.model, self.trainable = model, model.method
         self.y_val = model.label_indices(val)  # a validation label the verbalizer does not know: an error first
         self.y_train = model.label_indices(train)
@@ -45,7 +44,7 @@ class VerbalizerObjective:
         sample = sampled_labels and LabelSampler.applies(model)
         self.sampler = LabelSampler(model, sampled_labels, seed) if sample else None
         # a row's tokens in a step, its label words' included: micro-batches bound what a step holds
-        words = INLINE_TOKENS if self.sampler else max((c.ids.shape[1] for c in model._cont_chunks), default=0)
+        words = self.sampler.budget if self.sampler else max((c.ids.shape[1] for c in model._cont_chunks), default=0)
         self.lengths = [len(x) + words for x in self.train.ids]
         self._val_batches: list[tuple[list[int], RowHeads | None]] | None = None
         self._shard_batches: list[tuple[list[int], RowHeads | None]] | None = None  # a data-parallel rank's part
