@@ -48,7 +48,6 @@ class LabelSampler:
         self.steps = [sum(len(model.form_token_ids[f]) - 1 for f in forms) for forms in self.forms_of]
         self.budget = label_forms.CONTINUATION_CHUNK  # later tokens of a row's sampled words, at most
         self.step = 0  # the training step being taken (``VerbalizerObjective.begin_step``)
-        self._chunks: dict[tuple[int, ...], ContinuationChunk | None] = {}
 
     @staticmethod
     def applies(model: PromptModel) -> bool:
@@ -74,23 +73,18 @@ class LabelSampler:
             out.append(chosen)
         return out
 
-    def chunk(self, labels: list[int]) -> ContinuationChunk | None:
-        """The continuation tokens of these labels' words as one chunk whose ``assign`` columns are the model's
-        forms (None: every word is one token)."""
-        forms = tuple(f for li in labels for f in self.forms_of[li])
-        if forms not in self._chunks:
-            pm = self.model
-            found = continuation_chunks([pm.form_token_ids[f] for f in forms], [pm.form_tokens[f] for f in forms])
-            chunk = None
-            if found:
-                (c,) = found  # at most one chunk's steps
-                assign = torch.zeros(c.assign.shape[0], len(pm.form_tokens))
-                assign[:, list(forms)] = c.assign
-                chunk = ContinuationChunk(c.ids, c.depth, c.target, c.visible, assign).to(pm.backbone.device)
-            if len(self._chunks) > 4096:  # a new sample nearly every step: keep the memo bounded
-                self._chunks.clear()
-            self._chunks[forms] = chunk
-        return self._chunks[forms]
+    def chunk(self, labels: list[int]) -> tuple[ContinuationChunk, Tensor] | None:
+        """The later tokens of these labels' words as one chunk, and the model's form each token belongs to
+        (None: every word is one token). Built for each row and step: samples rarely repeat."""
+        pm = self.model
+        forms = [f for li in labels for f in self.forms_of[li]]
+        found = continuation_chunks([pm.form_token_ids[f] for f in forms], [pm.form_tokens[f] for f in forms])
+        if not found:
+            return None
+        (c,) = found  # at most one chunk's steps
+        owner = torch.tensor(forms)[c.assign.argmax(1)]
+        dev = pm.backbone.device
+        return c.to(dev), owner.to(dev)
 
     def scores(self, batch: list[list[int]], prefix: KV, sets: list[list[int]]) -> Tensor:
         """(b, k) scores of each row's sampled labels (``sets``, padded with ``FAR``), as ``label_scores`` gives
@@ -106,7 +100,8 @@ class LabelSampler:
             ids, attention, positions = pm._pad_left(batch, prefix_len)
         w = ids.shape[1]
         input_ids, embeds = pm.row_inputs(ids)
-        chunks = [self.chunk(s) for s in sets]
+        found = [self.chunk(s) for s in sets]
+        chunks = [None if x is None else x[0] for x in found]
         dev = pm.backbone.device
         if all(c is None for c in chunks):
             hidden = pm.backbone.run(input_ids, attention, positions, past, inputs_embeds=embeds)
@@ -121,14 +116,15 @@ class LabelSampler:
         if any(c is not None for c in chunks):
             n = hidden.shape[1] - w
             target = torch.zeros(len(batch), n, dtype=torch.long, device=dev)
-            assign = torch.zeros(len(batch), n, form_scores.shape[1], device=dev)
-            for r, c in enumerate(chunks):
-                if c is not None:
-                    m = c.ids.shape[1]
-                    target[r, :m], assign[r, :m] = c.target[0], c.assign
+            owner = torch.zeros(len(batch), n, dtype=torch.long, device=dev)
+            real = torch.zeros(len(batch), n, dtype=torch.bool, device=dev)
+            for r, x in enumerate(found):
+                if x is not None:
+                    m = x[0].ids.shape[1]
+                    target[r, :m], owner[r, :m], real[r, :m] = x[0].target[0], x[1], True
             logp = F.log_softmax(hidden[:, w:].float() @ rows_w.float().T, dim=-1)  # (b, n, C)
-            picked = logp.gather(2, target[..., None])[..., 0]
-            form_scores = form_scores + torch.einsum("bn,bnf->bf", picked, assign)
+            picked = logp.gather(2, target[..., None])[..., 0] * real  # padding steps add nothing
+            form_scores = form_scores + torch.zeros_like(form_scores).scatter_add(1, owner, picked)
         return self._label_scores(form_scores, sets)
 
     def _label_scores(self, form_scores: Tensor, sets: list[list[int]]) -> Tensor:
