@@ -265,6 +265,30 @@ class _OneProcessRanks(DistContext):
         return tensor
 
 
+def one_process_and_two_ranks(obj, batch: list[int], step: int, weigh=None):
+    """``obj``'s flat gradient and loss on ``batch`` in one process, and the buffer two ranks' all-reduce sums
+    (their parts' gradients, then the loss) when each backpropagates its part (``backward_shard``)."""
+    from prompttune.distributed.step import backward_shard
+
+    params = [p for p in obj.trainable.parameters() if p.requires_grad]
+
+    def backward(part: list[int]) -> torch.Tensor:
+        loss = obj.batch_loss(part)
+        loss.backward()
+        return loss.detach()
+
+    for p in params:
+        p.grad = None
+    whole = backward(batch)
+    full = torch.cat([p.grad.reshape(-1) for p in params]).clone()
+    sink: list[torch.Tensor] = []
+    for rank in range(2):
+        for p in params:
+            p.grad = None
+        backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, step, *([weigh] if weigh else []))
+    return full, whole, sink[0] + sink[1]
+
+
 def _objective(kind: str, backbone):
     from prompttune.core.data import from_records
     from prompttune.generation.task import GenerationTask
@@ -294,36 +318,15 @@ def test_ranks_weigh_a_per_token_loss_by_their_tokens_so_they_sum_to_the_whole_b
     from functools import partial
 
     from prompttune.batches import loss_weight_of
-    from prompttune.distributed.step import backward_shard
 
     obj = _objective(kind, tiny_backbone)
     obj.trainable.eval()  # the tagging head's dropout draws differently per pass: weigh the same function
-    params = [p for p in obj.trainable.parameters() if p.requires_grad]
     batch = list(range(len(obj.lengths)))
     assert len({loss_weight_of(obj, [i]) for i in batch}) > 1, "rows must differ in tokens for this test to bite"
 
-    def backward(part: list[int]) -> torch.Tensor:
-        loss = obj.batch_loss(part)
-        loss.backward()
-        return loss.detach()
-
-    for p in params:
-        p.grad = None
-    whole = backward(batch)
-    full = torch.cat([p.grad.reshape(-1) for p in params]).clone()
-    sink: list[torch.Tensor] = []
-    for rank in range(2):
-        for p in params:
-            p.grad = None
-        backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, 0, partial(loss_weight_of, obj))
-    summed = sink[0] + sink[1]
+    full, whole, summed = one_process_and_two_ranks(obj, batch, 0, partial(loss_weight_of, obj))
     torch.testing.assert_close(summed[:-1], full, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(summed[-1], whole.float(), atol=1e-6, rtol=1e-5)
     # weighing the parts by rows, as before, gives another gradient
-    sink.clear()
-    for rank in range(2):
-        for p in params:
-            p.grad = None
-        backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, 0)
-    rowwise, exact = (sink[0] + sink[1])[:-1], summed[:-1]
+    rowwise, exact = one_process_and_two_ranks(obj, batch, 0)[2][:-1], summed[:-1]
     assert (rowwise - exact).abs().max() > 1e-3 * exact.abs().max()

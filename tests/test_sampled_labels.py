@@ -136,31 +136,12 @@ def test_sampled_labels_flag_is_checked(run_main, tmp_path):  # noqa: F811
 def test_two_ranks_sampling_their_halves_sum_to_one_process_gradient(tiny_backbone):
     """Each row's sample depends on the seed, the step and the row only: two data-parallel ranks, each with its
     part of the batch, add up to one process's gradient."""
-    from test_distributed import _OneProcessRanks
-
-    from prompttune.distributed.step import backward_shard
+    from test_distributed import one_process_and_two_ranks
 
     task = many_label_task(tiny_backbone)
     data = labelled(8)
     obj = task.objective(data, data, TrainConfig(lr=0.1))
     obj.begin_step(7)
-    params = [p for p in obj.trainable.parameters() if p.requires_grad]
-
-    def backward(part: list[int]) -> torch.Tensor:
-        loss = obj.batch_loss(part)
-        loss.backward()
-        return loss.detach()
-
-    batch = list(range(8))
-    for p in params:
-        p.grad = None
-    whole = backward(batch)
-    full = torch.cat([p.grad.reshape(-1) for p in params]).clone()
-    sink: list[torch.Tensor] = []
-    for rank in range(2):
-        for p in params:
-            p.grad = None
-        backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, 7)
-    summed = sink[0] + sink[1]
+    full, whole, summed = one_process_and_two_ranks(obj, list(range(8)), 7)
     torch.testing.assert_close(summed[:-1], full, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(summed[-1], whole.float(), atol=1e-6, rtol=1e-5)
