@@ -244,20 +244,33 @@ class PromptModel(PrefixModel):
     def _label_scores_inline(self, batch: list[list[int]], prefix: KV, prefix_len: int) -> Tensor:
         """``label_scores`` in one pass: each row's label-word tokens run after it (``label_forms.inline_mask``),
         where the row then its words' continuation took two passes (one weight-bound pass fewer a batch)."""
-        chunk = self._inline_chunk()
         ids, attention, positions = self._pad_left(batch, prefix_len)
+        form_scores = self.inline_form_scores(ids, attention, positions, prefix, [self._inline_chunk()], [len(batch)])
+        return self._forms_to_labels(form_scores)
+
+    def inline_form_scores(
+        self, ids: Tensor, attention: Tensor, positions: Tensor, past: KV, chunks: list, counts: list[int]
+    ) -> Tensor:
+        """(b, F) each label form's log-likelihood after each row, from one pass: rows ``ids`` (left-padded, over
+        ``past``), each group of ``counts`` rows with its chunk of label-word tokens after it (None: none)."""
         w = ids.shape[1]
         input_ids, embeds = self.row_inputs(ids)
-        dtype = prefix[0][0].dtype if prefix else self.backbone.embedding_matrix.dtype
-        layout = inline_layout([chunk], [ids.shape[0]])
+        if all(c is None for c in chunks):
+            hidden = self.backbone.run(input_ids, attention, positions, past, inputs_embeds=embeds)
+            return self.first_tokens(hidden)[0]
+        dtype = past[0][0].dtype if past else self.backbone.embedding_matrix.dtype
+        layout = inline_layout(chunks, counts)
         input_ids, embeds, mask, pos = with_label_tokens(
             input_ids, embeds, attention, positions, layout, self.backbone.embed, dtype
         )
-        hidden = self.backbone.run(input_ids, mask, pos, prefix, inputs_embeds=embeds)
-        rows_w = self.backbone.lm_rows(self.candidates)  # (C, d)
-        first = F.log_softmax(hidden[:, w - 1].float() @ rows_w.float().T, dim=-1)
-        form_scores = first[:, self.form_first] + self._picked(hidden[:, w:], chunk, rows_w)
-        return self._forms_to_labels(form_scores)
+        hidden = self.backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
+        first, rows_w = self.first_tokens(hidden[:, :w])  # (b, F)
+        parts, start = [], 0
+        for chunk, k in zip(chunks, counts, strict=True):
+            rows = slice(start, start + k)
+            parts.append(first[rows] if chunk is None else first[rows] + self._picked(hidden[rows, w:], chunk, rows_w))
+            start += k
+        return torch.cat(parts)
 
     @staticmethod
     def _picked(hidden: Tensor, chunk: ContinuationChunk, rows_w: Tensor) -> Tensor:

@@ -22,12 +22,7 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV
 from prompttune.label_words import label_forms
-from prompttune.label_words.label_forms import (
-    ContinuationChunk,
-    continuation_chunks,
-    inline_layout,
-    with_label_tokens,
-)
+from prompttune.label_words.label_forms import ContinuationChunk, continuation_chunks
 from prompttune.scorer import PromptModel
 
 FAR = -1.0e4  # the score of a form or label outside a row's sample (finite: no NaN in the backward pass)
@@ -73,8 +68,8 @@ class LabelSampler:
             out.append(chosen)
         return out
 
-    def chunk(self, labels: list[int]) -> tuple[ContinuationChunk, Tensor] | None:
-        """The later tokens of these labels' words as one chunk, and the model's form each token belongs to
+    def chunk(self, labels: list[int]) -> ContinuationChunk | None:
+        """The later tokens of these labels' words as one chunk whose ``assign`` columns are the model's forms
         (None: every word is one token). Built for each row and step: samples rarely repeat."""
         pm = self.model
         forms = [f for li in labels for f in self.forms_of[li]]
@@ -82,49 +77,23 @@ class LabelSampler:
         if not found:
             return None
         (c,) = found  # at most one chunk's steps
-        owner = torch.tensor(forms)[c.assign.argmax(1)]
-        dev = pm.backbone.device
-        return c.to(dev), owner.to(dev)
+        assign = torch.zeros(c.assign.shape[0], len(pm.form_tokens))
+        assign[:, forms] = c.assign
+        return ContinuationChunk(c.ids, c.depth, c.target, c.visible, assign).to(pm.backbone.device)
 
     def scores(self, batch: list[list[int]], prefix: KV, sets: list[list[int]]) -> Tensor:
         """(b, k) scores of each row's sampled labels (``sets``, padded with ``FAR``), as ``label_scores`` gives
         them, in one pass: each row's sampled words after it."""
         pm = self.model
-        prefix_len = prefix[0][0].shape[2] if prefix else 0
         past = prefix
         if pm.late_split(batch, prefix) is not None:  # the text before the soft tokens runs without gradients
             heads = pm.row_heads(batch, prefix)
             ids, attention, positions = pm.tail_inputs(heads)
             past = heads.cache
         else:
-            ids, attention, positions = pm._pad_left(batch, prefix_len)
-        w = ids.shape[1]
-        input_ids, embeds = pm.row_inputs(ids)
-        found = [self.chunk(s) for s in sets]
-        chunks = [None if x is None else x[0] for x in found]
-        dev = pm.backbone.device
-        if all(c is None for c in chunks):
-            hidden = pm.backbone.run(input_ids, attention, positions, past, inputs_embeds=embeds)
-        else:
-            dtype = past[0][0].dtype if past else pm.backbone.embedding_matrix.dtype
-            layout = inline_layout(chunks, [1] * len(batch))
-            input_ids, embeds, mask, pos = with_label_tokens(
-                input_ids, embeds, attention, positions, layout, pm.backbone.embed, dtype
-            )
-            hidden = pm.backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
-        form_scores, rows_w = pm.first_tokens(hidden[:, :w])  # (b, F)
-        if any(c is not None for c in chunks):
-            n = hidden.shape[1] - w
-            target = torch.zeros(len(batch), n, dtype=torch.long, device=dev)
-            owner = torch.zeros(len(batch), n, dtype=torch.long, device=dev)
-            real = torch.zeros(len(batch), n, dtype=torch.bool, device=dev)
-            for r, x in enumerate(found):
-                if x is not None:
-                    m = x[0].ids.shape[1]
-                    target[r, :m], owner[r, :m], real[r, :m] = x[0].target[0], x[1], True
-            logp = F.log_softmax(hidden[:, w:].float() @ rows_w.float().T, dim=-1)  # (b, n, C)
-            picked = logp.gather(2, target[..., None])[..., 0] * real  # padding steps add nothing
-            form_scores = form_scores + torch.zeros_like(form_scores).scatter_add(1, owner, picked)
+            ids, attention, positions = pm._pad_left(batch, prefix[0][0].shape[2] if prefix else 0)
+        chunks = [self.chunk(s) for s in sets]
+        form_scores = pm.inline_form_scores(ids, attention, positions, past, chunks, [1] * len(batch))
         return self._label_scores(form_scores, sets)
 
     def _label_scores(self, form_scores: Tensor, sets: list[list[int]]) -> Tensor:
