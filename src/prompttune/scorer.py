@@ -34,6 +34,7 @@ from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
 from prompttune.label_words.label_forms import (
     INLINE_TOKENS,
     ContinuationChunk,
+    chunk_scores,
     continuation_chunks,
     inline_layout,
     with_label_tokens,
@@ -237,9 +238,8 @@ class PromptModel(PrefixModel):
 
     def _inline_chunk(self) -> ContinuationChunk | None:
         """The one chunk of label-word continuations short enough to run in the rows' own pass, if there is."""
-        if len(self._cont_chunks) == 1 and self._cont_chunks[0].ids.shape[1] <= INLINE_TOKENS:
-            return self._cont_chunks[0]
-        return None
+        one = len(self._cont_chunks) == 1 and self._cont_chunks[0].ids.shape[1] <= INLINE_TOKENS
+        return self._cont_chunks[0] if one else None
 
     def _label_scores_inline(self, batch: list[list[int]], prefix: KV, prefix_len: int) -> Tensor:
         """``label_scores`` in one pass: each row's label-word tokens run after it (``label_forms.inline_mask``),
@@ -248,9 +248,7 @@ class PromptModel(PrefixModel):
         form_scores = self.inline_form_scores(ids, attention, positions, prefix, [self._inline_chunk()], [len(batch)])
         return self._forms_to_labels(form_scores)
 
-    def inline_form_scores(
-        self, ids: Tensor, attention: Tensor, positions: Tensor, past: KV, chunks: list, counts: list[int]
-    ) -> Tensor:
+    def inline_form_scores(self, ids, attention, positions, past: KV, chunks: list, counts: list[int]) -> Tensor:
         """(b, F) each label form's log-likelihood after each row, from one pass: rows ``ids`` (left-padded, over
         ``past``), each group of ``counts`` rows with its chunk of label-word tokens after it (None: none)."""
         w = ids.shape[1]
@@ -268,17 +266,9 @@ class PromptModel(PrefixModel):
         parts, start = [], 0
         for chunk, k in zip(chunks, counts, strict=True):
             rows = slice(start, start + k)
-            parts.append(first[rows] if chunk is None else first[rows] + self._picked(hidden[rows, w:], chunk, rows_w))
+            parts.append(first[rows] if chunk is None else first[rows] + chunk_scores(hidden[rows, w:], chunk, rows_w))
             start += k
         return torch.cat(parts)
-
-    @staticmethod
-    def _picked(hidden: Tensor, chunk: ContinuationChunk, rows_w: Tensor) -> Tensor:
-        """(b, F) summed log-likelihood of each form's 2nd.. tokens, from the hidden states of the chunk's steps."""
-        b, n = hidden.shape[0], chunk.ids.shape[1]
-        logp = F.log_softmax(hidden[:, :n].float() @ rows_w.float().T, dim=-1)  # (b, n, C)
-        picked = logp.gather(2, chunk.target.expand(b, n)[..., None])[..., 0]  # (b, n)
-        return picked @ chunk.assign
 
     def late_split(self, batch: list[list[int]], prefix: KV) -> list[int] | None:
         """Where each row's first soft token is, when the text before it can run without gradients.
@@ -346,7 +336,7 @@ class PromptModel(PrefixModel):
             tree = torch.zeros(n, n, dtype=dtype, device=dev).masked_fill_(~chunk.visible, torch.finfo(dtype).min)
             mask = torch.cat([row_mask.expand(b, 1, n, -1), tree.expand(b, 1, n, n)], dim=-1)
             hidden = self.backbone.run(chunk.ids.expand(b, n), mask, last + 1 + chunk.depth, cache)  # (b, n, d)
-            return self._picked(hidden, chunk, rows_w)  # (b, F): summed per form
+            return chunk_scores(hidden, chunk, rows_w)  # (b, F): summed per form
 
         # Training with several chunks: each chunk's activations are recomputed in the backward pass rather than
         # held, so a step holds one chunk's at a time.

@@ -66,6 +66,15 @@ def continuation_chunks(token_ids: list[list[int]], cand_ids: list[list[int]]) -
     return chunks
 
 
+def chunk_scores(hidden: Tensor, chunk: ContinuationChunk, rows_w: Tensor) -> Tensor:
+    """(b, F) summed log-likelihood of each form's 2nd.. tokens, from the hidden states of the chunk's steps
+    (rows_w: the LM head's rows of the candidate tokens)."""
+    b, n = hidden.shape[0], chunk.ids.shape[1]
+    logp = torch.nn.functional.log_softmax(hidden[:, :n].float() @ rows_w.float().T, dim=-1)  # (b, n, C)
+    picked = logp.gather(2, chunk.target.expand(b, n)[..., None])[..., 0]  # (b, n)
+    return picked @ chunk.assign
+
+
 INLINE_TOKENS = 64  # a chunk of at most this many label tokens runs in the rows' own pass (no second pass)
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from prompttune.core.backbone import KV
 from prompttune.core.kv_cache import stack_left_padded
-from prompttune.label_words.label_forms import inline_layout, with_label_tokens
+from prompttune.label_words.label_forms import chunk_scores, inline_layout, with_label_tokens
 from prompttune.scorer import PromptModel
 
 Group = tuple[PromptModel, list[list[int]], KV]  # a task's model, its rows' token ids, its prefix's keys/values
@@ -177,7 +177,7 @@ def _joint_inline(groups: list[Group], chunks: list) -> list[Tensor]:
         first = F.log_softmax(hidden[rows, w - 1].float() @ rows_w.float().T, dim=-1)
         form_scores = first[:, model.form_first]
         if chunk is not None:
-            form_scores = form_scores + model._picked(hidden[rows, w:], chunk, rows_w)
+            form_scores = form_scores + chunk_scores(hidden[rows, w:], chunk, rows_w)
         scores.append(model._forms_to_labels(form_scores))
     return scores
 
