@@ -38,3 +38,13 @@ def test_the_count_shows_no_total_while_it_is_unknown():
         bar.update(other, completed=7)
     text = out.getvalue()
     assert "None" not in text and "7/60" in text
+
+
+def test_the_start_line_names_a_few_labels_and_counts_many():
+    from prompttune.cli.progress import SHOWN_LABELS, label_list
+
+    assert label_list(["negative", "positive"]) == "['negative', 'positive']"
+    many = [f"label {i}" for i in range(300)]
+    line = label_list(many)
+    assert line.startswith("['label 0', 'label 1'") and line.endswith("...] (300 labels)")
+    assert f"'label {SHOWN_LABELS - 1}'" in line and f"'label {SHOWN_LABELS}'" not in line

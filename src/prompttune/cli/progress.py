@@ -8,6 +8,16 @@ from rich.text import Text
 
 from prompttune.train import Callback
 
+SHOWN_LABELS = 12  # a start line names at most this many labels
+
+
+def label_list(labels: list) -> str:
+    """The labels for a one-line summary: all of a few, else the first ``SHOWN_LABELS`` and how many in all."""
+    if len(labels) <= SHOWN_LABELS:
+        return str(list(labels))
+    shown = ", ".join(repr(x) for x in labels[:SHOWN_LABELS])
+    return f"[{shown}, ...] ({len(labels)} labels)"
+
 
 def progress_bar(console: Console) -> Progress:
     return Progress(

@@ -167,7 +167,7 @@ def train(
         launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"))
         return
     from prompttune.api import train_from_file
-    from prompttune.cli.progress import TrainingProgress, progress_bar
+    from prompttune.cli.progress import TrainingProgress, label_list, progress_bar
     from prompttune.core.backbone import set_threads
     from prompttune.train import TrainConfig
 
@@ -200,7 +200,7 @@ def train(
     def started(task, info: dict) -> None:
         if not main:
             return
-        labels = f"{len(info['labels'])} labels, " if info["kind"] else f"labels {info['labels']}, "
+        labels = f"{len(info['labels'])} labels, " if info["kind"] else f"labels {label_list(info['labels'])}, "
         if info.get("max_target_tokens") is not None:  # a generation task has targets, not labels
             labels = f"generation task, targets of up to {info['max_target_tokens']} tokens, "
         what = f"{info['kind']} head: " if info["kind"] else ""
