@@ -22,7 +22,7 @@ for name, part in (("train", task[:2000]), ("heldout", task[2000:3000])):
     with open(f"{sys.argv[2]}/{name}.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in part)
 listed = "Classify the text. Possible labels: {{ labels | join(', ') }}. Reply with the label only."
-json.dump({"system": listed, "user": "[soft]{{ text }}", "answer": "[soft:4]"}, open(f"{sys.argv[2]}/listed.json", "w"))
+json.dump({"system": listed, "user": "[soft]{{ text }}", "answer": "[soft:4]"}, open(f"{sys.argv[2]}/listing-template.json", "w"))
 PY
 PT=.venv/bin/prompttune
 run() {  # NAME [FLAGS...]
@@ -32,7 +32,7 @@ run() {  # NAME [FLAGS...]
   $PT eval "$OUT/$name" "$OUT/heldout.jsonl" --json | tail -n 1 > "$OUT/$name-eval.json"
 }
 run built-in "$@"
-run listed --template "$OUT/listed.json" "$@"
+run listed --template "$OUT/listing-template.json" "$@"
 python3 - "$OUT" <<'PY'
 import json, re, sys
 out = sys.argv[1]
