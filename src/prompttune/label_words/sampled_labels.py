@@ -10,8 +10,9 @@ chunk of continuation tokens and at most ``labels_per_row`` labels, in the rows'
 labels' scores are exactly ``PromptModel.label_scores``'s (a test checks). Validation and inference score every
 label. Label words within one chunk are all scored at every step (exact): on DBpedia-14 with descriptive words
 of ~7 later tokens (100 in all), samples of at most 64 tokens (about half the labels) trained to 0.948 held-out
-against 0.968 for every label in the same 100 steps, so sampling is kept for where every label costs too much
-(measurements: README, "How it is fast").
+against 0.968 for every label in the same 100 steps, so sampling is kept for where every label costs too much.
+Above one chunk (the same task with four forms per label, 379 later tokens), 60 steps: 0.916 sampled against
+0.920 for every label, at 2.2 against 1.0 examples/s (measurements: README, "How it is fast").
 """
 
 from __future__ import annotations
