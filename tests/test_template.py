@@ -104,27 +104,6 @@ def test_jinja_syntax_error_is_a_template_error():
 # --- compiled: prefix and row ---------------------------------------------------------------------
 
 
-LISTING_CHARS = 200  # the built-ins list the labels while "a, b, c" is at most this many characters
-
-
-@pytest.mark.parametrize(
-    "name", ["classify", "classify-late", "classify-pair", "classify-pair-late", "qa-yes-no", "qa-yes-no-late"]
-)
-def test_builtins_list_a_few_labels_and_not_hundreds(tiny_backbone, name):
-    tok = tiny_backbone.tokenizer
-    few = compile_(Template.from_spec(name), tok, labels=["negative", "positive"])
-    assert "negative, positive." in prefix_text(few)
-    many = [f"word{i} other{i} third{i}" for i in range(300)]  # a listing of 7,000+ characters
-    without = prefix_text(compile_(Template.from_spec(name), tok, labels=many))
-    assert "word0" not in without and "Possible" not in without
-    assert "Reply with the" in without  # the instruction stays, the list goes
-    bare = prefix_text(compile_(Template.from_spec(name), tok, labels=["x" * LISTING_CHARS]))
-    over = prefix_text(compile_(Template.from_spec(name), tok, labels=["x" * (LISTING_CHARS + 1)]))
-    assert "x" * LISTING_CHARS in bare and "xxxx" not in over  # the bound is on the joined list's characters
-    # the prefix no longer grows with the labels: hundreds of labels cost what none would
-    assert len(tok(without)["input_ids"]) < len(tok(prefix_text(few))["input_ids"])
-
-
 def test_builtin_prefix_has_system_text_and_soft_slot(tiny_backbone):
     c = compile_(Template.from_spec("classify"), tiny_backbone.tokenizer, n=7)
     text = prefix_text(c)
