@@ -102,3 +102,30 @@ def test_the_trainer_stops_on_a_diverging_loss(tiny_backbone, sentiment_rows, mo
     monkeypatch.setattr(VerbalizerObjective, "batch_loss", lambda self, batch: torch.tensor(float("nan")))
     with pytest.raises(prompttune.PromptTuneError, match="diverged"):
         task.fit(sentiment_rows[:8], sentiment_rows[8:16], TrainConfig(max_steps=2, batch_size=4))
+
+
+def test_text_fields_the_built_in_template_never_shows_are_named(tiny_backbone, tmp_path):
+    from prompttune.core.data import from_records, unused_text_fields
+
+    rows = [
+        {"text_a": f"he sat on bank {i} .", "text_b": f"the bank {i} lent money .", "word": "bank",
+         "label": "true" if i % 2 else "false", "idx": i, "id1": f"a{i}", "sent_id": str(i), "n": i,
+         "source": f"gj0{i % 3}", "note": "seen twice" if i == 3 else f"x{i}"}
+        for i in range(24)
+    ]  # fmt: skip
+    data = tmp_path / "wic.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert unused_text_fields(from_records(rows, "rows"), ["text_a", "text_b"]) == ["note", "word"]
+    assert unused_text_fields(from_records(rows, "rows"), ["text_a", "text_b", "word", "note"]) == []
+    seen = []
+    _, _, summary = prompttune.train_from_file(
+        data, None, method="prompt-tuning", config=TrainConfig(max_steps=1, batch_size=8),
+        backbone=tiny_backbone, on_start=lambda task, info: seen.extend(info["warnings"]),
+    )  # fmt: skip
+    assert len(seen) == 1 and "note, word fields are never shown" in seen[0] and "--template" in seen[0]
+    assert seen[0] in summary["warnings"]
+    template = {"user": "[soft]{{ text_a }} / {{ text_b }} / {{ word }} {{ note }}", "answer": "[soft]"}
+    _, _, summary = prompttune.train_from_file(
+        data, None, template=template, config=TrainConfig(max_steps=1, batch_size=8), backbone=tiny_backbone
+    )
+    assert not any("never shown" in w for w in summary["warnings"])

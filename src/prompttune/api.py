@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
-from prompttune.core.data import PAIR_FIELDS, from_records, infer_fields, load_rows
+from prompttune.core.data import PAIR_FIELDS, from_records, infer_fields, load_rows, unused_text_fields
 from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
@@ -164,6 +164,16 @@ def train_from_file(
     else:
         task = PromptTask.for_data(backbone, train_ds, method, method_config, config.seed, template, verbalizer, demos)
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
+    warnings = []
+    if template is None and kind in (None, PROBE) and not writes:  # a built-in template chose what the model reads
+        unused = unused_text_fields(train_ds, infer_fields(train_ds))
+        if unused:
+            warnings.append(
+                f"{train_ds.source}: the built-in template reads {', '.join(infer_fields(train_ds))}; the rows' "
+                f"{', '.join(unused)} field{'s are' if len(unused) > 1 else ' is'} never shown to the model. To use "
+                f"{'them' if len(unused) > 1 else 'it'}, pass --template with your own (`prompttune templates --help`)."
+            )
+    info["warnings"] = list(warnings)  # known before the first step: shown at the start too
     if writes:
         info["max_target_tokens"] = task.longest_target  # generation: no labels; the longest target instead
     if init_from is not None:
@@ -184,7 +194,6 @@ def train_from_file(
         task.save(out, overwrite=overwrite or resume)
     if dist is not None:
         dist.barrier()  # the ranks leave together: none tears its group down while rank 0 is still writing
-    warnings = []
     if result.steps and result.initial_val is not None and result.best_val <= result.initial_val:
         kept = "the initial one" if result.best_step == 0 else f"step {result.best_step}'s, which only ties it"
         warnings.append(

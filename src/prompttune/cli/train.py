@@ -196,6 +196,7 @@ def train(
     main = is_main_process()  # under a launcher, rank 0 alone reports
     bar = progress_bar(err)
     progress = TrainingProgress(err, None)
+    shown: set[str] = set()  # warnings printed at the start are not repeated at the end
 
     def started(task, info: dict) -> None:
         if not main:
@@ -209,6 +210,9 @@ def train(
             f"{task.method_name} on {task.backbone.model_id}, {info['trainable_params']:,} trainable parameters",
             highlight=False,
         )
+        for warning in info.get("warnings", ()):  # known before the first step
+            err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+            shown.add(warning)
         if info["trainable_params"]:
             bar.start()
             progress.attach(bar)
@@ -244,7 +248,7 @@ def train(
             bar.stop()
     if not main:
         return
-    for warning in result["warnings"]:
+    for warning in (w for w in result["warnings"] if w not in shown):
         err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if as_json:
         emit_json(result)

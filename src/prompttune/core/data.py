@@ -199,6 +199,29 @@ def infer_fields(dataset: Dataset) -> tuple[str, ...]:
     )
 
 
+def unused_text_fields(dataset: Dataset, used: Iterable[str], sample: int = 100) -> list[str]:
+    """Text fields of the first ``sample`` rows that a template reading ``used`` never shows the model (a row's
+    label and id-like fields left out: ``id``, ``idx``, ``uid``, ``guid``, ``*_id``, ``id1``...). Rows such as
+    WiC's (a ``word`` besides the pair) or WSC's (``span1_text``, ``span2_text``) need a template that reads them.
+    """
+    skip = set(used) | {"label"}
+    texts: dict[str, list[str]] = {}
+    for row in dataset.rows[:sample]:
+        for name, value in row.fields.items():
+            if name not in skip and isinstance(value, str) and value.strip():
+                texts.setdefault(name, []).append(value.strip())
+    return sorted(name for name, values in texts.items() if not _id_like(name, values))
+
+
+def _id_like(name: str, values: list[str]) -> bool:
+    """A field that names or codes a row rather than says something: by its name (``id``, ``uid``, ``*_id``,
+    ``id1``), or values that are all one code word with a digit (CoLA's ``source``: ``gj04``)."""
+    low = name.lower()
+    if low in ("id", "idx", "uid", "guid") or low.endswith("_id") or low.rstrip("0123456789") == "id":
+        return True
+    return all(" " not in v and any(c.isdigit() for c in v) for v in values)
+
+
 def check_fields(dataset: Dataset, fields: Sequence[str], need_label: bool) -> None:
     """Every row has every field, non-empty; with need_label, a non-empty label too."""
     for row in dataset.rows:
