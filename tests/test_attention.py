@@ -123,3 +123,29 @@ def test_long_rows_with_gradients_take_the_fused_kernel_with_the_same_gradients(
     torch.testing.assert_close(out[0, 7:], ref[0, 7:], atol=1e-5, rtol=1e-5)
     for a, b_ in zip(fused, (x.grad for x in inputs), strict=True):
         torch.testing.assert_close(a, b_, atol=1e-4, rtol=1e-4)
+
+
+def test_few_rows_over_many_keys_with_gradients_take_the_fused_kernel_with_the_same_gradients():
+    """Rows after a long constant prefix: few query tokens, FUSED_KEYS_WITH_GRAD keys or more."""
+    torch.manual_seed(4)
+    b, heads, kv, q, hd = 3, 4, 2, 12, 8
+    t = attention.FUSED_KEYS_WITH_GRAD
+    query = torch.randn(b, heads, q, hd, requires_grad=True)
+    key, value = (torch.randn(b, kv, t, hd, requires_grad=True) for _ in range(2))
+    mask = torch.zeros(b, 1, q, t)
+    mask[..., t - q :] = mask[..., t - q :].masked_fill(torch.ones(q, q, dtype=torch.bool).triu(1), torch.finfo().min)
+    mask[1, :, :, t - q : t - q + 3] = torch.finfo().min  # row 1 left-padded after the prefix
+    out, weights = attention.attend(query, key, value, mask, None, 0.0, False)
+    assert weights is None  # fused: no (q, t) weights held for the backward pass
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    fused = [x.grad.clone() for x in (query, key, value)]
+    for x in (query, key, value):
+        x.grad = None
+    short, kept = attention.attend(query, key[:, :, -500:], value[:, :, -500:], mask[..., -500:], None, 0.0, False)
+    assert kept is not None  # fewer keys keep the eager path
+    ref = _eager(_Module(heads // kv), query, key, value, mask, hd**-0.5)[0]
+    ref.backward(grad_out)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b_ in zip(fused, (x.grad for x in (query, key, value)), strict=True):
+        torch.testing.assert_close(a, b_, atol=1e-4, rtol=1e-4)

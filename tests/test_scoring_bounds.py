@@ -244,3 +244,37 @@ def test_training_without_a_template_puts_the_soft_tokens_after_long_rows(tiny_b
         assert late.model.compiled.row_slots and not [s for s in late.model.compiled.prefix if not isinstance(s, str)]
     given = PromptTask.for_data(tiny_backbone, long, template="classify", method_config={"num_virtual_tokens": 2})
     assert given.model.template.user.startswith("[soft]")
+
+
+def test_a_long_constant_prefix_bounds_the_rows_a_pass_holds(tiny_backbone, sentiment_rows, monkeypatch):
+    """Every row's cache holds its own copy of the prefix's keys/values: with a long system text, scoring and
+    validation take fewer rows a pass (prefix + row tokens over the rows <= KV_TOKEN_BUDGET, VAL_KV_TOKENS), with
+    the same scores."""
+    from prompttune.label_words import verbalizer_objective as vo
+
+    system = "Read the guidelines. " + " ".join(f"Rule {i}: weigh it." for i in range(8))
+    task = PromptTask.create(
+        tiny_backbone, ["negative", "positive"], "prompt-tuning", {"num_virtual_tokens": 2}, {"system": system,
+        "user": "[soft]{{ text }}"}, seed=2,
+    )  # fmt: skip
+    pm, ds = task.model, from_records(sentiment_rows)
+    enc = pm.encode(ds)
+    calls = record_runs(monkeypatch, tiny_backbone)
+    with torch.no_grad():
+        lead = scorer.prefix_length(pm.cached_prefix())
+        unbounded, accuracy = pm.score(enc, calibrate=False), vo.VerbalizerObjective(pm, ds, ds).validate()
+    assert max(b for b, _, keys, _ in calls if keys == 1) > 3  # passes over the rows, continuing the prefix
+    monkeypatch.undo()
+    budget = (lead + max(len(x) for x in enc.ids)) * 3  # three rows of the longest at most
+    assert lead > 40 and len(scorer.token_budget_parts(enc.ids, 10**6, lead, budget)) > len(enc.ids) // 3
+    monkeypatch.setattr(scorer, "KV_TOKEN_BUDGET", budget)
+    monkeypatch.setattr(vo, "VAL_KV_TOKENS", budget)
+    calls = record_runs(monkeypatch, tiny_backbone)
+    with torch.no_grad():
+        bounded = pm.score(enc, calibrate=False)
+        objective = vo.VerbalizerObjective(pm, ds, ds)
+        assert objective.validate() == accuracy
+    torch.testing.assert_close(bounded, unbounded, atol=1e-5, rtol=1e-5)
+    assert max(b for b, _, keys, _ in calls if keys == 1) == 3
+    plan = objective._plan_validation(pm.cached_prefix())
+    assert all((lead + max(len(objective.val.ids[i]) for i in idx)) * len(idx) <= budget for idx, _ in plan)

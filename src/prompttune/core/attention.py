@@ -43,6 +43,12 @@ FEW_QUERIES = 16
 # 256 rather than 512 since label words run after their rows (up to 256 label tokens a row, sampled_labels): DBpedia-14
 # with four forms per label, `prompttune train ... --max-steps 8`: 2.47 -> 2.61 examples/s, peak RSS 3.20 -> 2.48 GB
 FUSED_WITH_GRAD = 256
+# From this many keys a step with gradients takes the fused kernel whatever its query tokens: the eager path keeps
+# (q, t) weights per head in float32 and bfloat16 for the backward pass, which for rows after a long constant prefix
+# (a custom template's 1,800-token system text: 17 rows of 30 tokens) is ~50 MB a layer, 1.5 GB over 30 layers.
+# The fused backward is ~10% slower there (one layer, bfloat16, 1 thread: 17 rows of 20 tokens over 1,000 keys
+# 48 -> 53 ms; over 500, 21 -> 24), so shorter spans keep the eager path.
+FUSED_KEYS_WITH_GRAD = 1024
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -53,14 +59,16 @@ def attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scali
     """Softmax attention, grouped-query aware. query (b, h, q, hd); key/value (b, kv, t, hd) with h a multiple
     of kv; mask additive, (b, 1 or h, q, >= t). Returns (output (b, q, h, hd), weights (b, h, q, t)), the weights
     None where PyTorch's fused attention (``scaled_dot_product_attention``, which never holds the (q, t) scores of
-    a whole head) computes the output: no gradient taken, or rows of ``FUSED_WITH_GRAD`` tokens or more."""
+    a whole head) computes the output: no gradient taken, rows of ``FUSED_WITH_GRAD`` tokens or more, or
+    ``FUSED_KEYS_WITH_GRAD`` keys or more."""
     b, h, q, hd = query.shape
     kv, t = key.shape[1], key.shape[2]
     if h % kv:
         raise ValueError(f"attention: {h} query heads cannot share {kv} key/value heads evenly")
     g = h // kv
     scale = scaling if scaling is not None else hd**-0.5
-    if g * q > FEW_QUERIES and (q >= FUSED_WITH_GRAD or not _needs_grad(query, key, value)):
+    long = q >= FUSED_WITH_GRAD or t >= FUSED_KEYS_WITH_GRAD
+    if g * q > FEW_QUERIES and (long or not _needs_grad(query, key, value)):
         out = F.scaled_dot_product_attention(
             query,
             key,

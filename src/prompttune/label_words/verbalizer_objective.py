@@ -11,11 +11,17 @@ from torch import Tensor
 from prompttune.core.data import Dataset
 from prompttune.label_words.one_pass_scores import one_pass_label_scores
 from prompttune.label_words.sampled_labels import LabelSampler, sampled_loss
+from prompttune.scorer import prefix_length
 
 if TYPE_CHECKING:
     from prompttune.scorer import PromptModel, RowHeads
 
 VAL_CACHE_BYTES = 256 * 2**20  # keys/values of validation rows' text kept between validations, at most
+# Prefix + row tokens over a validation batch's rows (each row's cache holds its own copy of the prefix's keys/values):
+# a custom template's 1,800-token system text made 64 short rows hold ~2.7 GB a copy. Twice scoring's bound
+# (scorer.KV_TOKEN_BUDGET): at 8,192 a late template after 8 demos (675 tokens; AG News) peaked 0.3 GB higher in
+# training (2.70 -> 3.02 GB, the validation rows' kept keys/values), at 16,384 it is unchanged.
+VAL_KV_TOKENS = 16384
 VAL_BATCH_TOKENS = 1024  # padded row tokens in one validation batch (long rows: fewer rows, bounded memory)
 
 
@@ -105,11 +111,14 @@ class VerbalizerObjective:
         can be kept."""
         ids = self.val.ids
         order = sorted(range(len(ids)) if rows is None else rows, key=lambda i: len(ids[i]))
-        batches: list[list[int]] = [[]]  # at most batch_size rows and VAL_BATCH_TOKENS padded tokens each
+        # at most batch_size rows, VAL_BATCH_TOKENS padded tokens and VAL_KV_TOKENS keys/values (each row's copy of
+        # the prefix counted) each
+        batches: list[list[int]] = [[]]
+        lead = prefix_length(prefix)
         for i in order:
-            if batches[-1] and (
-                len(batches[-1]) == batch_size or len(ids[i]) * (len(batches[-1]) + 1) > VAL_BATCH_TOKENS
-            ):
+            n, width = len(batches[-1]) + 1, len(ids[i])
+            full = n > batch_size or width * n > VAL_BATCH_TOKENS or (lead + width) * n > VAL_KV_TOKENS
+            if batches[-1] and full:
                 batches.append([])
             batches[-1].append(i)
         batches = [b for b in batches if b]
