@@ -30,6 +30,7 @@ from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import DataError, ModelError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import CompiledTemplate, SoftSlot, Template
+from prompttune.core.token_budget import prefix_length, token_budget_parts
 from prompttune.core.verbalizer import CONTENT_FREE, Verbalizer
 from prompttune.label_words.label_forms import (
     INLINE_TOKENS,
@@ -48,30 +49,7 @@ MAX_LABEL_FORMS = 4096  # label words (over all labels) at most
 
 ROW_TOKEN_BUDGET = 1024  # padded row tokens whose activations a training step holds at once
 SCORE_TOKEN_BUDGET = 8192  # padded row tokens scored at once at inference (keys/values of long rows)
-# Prefix + row tokens over the rows of a pass without gradients: the keys/values it holds. Every row's cache holds
-# its own copy of the prefix's keys/values (transformers' cache concatenates them per row, once for the text and
-# again for what continues it), so a long constant prefix (a custom template's 1,800-token system text) made 64
-# short validation rows hold ~2.7 GB a copy in bfloat16. With this bound a pass holds ~190 MB a copy.
-KV_TOKEN_BUDGET = 8192
-
-
-def token_budget_parts(batch: list[list[int]], budget: int, prefix: int = 0, kv_budget: int | None = None):
-    """Consecutive parts of a batch, each at most ``budget`` padded tokens and, given ``kv_budget``, at most that
-    many keys/values with every row's copy of a ``prefix``-token prefix counted (a longer row: a part of its own)."""
-    parts: list[list[list[int]]] = [[]]
-    for x in batch:
-        width = max([len(x)] + [len(y) for y in parts[-1]])
-        rows = len(parts[-1]) + 1
-        over = width * rows > budget or (kv_budget is not None and (prefix + width) * rows > kv_budget)
-        if parts[-1] and over:
-            parts.append([])
-        parts[-1].append(x)
-    return parts
-
-
-def prefix_length(prefix) -> int:
-    """Positions of a per-layer keys/values prefix (0 for none)."""
-    return prefix[0][0].shape[2] if prefix else 0
+KV_TOKEN_BUDGET = 8192  # prefix + row tokens over a scoring pass's rows (core/token_budget.py says why)
 
 
 @dataclass

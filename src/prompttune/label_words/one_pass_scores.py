@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from prompttune.core import one_pass
-from prompttune.scorer import ROW_TOKEN_BUDGET, PromptModel, token_budget_parts
+from prompttune.core.token_budget import token_budget_parts
+from prompttune.scorer import ROW_TOKEN_BUDGET, PromptModel
 
 # Padded tokens one pass may add over two passes' (the prefix's p, the rows' b x w) and still be the cheaper: a
 # second pass costs about what ~100 tokens do (default decoder, bfloat16, 1 thread: SST-2 rows, 16 soft tokens,

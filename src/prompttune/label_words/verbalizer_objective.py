@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompttune.core.data import Dataset
+from prompttune.core.token_budget import prefix_length
 from prompttune.label_words.one_pass_scores import one_pass_label_scores
 from prompttune.label_words.sampled_labels import LabelSampler, sampled_loss
-from prompttune.scorer import prefix_length
 
 if TYPE_CHECKING:
     from prompttune.scorer import PromptModel, RowHeads
