@@ -136,3 +136,27 @@ def test_bad_input(run_main, files, tiny_model_dir, tmp_path):
     (tmp_path / "busy" / "keep.txt").write_text("x")
     run = run_main("continual", "--task", f"a={s}", "--out", tmp_path / "busy", "--model", tiny_model_dir)
     assert_user_error(run, "keep.txt")
+
+
+def test_tasks_whose_fields_the_built_in_template_never_shows_are_warned_about(files, tiny_backbone, tmp_path):
+    """train-multi and continual pick each task's built-in template: a task whose rows carry other text (WiC's
+    ``word``) gets a warning before training (on_start / on_warning) and in the summary / report."""
+    from prompttune.multitask import train_multi
+
+    rows = [json.loads(line) for line in open(files["pair"])]
+    wic = tmp_path / "wic.jsonl"
+    wic.write_text("".join(json.dumps({**r, "word": "bank", "idx": i}) + "\n" for i, r in enumerate(rows)))
+    specs = [f"sent={files['sent']}", f"wic={wic}"]
+    config = TrainConfig(**(CONFIG | {"max_steps": 1}))
+    started, warned = [], []
+    _, _, summary = train_multi(
+        specs, None, method="spot", num_virtual_tokens=4, config=config, backbone=tiny_backbone,
+        on_start=lambda info: started.extend(info["warnings"]),
+    )  # fmt: skip
+    assert len(started) == 1 and started[0].startswith("task wic: ") and "word field is never shown" in started[0]
+    assert "built-in templates" in started[0] and "--template" not in started[0]  # packs have no --template
+    assert summary["warnings"] == started
+    _, report = learn_continual(
+        specs, None, num_virtual_tokens=4, config=config, backbone=tiny_backbone, on_warning=warned.append
+    )
+    assert warned == started and report["warnings"] == started

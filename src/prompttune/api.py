@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
-from prompttune.core.data import PAIR_FIELDS, from_records, infer_fields, load_rows, unused_text_fields
+from prompttune.core.data import PAIR_FIELDS, from_records, infer_fields, load_rows, unused_fields_warning
 from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
@@ -166,13 +166,8 @@ def train_from_file(
     info = {"n_train": len(train_ds), "n_val": len(val_ds), "labels": task.labels, "kind": kind}
     warnings = []
     if template is None and kind in (None, PROBE) and not writes:  # a built-in template chose what the model reads
-        unused = unused_text_fields(train_ds, infer_fields(train_ds))
-        if unused:
-            warnings.append(
-                f"{train_ds.source}: the built-in template reads {', '.join(infer_fields(train_ds))}; the rows' "
-                f"{', '.join(unused)} field{'s are' if len(unused) > 1 else ' is'} never shown to the model. To use "
-                f"{'them' if len(unused) > 1 else 'it'}, pass --template with your own (`prompttune templates --help`)."
-            )
+        unused = unused_fields_warning(train_ds)
+        warnings += [unused] if unused else []
     info["warnings"] = list(warnings)  # known before the first step: shown at the start too
     if writes:
         info["max_target_tokens"] = task.longest_target  # generation: no labels; the longest target instead

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
 
@@ -113,6 +114,8 @@ def train_multi(
     def started(info: dict) -> None:
         rows = ", ".join(f"{n} {t['n_train']}+{t['n_val']}" for n, t in info["tasks"].items())
         err.print(f"{method} pack, rows (train+validation): {rows}", highlight=False)
+        for warning in info.get("warnings", ()):
+            err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
         bar.start()
         progress.attach(bar)
 
@@ -207,6 +210,7 @@ def continual(
             overwrite=overwrite,
             callbacks=[progress],
             on_task=next_task,
+            on_warning=lambda text: err.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False),
             **Settings.backbone_args(),
         )
     finally:

@@ -213,6 +213,23 @@ def unused_text_fields(dataset: Dataset, used: Iterable[str], sample: int = 100)
     return sorted(name for name, values in texts.items() if not _id_like(name, values))
 
 
+def unused_fields_warning(dataset: Dataset, where: str | None = None, remedy: str | None = None) -> str | None:
+    """The warning for rows whose text fields the built-in template for their shape (``infer_fields``) never
+    shows the model, or None. ``where`` names the rows (default: their file); ``remedy`` says what to do (default:
+    pass --template)."""
+    used = infer_fields(dataset)
+    unused = unused_text_fields(dataset, used)
+    if not unused:
+        return None
+    several = len(unused) > 1
+    remedy = remedy or "pass --template with your own (`prompttune templates --help`)"
+    return (
+        f"{where or dataset.source}: the built-in template reads {', '.join(used)}; the rows' {', '.join(unused)} "
+        f"field{'s are' if several else ' is'} never shown to the model. To use {'them' if several else 'it'}, "
+        f"{remedy}."
+    )
+
+
 def _id_like(name: str, values: list[str]) -> bool:
     """A field that names or codes a row rather than says something: by its name (``id``, ``uid``, ``*_id``,
     ``id1``), or values that are all one code word with a digit (CoLA's ``source``: ``gj04``)."""

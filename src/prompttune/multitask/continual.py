@@ -22,7 +22,14 @@ from prompttune.methods import METHODS
 from prompttune.multitask.multi import params_summary
 from prompttune.multitask.pack import PackTask, save_pack
 from prompttune.multitask.report import continual_metrics, write_report
-from prompttune.multitask.specs import TaskData, check_form, load_tasks, parse_specs, task_templates
+from prompttune.multitask.specs import (
+    TaskData,
+    check_form,
+    load_tasks,
+    parse_specs,
+    task_templates,
+    unused_field_warnings,
+)
 from prompttune.multitask.view import Stage, Strategy, accuracy, materialize, offsets, plain_table, use_view
 from prompttune.prompt_task import PromptTask
 from prompttune.scorer import MAX_VIRTUAL_TOKENS
@@ -111,11 +118,13 @@ def learn_continual(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     on_task: Callable[[str, int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[PackTask | None, dict]:
     """Learn the tasks (``NAME=FILE`` each) in order; write DIR/pack (every task, by name) and DIR/report.*.
 
     Returns (the pack loaded back, or None without ``out_dir``; the report, as DIR/report.json holds it).
-    ``on_task(name, j, T)`` is called before task j of T trains.
+    ``on_task(name, j, T)`` is called before task j of T trains; ``on_warning(text)`` before the first, for each
+    warning (also in the report's ``warnings``).
     """
     config = (config or TrainConfig()).with_lr(METHODS["prompt-tuning"].default_lr)
     strategy = Strategy.get(method, kinds=CONTINUAL_METHODS)
@@ -131,6 +140,9 @@ def learn_continual(
     if out is not None:
         atomic.check_output_dir(out, "--out", is_continual_dir, "continual-learning output", overwrite)
     data = load_tasks(specs, limit_per_task, config.seed)
+    warnings = unused_field_warnings(data)
+    for warning in warnings if on_warning else ():
+        on_warning(warning)
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
     templates = task_templates(backbone, data, form, strategy.shares)
@@ -166,6 +178,7 @@ def learn_continual(
         "n_val": {d.name: len(d.val) for d in data},
         "training": config.to_dict(),
         "runs": runs,
+        "warnings": warnings,
     }
     if out is None:
         return None, report

@@ -17,7 +17,14 @@ from prompttune.methods import METHODS
 from prompttune.multitask.distill import load_teachers, parse_teachers, teachers_digest
 from prompttune.multitask.mixture import MixtureObjective, check_batching, task_shares
 from prompttune.multitask.pack import PackTask, save_pack
-from prompttune.multitask.specs import TaskData, check_form, load_tasks, parse_specs, task_templates
+from prompttune.multitask.specs import (
+    TaskData,
+    check_form,
+    load_tasks,
+    parse_specs,
+    task_templates,
+    unused_field_warnings,
+)
 from prompttune.multitask.view import Stage, Strategy, accuracy, materialize, plain_table, use_view
 from prompttune.prompt_task import PromptTask
 from prompttune.train import Callback, TrainConfig, Trainer, TrainResult
@@ -121,8 +128,10 @@ def train_multi(
     objective = MixtureObjective(tasks, data, stage, temperature, config.seed, batching, probs, distill_weight)
     names = [d.name for d in data]
     counts = params_summary(strategy, names)
+    warnings = unused_field_warnings(data)
     if on_start:
-        on_start({"tasks": {d.name: {"n_train": len(d.train), "n_val": len(d.val)} for d in data}, **counts})
+        tasks_info = {d.name: {"n_train": len(d.train), "n_val": len(d.val)} for d in data}
+        on_start({"tasks": tasks_info, "warnings": warnings, **counts})
     batches = "" if batching == "mixed" else f"B={batching}:"  # checkpoints from before --batching still resume
     fingerprint = f"{method}:T={temperature}:{batches}{teachers_digest(probs, distill_weight)}" + "|".join(
         d.fingerprint for d in data
@@ -183,5 +192,6 @@ def train_multi(
         ),
         "n_train": {d.name: len(d.train) for d in data},
         "n_val": {d.name: len(d.val) for d in data},
+        "warnings": warnings,
     }
     return pack, result, summary

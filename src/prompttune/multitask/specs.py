@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prompttune.core.backbone import Backbone
-from prompttune.core.data import Dataset, infer_fields, load_rows
+from prompttune.core.data import Dataset, infer_fields, load_rows, unused_fields_warning
 from prompttune.core.errors import DataError
 from prompttune.prompt_task import default_template
 from prompttune.task import split_validation
@@ -84,6 +84,12 @@ def check_form(form: str) -> str:
     if form not in FORMS:
         raise DataError(f"--form {form}: unknown; choose one of {', '.join(FORMS)}.")
     return form
+
+
+def unused_field_warnings(data: list[TaskData]) -> list[str]:
+    """A warning for each task whose rows carry text fields its built-in template never shows the model."""
+    remedy = "write it into the fields the template reads (packs take the built-in templates)"
+    return [w for d in data if (w := unused_fields_warning(d.train, f"task {d.name}", remedy)) is not None]
 
 
 def task_templates(backbone: Backbone, data: list[TaskData], form: str, uniform: bool) -> dict[str, str]:
