@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
+from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out, warn
 
 TaskOpt = Annotated[
     list[str],
@@ -115,7 +114,7 @@ def train_multi(
         rows = ", ".join(f"{n} {t['n_train']}+{t['n_val']}" for n, t in info["tasks"].items())
         err.print(f"{method} pack, rows (train+validation): {rows}", highlight=False)
         for warning in info.get("warnings", ()):
-            err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+            warn(warning)
         bar.start()
         progress.attach(bar)
 
@@ -210,7 +209,7 @@ def continual(
             overwrite=overwrite,
             callbacks=[progress],
             on_task=next_task,
-            on_warning=lambda text: err.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False),
+            on_warning=warn,
             **Settings.backbone_args(),
         )
     finally:

@@ -43,3 +43,10 @@ def load_backbone(model: str | None, console: Console):
 
     with console.status(f"loading backbone {model or 'smollm2-135m-instruct (default)'}"):
         return Backbone.load(model, **Settings.backbone_args())
+
+
+def warn(text: str) -> None:
+    """One warning line on stderr (the text printed as is, never read as markup)."""
+    from rich.markup import escape
+
+    err.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out
+from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out, warn
 from prompttune.core.errors import PromptTuneError
 
 
@@ -211,7 +210,7 @@ def train(
             highlight=False,
         )
         for warning in info.get("warnings", ()):  # known before the first step
-            err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+            warn(warning)
             shown.add(warning)
         if info["trainable_params"]:
             bar.start()
@@ -249,7 +248,7 @@ def train(
     if not main:
         return
     for warning in (w for w in result["warnings"] if w not in shown):
-        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+        warn(warning)
     if as_json:
         emit_json(result)
     else:
