@@ -143,6 +143,16 @@ def test_a_run_that_never_beat_step_zero_warns(run_main, data, tiny_model_dir, t
         assert not summary["warnings"]
 
 
+def test_the_warning_says_when_no_step_got_past_warm_up():
+    from prompttune.api import _steps_and_warmup
+
+    assert _steps_and_warmup(2, 20) == (
+        "2 steps ran, all within the 20-step warm-up (the learning rate never reached its peak)"
+    )
+    assert _steps_and_warmup(1, 1).startswith("1 step ran, all within")
+    assert _steps_and_warmup(30, 20) == "30 steps ran, 20 of them warm-up"
+
+
 # --- generation settings through the CLI ---------------------------------------------------------------------
 def test_generate_refuses_bad_settings_and_honours_stop(run_main, tiny_model_dir):  # noqa: F811
     assert_user_error(run_main("generate", "hi", "--model", tiny_model_dir, "--max-new-tokens", "-3"), "max-new-tokens")

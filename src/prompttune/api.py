@@ -193,7 +193,7 @@ def train_from_file(
         kept = "the initial one" if result.best_step == 0 else f"step {result.best_step}'s, which only ties it"
         warnings.append(
             f"no validation after step 0 beat the untrained prompt ({result.metric} {result.best_val:.4f}), so the "
-            f"saved prompt is {kept}: {result.steps} steps ran, {config.warmup_steps} of them warm-up. "
+            f"saved prompt is {kept}: {_steps_and_warmup(result.steps, config.warmup_steps)}. "
             + (
                 f"The time budget ({config.time_budget_s:.0f} s) stopped it: raise --time-budget. "
                 if result.stopped_by == "time budget"
@@ -343,3 +343,11 @@ def generate(
     backbone = Backbone.load(model, dtype=dtype, device=device)
     template = Template.from_spec({"system": system, "user": "{{ text }}"})
     return Generator(backbone).complete(template, {"text": text}, config)
+
+
+def _steps_and_warmup(steps: int, warmup: int) -> str:
+    """How many steps ran and how many of them warmed the learning rate up (all, where it never finished)."""
+    if steps <= warmup:
+        ran = f"{steps} step{'s' if steps != 1 else ''} ran"
+        return f"{ran}, all within the {warmup}-step warm-up (the learning rate never reached its peak)"
+    return f"{steps} steps ran, {warmup} of them warm-up"

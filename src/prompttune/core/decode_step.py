@@ -153,7 +153,7 @@ def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     transpose of that product without a copy: the next product reads it as the columns it already is."""
     flat = x.reshape(-1, weight.shape[1])
     if x.device.type != "cpu" or flat.shape[0] > skinny.SKINNY_ROWS:
-        return F.linear(x, weight, bias)
+        return F.linear(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
     y = torch.mm(weight, flat.T) if bias is None else torch.addmm(bias[:, None], weight, flat.T)
     return y.T.view(*x.shape[:-1], weight.shape[0])
 

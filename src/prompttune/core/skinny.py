@@ -29,13 +29,24 @@ class SkinnyLinear(torch.nn.Linear):
         w = self.weight
         if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
                 or x.numel() > SKINNY_ROWS * self.in_features):  # fmt: skip
-            return F.linear(x, w, self.bias)
+            return folded_linear(x, w, self.bias)
         flat = x.reshape(-1, self.in_features)
         if self.bias is not None:
             y = torch.addmm(self.bias[:, None], w, flat.T)
         else:
             y = torch.matmul(w, flat.T)  # (out, rows)
         return y.T.contiguous().view(*x.shape[:-1], self.out_features)
+
+
+def folded_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` with the input's leading dimensions folded into one first. ``F.linear`` of a 3-D input whose
+    dimensions do not fold (a slice such as ``hidden[:, -1:]``, rows ``width`` tokens apart) takes a batched
+    product with the weight copied for every row: an LM head (49,152 x 576, bfloat16) over 146 rows' last
+    positions held 8 GB and took 14 s, against 12 ms as one 2-D product (float32: 38 ms, no copy). Folded, the
+    rows are one matrix (a view where the strides allow, a copy of the rows otherwise, never of the weight)."""
+    if x.dim() <= 2:
+        return F.linear(x, weight, bias)
+    return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
 
 
 def use_skinny_linears(model: torch.nn.Module) -> int:
