@@ -1,4 +1,4 @@
-"""How a mixed batch attends to its tasks' prefixes (serve/packed.py, serve/cascade.py, serve/flash.py): rows of
+"""How a mixed batch attends to its tasks' prefixes (shared_prefix/: packed.py, cascade.py, flash.py): rows of
 soft and hard tasks, interleaved, packed into one sequence, cut into calls per task or sharing a call between
 tasks with short prefixes, score as each task alone (float32, 1e-5); the fused kernel's padded keys and masks
 change nothing."""
@@ -15,12 +15,12 @@ from prompttune.core.data import from_records
 def test_mixed_scoring_unit(table, monkeypatch, chunk, shared):  # noqa: F811 - the imported fixture
     """score_mixed over shuffled rows of soft (prompt, prefix) and hard tasks equals each task's own scores, with
     each task's rows in one attention call or cut into chunks of a row or two, and tasks sharing calls or each
-    in its own (serve/packed.py)."""
+    in its own (shared_prefix/packed.py)."""
     import random
 
     import torch
 
-    from prompttune.serve import packed
+    from prompttune.shared_prefix import packed
     from prompttune.serve.mixed import score_mixed
 
     if chunk:
@@ -48,7 +48,7 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):  # noqa: F811
     import torch
 
     from prompttune.serve import mixed
-    from prompttune.serve.cascade import CASCADE
+    from prompttune.shared_prefix.cascade import CASCADE
 
     calls = []
     real = mixed.run_rows
@@ -81,7 +81,7 @@ def test_cascade_attention_parts_agree_with_padded_keys_and_masks():
     columns) give the same output and log-sum-exp as attention over the unpadded keys."""
     import torch
 
-    from prompttune.serve import flash
+    from prompttune.shared_prefix import flash
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, 8)
@@ -104,7 +104,7 @@ def test_packed_attention_equals_each_row_over_its_prefix_and_itself():
     joins a call; every token's output equals softmax attention over [its task's prefix | its row up to itself]."""
     import torch
 
-    from prompttune.serve import packed
+    from prompttune.shared_prefix import packed
 
     torch.manual_seed(0)
     kv, rep, hd, layers = 2, 3, 8, 1
@@ -149,7 +149,7 @@ def test_a_packed_pass_builds_no_token_by_token_mask(table, monkeypatch):  # noq
     import torch
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    from prompttune.serve.cascade import CASCADE, run_rows
+    from prompttune.shared_prefix.cascade import CASCADE, run_rows
 
     model = table.get("pt").task.model
     rows = model.encode(from_records(TEXTS)).ids

@@ -31,7 +31,7 @@ from torch import Tensor
 from prompttune.core.backbone import KV
 from prompttune.core.kv_cache import stack_left_padded
 from prompttune.heads.model import HeadModel
-from prompttune.serve.cascade import run_rows
+from prompttune.shared_prefix.cascade import run_rows
 
 
 def mixable_head(task) -> bool:
@@ -120,8 +120,8 @@ def score_mixed(items: Sequence[tuple[object, list[int]]]) -> list[Tensor]:
 
 
 def _prefixes_held_once(backbone, plen: list[int]) -> bool:
-    """Whether to run the rows packed with each task's prefix held once (serve/packed.py) rather than padded with
-    every row's prefix laid out in front of it: always for a decoder (encoders take no cache). Measured (32 rows
+    """Whether to run the rows packed with each task's prefix held once (shared_prefix/packed.py) rather than padded
+    with every row's prefix laid out in front of it: always for a decoder (encoders take no cache). Measured (32 rows
     of 4-11 tokens, default decoder, 2 cores, ms a batch, laid out -> packed): one task with an 18-token soft
     prompt 118 -> 105-110 in bfloat16, 270 -> 227 in float32; one with 89 tokens of few-shot demos 374 -> 310
     in float32; bench_serve.py's 7 label-word tasks mixed (cascaded, padded) 155 -> 136-139 in bfloat16, 357 ->

@@ -1,7 +1,7 @@
 """Softmax attention that also returns each query's log-sum-exp, in PyTorch's fused CPU flash-attention kernel
 (products, max, exp and sum on GPUs): what lets parts of one softmax (a task's cached prefix, its rows) be computed
-apart and merged exactly (``serve/cascade.py``), and the one attention call per task of a packed batch
-(``serve/packed.py``)."""
+apart and merged exactly (``shared_prefix/cascade.py``), and the one attention call per task of a packed batch
+(``shared_prefix/packed.py``)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prompttune.serve.flash import KEY_ALIGN, attend
+from prompttune.shared_prefix.flash import KEY_ALIGN, attend
 
 CHUNK_TOKENS = 128  # queries (rows' tokens) per attention call
 # Tasks whose prefixes together hold at most this many keys share a call (each token masked to its own task's):

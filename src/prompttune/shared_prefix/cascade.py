@@ -11,7 +11,7 @@ so the result equals attention over the concatenation (tested against the padded
 copied every prefix to every row's slot, padded to the longest prefix in the batch: with a 1,000-token system
 prompt or few-shot demos among the tasks, that was hundreds of MB of keys/values built per batch.
 
-A batch's first pass runs its rows packed (``serve/packed.py``: one attention call per task over its prefix and
+A batch's first pass runs its rows packed (``shared_prefix/packed.py``: one attention call per task over its prefix and
 its rows, no merge); the split and merge here (``Plan``) serve rows that continue a cache of their own (the
 2nd.. tokens of multi-token label words), which stays in the rows' padded layout.
 
@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from prompttune.core import attention
-from prompttune.serve.flash import KEY_ALIGN, attend, pad_mask
-from prompttune.serve.packed import Packed
+from prompttune.shared_prefix.flash import KEY_ALIGN, attend, pad_mask
+from prompttune.shared_prefix.packed import Packed
 
 CASCADE = "prompttune_cascade"
 BASE = "_prompttune_cascade_base"  # the attention the cascade stands in for when no plan is passed
@@ -48,7 +48,7 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
         eager = sys.modules[type(module).__module__].eager_attention_forward
         return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if isinstance(plan, Packed):  # the rows packed into one sequence: one call per task (serve/packed.py)
+    if isinstance(plan, Packed):  # the rows packed into one sequence: one call per task (shared_prefix/packed.py)
         return plan.attend(query, key, value, module.layer_idx, scale), None
     b, h, n, hd = query.shape
     kv, t = key.shape[1], key.shape[2]
@@ -157,7 +157,7 @@ def run_rows(
     row from its prefix's end; ``groups`` (rows, prefix) of the tasks with a prefix. With ``return_cache``, also
     the per-layer keys/values of past + rows (no prefix in them), in the rows' padded layout.
 
-    Without ``past`` the rows' real tokens run packed, task after task, as one sequence (``serve/packed.py``);
+    Without ``past`` the rows' real tokens run packed, task after task, as one sequence (``shared_prefix/packed.py``);
     rows continuing a past (multi-token label words) run padded, their prefixes merged in (``Plan``)."""
     from transformers import DynamicCache
 
