@@ -20,8 +20,8 @@ def test_mixed_scoring_unit(table, monkeypatch, chunk, shared):  # noqa: F811 - 
 
     import torch
 
-    from prompttune.shared_prefix import packed
     from prompttune.serve.mixed import score_mixed
+    from prompttune.shared_prefix import packed
 
     if chunk:
         monkeypatch.setattr(packed, "CHUNK_TOKENS", chunk)
@@ -47,8 +47,8 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):  # noqa: F811
     held once, not laid out per row) and score as each task alone; the attention without groups is eager's."""
     import torch
 
+    from prompttune.core import attention
     from prompttune.serve import mixed
-    from prompttune.shared_prefix.cascade import CASCADE
 
     calls = []
     real = mixed.run_rows
@@ -69,8 +69,9 @@ def test_mixed_scoring_holds_each_prefix_once(table, monkeypatch):  # noqa: F811
     assert calls and calls[0] >= 2  # one pass, at least two tasks' prefixes in it
     for g, w in zip(got, want, strict=True):
         assert torch.allclose(g, w, atol=1e-5)
-    backbone = items[0][0].backbone
-    assert backbone.model.config._attn_implementation == CASCADE
+    backbone = items[0][0].backbone  # a Llama-family decoder: its grouped attention takes the plan, never switched
+    assert backbone.model.config._attn_implementation == attention.GROUPED
+    assert backbone.takes_one_pass  # so training's one-pass steps still run beside a server's mixed batches
     again = table.get("pt").task.predict(from_records(TEXTS))  # the library's own path, through the fallback
     assert [p.label for p in again] == [p.label for p in table.get("pt").task.predict(from_records(TEXTS))]
 
@@ -149,7 +150,7 @@ def test_a_packed_pass_builds_no_token_by_token_mask(table, monkeypatch):  # noq
     import torch
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    from prompttune.shared_prefix.cascade import CASCADE, run_rows
+    from prompttune.shared_prefix.cascade import run_rows
 
     model = table.get("pt").task.model
     rows = model.encode(from_records(TEXTS)).ids
@@ -166,11 +167,12 @@ def test_a_packed_pass_builds_no_token_by_token_mask(table, monkeypatch):  # noq
     def run(**kw):
         return run_rows(model.backbone, ids, mask, positions, groups, inputs_embeds=embeds, **kw)
 
-    want = run()  # registers the cascade attention
+    want = run()
     built = []
-    real = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[CASCADE]
+    impl = model.backbone.model.config._attn_implementation
+    real = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[impl]
     monkeypatch.setitem(
-        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, CASCADE, lambda *a, **k: built.append(1) or real(*a, **k)
+        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, impl, lambda *a, **k: built.append(1) or real(*a, **k)
     )
     again = run()
     assert built == [] and torch.equal(again, want)

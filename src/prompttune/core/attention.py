@@ -33,6 +33,9 @@ from torch import Tensor
 from prompttune.core import one_pass
 
 GROUPED = "prompttune_grouped"
+# A forward's keyword for rows run over prefixes held once (``shared_prefix/``): a callable plan that takes a
+# layer's attention, ``plan(module, query, key, value, attention_mask, scaling) -> (output, None)``.
+PLAN = "prompttune_plan"
 PREFIX_ATTENTION = "prompttune_prefix"
 # Up to this many query rows per key/value head, scores are computed as keys x queries: a product with the
 # transposed keys would first copy them (a decoding step's cache, every layer) to make them contiguous.
@@ -97,7 +100,11 @@ def attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scali
 
 def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager attention for decoders, keys/values never repeated per query head (``AttentionInterface`` form).
-    With ``prompttune_one_pass`` (a ``core.one_pass.Layout``): a prefix and its rows in one batch."""
+    With ``prompttune_one_pass`` (a ``core.one_pass.Layout``): a prefix and its rows in one batch; with
+    ``prompttune_plan`` (``PLAN``): rows over prefixes held once, the plan's attention."""
+    plan = kwargs.get(PLAN)
+    if plan is not None:
+        return plan(module, query, key, value, attention_mask, scaling)
     layout = kwargs.get(one_pass.KWARG)
     if layout is not None:
         kw = {"scaling": scaling, "dropout": dropout, "training": module.training}

@@ -5,9 +5,10 @@ expands it over the batch, so each row's attention reads its own copy and a batc
 the rows' real tokens run packed as one sequence (``packed.py``: one fused attention call per task over its
 prefix and its rows, no padding), or, for rows continuing a cache of their own, as two softmax parts merged by
 log-sum-exp (``cascade.py``, over ``flash.py``'s fused kernel). Used by the server's mixed batches, the label-word
-scorer at inference and programs' option scoring: ``run_rows`` is the one entry point.
+scorer at inference and programs' option scoring: ``run_rows`` is the one entry point
+(``applies``: whether a backbone takes it).
 """
 
-from prompttune.shared_prefix.cascade import run_rows
+from prompttune.shared_prefix.cascade import applies, run_rows
 
-__all__ = ["run_rows"]
+__all__ = ["applies", "run_rows"]

@@ -11,13 +11,15 @@ so the result equals attention over the concatenation (tested against the padded
 copied every prefix to every row's slot, padded to the longest prefix in the batch: with a 1,000-token system
 prompt or few-shot demos among the tasks, that was hundreds of MB of keys/values built per batch.
 
-A batch's first pass runs its rows packed (``shared_prefix/packed.py``: one attention call per task over its prefix and
-its rows, no merge); the split and merge here (``Plan``) serve rows that continue a cache of their own (the
-2nd.. tokens of multi-token label words), which stays in the rows' padded layout.
+A batch's first pass runs its rows packed (``shared_prefix/packed.py``: one attention call per task over its
+prefix and its rows, no merge); the split and merge here (``Plan``) serve rows that continue a cache of their own
+(the 2nd.. tokens of multi-token label words), which stays in the rows' padded layout.
 
-The attention function is registered with transformers' AttentionInterface; while no ``prompttune_plan`` is
-passed it is the attention the model had (eager, or ``core.attention.grouped_attention``), so switching a model
-to it changes nothing else.
+A forward passes its plan as ``prompttune_plan`` (``core.attention.PLAN``); each layer's attention hands its work to
+it. ``core.attention.grouped_attention`` (the Llama-family decoders') does so itself, so such a model is never
+switched: training's one-pass steps and decoding's fast steps, which ask for that attention, keep working beside
+it. A decoder on eager attention is switched once to ``cascade_attention``, registered with transformers'
+AttentionInterface, which without a plan is the model's eager attention: switching changes nothing else.
 """
 
 from __future__ import annotations
@@ -33,34 +35,19 @@ from prompttune.shared_prefix.flash import KEY_ALIGN, attend, pad_mask
 from prompttune.shared_prefix.packed import Packed
 
 CASCADE = "prompttune_cascade"
-BASE = "_prompttune_cascade_base"  # the attention the cascade stands in for when no plan is passed
 _lock = threading.Lock()
 _registered = False
 
 
 def cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query (b, h, q, hd); key/value (b, kv_heads, t, hd): the rows' own; ``prompttune_plan``: a ``Plan`` of the
-    tasks with a prefix, their rows' real tokens and their per-layer prefixes."""
-    plan = kwargs.pop("prompttune_plan", None)
-    if plan is None:
-        if getattr(module.config, BASE, "eager") == attention.GROUPED:
-            return attention.grouped_attention(module, query, key, value, attention_mask, scaling, dropout)
-        eager = sys.modules[type(module).__module__].eager_attention_forward
-        return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if isinstance(plan, Packed):  # the rows packed into one sequence: one call per task (shared_prefix/packed.py)
-        return plan.attend(query, key, value, module.layer_idx, scale), None
-    b, h, n, hd = query.shape
-    kv, t = key.shape[1], key.shape[2]
-    rep = h // kv
-    # the rows' own keys/values, met by the query heads that share them side by side (as attention.attend)
-    mask = plan.rows_mask(attention_mask, query.dtype, kv, rep, n, t)
-    o_row, lse_row = attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
-    out = o_row.reshape(b, h, n, hd).transpose(1, 2).contiguous()  # (b, n, h, hd): what the layer reads
-    if plan.flat.numel():
-        lse = lse_row.reshape(b, h, n).transpose(1, 2).reshape(b * n, h)
-        _merge_prefixes(query, out.view(b * n, h, hd), lse, plan, module.layer_idx, scale)
-    return out, None
+    """The attention of a decoder on eager attention switched to the cascade (``use_cascade``): with a plan
+    (``prompttune_plan``: ``Packed`` or ``Plan``) the plan's attention, else the model's eager attention. A decoder on
+    ``core.attention``'s grouped attention is not switched: that function takes the plan itself."""
+    plan = kwargs.pop(attention.PLAN, None)
+    if plan is not None:
+        return plan(module, query, key, value, attention_mask, scaling)
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 class Plan:
@@ -82,6 +69,22 @@ class Plan:
                 start += len(r)
         self.flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long, device=valid.device)
         self._mask = None  # (the layers' attention mask, the rows' part's mask made from it)
+
+    def __call__(self, module, query, key, value, attention_mask, scaling):
+        """A layer's attention: query (b, h, q, hd); key/value (b, kv_heads, t, hd), the rows' own; each task's
+        prefix merged in for its rows' real tokens."""
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        b, h, n, hd = query.shape
+        kv, t = key.shape[1], key.shape[2]
+        rep = h // kv
+        # the rows' own keys/values, met by the query heads that share them side by side (as attention.attend)
+        mask = self.rows_mask(attention_mask, query.dtype, kv, rep, n, t)
+        o_row, lse_row = attend(query.reshape(b, kv, rep * n, hd), key, value, mask, scale)
+        out = o_row.reshape(b, h, n, hd).transpose(1, 2).contiguous()  # (b, n, h, hd): what the layer reads
+        if self.flat.numel():
+            lse = lse_row.reshape(b, h, n).transpose(1, 2).reshape(b * n, h)
+            _merge_prefixes(query, out.view(b * n, h, hd), lse, self, module.layer_idx, scale)
+        return out, None
 
     def rows_mask(self, attention_mask, dtype, kv: int, rep: int, n: int, t: int) -> Tensor | None:
         """The rows' own part's additive mask, query heads of a key/value head side by side and keys padded to
@@ -123,9 +126,22 @@ def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
     out.index_copy_(0, flat, merged)
 
 
+def applies(backbone) -> bool:
+    """Whether ``run_rows`` can run this backbone: a decoder whose attention the cascade stands in for (eager or
+    ``core.attention``'s grouped one, as ``Backbone.load`` sets for Llama-family decoders)."""
+    impl = backbone.model.config._attn_implementation
+    return backbone.kind == "decoder" and impl in ("eager", attention.GROUPED, CASCADE)
+
+
 def use_cascade(model) -> None:
-    """Switch a decoder to the cascade attention (once; its eager attention when no plan is passed)."""
+    """Let a decoder take a plan: one on ``core.attention``'s grouped attention takes it as it is; one on eager
+    attention is switched to the cascade attention (once; its eager attention when no plan is passed)."""
     global _registered
+    base = model.config._attn_implementation
+    if base in (attention.GROUPED, CASCADE):
+        return
+    if base != "eager":
+        raise ValueError(f"cascade attention replaces eager attention only, not {base!r}")
     with _lock:
         if not _registered:
             from transformers import AttentionInterface
@@ -134,12 +150,7 @@ def use_cascade(model) -> None:
             AttentionInterface.register(CASCADE, cascade_attention)
             ALL_MASK_ATTENTION_FUNCTIONS.register(CASCADE, eager_mask)
             _registered = True
-        base = model.config._attn_implementation
-        if base != CASCADE:
-            if base not in ("eager", attention.GROUPED):
-                raise ValueError(f"cascade attention replaces eager attention only, not {base!r}")
-            setattr(model.config, BASE, base)
-            model.config._attn_implementation = CASCADE
+        model.config._attn_implementation = CASCADE
 
 
 def run_rows(
@@ -186,7 +197,7 @@ def run_rows(
         attention_mask=mask.to(dev),
         position_ids=positions.to(dev),
         use_cache=cache is not None,
-        prompttune_plan=plan,
+        **{attention.PLAN: plan},
         **({backbone._cache_kwarg: cache} if cache is not None else {}),
     )
     hidden = plan.unpack(out.last_hidden_state[0]) if packed else out.last_hidden_state

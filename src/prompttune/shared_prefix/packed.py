@@ -119,6 +119,11 @@ class Packed:
         out = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy_(0, self.order, x)
         return out.view(*self.shape, *x.shape[1:])
 
+    def __call__(self, module, query, key, value, attention_mask, scaling):
+        """A layer's attention (the plan a forward passes, ``core.attention.PLAN``): (output (1, N, h, hd), None)."""
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return self.attend(query, key, value, module.layer_idx, scale), None
+
     def attend(self, query: Tensor, key: Tensor, value: Tensor, layer: int, scale: float) -> Tensor:
         """query (1, h, N, hd), key/value (1, kv_heads, N, hd) of the packed tokens -> (1, N, h, hd)."""
         _, h, total, hd = query.shape

@@ -1,0 +1,75 @@
+"""Rows over a constant prefix held once (``shared_prefix/``), outside the server: programs' option scoring runs its
+rows packed over one copy of the prompt's demos and system text, with the scores the copied layout gives; a decoder
+on eager attention is switched to the cascade attention and keeps its outputs; one on the grouped attention is not
+switched at all (training's one-pass steps and decoding's fast steps ask for it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prompttune import shared_prefix
+from prompttune.programs import BackboneLM, Predict
+
+OPTIONS = ["positive", "negative", "not entailment", "so-so at best"]  # one-token and several-token options
+REVIEWS = ["a joy", "a terrible, long and tiresome film", "fine", "so-so acting, great music", "ok"]
+
+
+def _prompts():
+    step = Predict("review -> sentiment: one of " + ", ".join(OPTIONS))
+    step.demos = [{"review": "lovely", "sentiment": "positive"}]
+    return [step.prompt({"review": r}) for r in REVIEWS]
+
+
+def _scores(backbone, monkeypatch, held_once: bool) -> tuple[list[list[float]], int]:
+    calls = []
+    real = shared_prefix.run_rows
+    with monkeypatch.context() as m:
+        m.setattr(shared_prefix, "run_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+        if not held_once:
+            m.setattr(shared_prefix, "applies", lambda bb: False)
+        lm = BackboneLM(backbone)
+        lm.BATCH_TOKENS = 40  # several batches of rows of different lengths
+        return lm.option_scores_many(_prompts(), OPTIONS), len(calls)
+
+
+def test_option_scores_hold_the_prompt_once(tiny_backbone, monkeypatch):
+    assert all(len(tiny_backbone.tokenize(" " + o)) > 1 for o in OPTIONS[2:])
+    copied, calls = _scores(tiny_backbone, monkeypatch, held_once=False)
+    assert calls == 0
+    held, calls = _scores(tiny_backbone, monkeypatch, held_once=True)
+    assert calls >= 4  # each batch's rows, then their several-token options over the rows' own keys/values
+    for a, b in zip(held, copied, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert tiny_backbone.takes_one_pass  # the grouped attention took the plan itself: the model was not switched
+
+
+def test_an_eager_decoder_is_switched_and_keeps_its_outputs(tiny_model_dir, monkeypatch):
+    from prompttune import Backbone
+    from prompttune.shared_prefix.cascade import CASCADE
+
+    bb = Backbone.load(str(tiny_model_dir))
+    bb.model.config._attn_implementation = "eager"  # as a decoder of another family loads
+    assert shared_prefix.applies(bb)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad():
+        before = bb.model(input_ids=ids).logits
+    copied, _ = _scores(bb, monkeypatch, held_once=False)
+    held, _ = _scores(bb, monkeypatch, held_once=True)
+    assert bb.model.config._attn_implementation == CASCADE
+    for a, b in zip(held, copied, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    with torch.no_grad():
+        after = bb.model(input_ids=ids).logits  # no plan passed: the model's own eager attention
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_other_attention_is_refused(tiny_model_dir):
+    from prompttune import Backbone
+    from prompttune.shared_prefix.cascade import use_cascade
+
+    bb = Backbone.load(str(tiny_model_dir))
+    bb.model.config._attn_implementation = "sdpa"
+    assert not shared_prefix.applies(bb)
+    with pytest.raises(ValueError, match="eager attention only"):
+        use_cascade(bb.model)
