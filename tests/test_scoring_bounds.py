@@ -247,10 +247,15 @@ def test_training_without_a_template_puts_the_soft_tokens_after_long_rows(tiny_b
 
 
 def test_a_long_constant_prefix_bounds_the_rows_a_pass_holds(tiny_backbone, sentiment_rows, monkeypatch):
-    """Every row's cache holds its own copy of the prefix's keys/values: with a long system text, scoring and
-    validation take fewer rows a pass (prefix + row tokens over the rows <= KV_TOKEN_BUDGET, VAL_KV_TOKENS), with
-    the same scores."""
+    """Where every row's cache holds its own copy of the prefix's keys/values (a backbone shared_prefix/ does not
+    run; multi-token label words; rows' text kept for validation), with a long system text, scoring and validation
+    take fewer rows a pass (prefix + row tokens over the rows <= KV_TOKEN_BUDGET, VAL_KV_TOKENS), with the same
+    scores. (Held once, the prefix is not counted: tests/test_shared_prefix.py.)"""
+    from prompttune import shared_prefix
     from prompttune.label_words import verbalizer_objective as vo
+
+    copied = lambda bb: False  # noqa: E731 - the layout the bound is for
+    monkeypatch.setattr(shared_prefix, "applies", copied)
 
     system = "Read the guidelines. " + " ".join(f"Rule {i}: weigh it." for i in range(8))
     task = PromptTask.create(
@@ -265,6 +270,7 @@ def test_a_long_constant_prefix_bounds_the_rows_a_pass_holds(tiny_backbone, sent
         unbounded, accuracy = pm.score(enc, calibrate=False), vo.VerbalizerObjective(pm, ds, ds).validate()
     assert max(b for b, _, keys, _ in calls if keys == 1) > 3  # passes over the rows, continuing the prefix
     monkeypatch.undo()
+    monkeypatch.setattr(shared_prefix, "applies", copied)
     budget = (lead + max(len(x) for x in enc.ids)) * 3  # three rows of the longest at most
     assert lead > 40 and len(scorer.token_budget_parts(enc.ids, 10**6, lead, budget)) > len(enc.ids) // 3
     monkeypatch.setattr(scorer, "KV_TOKEN_BUDGET", budget)

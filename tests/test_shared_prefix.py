@@ -73,3 +73,40 @@ def test_other_attention_is_refused(tiny_model_dir):
     assert not shared_prefix.applies(bb)
     with pytest.raises(ValueError, match="eager attention only"):
         use_cascade(bb.model)
+
+
+def test_label_words_are_scored_over_one_copy_of_a_long_prefix(tiny_backbone, sentiment_rows, monkeypatch):
+    """At inference and in validation, rows of one-token label words attend one copy of the task's cached prefix
+    (soft tokens in the rows too): the scores and validation accuracy of the copied layout, and the keys/values
+    bound does not split the passes, since no row holds the prefix."""
+    from prompttune import scorer
+    from prompttune.core.data import from_records
+    from prompttune.label_words import verbalizer_objective as vo
+    from prompttune.prompt_task import PromptTask
+
+    system = "Read the guidelines. " + " ".join(f"Rule {i}: weigh it." for i in range(8))
+    spec = {"system": system, "user": "{{ text }} [soft]"}
+    task = PromptTask.create(tiny_backbone, ["no", "yes"], "prompt-tuning", {"num_virtual_tokens": 2}, spec)
+    words = {"negative": "no", "positive": "yes"}  # one token each in the tiny model's vocabulary
+    pm, ds = task.model, from_records([{**r, "label": words[r["label"]]} for r in sentiment_rows])
+    assert pm.max_form_len == 1 and pm.compiled.row_slots
+    enc = pm.encode(ds)
+    with monkeypatch.context() as m:
+        m.setattr(shared_prefix, "applies", lambda bb: False)
+        want, want_acc = pm.score(enc), vo.VerbalizerObjective(pm, ds, ds).validate()
+    lead, n = scorer.prefix_length(pm.cached_prefix()), len(enc.ids)
+    budget = max(map(len, enc.ids)) * n  # the rows' own keys/values fit, not with a copy of the prefix each
+    assert lead > 40 and (lead + max(map(len, enc.ids))) * n > budget
+    monkeypatch.setattr(scorer, "KV_TOKEN_BUDGET", budget)
+    calls = []
+    real = shared_prefix.run_rows
+    monkeypatch.setattr(shared_prefix.one_prefix, "run_rows", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setattr(vo, "VAL_KV_TOKENS", budget)
+    got = pm.score(enc, batch_size=n)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert calls == [n]  # all the rows in one pass
+    calls.clear()
+    objective = vo.VerbalizerObjective(pm, ds, ds)
+    objective._text_is_constant = lambda: False  # the rows' text is not kept: validation's passes hold the prefix once
+    assert objective.validate() == want_acc
+    assert calls == [n]

@@ -1,10 +1,9 @@
 """PromptModel: a backbone, a template, a method and a verbalizer, scored the fast way.
 
 The fast path (what PEFT does not do):
-- the task's constant prefix (system text, soft tokens, instructions) is run once per training step
-  at batch size 1 and its keys/values expanded over the batch; at inference it is computed once and
-  cached;
-- rows are left-padded after the prefix, so every row's answer position is the last one;
+- the task's constant prefix (system text, soft tokens, instructions) is run once per training step at batch
+  size 1 and its keys/values expanded over the batch; at inference it is cached, and rows of one-token label
+  words attend one copy of it (shared_prefix/); rows are left-padded, every answer position the last one;
 - only the answer positions are read out, and only through the LM head's rows of the label tokens;
 - multi-token labels: the label words' later tokens run in the rows' own pass, after each row under a tree
   mask (one pass a batch, where a continuation pass over the rows' keys/values doubled the weight-bound part);
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
+from prompttune import shared_prefix
 from prompttune.core.backbone import KV, Backbone
 from prompttune.core.data import Dataset, Row
 from prompttune.core.errors import DataError, ModelError
@@ -209,9 +209,12 @@ class PromptModel(PrefixModel):
         if heads is None:
             ids, attention, positions = self._pad_left(batch, prefix_len)
             input_ids, embeds = self.row_inputs(ids)
-            out = self.backbone.run(
-                input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more
-            )
+            if not need_more and shared_prefix.holds_once(self.backbone, prefix, batch):  # one copy of the prefix
+                out = shared_prefix.run_over(self.backbone, input_ids, attention, positions, prefix, embeds)
+            else:
+                out = self.backbone.run(
+                    input_ids, attention, positions, prefix, inputs_embeds=embeds, return_cache=need_more
+                )
         else:
             out, attention, positions = self._run_tails(heads, need_more)
         hidden, cache = out if need_more else (out, None)
@@ -219,6 +222,11 @@ class PromptModel(PrefixModel):
         if need_more:
             form_scores = form_scores + self._continuations(cache, attention, positions, rows_w)
         return self._forms_to_labels(form_scores)
+
+    def copied_prefix(self, prefix: KV, rows: list[list[int]]) -> int:
+        """Prefix positions each row's keys/values hold when ``rows`` are scored: 0 where they attend one copy."""
+        held = self.max_form_len == 1 and shared_prefix.holds_once(self.backbone, prefix, rows)
+        return 0 if held else prefix_length(prefix)
 
     def first_tokens(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """((b, F) log-probability of each label form's first token after the rows' last position, the LM head's
@@ -364,7 +372,7 @@ class PromptModel(PrefixModel):
             batch = order[start : start + batch_size]
             # long rows or a long prefix: parts of bounded padded tokens and keys/values (they bound the memory)
             rows = [encoded.ids[i] for i in batch]
-            for part in token_budget_parts(rows, SCORE_TOKEN_BUDGET, prefix_length(prefix), KV_TOKEN_BUDGET):
+            for part in token_budget_parts(rows, SCORE_TOKEN_BUDGET, self.copied_prefix(prefix, rows), KV_TOKEN_BUDGET):
                 idx, batch = batch[: len(part)], batch[len(part) :]
                 out[idx] = self.label_scores(part, prefix)
                 if progress:

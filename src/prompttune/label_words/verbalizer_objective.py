@@ -114,7 +114,8 @@ class VerbalizerObjective:
         # at most batch_size rows, VAL_BATCH_TOKENS padded tokens and VAL_KV_TOKENS keys/values (each row's copy of
         # the prefix counted) each
         batches: list[list[int]] = [[]]
-        lead = prefix_length(prefix)
+        keep = self._text_is_constant() and all(any(t < 0 for t in x) for x in ids)
+        lead = prefix_length(prefix) if keep else self.model.copied_prefix(prefix, [ids[i] for i in order])
         for i in order:
             n, width = len(batches[-1]) + 1, len(ids[i])
             full = n > batch_size or width * n > VAL_BATCH_TOKENS or (lead + width) * n > VAL_KV_TOKENS
@@ -122,7 +123,6 @@ class VerbalizerObjective:
                 batches.append([])
             batches[-1].append(i)
         batches = [b for b in batches if b]
-        keep = self._text_is_constant() and all(any(t < 0 for t in x) for x in ids)
         plan, held = [], 0
         for idx in batches:
             heads = None
