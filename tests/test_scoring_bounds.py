@@ -254,8 +254,7 @@ def test_a_long_constant_prefix_bounds_the_rows_a_pass_holds(tiny_backbone, sent
     from prompttune import shared_prefix
     from prompttune.label_words import verbalizer_objective as vo
 
-    copied = lambda bb: False  # noqa: E731 - the layout the bound is for
-    monkeypatch.setattr(shared_prefix, "applies", copied)
+    monkeypatch.setattr(shared_prefix.cascade, "ENABLED", False)  # the layout the bound is for
 
     system = "Read the guidelines. " + " ".join(f"Rule {i}: weigh it." for i in range(8))
     task = PromptTask.create(
@@ -270,7 +269,7 @@ def test_a_long_constant_prefix_bounds_the_rows_a_pass_holds(tiny_backbone, sent
         unbounded, accuracy = pm.score(enc, calibrate=False), vo.VerbalizerObjective(pm, ds, ds).validate()
     assert max(b for b, _, keys, _ in calls if keys == 1) > 3  # passes over the rows, continuing the prefix
     monkeypatch.undo()
-    monkeypatch.setattr(shared_prefix, "applies", copied)
+    monkeypatch.setattr(shared_prefix.cascade, "ENABLED", False)
     budget = (lead + max(len(x) for x in enc.ids)) * 3  # three rows of the longest at most
     assert lead > 40 and len(scorer.token_budget_parts(enc.ids, 10**6, lead, budget)) > len(enc.ids) // 3
     monkeypatch.setattr(scorer, "KV_TOKEN_BUDGET", budget)

@@ -27,7 +27,7 @@ def _scores(backbone, monkeypatch, held_once: bool) -> tuple[list[list[float]], 
     with monkeypatch.context() as m:
         m.setattr(shared_prefix, "run_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
         if not held_once:
-            m.setattr(shared_prefix, "applies", lambda bb: False)
+            m.setattr(shared_prefix.cascade, "ENABLED", False)
         lm = BackboneLM(backbone)
         lm.BATCH_TOKENS = 40  # several batches of rows of different lengths
         return lm.option_scores_many(_prompts(), OPTIONS), len(calls)
@@ -92,7 +92,7 @@ def test_label_words_are_scored_over_one_copy_of_a_long_prefix(tiny_backbone, se
     assert pm.max_form_len == 1 and pm.compiled.row_slots
     enc = pm.encode(ds)
     with monkeypatch.context() as m:
-        m.setattr(shared_prefix, "applies", lambda bb: False)
+        m.setattr(shared_prefix.cascade, "ENABLED", False)
         want, want_acc = pm.score(enc), vo.VerbalizerObjective(pm, ds, ds).validate()
     lead, n = scorer.prefix_length(pm.cached_prefix()), len(enc.ids)
     budget = max(map(len, enc.ids)) * n  # the rows' own keys/values fit, not with a copy of the prefix each

@@ -126,11 +126,16 @@ def _merge_prefixes(query, out, lse_row, plan: Plan, layer: int, scale) -> None:
     out.index_copy_(0, flat, merged)
 
 
+# False: the library's paths (scorer, programs) copy the prefix into every row's keys/values as transformers does
+# (tests compare the two layouts by turning it off; the server's mixed batches do not ask).
+ENABLED = True
+
+
 def applies(backbone) -> bool:
     """Whether ``run_rows`` can run this backbone: a decoder whose attention the cascade stands in for (eager or
     ``core.attention``'s grouped one, as ``Backbone.load`` sets for Llama-family decoders)."""
     impl = backbone.model.config._attn_implementation
-    return backbone.kind == "decoder" and impl in ("eager", attention.GROUPED, CASCADE)
+    return ENABLED and backbone.kind == "decoder" and impl in ("eager", attention.GROUPED, CASCADE)
 
 
 def use_cascade(model) -> None:
