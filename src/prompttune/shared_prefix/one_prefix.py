@@ -1,6 +1,6 @@
 """Rows of one task over its cached prefix, held once: what the label-word scorer takes at inference and in
 validation (``PromptModel.label_scores``), where transformers' own path would copy the prefix into every row's
-keys/values. Measured in ``docs/architecture.md`` ("A prefix held once")."""
+keys/values. How it works: ``docs/architecture.md`` ("A prefix held once"); measured in the README."""
 
 from __future__ import annotations
 
