@@ -75,10 +75,12 @@ def test_other_attention_is_refused(tiny_model_dir):
         use_cascade(bb.model)
 
 
-def test_label_words_are_scored_over_one_copy_of_a_long_prefix(tiny_backbone, sentiment_rows, monkeypatch):
-    """At inference and in validation, rows of one-token label words attend one copy of the task's cached prefix
-    (soft tokens in the rows too): the scores and validation accuracy of the copied layout, and the keys/values
-    bound does not split the passes, since no row holds the prefix."""
+@pytest.mark.parametrize("words", [("no", "yes"), ("negative", "positive")])  # one token each; several (inline)
+def test_label_words_are_scored_over_one_copy_of_a_long_prefix(tiny_backbone, sentiment_rows, monkeypatch, words):
+    """At inference and in validation, rows attend one copy of the task's cached prefix (soft tokens in the rows
+    too; several-token label words after each row under their tree, packed with it): the scores and validation
+    accuracy of the copied layout, and the keys/values bound does not split the passes, since no row holds the
+    prefix."""
     from prompttune import scorer
     from prompttune.core.data import from_records
     from prompttune.label_words import verbalizer_objective as vo
@@ -86,10 +88,11 @@ def test_label_words_are_scored_over_one_copy_of_a_long_prefix(tiny_backbone, se
 
     system = "Read the guidelines. " + " ".join(f"Rule {i}: weigh it." for i in range(8))
     spec = {"system": system, "user": "{{ text }} [soft]"}
-    task = PromptTask.create(tiny_backbone, ["no", "yes"], "prompt-tuning", {"num_virtual_tokens": 2}, spec)
-    words = {"negative": "no", "positive": "yes"}  # one token each in the tiny model's vocabulary
-    pm, ds = task.model, from_records([{**r, "label": words[r["label"]]} for r in sentiment_rows])
-    assert pm.max_form_len == 1 and pm.compiled.row_slots
+    task = PromptTask.create(tiny_backbone, list(words), "prompt-tuning", {"num_virtual_tokens": 2}, spec)
+    label = dict(zip(("negative", "positive"), words, strict=True))
+    pm, ds = task.model, from_records([{**r, "label": label[r["label"]]} for r in sentiment_rows])
+    assert (pm.max_form_len == 1) == (words[0] == "no") and pm.compiled.row_slots
+    assert pm.max_form_len == 1 or pm._inline_chunk() is not None
     enc = pm.encode(ds)
     with monkeypatch.context() as m:
         m.setattr(shared_prefix.cascade, "ENABLED", False)

@@ -225,7 +225,8 @@ class PromptModel(PrefixModel):
 
     def copied_prefix(self, prefix: KV, rows: list[list[int]]) -> int:
         """Prefix positions each row's keys/values hold when ``rows`` are scored: 0 where they attend one copy."""
-        held = self.max_form_len == 1 and shared_prefix.holds_once(self.backbone, prefix, rows)
+        one_pass = self.max_form_len == 1 or self._inline_chunk() is not None
+        held = one_pass and shared_prefix.holds_once(self.backbone, prefix, rows)
         return 0 if held else prefix_length(prefix)
 
     def first_tokens(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
@@ -244,12 +245,13 @@ class PromptModel(PrefixModel):
         """``label_scores`` in one pass: each row's label-word tokens run after it (``label_forms.inline_mask``),
         where the row then its words' continuation took two passes (one weight-bound pass fewer a batch)."""
         ids, attention, positions = self._pad_left(batch, prefix_len)
-        form_scores = self.inline_form_scores(ids, attention, positions, prefix, [self._inline_chunk()], [len(batch)])
-        return self._forms_to_labels(form_scores)
+        held = shared_prefix.holds_once(self.backbone, prefix, batch)  # the rows and their words packed
+        scores = self.inline_form_scores(ids, attention, positions, prefix, [self._inline_chunk()], [len(batch)], held)
+        return self._forms_to_labels(scores)
 
-    def inline_form_scores(self, ids, attention, positions, past: KV, chunks: list, counts: list[int]) -> Tensor:
+    def inline_form_scores(self, ids, attention, positions, past: KV, chunks, counts: list[int], held=False) -> Tensor:
         """(b, F) each label form's log-likelihood after each row, from one pass: rows ``ids`` (left-padded, over
-        ``past``), each group of ``counts`` rows with its chunk of label-word tokens after it (None: none)."""
+        ``past``, ``held`` once), each group of ``counts`` rows with its chunk of label-word tokens after it."""
         w = ids.shape[1]
         input_ids, embeds = self.row_inputs(ids)
         if all(c is None for c in chunks):
@@ -258,9 +260,12 @@ class PromptModel(PrefixModel):
         dtype = past[0][0].dtype if past else self.backbone.embedding_matrix.dtype
         layout = inline_layout(chunks, counts)
         input_ids, embeds, mask, pos = with_label_tokens(
-            input_ids, embeds, attention, positions, layout, self.backbone.embed, dtype
+            input_ids, embeds, attention, positions, layout, self.backbone.embed, dtype, held
         )
-        hidden = self.backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
+        if held:
+            hidden = shared_prefix.run_over(self.backbone, input_ids, mask, pos, past, embeds, trees=layout[2])
+        else:
+            hidden = self.backbone.run(input_ids, mask, pos, past, inputs_embeds=embeds)
         first, rows_w = self.first_tokens(hidden[:, :w])  # (b, F)
         parts, start = [], 0
         for chunk, k in zip(chunks, counts, strict=True):
@@ -304,14 +309,8 @@ class PromptModel(PrefixModel):
     def tail_inputs(self, heads: RowHeads) -> tuple[Tensor, Tensor, Tensor]:
         """The rows' tails (soft tokens and after) left-padded: (ids, attention over the heads' keys and the
         tails, positions), to run over ``heads.cache``."""
-        tails, att_h, pos_h = heads.tails, heads.attention, heads.positions
-        width = max(len(t) for t in tails)
-        ids_t = torch.full((len(tails), width), self.backbone.tokenizer.pad_token_id, dtype=torch.long)
-        mask_t = torch.zeros(len(tails), width, dtype=torch.long)
-        for i, t in enumerate(tails):
-            if t:
-                ids_t[i, width - len(t) :] = torch.tensor(t)
-                mask_t[i, width - len(t) :] = 1
+        att_h, pos_h = heads.attention, heads.positions
+        ids_t, mask_t, _ = self._pad_left(heads.tails, 0)  # no prefix: the mask is the tails' own
         pos_t = (pos_h[:, -1:] + (att_h[:, -1:] > 0).long() + mask_t.cumsum(1) - 1).clamp(min=heads.prefix_len)
         return ids_t, torch.cat([att_h, mask_t], dim=1), pos_t
 

@@ -123,16 +123,23 @@ def inline_mask(attention: Tensor, w: int, seen: Tensor, dtype: torch.dtype) -> 
     ]
 
 
-def with_label_tokens(input_ids, embeds, attention: Tensor, positions: Tensor, layout, embed, dtype: torch.dtype):
+def with_label_tokens(
+    input_ids, embeds, attention: Tensor, positions: Tensor, layout, embed, dtype: torch.dtype, packed: bool = False
+):
     """The rows' pass inputs with each row's label tokens after it: (input ids, embeddings, mask, positions).
 
     layout: ``inline_layout``'s (ids, depth, seen); embed: the backbone's embedding (where the rows run as
-    embeddings, the label tokens join them as embeddings too)."""
+    embeddings, the label tokens join them as embeddings too). ``packed``: the mask is the rows' and their label
+    tokens' (b, w + n), for ``shared_prefix.run_over`` with the tree ``seen`` given apart."""
     cont, depth, seen = layout
     if embeds is not None:
         embeds = torch.cat([embeds, embed(cont).to(embeds.dtype)], dim=1)
     else:
         input_ids = torch.cat([input_ids, cont.to(input_ids.device)], dim=1)
-    mask = inline_mask(attention.to(seen.device), positions.shape[1], seen, dtype)
+    w = positions.shape[1]
+    if packed:
+        mask = torch.cat([attention[:, -w:], torch.ones(cont.shape, dtype=attention.dtype)], dim=1)
+    else:
+        mask = inline_mask(attention.to(seen.device), w, seen, dtype)
     pos = torch.cat([positions.to(depth.device), positions[:, -1:].to(depth.device) + 1 + depth], dim=1)
     return input_ids, embeds, mask, pos

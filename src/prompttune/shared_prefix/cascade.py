@@ -167,14 +167,16 @@ def run_rows(
     inputs_embeds=None,
     past=None,
     return_cache: bool = False,
+    trees: Tensor | None = None,
 ):
     """Hidden states (b, width, d) of rows that continue their own tasks' prefixes: ``mask`` covers the rows
     (after ``past``, the rows' own earlier keys/values, if given) and not the prefixes; ``positions`` number each
     row from its prefix's end; ``groups`` (rows, prefix) of the tasks with a prefix. With ``return_cache``, also
     the per-layer keys/values of past + rows (no prefix in them), in the rows' padded layout.
 
-    Without ``past`` the rows' real tokens run packed, task after task, as one sequence (``shared_prefix/packed.py``);
-    rows continuing a past (multi-token label words) run padded, their prefixes merged in (``Plan``)."""
+    Without ``past`` the rows' real tokens run packed, task after task, as one sequence (``shared_prefix/packed.py``;
+    ``trees`` (b, n, n): each row ends in n tokens of its label words under that tree, as ``label_forms`` lays them
+    out); rows continuing a past (multi-token label words) run padded, their prefixes merged in (``Plan``)."""
     from transformers import DynamicCache
 
     use_cascade(backbone.model)
@@ -187,7 +189,7 @@ def run_rows(
         rest = torch.ones(len(valid), dtype=torch.bool, device=dev)
         for rows, _ in groups:
             rest[rows] = False
-        plan = Packed([*groups, (rest.nonzero()[:, 0], None)], valid)
+        plan = Packed([*groups, (rest.nonzero()[:, 0], None)], valid, trees)
         input_ids = plan.pack(input_ids.to(dev)) if input_ids is not None else None
         inputs_embeds = plan.pack(inputs_embeds) if inputs_embeds is not None else None
         # a 4-D mask is taken as given: transformers would otherwise build a (tokens x tokens) causal mask for the

@@ -18,7 +18,9 @@ def holds_once(backbone, prefix, rows: list[list[int]]) -> bool:
     return one and not torch.is_grad_enabled() and all(rows) and applies(backbone)
 
 
-def run_over(backbone, input_ids: Tensor | None, mask: Tensor, positions: Tensor, prefix, inputs_embeds=None):
+def run_over(backbone, input_ids, mask: Tensor, positions: Tensor, prefix, inputs_embeds=None, trees=None):
     """Hidden states (b, width, d) of left-padded rows continuing ``prefix``: ``mask`` over the rows (its last
-    ``width`` columns: a mask over prefix + rows will do), ``positions`` numbered from the prefix's end."""
-    return run_rows(backbone, input_ids, mask, positions, [(torch.arange(mask.shape[0]), prefix)], inputs_embeds)
+    ``width`` columns: a mask over prefix + rows will do), ``positions`` numbered from the prefix's end; ``trees``
+    (b, n, n): each row's last n tokens are its label words' under that tree (``label_forms.inline_layout``)."""
+    groups = [(torch.arange(mask.shape[0]), prefix)]
+    return run_rows(backbone, input_ids, mask, positions, groups, inputs_embeds, trees=trees)

@@ -41,13 +41,14 @@ class _Chunk:
     """One attention call: a slice of the packed sequence, the prefixes its tokens' tasks read (their keys side by
     side in front of the rows'), and for each token the columns it sees."""
 
-    __slots__ = ("start", "end", "prefixes", "rows", "tasks", "mask")
+    __slots__ = ("start", "end", "prefixes", "rows", "tasks", "trees", "mask")
 
     def __init__(self, start: int):
         self.start = self.end = start
         self.prefixes: list = []  # distinct prefixes (per-layer keys/values), in key order
         self.rows: list[Tensor] = []  # each row's real positions
         self.tasks: list[int] = []  # each row's index into ``prefixes`` (-1: no prefix)
+        self.trees: list[Tensor | None] = []  # each row's tail tree (n, n), its last n tokens (None: causal)
         self.mask = None  # the additive mask laid out for the layers' dtype and heads, at the first layer
 
     def keys(self) -> int:
@@ -60,19 +61,27 @@ class _Chunk:
             and (not new or self.keys() + _length(prefix) <= SHARED_PREFIX_KEYS)
         )
 
-    def add(self, pos: Tensor, prefix) -> None:
+    def add(self, pos: Tensor, prefix, tree: Tensor | None = None) -> None:
         if prefix and not any(p is prefix for p in self.prefixes):
             self.prefixes.append(prefix)
         self.tasks.append(next((i for i, p in enumerate(self.prefixes) if p is prefix), -1) if prefix else -1)
         self.rows.append(pos)
+        self.trees.append(tree)
         self.end += len(pos)
 
     def allowed(self) -> Tensor:
-        """(g, prefix keys + g): each token sees its own task's prefix and its own row's tokens up to itself."""
+        """(g, prefix keys + g): each token sees its own task's prefix and its own row's tokens up to itself; a
+        row's tail (label words after it) sees the whole row and, among the tail, what its tree lets it."""
         dev = self.rows[0].device
         row = torch.cat([torch.full((len(p),), i, device=dev) for i, p in enumerate(self.rows)])
         idx = torch.arange(len(row), device=dev)
         own = (row[:, None] == row[None, :]) & (idx[None, :] <= idx[:, None])
+        at = 0
+        for pos, tree in zip(self.rows, self.trees, strict=True):
+            if tree is not None:
+                n, end = tree.shape[0], at + len(pos)
+                own[end - n : end, end - n : end] = tree  # (its row's tokens it sees already: they come before)
+            at += len(pos)
         lengths = [_length(p) for p in self.prefixes]
         cols = torch.zeros(len(row), sum(lengths), dtype=torch.bool, device=dev)
         starts = [sum(lengths[:i]) for i in range(len(lengths))]
@@ -89,7 +98,8 @@ class Packed:
     padded (rows, width) layout ``valid`` marks, task after task; ``chunks`` the attention calls (``_Chunk``):
     consecutive rows of one task, or of several tasks with short prefixes."""
 
-    def __init__(self, groups, valid: Tensor):
+    def __init__(self, groups, valid: Tensor, trees: Tensor | None = None):
+        """``trees`` (b, n, n): each row's last n columns are a tail (its label words' tokens) under that tree."""
         self.shape = valid.shape
         n = valid.shape[1]
         order, self.chunks = [], [_Chunk(0)]
@@ -100,7 +110,7 @@ class Packed:
                     continue
                 if not self.chunks[-1].fits(len(pos), prefix):
                     self.chunks.append(_Chunk(self.chunks[-1].end))
-                self.chunks[-1].add(pos, prefix)
+                self.chunks[-1].add(pos, prefix, None if trees is None else trees[r])
                 order.append(r * n + pos)
         self.chunks = [c for c in self.chunks if c.rows]
         self.order = torch.cat(order) if order else torch.zeros(0, dtype=torch.long, device=valid.device)
