@@ -102,6 +102,7 @@ def test_train_json(trained, tiny_model_dir):
     assert metrics["steps"] == 4
     assert metrics["trainable_params"] == (4 + 4) * 32  # 4 virtual tokens + the template's 4, x hidden size 32
     assert metrics["train_seconds"] > 0 and metrics["train_examples_per_s"] > 0
+    assert metrics["processes"] == 1
     assert 0.0 <= metrics["best_val_accuracy"] <= 1.0
     assert metrics["n_train"] + metrics["n_val"] == 16
     assert metrics["artifact"] == str(trained["art"])

@@ -197,7 +197,29 @@ def test_nproc_starts_torchrun_and_only_rank_0_reports(runs, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summaries = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["steps"] == 2  # one report: rank 0's
+    assert summaries[0]["processes"] == 2 and "data-parallel over 2 processes" in res.stderr
     ref = runs("cli-ref", max_steps=2, warmup_steps=TrainConfig().warmup_steps)  # the CLI's warm-up
+    single(ref)
+    assert_same_prompt(Path(ref["out"]), Path(spec["out"]))
+
+
+def test_accelerate_launch_trains_the_same_prompt(runs):
+    """``accelerate launch`` (its multi-process launcher, which runs on CPUs too) sets the environment torchrun sets:
+    the run joins it, rank 0 alone reports, and the prompt equals one process's."""
+    pytest.importorskip("accelerate")
+    spec = runs("acc")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    cmd = [*launcher, "-m", "prompttune", "train", spec["data"], "--out", spec["out"], "--model", spec["model"]]
+    cmd += ["--max-steps", "2", "--eval-every", "2", "--time-budget", "0", "--batch-size", "7"]
+    cmd += ["-o", "num_virtual_tokens=3", "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HOME=str(Path(spec["out"]).parent / "hf"))  # no user config
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=WAIT_S, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summaries = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert len(summaries) == 1 and summaries[0]["processes"] == 2 and summaries[0]["steps"] == 2
+    ref = runs("acc-ref", max_steps=2, warmup_steps=TrainConfig().warmup_steps)  # the CLI's warm-up
     single(ref)
     assert_same_prompt(Path(ref["out"]), Path(spec["out"]))
 

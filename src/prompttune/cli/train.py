@@ -190,9 +190,10 @@ def train(
         time_budget_s=time_budget if time_budget > 0 else None,
         sampled_labels=sampled_labels,
     )
-    from prompttune.distributed.env import is_main_process
+    from prompttune.distributed.env import env_world, is_main_process
 
     main = is_main_process()  # under a launcher, rank 0 alone reports
+    world = env_world()
     bar = progress_bar(err)
     progress = TrainingProgress(err, None)
     shown: set[str] = set()  # warnings printed at the start are not repeated at the end
@@ -206,7 +207,8 @@ def train(
         what = f"{info['kind']} head: " if info["kind"] else ""
         err.print(
             f"{what}train {info['n_train']} rows, validation {info['n_val']} rows, {labels}method "
-            f"{task.method_name} on {task.backbone.model_id}, {info['trainable_params']:,} trainable parameters",
+            f"{task.method_name} on {task.backbone.model_id}, {info['trainable_params']:,} trainable parameters"
+            + (f", data-parallel over {world} processes" if world > 1 else ""),
             highlight=False,
         )
         for warning in info.get("warnings", ()):  # known before the first step
