@@ -287,9 +287,43 @@ class _OneProcessRanks(DistContext):
         return tensor
 
 
+class _AddsTheOther(DistContext):
+    """Plays rank 0 of 2 in this process: the all-reduce adds the buffer rank 1 recorded."""
+
+    def __init__(self, other: torch.Tensor):
+        super().__init__(0, 2)
+        self.other = other
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.add_(self.other)
+
+
+def test_a_parameter_no_rank_reached_keeps_no_gradient():
+    """As in one process, where the optimizer skips a parameter whose gradient is None (a multi-task step whose
+    rows skip a task): a zero gradient instead would still move it by AdamW's momentum and weight decay."""
+    from prompttune.distributed.step import backward_shard
+
+    a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+    reaches = {0: a, 1: b}  # row 0 reaches a, row 1 reaches b, no row reaches c
+
+    def backward(part: list[int]) -> torch.Tensor:
+        loss = sum((reaches[i] * 3.0).sum() for i in part) / len(part)
+        loss.backward()
+        return loss.detach()
+
+    sink: list[torch.Tensor] = []
+    backward_shard(_OneProcessRanks(1, 2, sink), backward, [a, b, c], [0, 1], 0)  # rank 1: row 1
+    for p in (a, b, c):
+        p.grad = None
+    loss = backward_shard(_AddsTheOther(sink[0]), backward, [a, b, c], [0, 1], 0)  # rank 0: row 0
+    assert a.grad.tolist() == b.grad.tolist() == [1.5, 1.5] and c.grad is None
+    assert float(loss) == 6.0  # the whole batch's mean loss
+
+
 def one_process_and_two_ranks(obj, batch: list[int], step: int, weigh=None):
     """``obj``'s flat gradient and loss on ``batch`` in one process, and the buffer two ranks' all-reduce sums
-    (their parts' gradients, then the loss) when each backpropagates its part (``backward_shard``)."""
+    (their parts' gradients, then the loss; without the per-parameter count of ranks that reached it, which
+    follows) when each backpropagates its part (``backward_shard``)."""
     from prompttune.distributed.step import backward_shard
 
     params = [p for p in obj.trainable.parameters() if p.requires_grad]
@@ -308,7 +342,9 @@ def one_process_and_two_ranks(obj, batch: list[int], step: int, weigh=None):
         for p in params:
             p.grad = None
         backward_shard(_OneProcessRanks(rank, 2, sink), backward, params, batch, step, *([weigh] if weigh else []))
-    return full, whole, sink[0] + sink[1]
+    summed = sink[0] + sink[1]
+    assert summed[full.numel() + 1 :].tolist() == [2.0] * len(params)  # every parameter reached on both ranks
+    return full, whole, summed[: full.numel() + 1]
 
 
 def _objective(kind: str, backbone):

@@ -39,6 +39,25 @@ EmaOpt = Annotated[float, typer.Option(help="Keep an exponential moving average 
 BudgetOpt = Annotated[float, typer.Option(help="Seconds of training per run at most (0: none).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the splits, init and batch order.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an earlier output at --out (never anything else).")]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        help="Data-parallel training in N processes on this machine (starts torchrun, loopback only; each process "
+        "takes its part of every batch). Several machines or GPUs: see docs/distributed.md."
+    ),
+]
+
+
+def _launched(nproc: int, resumable: bool) -> bool:
+    """With ``--nproc N`` (N > 1): run this command in N processes under torchrun (this one only starts them)."""
+    if nproc == 1:
+        return False
+    import sys
+
+    from prompttune.distributed.launch import launch_local, strip_flag
+
+    launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"), resumable)
+    return True
 
 
 def _config(epochs, max_steps, batch_size, lr, eval_every, patience, ema, time_budget, seed):
@@ -95,28 +114,42 @@ def train_multi(
     patience: PatienceOpt = 6,
     ema: EmaOpt = 0.9,
     time_budget: BudgetOpt = 1800.0,
-    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint beside --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the checkpoint beside --out (with any number of processes).")
+    ] = False,
+    nproc: NprocOpt = 1,
     overwrite: OverwriteOpt = False,
     seed: SeedOpt = 0,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train one prompt pack on several tasks (each with its own template and labels) and save it."""
+    if _launched(nproc, resumable=True):
+        return
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
+    from prompttune.distributed.env import env_world, is_main_process
     from prompttune.multitask import train_multi as train_pack
 
     config = _config(epochs, max_steps, batch_size, lr, eval_every, patience, ema, time_budget, seed)
     set_threads()
     bar, progress = progress_bar(err), TrainingProgress(err, None)
+    main, world = is_main_process(), env_world()  # under a launcher, rank 0 alone reports
 
     def started(info: dict) -> None:
+        if not main:
+            return
         rows = ", ".join(f"{n} {t['n_train']}+{t['n_val']}" for n, t in info["tasks"].items())
-        err.print(f"{method} pack, rows (train+validation): {rows}", highlight=False)
+        parallel = f"; data-parallel over {world} processes" if world > 1 else ""
+        err.print(f"{method} pack, rows (train+validation): {rows}{parallel}", highlight=False)
         for warning in info.get("warnings", ()):
             warn(warning)
         bar.start()
         progress.attach(bar)
+
+    def teacher_note(name: str) -> None:
+        if main:
+            err.print(f"teacher of {name}: scoring its training rows", highlight=False)
 
     try:
         _, _, summary = train_pack(
@@ -137,12 +170,14 @@ def train_multi(
             overwrite=overwrite,
             callbacks=[progress],
             on_start=started,
-            on_teacher=lambda name: err.print(f"teacher of {name}: scoring its training rows", highlight=False),
+            on_teacher=teacher_note,
             **Settings.backbone_args(),
         )
     finally:
         if progress.bar is not None:
             bar.stop()
+    if not main:
+        return
     if as_json:
         emit_json(summary)
         return
@@ -175,22 +210,30 @@ def continual(
     patience: PatienceOpt = 6,
     ema: EmaOpt = 0.9,
     time_budget: BudgetOpt = 600.0,
+    nproc: NprocOpt = 1,
     overwrite: OverwriteOpt = False,
     seed: SeedOpt = 0,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Learn tasks one after another; report the accuracy matrix, average accuracy, BWT and FWT."""
+    if _launched(nproc, resumable=False):
+        return
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
+    from prompttune.distributed.env import env_world, is_main_process
     from prompttune.multitask import learn_continual
 
     config = _config(epochs, max_steps, batch_size, lr, eval_every, patience, ema, time_budget, seed)
     set_threads()
     bar, progress = progress_bar(err), TrainingProgress(err, None)
+    main, world = is_main_process(), env_world()  # under a launcher, rank 0 alone reports
 
     def next_task(name: str, j: int, total: int) -> None:
-        err.print(f"task {j + 1}/{total}: {name}", highlight=False)
+        if not main:
+            return
+        parallel = f" (data-parallel over {world} processes)" if world > 1 and j == 0 else ""
+        err.print(f"task {j + 1}/{total}: {name}{parallel}", highlight=False)
         if progress.bar is None:
             bar.start()
         progress.attach(bar)  # a bar per task
@@ -209,12 +252,14 @@ def continual(
             overwrite=overwrite,
             callbacks=[progress],
             on_task=next_task,
-            on_warning=warn,
+            on_warning=warn if main else None,
             **Settings.backbone_args(),
         )
     finally:
         if progress.bar is not None:
             bar.stop()
+    if not main:
+        return
     if as_json:
         emit_json({k: v for k, v in report.items() if k not in ("training", "runs")})
         return

@@ -67,8 +67,9 @@ def torchrun_command(nproc: int, args: list[str], port: int | None = None) -> li
     ]
 
 
-def launch_local(nproc: int, args: list[str]) -> None:
-    """Run ``prompttune ARGS`` in ``nproc`` processes under torchrun; an error naming what failed if any did."""
+def launch_local(nproc: int, args: list[str], resumable: bool = True) -> None:
+    """Run ``prompttune ARGS`` in ``nproc`` processes under torchrun; an error naming what failed if any did
+    (``resumable``: the command keeps a checkpoint that ``--resume`` continues from)."""
     if not 2 <= nproc <= MAX_LOCAL_PROCS:
         raise PromptTuneError(f"--nproc {nproc}: must be between 1 and {MAX_LOCAL_PROCS}.")
     if os.environ.get("WORLD_SIZE", "1") != "1":
@@ -77,5 +78,10 @@ def launch_local(nproc: int, args: list[str]) -> None:
     if proc.returncode != 0:
         raise PromptTuneError(
             f"--nproc {nproc}: a training process failed (torchrun exit code {proc.returncode}; its error is "
-            "printed above). The last checkpoint in --out is kept: rerun with --resume (any --nproc) to continue."
+            "printed above). "
+            + (
+                "The last checkpoint in --out is kept: rerun with --resume (any --nproc) to continue."
+                if resumable
+                else "Nothing was saved: rerun the command."
+            )
         )

@@ -26,7 +26,9 @@ def backward_shard(
     sum over the ranks is the gradient of the whole batch's loss: what one process computes. Every rank holds the
     whole global batch, so the shares need no communication. Only the trainable parameters travel (one flat
     buffer, one collective a step); the loss rides in the same buffer, so a diverged rank stops every rank at the
-    same step.
+    same step. A parameter no rank's part reached (a multi-task step whose rows skip a task's factors) keeps no
+    gradient, as in one process: the optimizer then leaves it alone (a zero gradient would still move it by
+    AdamW's momentum and weight decay).
     """
     ctx.step = step + 1
     part = ctx.shard(batch)
@@ -35,11 +37,13 @@ def backward_shard(
     if part:
         value = backward(part).detach().float().reshape(1).to(device)
     grads = [(p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)) for p in params]
-    flat = torch.cat([g.float() for g in grads] + [value]) * ((weigh(part) / weigh(batch)) if part else 0.0)
+    reached = torch.tensor([float(p.grad is not None) for p in params], device=device)  # ranks that reached each
+    share = (weigh(part) / weigh(batch)) if part else 0.0
+    flat = torch.cat([torch.cat([g.float() for g in grads] + [value]) * share, reached])
     ctx.all_reduce_sum(flat)
-    offset = 0
-    for p in params:
+    offset, loss_at = 0, sum(p.numel() for p in params)
+    for i, p in enumerate(params):
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone() if flat[loss_at + 1 + i] > 0 else None
         offset += n
-    return flat[-1]
+    return flat[loss_at]

@@ -17,6 +17,7 @@ import torch
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.core.errors import DataError
+from prompttune.distributed.context import init_from_env
 from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 from prompttune.methods import METHODS
 from prompttune.multitask.multi import params_summary
@@ -143,6 +144,7 @@ def learn_continual(
     warnings = unused_field_warnings(data)
     for warning in warnings if on_warning else ():
         on_warning(warning)
+    dist = init_from_env(device)  # under a launcher: join the run (each rank trains its part of every batch)
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
     templates = task_templates(backbone, data, form, strategy.shares)
@@ -178,6 +180,7 @@ def learn_continual(
         "n_val": {d.name: len(d.val) for d in data},
         "training": config.to_dict(),
         "runs": runs,
+        "processes": dist.world if dist is not None else 1,
         "warnings": warnings,
     }
     if out is None:
@@ -202,6 +205,9 @@ def learn_continual(
         save_pack(tmp / PACK, backbone, method, plain, strategy.state(), pack_info, task_info, {"continual": report})
         write_report(tmp, report | {"pack": str(out / PACK)})
 
-    atomic.write_dir(out, fill)
+    if dist is None or dist.is_main:  # one writer in a data-parallel run
+        atomic.write_dir(out, fill)
+    if dist is not None:
+        dist.barrier()  # the others read the pack rank 0 wrote
     report["pack"] = str(out / PACK)
     return PackTask.from_artifact(out / PACK, *artifact.read(out / PACK), backbone), report

@@ -133,6 +133,13 @@ class MixtureObjective:
         self.last_val = {d.name: part.validate() for d, part in zip(self.data, self.parts, strict=True)}
         return sum(self.last_val.values()) / len(self.last_val)
 
+    @torch.no_grad()
+    def validate_shard(self, rank: int, world: int, reduce) -> float:
+        """``validate`` in a data-parallel run: each task's rows split over the ranks, its counts summed."""
+        parts = zip(self.data, self.parts, strict=True)
+        self.last_val = {d.name: part.validate_shard(rank, world, reduce) for d, part in parts}
+        return sum(self.last_val.values()) / len(self.last_val)
+
     def clear_cache(self) -> None:
         for t in self.tasks:
             t.model.clear_cache()

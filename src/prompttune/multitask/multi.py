@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
+from prompttune.distributed.context import init_from_env
 from prompttune.methods import METHODS
 from prompttune.multitask.distill import load_teachers, parse_teachers, teachers_digest
 from prompttune.multitask.mixture import MixtureObjective, check_batching, task_shares
@@ -118,6 +119,7 @@ def train_multi(
         )
     teacher_paths = parse_teachers(teachers, [name for name, _ in specs], distill_weight)
     data = load_tasks(specs, limit_per_task, config.seed)
+    dist = init_from_env(device)  # under a launcher: join the run (each rank trains its part of every batch)
     if backbone is None:
         backbone = Backbone.load(model, dtype=dtype, device=device)
     tasks = build_tasks(backbone, data, strategy, num_virtual_tokens, init, config.seed, form)
@@ -165,8 +167,11 @@ def train_multi(
     }
     extra = {"metrics": result.metrics(), "training": config.to_dict()}
     pack = None
-    if out is not None:
+    if out is not None and (dist is None or dist.is_main):  # one writer in a data-parallel run
         save_pack(out, backbone, method, plain, strategy.state(), pack_info, task_info, extra, overwrite or resume)
+    if dist is not None:
+        dist.barrier()  # the others read the pack rank 0 wrote
+    if out is not None:
         pack = PackTask.from_artifact(out, *artifact.read(out), backbone)
     summary = {
         "pack": str(out) if out is not None else None,
@@ -192,6 +197,7 @@ def train_multi(
         ),
         "n_train": {d.name: len(d.train) for d in data},
         "n_val": {d.name: len(d.val) for d in data},
+        "processes": dist.world if dist is not None else 1,
         "warnings": warnings,
     }
     return pack, result, summary
