@@ -369,6 +369,45 @@ def _objective(kind: str, backbone):
     return task.objective(rows, rows, TrainConfig())
 
 
+@pytest.mark.parametrize("kind", ["generation", "tokens", "classification", "span"])
+def test_validation_split_over_two_ranks_equals_one_process(kind, tiny_backbone):
+    """Heads and generation validate sharded too (each rank every other row; the kind's sums added over the
+    ranks): the same value as validating every row in one process."""
+    from test_heads import CLS, NER, QA
+
+    from prompttune.core.data import from_records
+    from prompttune.heads.task import HeadTask
+
+    if kind == "generation":
+        obj = _objective("generation", tiny_backbone)
+        obj.task.decoding = obj.task.decoding.replace(max_new_tokens=6)
+        # references that the random model's outputs match in part, so the inputs' ROUGE-L values differ
+        written = obj.task.write([row for row, _ in obj.val])
+        assert any(written), "the tiny model wrote nothing: the test would compare zeros"
+        obj.val = [(row, [w if i % 3 else "nothing alike", w[: len(w) // 2]]) for i, ((row, _), w) in
+                   enumerate(zip(obj.val, written, strict=True))]  # fmt: skip
+    else:
+        rows = from_records({"tokens": NER, "classification": CLS * 2, "span": QA}[kind])
+        labels = sorted({t for r in NER for t in r["tags"]}) if kind == "tokens" else ["negative", "positive"]
+        task = HeadTask.create(tiny_backbone, kind, [] if kind == "span" else labels, "prompt-tuning",
+                               {"num_virtual_tokens": 3}, seed=1)  # fmt: skip
+        obj = task.objective(rows, rows, TrainConfig())
+    obj.trainable.eval()
+    seen: list[torch.Tensor] = []
+
+    def record(t: torch.Tensor) -> torch.Tensor:  # rank 1's all-reduce: keep its sums
+        seen.append(t.clone())
+        return t
+
+    obj.validate_shard(1, 2, record)
+    split = obj.validate_shard(0, 2, lambda t: t + seen[0])  # rank 0's: the sum of both
+    whole = obj.validate()
+    assert split == pytest.approx(whole, abs=1e-9)
+    assert seen[0][-1] > 0  # rank 1 had rows of its own
+    if kind in ("generation", "span"):
+        assert 0 < whole  # some overlap with the references: the sums carry information
+
+
 @pytest.mark.parametrize("kind", ["generation", "tagging"])
 def test_ranks_weigh_a_per_token_loss_by_their_tokens_so_they_sum_to_the_whole_batch_gradient(kind, tiny_backbone):
     """A loss that is a mean over tokens (generation targets, tagged words): each rank's part is weighted by its

@@ -24,7 +24,7 @@ from prompttune.core.errors import ArtifactError, DataError, ModelError
 from prompttune.core.generate import MAX_NEW_TOKENS, GenerationConfig, Generator
 from prompttune.core.template import Template
 from prompttune.generation.decode import greedy_batch
-from prompttune.generation.metrics import generation_report
+from prompttune.generation.metrics import generation_report, rouge_l
 from prompttune.generation.model import TARGET_FIELDS, GenerationModel, references
 from prompttune.methods import build_method
 from prompttune.task import Data, Task, as_dataset
@@ -127,6 +127,18 @@ class GenerationObjective:
     def validate(self) -> float:
         outputs = self.task.write([row for row, _ in self.val])
         return generation_report(outputs, [refs for _, refs in self.val])["rougeL"]
+
+    @torch.no_grad()
+    def validate_shard(self, rank: int, world: int, reduce) -> float:
+        """``validate`` in a data-parallel run: this rank writes every ``world``-th validation input; ROUGE-L is a
+        mean over inputs, so its sums and counts add up over the ranks (``reduce``)."""
+        mine = self.val[rank::world]
+        counts = torch.zeros(2, dtype=torch.float64)
+        if mine:
+            outputs = self.task.write([row for row, _ in mine])
+            counts[0], counts[1] = rouge_l(outputs, [refs for _, refs in mine]) * len(mine), len(mine)
+        total, n = reduce(counts).tolist()
+        return total / n if n else 0.0
 
     def clear_cache(self) -> None:
         self.model.clear_cache()

@@ -65,6 +65,16 @@ class HeadKind:
         """Metrics, with the validation metric under ``self.metric``."""
         raise NotImplementedError
 
+    # A validation split over data-parallel ranks: each rank's part gives sums (``n_counts`` of them) that add up
+    # over the parts to the whole set's, and ``metric_of`` their totals is ``evaluate``'s ``self.metric``.
+    n_counts: ClassVar[int]
+
+    def counts(self, model: HeadModel, dataset: Dataset, batch_size: int = 32) -> list[float]:
+        raise NotImplementedError
+
+    def metric_of(self, counts: list[float]) -> float:
+        raise NotImplementedError
+
 
 def check_fields(dataset: Dataset, fields: tuple[str, ...], kind: str) -> None:
     for row in dataset.rows:

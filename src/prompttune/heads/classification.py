@@ -115,3 +115,13 @@ class ClassificationKind(HeadKind):
         gold = torch.tensor([e.label for e in self.encode(model, dataset, training=False)])
         pred = self.probabilities(model, dataset, batch_size).argmax(-1)
         return classification_report(pred, gold, self.labels)
+
+    n_counts = 2  # rows right, rows
+
+    def counts(self, model: HeadModel, dataset: Dataset, batch_size: int = 32) -> list[float]:
+        report = self.evaluate(model, dataset, batch_size)
+        return [float(round(report["accuracy"] * report["n"])), float(report["n"])]
+
+    def metric_of(self, counts: list[float]) -> float:
+        right, n = counts
+        return right / n if n else 0.0

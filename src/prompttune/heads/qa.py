@@ -213,3 +213,13 @@ class SpanKind(HeadKind):
         golds = [[a for a, _ in answer_spans(row)] for row in dataset.rows]
         preds = self.answers(model, dataset, batch_size)
         return squad_scores([p["answer"] for p in preds], golds)
+
+    n_counts = 2  # F1 (percent) summed over the questions, questions
+
+    def counts(self, model: HeadModel, dataset: Dataset, batch_size: int = 32) -> list[float]:
+        report = self.evaluate(model, dataset, batch_size)
+        return [report["f1"] * report["n"], float(report["n"])]
+
+    def metric_of(self, counts: list[float]) -> float:
+        total, n = counts
+        return total / n if n else 0.0

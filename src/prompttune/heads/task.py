@@ -59,6 +59,16 @@ class HeadObjective:
     def validate(self) -> float:
         return float(self.kind.evaluate(self.model, self.val, batch_size=self.batch_size)[self.kind.metric])
 
+    @torch.no_grad()
+    def validate_shard(self, rank: int, world: int, reduce) -> float:
+        """``validate`` in a data-parallel run: this rank evaluates every ``world``-th validation row and the kind's
+        sums (``HeadKind.counts``) are added over the ranks by ``reduce``; equal to ``validate`` on one process."""
+        part = Dataset(self.val.rows[rank::world], self.val.source)
+        counts = [0.0] * self.kind.n_counts
+        if part.rows:
+            counts = self.kind.counts(self.model, part, batch_size=self.batch_size)
+        return float(self.kind.metric_of(reduce(torch.tensor(counts, dtype=torch.float64)).tolist()))
+
     def clear_cache(self) -> None:
         self.model.clear_cache()
 
