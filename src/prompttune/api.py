@@ -19,7 +19,6 @@ from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
 from prompttune.distributed.context import init_from_env
-from prompttune.distributed.env import env_world
 from prompttune.generation.task import GenerationTask, apply_decoding, is_generation_data, split_by_input
 from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
@@ -220,7 +219,7 @@ def train_from_file(
         "stopped_by": result.stopped_by,  # "patience", "time budget" (TrainConfig.time_budget_s) or None
         "n_train": len(train_ds),
         "n_val": len(val_ds),
-        "processes": env_world(),  # data-parallel processes (torchrun, accelerate launch, --nproc); 1 alone
+        "processes": dist.world if dist is not None else 1,  # data-parallel (torchrun, accelerate, --nproc)
         **({"init_from": info["init_from"]} if init_from is not None else {}),
         "warnings": warnings,
     }
