@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out, warn
+from prompttune.cli.options import JsonOpt, ModelOpt, NprocOpt, Settings, emit_json, err, launched, out, warn
 
 TaskOpt = Annotated[
     list[str],
@@ -39,25 +39,6 @@ EmaOpt = Annotated[float, typer.Option(help="Keep an exponential moving average 
 BudgetOpt = Annotated[float, typer.Option(help="Seconds of training per run at most (0: none).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the splits, init and batch order.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an earlier output at --out (never anything else).")]
-NprocOpt = Annotated[
-    int,
-    typer.Option(
-        help="Data-parallel training in N processes on this machine (starts torchrun, loopback only; each process "
-        "takes its part of every batch). Several machines or GPUs: see docs/distributed.md."
-    ),
-]
-
-
-def _launched(nproc: int, resumable: bool) -> bool:
-    """With ``--nproc N`` (N > 1): run this command in N processes under torchrun (this one only starts them)."""
-    if nproc == 1:
-        return False
-    import sys
-
-    from prompttune.distributed.launch import launch_local, strip_flag
-
-    launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"), resumable)
-    return True
 
 
 def _config(epochs, max_steps, batch_size, lr, eval_every, patience, ema, time_budget, seed):
@@ -124,7 +105,7 @@ def train_multi(
     as_json: JsonOpt = False,
 ) -> None:
     """Train one prompt pack on several tasks (each with its own template and labels) and save it."""
-    if _launched(nproc, resumable=True):
+    if launched(nproc, resumable=True):
         return
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads
@@ -217,7 +198,7 @@ def continual(
     as_json: JsonOpt = False,
 ) -> None:
     """Learn tasks one after another; report the accuracy matrix, average accuracy, BWT and FWT."""
-    if _launched(nproc, resumable=False):
+    if launched(nproc, resumable=False):
         return
     from prompttune.cli.progress import TrainingProgress, progress_bar
     from prompttune.core.backbone import set_threads

@@ -19,6 +19,24 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        help="Data-parallel training in N processes on this machine (starts torchrun, loopback only; each process "
+        "takes its part of every batch). Several machines or GPUs: see docs/distributed.md."
+    ),
+]
+
+
+def launched(nproc: int, resumable: bool = True) -> bool:
+    """With ``--nproc N`` (N > 1): this command started in N processes under torchrun, this process only starting
+    them (call before anything heavy loads); False with ``--nproc 1``, the command then runs here."""
+    if nproc == 1:
+        return False
+    from prompttune.distributed.launch import launch_local, strip_flag
+
+    launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"), resumable)
+    return True
 
 
 def emit_json(obj: dict) -> None:

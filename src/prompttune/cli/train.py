@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prompttune.cli.options import JsonOpt, ModelOpt, Settings, emit_json, err, out, warn
+from prompttune.cli.options import JsonOpt, ModelOpt, NprocOpt, Settings, emit_json, err, launched, out, warn
 from prompttune.core.errors import PromptTuneError
 
 
@@ -132,13 +132,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue from the checkpoint in --out (with any number of processes).")
     ] = False,
-    nproc: Annotated[
-        int,
-        typer.Option(
-            help="Data-parallel training in N processes on this machine (starts torchrun, loopback only; each "
-            "process takes its part of every batch). Several machines or GPUs: see docs/distributed.md."
-        ),
-    ] = 1,
+    nproc: NprocOpt = 1,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an artifact already at --out (a folder holding anything else never is).")
     ] = False,
@@ -158,12 +152,7 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a soft prompt on labelled rows and save it as an artifact."""
-    if nproc != 1:  # this process only starts the others (before anything heavy loads)
-        import sys
-
-        from prompttune.distributed.launch import launch_local, strip_flag
-
-        launch_local(nproc, strip_flag(sys.argv[1:], "--nproc"))
+    if launched(nproc):  # this process only started the others (before anything heavy loads)
         return
     from prompttune.api import train_from_file
     from prompttune.cli.progress import TrainingProgress, label_list, progress_bar
