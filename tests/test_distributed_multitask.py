@@ -61,3 +61,19 @@ def test_continual_on_two_processes_equals_one(files, tiny_model_dir, tmp_path):
     assert two["processes"] == 2 and two["matrix"] == one["matrix"] and two["bwt"] == one["bwt"] == 0.0
     assert "data-parallel over 2 processes" in res.stderr
     assert_same_weights(tmp_path / "one" / "pack", tmp_path / "two" / "pack")
+
+
+def test_transfer_from_a_pack_on_two_processes_equals_one(files, tiny_backbone, tiny_model_dir, tmp_path):
+    """``train --init-from PACK`` with ATTEMPT's per-input mixture of the pack's source prompts (a prefix per row,
+    an attention module trained beside the new prompt) goes through the same sharded step."""
+    from test_attempt import make_pack
+
+    (tmp_path / "src").mkdir()
+    pack = make_pack(tmp_path / "src", tiny_backbone, "mpt", "early", spread=True)  # sources: sent, topic
+    args = ["train", files["pair"], "--init-from", pack, "--source-task", "mixture", "--model", tiny_model_dir]
+    args += [*FAST, "--json"]
+    two = one_summary(two_processes(*args, "--out", tmp_path / "two"))
+    one = last_json(invoke(*args, "--out", tmp_path / "one").stdout)
+    assert two["processes"] == 2 and "mixture" in two["init_from"] and two["steps"] == one["steps"] == 6
+    assert two["best_val_accuracy"] == one["best_val_accuracy"]
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
