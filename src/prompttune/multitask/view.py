@@ -17,8 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from prompttune.core.backbone import Backbone
+from prompttune.core.data import Dataset
 from prompttune.core.errors import DataError
 from prompttune.core.template import SoftSlot
+from prompttune.distributed.context import current
 from prompttune.methods import SoftPromptMethod
 from prompttune.prompt_task import PromptTask
 from prompttune.task import Data, as_dataset
@@ -246,4 +248,15 @@ def materialize(backbone: Backbone, view_task: PromptTask, n_virtual: int, init:
 
 
 def accuracy(task: PromptTask, data: Data) -> float:
-    return float(task.evaluate(as_dataset(data))["accuracy"])
+    """``task``'s accuracy on ``data``; in a data-parallel run each rank scores every ``world``-th row and the
+    counts are summed (the same value on every rank, and as one process's)."""
+    ds = as_dataset(data)
+    dist = current()
+    if dist is None:
+        return float(task.evaluate(ds)["accuracy"])
+    part = Dataset(ds.rows[dist.rank :: dist.world], ds.source)
+    counts = torch.zeros(2, dtype=torch.float64)
+    if part.rows:
+        counts[0], counts[1] = round(task.evaluate(part)["accuracy"] * len(part)), len(part)
+    right, n = dist.all_reduce_sum(counts).tolist()
+    return right / n if n else 0.0
