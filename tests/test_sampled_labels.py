@@ -136,7 +136,7 @@ def test_sampled_labels_flag_is_checked(run_main, tmp_path):  # noqa: F811
 def test_two_ranks_sampling_their_halves_sum_to_one_process_gradient(tiny_backbone):
     """Each row's sample depends on the seed, the step and the row only: two data-parallel ranks, each with its
     part of the batch, add up to one process's gradient."""
-    from test_distributed import one_process_and_two_ranks
+    from test_distributed_step import one_process_and_two_ranks
 
     task = many_label_task(tiny_backbone)
     data = labelled(8)
