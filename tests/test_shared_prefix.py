@@ -113,3 +113,53 @@ def test_label_words_are_scored_over_one_copy_of_a_long_prefix(tiny_backbone, se
     objective._text_is_constant = lambda: False  # the rows' text is not kept: validation's passes hold the prefix once
     assert objective.validate() == want_acc
     assert calls == [n]
+
+
+@pytest.mark.parametrize("draft_tokens", [0, 2])
+def test_generation_decodes_over_one_copy_of_the_prefix(tiny_model_dir, monkeypatch, draft_tokens):
+    """Greedy batched decoding (continuous batching, rows joining rows still writing; drafted tokens too) keeps
+    the rows' own keys/values only and merges in the prefix held once: token for token what the copied layout
+    writes, every cache shorter by exactly the prefix."""
+    from prompttune import Backbone
+    from prompttune.core.data import from_records
+    from prompttune.core.generate import GenerationConfig
+    from prompttune.generation import decode
+    from prompttune.generation.task import GenerationTask
+
+    backbone = Backbone.load(str(tiny_model_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights wide enough that the tiny model writes varied text (its own repeats one token)
+        for name, w in backbone.model.named_parameters():
+            if "norm" not in name:
+                w.normal_(0, 0.3)
+    monkeypatch.setattr("prompttune.generation.task.DECODE_BATCH", 3)
+    monkeypatch.setattr(decode, "HELD_PREFIX_TOKENS", 16)  # the tiny model's prefix is short (41 tokens)
+    template = "Answer in one short line about the text. Be brief. [soft] Input: {{ input }} Output: [label]"
+    task = GenerationTask.create(backbone, "prefix-tuning", {"num_virtual_tokens": 4}, template, seed=1)
+    words = ["a great movie", "the cat sat", "I loved it", "boring and bad", "a joy to watch", "what a waste", "no"]
+    rows = from_records([{"input": w} for w in words]).rows
+    config = GenerationConfig(max_new_tokens=9, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                              draft_tokens=draft_tokens)  # fmt: skip
+    sizes: list[int] = []  # the rows' cache at every decoding step
+    run = backbone.run
+
+    def recording(ids, attention, positions, cache, *a, **k):
+        if isinstance(cache, decode.GrowingCache):
+            sizes.append(cache.get_seq_length())
+        return run(ids, attention, positions, cache, *a, **k)
+
+    monkeypatch.setattr(backbone, "run", recording)
+    held = task.write(rows, config)
+    held_sizes, sizes[:] = list(sizes), []
+    with monkeypatch.context() as m:
+        m.setattr(shared_prefix.cascade, "ENABLED", False)
+        copied = task.write(rows, config)
+    p = task.model.prefix_length
+    assert held == copied and len(set(held)) == len(held)  # every row its own text
+    steps = [c for c in sizes if c != p]  # the copied layout's prompt passes run over a cache of the prefix alone
+    assert p > 20 and len(steps) == len(held_sizes) > 5
+    assert [c - h for h, c in zip(held_sizes, steps, strict=True)] == [p] * len(steps)
+    # a prefix under the threshold is copied as before
+    sizes[:] = []
+    monkeypatch.setattr(decode, "HELD_PREFIX_TOKENS", p + 1)
+    assert task.write(rows, config) == copied and [c for c in sizes if c != p] == steps

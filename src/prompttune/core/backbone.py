@@ -188,6 +188,7 @@ class Backbone:
         return_cache: bool = False,
         layers: tuple[int, ...] | None = None,
         one_pass: one_pass_layout.Layout | None = None,
+        plan=None,
     ):
         """Hidden states of a batch that continues a prefix (expanded over the batch, not copied), or a decoder's
         cache object the caller keeps across steps (``core.kv_cache.GrowingCache``: extended in place).
@@ -196,6 +197,8 @@ class Backbone:
         (decoders): instead of the last hidden state, a list of the outputs of those layers (0: the embeddings,
         ``n_layers``: the last layer's, after the final norm); the layers above the highest asked for do not run.
         ``one_pass``: the batch is a trainable prefix (sequence 0) and the rows that read it (``core.one_pass``).
+        ``plan`` (``shared_prefix.cascade.Plan``, with a cache the caller keeps): the cache holds the rows' own
+        keys/values, the mask covers them only, and each layer merges in the prefix the plan holds once.
         """
         from transformers import Cache, DynamicCache
 
@@ -205,7 +208,7 @@ class Backbone:
         if isinstance(prefix, Cache):  # a decoder's cache the caller keeps (decoding): updated in place
             cache = prefix
             if self._steps_directly(input_ids, inputs_embeds, attention_mask, cache, return_cache, layers):
-                return decode_step.step(self.body, input_ids, attention_mask, position_ids, cache)
+                return decode_step.step(self.body, input_ids, attention_mask, position_ids, cache, plan)
         else:
             batch = attention_mask.shape[0]
             data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix] if prefix else None
@@ -222,6 +225,8 @@ class Backbone:
         }
         if one_pass is not None:
             kwargs[one_pass_layout.KWARG] = one_pass
+        if plan is not None:
+            kwargs[attention.PLAN] = plan
         if layers is not None and layer_states.can_stop_early(self.body, layers):
             return layer_states.states_of(self.body, layers, lambda: self.body(**kwargs))
         out = self.body(**kwargs, **({"output_hidden_states": True} if layers is not None else {}))

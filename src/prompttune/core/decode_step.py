@@ -71,15 +71,16 @@ def additive_mask(attention_mask: Tensor, before: int, dtype: torch.dtype) -> Te
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
+def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache, plan=None) -> Tensor:
     """The last hidden states (b, s, d) of ``input_ids`` (b, s) continuing ``cache`` (a ``GrowingCache``, written
-    in place); ``attention_mask`` covers the cache and the new tokens."""
+    in place); ``attention_mask`` covers the cache and the new tokens. ``plan`` (``shared_prefix.cascade.Plan``):
+    the cache holds the rows' own keys/values only, and each layer merges in the prefix the plan holds once."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotate_half
 
     b, s = input_ids.shape
     hidden = body.embed_tokens(input_ids)
     cos, sin = body.rotary_emb(hidden, position_ids)
-    mask = additive_mask(attention_mask, cache.get_seq_length(), hidden.dtype)
+    mask = plain = additive_mask(attention_mask, cache.get_seq_length(), hidden.dtype)
     groups = body.config.num_attention_heads // body.config.num_key_value_heads  # query heads per key/value head
     mask = mask[:, :, None].expand(b, 1, groups, s, mask.shape[-1]).reshape(b, 1, groups * s, mask.shape[-1])
     for i, layer in enumerate(body.layers):
@@ -99,7 +100,10 @@ def step(body, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, 
             qk = qk * cos.unsqueeze(1) + rotate_half(qk) * sin.unsqueeze(1)
             q, k, v = qk[:, : heads[0]], qk[:, heads[0] :], y[:, heads[0] + heads[1] :]
         k, v = cache.layers[i].update(k, v)
-        out = _attention(q, k, v, mask, attn.scaling)
+        if plan is None:
+            out = _attention(q, k, v, mask, attn.scaling)
+        else:  # the rows' own keys/values here, the prefix's merged in (held once by the plan)
+            out = plan(attn, q, k, v, plain, attn.scaling)[0].reshape(b, s, -1)
         hidden = hidden + linear(attn.o_proj, out)
         x = layer.post_attention_layernorm(hidden)
         mlp = layer.mlp
