@@ -173,7 +173,10 @@ def greedy_batch(
         attention = torch.cat([live.attention, torch.ones(b, width, dtype=torch.long)], dim=1)
         # a finished row's position stays put (its output is never read; no position past the model's limit)
         moving = torch.tensor([[int(not d)] for d in done])
-        plan = Plan([(torch.arange(b), prefix)], torch.ones(b, width, dtype=torch.bool)) if held else None
+        plan = None
+        if held:  # every row's step tokens merge the prefix in (indices where the model runs: GPUs too)
+            dev = backbone.device
+            plan = Plan([(torch.arange(b, device=dev), prefix)], torch.ones(b, width, dtype=torch.bool, device=dev))
         positions = live.positions + moving * torch.arange(1, width + 1)
         hidden = backbone.run(input_ids, attention, positions, live.cache, plan=plan)
         picked = hidden[writing] if len(writing) < b else hidden
