@@ -40,7 +40,8 @@ from prompttune.core.backbone import KV, Backbone
 from prompttune.core.generate import GenerationConfig
 from prompttune.core.kv_cache import GrowingCache
 from prompttune.generation.lookup import NgramDrafts
-from prompttune.shared_prefix.cascade import Plan, applies, run_rows
+from prompttune.shared_prefix.cascade import Plan, run_rows
+from prompttune.shared_prefix.one_prefix import holds_once
 
 ADMIT_FRACTION = 4  # new rows join when a quarter of the slots is free (or no row is writing)
 # A prefix of at least this many tokens is held once (``once``), a shorter one copied into every row's cache.
@@ -60,13 +61,11 @@ class _Batch:
     positions: Tensor | None = None  # (b, 1): each row's last position
 
 
-def once(backbone: Backbone, prefix: KV | None) -> bool:
-    """Whether the rows decode over one copy of ``prefix`` (``shared_prefix``), their caches holding their own
-    keys/values only, instead of the prefix copied into every row's cache: a decoder the cascade runs, one prefix
-    for all rows, of at least ``HELD_PREFIX_TOKENS``. ``cascade.ENABLED = False`` turns it off (tests compare)."""
-    if not prefix or prefix[0][0].shape[0] != 1 or prefix[0][0].shape[2] < HELD_PREFIX_TOKENS:
-        return False
-    return applies(backbone)
+def once(backbone: Backbone, prefix: KV | None, rows: list[list[int]]) -> bool:
+    """Whether the rows decode over one copy of ``prefix`` (``shared_prefix.holds_once``: one prefix for all rows,
+    each with tokens of its own, a decoder the cascade runs), their caches holding their own keys/values only,
+    instead of the prefix copied into every row's: for a prefix of at least ``HELD_PREFIX_TOKENS``."""
+    return bool(prefix) and prefix[0][0].shape[2] >= HELD_PREFIX_TOKENS and holds_once(backbone, prefix, rows)
 
 
 def _join(a: _Batch, b: _Batch, config) -> _Batch:
@@ -110,7 +109,7 @@ def greedy_batch(
     live = _Batch()
     step_tokens: list[int] = []  # the live rows' last tokens, the next step's input
 
-    held = once(backbone, prefix)
+    held = once(backbone, prefix, rows)
 
     def admit(new: list[int]) -> tuple[_Batch, Tensor]:
         """New rows' prompts run over the prefix (left-padded): their keys/values and next-token logits."""
