@@ -18,7 +18,7 @@ from prompttune.core.data import PAIR_FIELDS, from_records, infer_fields, load_r
 from prompttune.core.errors import DataError
 from prompttune.core.generate import GenerationConfig, Generator
 from prompttune.core.template import Template
-from prompttune.distributed.context import init_from_env
+from prompttune.distributed.context import init_from_env, main_writes
 from prompttune.generation.task import GenerationTask, apply_decoding, is_generation_data, split_by_input
 from prompttune.heads.base import HEAD_KINDS, detect_kind
 from prompttune.heads.task import HeadTask
@@ -185,10 +185,7 @@ def train_from_file(
         task.record["data"]["val"] = "seeded 10% of train"
     if calibrate and isinstance(task, PromptTask):
         task.calibrate()
-    if out is not None and (dist is None or dist.is_main):  # one writer in a data-parallel run
-        task.save(out, overwrite=overwrite or resume)
-    if dist is not None:
-        dist.barrier()  # the ranks leave together: none tears its group down while rank 0 is still writing
+    main_writes(dist, (lambda: task.save(out, overwrite=overwrite or resume)) if out is not None else None)
     if result.steps and result.initial_val is not None and result.best_val <= result.initial_val:
         kept = "the initial one" if result.best_step == 0 else f"step {result.best_step}'s, which only ties it"
         warnings.append(

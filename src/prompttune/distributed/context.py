@@ -11,6 +11,7 @@ import atexit
 import datetime
 import gc
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -91,6 +92,15 @@ class DistContext:
             f"({first}). The run stopped; its last checkpoint (written at every validation) is kept: rerun the same "
             "command with --resume, with this or any other number of processes."
         )
+
+
+def main_writes(ctx: DistContext | None, write: Callable[[], object] | None) -> None:
+    """``write()`` (None: nothing to write) in this process alone if it is rank 0 or runs alone; then every rank
+    waits for it, so none reads what rank 0 writes, nor tears the group down, before it is written."""
+    if write is not None and (ctx is None or ctx.is_main):
+        write()
+    if ctx is not None:
+        ctx.barrier()
 
 
 def current() -> DistContext | None:

@@ -17,7 +17,7 @@ import torch
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
 from prompttune.core.errors import DataError
-from prompttune.distributed.context import init_from_env
+from prompttune.distributed.context import init_from_env, main_writes
 from prompttune.label_words.verbalizer_objective import VerbalizerObjective
 from prompttune.methods import METHODS
 from prompttune.multitask.multi import params_summary
@@ -205,9 +205,6 @@ def learn_continual(
         save_pack(tmp / PACK, backbone, method, plain, strategy.state(), pack_info, task_info, {"continual": report})
         write_report(tmp, report | {"pack": str(out / PACK)})
 
-    if dist is None or dist.is_main:  # one writer in a data-parallel run
-        atomic.write_dir(out, fill)
-    if dist is not None:
-        dist.barrier()  # the others read the pack rank 0 wrote
+    main_writes(dist, lambda: atomic.write_dir(out, fill))  # the others then read the pack rank 0 wrote
     report["pack"] = str(out / PACK)
     return PackTask.from_artifact(out / PACK, *artifact.read(out / PACK), backbone), report

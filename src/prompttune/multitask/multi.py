@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prompttune.core import artifact, atomic
 from prompttune.core.backbone import Backbone
-from prompttune.distributed.context import init_from_env
+from prompttune.distributed.context import init_from_env, main_writes
 from prompttune.methods import METHODS
 from prompttune.multitask.distill import load_teachers, parse_teachers, teachers_digest
 from prompttune.multitask.mixture import MixtureObjective, check_batching, task_shares
@@ -167,10 +167,11 @@ def train_multi(
     }
     extra = {"metrics": result.metrics(), "training": config.to_dict()}
     pack = None
-    if out is not None and (dist is None or dist.is_main):  # one writer in a data-parallel run
+
+    def write() -> None:
         save_pack(out, backbone, method, plain, strategy.state(), pack_info, task_info, extra, overwrite or resume)
-    if dist is not None:
-        dist.barrier()  # the others read the pack rank 0 wrote
+
+    main_writes(dist, write if out is not None else None)  # the others then read the pack rank 0 wrote
     if out is not None:
         pack = PackTask.from_artifact(out, *artifact.read(out), backbone)
     summary = {
