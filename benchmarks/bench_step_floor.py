@@ -33,13 +33,11 @@ import torch
 import torch.nn.functional as F
 
 
-def step_times(data: Path, sizes: list[int], repeats: int) -> dict[int, float]:
-    from prompttune.core.backbone import Backbone
+def step_times(bb, data: Path, sizes: list[int], repeats: int) -> dict[int, float]:
     from prompttune.core.data import load_rows
     from prompttune.label_words.verbalizer_objective import VerbalizerObjective
     from prompttune.prompt_task import PromptTask
 
-    bb = Backbone.load(None, dtype="auto")
     rows = load_rows(data).limit(2000)
     task = PromptTask.for_data(bb, rows)
     obj = VerbalizerObjective(task.model, rows, rows.limit(50))
@@ -62,11 +60,8 @@ def step_times(data: Path, sizes: list[int], repeats: int) -> dict[int, float]:
     return out
 
 
-def weight_floor(tokens: int, repeats: int) -> dict[str, float]:
+def weight_floor(model, tokens: int, repeats: int) -> dict[str, float]:
     """ms to stream every decoder projection forward and backward at `tokens` rows: plain and pre-packed."""
-    from prompttune.core.backbone import Backbone
-
-    model = Backbone.load(None, dtype="auto").model
     weights = [m.weight for layer in model.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
     xs = {w.shape[1]: torch.randn(tokens, w.shape[1], dtype=w.dtype) for w in weights}
     gs = {w.shape[0]: torch.randn(tokens, w.shape[0], dtype=w.dtype) for w in weights}
@@ -112,7 +107,10 @@ def main() -> None:
         sys.exit(f"--batch-size {args.batch_size}: give an even number of rows, 2 or more")
     torch.set_num_threads(1)  # as each rank of `--nproc 2` on 2 cores, and the 1-process baseline
     half, full = args.batch_size // 2, args.batch_size
-    t = step_times(args.data, [1, half, full], args.repeats)
+    from prompttune.core.backbone import Backbone
+
+    bb = Backbone.load(None, dtype="auto")  # one load for both measurements
+    t = step_times(bb, args.data, [1, half, full], args.repeats)
     # least squares over the three sizes: T(n) = F + n r
     ns = list(t)
     n_mean, t_mean = statistics.mean(ns), statistics.mean(t.values())
@@ -120,7 +118,7 @@ def main() -> None:
     fixed = t_mean - r * n_mean
     # (F + B r) / (F + B/2 r) >= target  <=>  F <= B r (1 - target/2) / (target - 1)
     fixed_allowed = full * r * (1 - args.target / 2) / (args.target - 1)
-    floor = weight_floor(args.tokens, args.repeats)
+    floor = weight_floor(bb.model, args.tokens, args.repeats)
     best = min(
         floor["forward_ms"] + floor["backward_ms"],
         floor.get("packed_forward_ms", float("inf")) + floor.get("packed_backward_ms", float("inf")),
